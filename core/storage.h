@@ -1,0 +1,58 @@
+// Storage: one allocation on one device, shared by every tensor that views it.
+// Backends (CPU here, CUDA in cuda/) register themselves by device type; core never
+// calls a device API directly.
+#pragma once
+
+#include <cstddef>
+#include <functional>
+#include <memory>
+
+#include "core/dtype.h"
+
+namespace resona {
+
+// What core needs from a device. The CUDA backend registers its implementation at
+// static-initialisation time, so a binary that links cuda/ can create CUDA tensors.
+class DeviceBackend {
+ public:
+  virtual ~DeviceBackend() = default;
+  virtual void* allocate(size_t nbytes, int device_index) = 0;
+  virtual void deallocate(void* ptr, size_t nbytes, int device_index) = 0;
+  // Copies between this device and the host (or within the device). `dst_dev` and
+  // `src_dev` say which side each pointer lives on.
+  virtual void copy(void* dst, Device dst_dev, const void* src, Device src_dev, size_t nbytes) = 0;
+  virtual void memset_zero(void* ptr, size_t nbytes, int device_index) = 0;
+  virtual void synchronize(int device_index) = 0;
+  virtual int device_count() = 0;
+};
+
+void register_backend(DeviceType type, DeviceBackend* backend);
+// Throws naming the device type when no backend is linked in or no device is present.
+DeviceBackend& backend_for(Device device);
+bool backend_available(DeviceType type);
+
+class StorageImpl {
+ public:
+  // Allocates `nbytes` on `device` through its backend.
+  StorageImpl(size_t nbytes, Device device);
+  // Wraps memory owned elsewhere (a memory-mapped file, a pinned buffer); `release`
+  // runs when the last tensor viewing it goes away.
+  StorageImpl(void* data, size_t nbytes, Device device, std::function<void()> release);
+  ~StorageImpl();
+  StorageImpl(const StorageImpl&) = delete;
+  StorageImpl& operator=(const StorageImpl&) = delete;
+
+  void* data() const { return data_; }
+  size_t nbytes() const { return nbytes_; }
+  Device device() const { return device_; }
+
+ private:
+  void* data_ = nullptr;
+  size_t nbytes_ = 0;
+  Device device_;
+  std::function<void()> release_;  // empty: owned by the backend
+};
+
+using Storage = std::shared_ptr<StorageImpl>;
+
+}  // namespace resona

@@ -1,0 +1,73 @@
+#include "tests/test_util.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+
+#include "ops/op_list.h"
+
+namespace resona::testing {
+
+bool cuda_available() { return backend_available(DeviceType::kCUDA); }
+
+Tensor leaf(Generator& gen, const Shape& shape, double lo, double hi) {
+  Tensor t = gen.uniform(shape, lo, hi, DType::kFloat64);
+  t.set_requires_grad(true);
+  return t;
+}
+
+Tensor values(const std::vector<double>& v, const Shape& shape, bool grad) {
+  Tensor t = from_vector(v, shape);
+  if (grad) t.set_requires_grad(true);
+  return t;
+}
+
+void check_close(const Tensor& t, const std::vector<double>& expected, double atol, double rtol) {
+  REQUIRE(t.numel() == static_cast<int64_t>(expected.size()));
+  std::vector<double> got = t.to_vector<double>();
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double err = std::abs(got[i] - expected[i]);
+    const bool ok = err <= atol + rtol * std::abs(expected[i]) ||
+                    (std::isnan(got[i]) && std::isnan(expected[i])) ||
+                    (std::isinf(got[i]) && got[i] == expected[i]);
+    if (!ok) {
+      INFO("element " << i << " of " << t.describe() << ": got " << got[i] << ", expected "
+                      << expected[i] << " (abs err " << err << ")");
+      CHECK(ok);
+      return;
+    }
+  }
+  CHECK(true);
+}
+
+void check_close(const Tensor& t, const Tensor& expected, double atol, double rtol) {
+  REQUIRE(t.shape() == expected.shape());
+  check_close(t, expected.to_vector<double>(), atol, rtol);
+}
+
+void check_gradients(const std::function<Tensor(const std::vector<Tensor>&)>& f,
+                     const std::vector<Tensor>& inputs, const GradcheckOptions& opt) {
+  GradcheckResult r = gradcheck(f, inputs, opt);
+  INFO(r.report);
+  CHECK(r.ok);
+}
+
+namespace {
+std::vector<OpTestRecord>& registry() {
+  static std::vector<OpTestRecord> r;
+  return r;
+}
+}  // namespace
+
+bool register_op_test(const char* op, OpTestKind kind, const char* title) {
+  if (!is_registered_op(op)) {
+    std::fprintf(stderr, "RESONA_OP_TEST: '%s' (test '%s') is not in RESONA_OPS\n", op, title);
+    std::abort();
+  }
+  registry().push_back({op, kind, title});
+  return true;
+}
+
+const std::vector<OpTestRecord>& op_tests() { return registry(); }
+
+}  // namespace resona::testing

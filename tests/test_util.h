@@ -1,0 +1,60 @@
+// Helpers shared by the tests: random inputs, closeness checks, gradcheck assertions,
+// op-case registration and GPU skipping.
+#pragma once
+
+#include <doctest/doctest.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "autograd/gradcheck.h"
+#include "core/rng.h"
+#include "core/tensor.h"
+
+namespace resona::testing {
+
+// True when a CUDA device is present (and the CUDA backend is linked).
+bool cuda_available();
+
+// A float64 CPU leaf with values uniform in [lo, hi), requiring grad.
+Tensor leaf(Generator& gen, const Shape& shape, double lo = -1.0, double hi = 1.0);
+// A float64 CPU tensor from explicit values (requiring grad when `grad`).
+Tensor values(const std::vector<double>& v, const Shape& shape, bool grad = false);
+
+// CHECKs that every element of `t` is within atol + rtol*|e| of `expected` (row-major),
+// reporting the first offending index.
+void check_close(const Tensor& t, const std::vector<double>& expected, double atol = 1e-9,
+                 double rtol = 1e-9);
+void check_close(const Tensor& t, const Tensor& expected, double atol = 1e-9, double rtol = 1e-9);
+
+// CHECKs that gradcheck passes, printing its report when it does not.
+void check_gradients(const std::function<Tensor(const std::vector<Tensor>&)>& f,
+                     const std::vector<Tensor>& inputs, const GradcheckOptions& opt = {});
+
+// Registry behind RESONA_OP_TEST: which ops have which kinds of tests (read by the
+// coverage test). Registration fails loudly for a name that is not in RESONA_OPS.
+enum class OpTestKind { kgradcheck, kvalues };
+bool register_op_test(const char* op, OpTestKind kind, const char* title);
+struct OpTestRecord {
+  std::string op;
+  OpTestKind kind;
+  std::string title;
+};
+const std::vector<OpTestRecord>& op_tests();
+
+}  // namespace resona::testing
+
+#define RESONA_TEST_CAT2_(a, b) a##b
+#define RESONA_TEST_CAT_(a, b) RESONA_TEST_CAT2_(a, b)
+
+// RESONA_OP_TEST(add, gradcheck, "add(a=[2,3],b=[3])") { ...body... }
+// A doctest test case named "<op> <kind>: <title>", recorded for the coverage test.
+#define RESONA_OP_TEST(op, kind, title)                                                   \
+  static const bool RESONA_TEST_CAT_(resona_op_test_reg_, __LINE__) =                     \
+      ::resona::testing::register_op_test(#op, ::resona::testing::OpTestKind::k##kind, \
+                                          title);                                         \
+  TEST_CASE(#op " " #kind ": " title)
+
+// Test cases that need a GPU are reported as skipped (never passed) without one.
+#define RESONA_GPU_TEST(title) TEST_CASE(title * doctest::skip(!::resona::testing::cuda_available()))
