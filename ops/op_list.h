@@ -19,7 +19,8 @@
   X(matmul) X(softmax) X(log_softmax) X(cross_entropy) X(rms_norm) X(layer_norm)            \
   /* indexing and layout (ops/index.h, ops/shape.h) */                                     \
   X(embedding) X(index_select) X(gather) X(concat) X(split)                                 \
-  X(reshape) X(permute) X(slice) X(expand) X(squeeze) X(unsqueeze) X(cast) X(to_device)     \
+  X(reshape) X(permute) X(slice) X(expand) X(squeeze) X(unsqueeze) X(contiguous)       \
+  X(cast) X(to_device)                                                                      \
   /* sequence and regularisation (ops/conv.h, ops/dropout.h) */                            \
   X(causal_conv1d) X(dropout)
 
