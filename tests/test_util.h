@@ -58,3 +58,10 @@ const std::vector<OpTestRecord>& op_tests();
 
 // Test cases that need a GPU are reported as skipped (never passed) without one.
 #define RESONA_GPU_TEST(title) TEST_CASE(title * doctest::skip(!::resona::testing::cuda_available()))
+
+// An op test that needs a GPU (reported as skipped without one).
+#define RESONA_OP_GPU_TEST(op, kind, title)                                            \
+  static const bool RESONA_TEST_CAT_(resona_op_test_reg_, __LINE__) =                  \
+      ::resona::testing::register_op_test(#op, ::resona::testing::OpTestKind::k##kind, \
+                                          title);                                      \
+  TEST_CASE(#op " " #kind ": " title * doctest::skip(!::resona::testing::cuda_available()))
