@@ -1,10 +1,12 @@
-// The CUDA device backend for core: device memory, copies and the device count. Linked
+// The CUDA device backend for core: device memory (through the caching allocator),
+// copies and the device count. Linked
 // into every binary (//cuda:backend); with no GPU or no driver, device_count() is 0 and
 // CUDA tensors are refused with a message saying so.
 #include <cuda_runtime_api.h>
 
 #include "core/check.h"
 #include "core/storage.h"
+#include "cuda/allocator.h"
 
 namespace resona::cuda {
 namespace {
@@ -17,18 +19,9 @@ class CudaBackend final : public DeviceBackend {
  public:
   void* allocate(size_t nbytes, int device_index) override {
     if (nbytes == 0) return nullptr;
-    check_cuda(cudaSetDevice(device_index), "cudaSetDevice");
-    void* p = nullptr;
-    cudaError_t err = cudaMalloc(&p, nbytes);
-    RESONA_CHECK(err == cudaSuccess) << "CUDA allocation of " << nbytes << " bytes on cuda:"
-                                     << device_index << " failed: " << cudaGetErrorString(err);
-    return p;
+    return device_allocator().allocate(nbytes, device_index);
   }
-  void deallocate(void* ptr, size_t, int device_index) override {
-    if (ptr == nullptr) return;
-    cudaSetDevice(device_index);
-    cudaFree(ptr);  // never throws from a destructor path
-  }
+  void deallocate(void* ptr, size_t, int) override { device_allocator().free(ptr); }
   void copy(void* dst, Device dst_dev, const void* src, Device src_dev, size_t n) override {
     if (n == 0) return;
     cudaMemcpyKind kind = dst_dev.is_cpu()   ? cudaMemcpyDeviceToHost
