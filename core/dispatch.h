@@ -7,6 +7,8 @@
 //   });
 #pragma once
 
+#include <type_traits>
+
 #include "core/check.h"
 #include "core/dtype.h"
 
@@ -57,7 +59,9 @@ decltype(auto) dispatch_all(const char* op, DType t, F&& f) {
 // Value conversions between element types (bfloat16 goes through float).
 template <class To, class From>
 inline To convert(From v) {
-  if constexpr (std::is_same_v<To, bfloat16>) {
+  if constexpr (std::is_same_v<To, From>) {
+    return v;  // bit-exact (keeps bf16 signalling NaNs)
+  } else if constexpr (std::is_same_v<To, bfloat16>) {
     return bfloat16(static_cast<float>(v));
   } else if constexpr (std::is_same_v<From, bfloat16>) {
     return static_cast<To>(static_cast<float>(v));

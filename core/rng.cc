@@ -98,6 +98,7 @@ Tensor Generator::randint(const Shape& shape, int64_t lo, int64_t hi, Device dev
 }
 
 std::vector<int64_t> Generator::permutation(int64_t n) {
+  RESONA_CHECK(n >= 0) << "permutation(" << n << "): the length must be non-negative";
   std::vector<int64_t> p(n);
   for (int64_t i = 0; i < n; ++i) p[i] = i;
   for (int64_t i = n - 1; i > 0; --i) std::swap(p[i], p[next_int(0, i + 1)]);

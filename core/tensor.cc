@@ -71,15 +71,26 @@ int64_t wrap_dim(const char* op, int64_t dim, int64_t ndim) {
   return dim < 0 ? dim + std::max<int64_t>(ndim, 1) : dim;
 }
 
+int64_t wrap_dim(const char* op, int64_t dim, const Tensor& x, int64_t ndim) {
+  if (ndim < 0) ndim = x.dim();
+  const int64_t n = std::max<int64_t>(ndim, 1);  // a 0-D tensor takes dim 0 or -1
+  if (dim >= -n && dim < n) return dim < 0 ? dim + n : dim;  // no message built
+  return wrap_dim((std::string(op) + " of " + x.describe()).c_str(), dim, ndim);
+}
+
 int64_t Tensor::size(int64_t d) const {
+  // wrap_dim lets a 0-D tensor take dim 0 (for reductions); it has no size to read.
+  RESONA_CHECK(dim() > 0) << "size(" << d << ") of 0-D tensor " << describe();
   return shape()[wrap_dim(("size() of " + describe()).c_str(), d, dim())];
 }
 
 int64_t Tensor::stride(int64_t d) const {
+  RESONA_CHECK(dim() > 0) << "stride(" << d << ") of 0-D tensor " << describe();
   return strides()[wrap_dim(("stride() of " + describe()).c_str(), d, dim())];
 }
 
 bool Tensor::is_contiguous() const {
+  if (numel() == 0) return true;  // no element to be out of place
   const Shape& sh = shape();
   const Shape& st = strides();
   int64_t expected = 1;
@@ -225,6 +236,7 @@ Tensor scalar_tensor(double value, DType dtype, Device device) {
 }
 
 Tensor arange(int64_t n, DType dtype, Device device) {
+  RESONA_CHECK(n >= 0) << "arange(" << n << "): the length must be non-negative";
   std::vector<double> v(n);
   for (int64_t i = 0; i < n; ++i) v[i] = static_cast<double>(i);
   return copy_to(from_vector(v, {n}), dtype, device);
@@ -331,6 +343,20 @@ void copy_into(const Tensor& dst, const Tensor& src) {
     Tensor staged = empty(src.shape(), dst.dtype());  // convert/compact on the host first
     copy_into(staged, src);
     copy_into(dst, staged);
+    return;
+  }
+  if (dst.device().is_cpu() &&
+      (!src.is_contiguous() || src.dtype() != dst.dtype() || !dst.is_contiguous())) {
+    // Backends move contiguous bytes only: bring the storage span that `src` covers to
+    // the host, then gather and convert there.
+    int64_t lo = src.offset(), hi = src.offset();
+    for (int64_t d = 0; d < src.dim(); ++d) {
+      const int64_t span = (src.shape()[d] - 1) * src.strides()[d];
+      (span < 0 ? lo : hi) += span;
+    }
+    Tensor host_span = empty({hi - lo + 1}, src.dtype());
+    copy_into(host_span, make_view(src, {hi - lo + 1}, {1}, lo));
+    copy_into(dst, make_view(host_span, src.shape(), src.strides(), src.offset() - lo));
     return;
   }
   RESONA_CHECK(dst.dtype() == src.dtype() && dst.is_contiguous() && src.is_contiguous())

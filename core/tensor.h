@@ -200,5 +200,8 @@ void check_same_dtype(const char* op, std::initializer_list<const Tensor*> ts);
 void check_floating(const char* op, const Tensor& t);
 // Normalises a possibly negative dim against `ndim`, naming the op in the error.
 int64_t wrap_dim(const char* op, int64_t dim, int64_t ndim);
+// The same against x's rank (or `ndim` when given, e.g. x.dim() + 1 for unsqueeze),
+// naming the op and the tensor: "slice of x [2, 3] float32 cpu: dim 5 out of range".
+int64_t wrap_dim(const char* op, int64_t dim, const Tensor& x, int64_t ndim = -1);
 
 }  // namespace resona
