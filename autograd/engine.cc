@@ -32,22 +32,46 @@ void accumulate_leaf(const std::shared_ptr<TensorImpl>& leaf_impl, const Tensor&
   for (auto& hook : m.post_accumulate_hooks) hook(leaf);
 }
 
+// Gradients headed for one leaf, summed until the last edge into it has run, so that
+// the leaf's .grad() is updated (and its hooks run) once per backward, with the full
+// gradient, as early as the graph allows.
+struct LeafSlot {
+  std::shared_ptr<TensorImpl> impl;
+  Tensor grad;
+  int pending = 0;  // edges into this leaf from nodes that have not run yet
+  bool flushed = false;
+};
+
 struct Run {
   // Gradient slots of each node's outputs.
   std::unordered_map<Node*, std::vector<Tensor>> buffers;
   std::unordered_map<Node*, int> dependencies;
   std::unordered_map<Node*, std::shared_ptr<Node>> owners;
+  std::unordered_map<TensorImpl*, LeafSlot> leaves;
+  std::vector<TensorImpl*> leaf_order;  // first-seen order, for a deterministic final flush
   // Capture mode (grad()): gradients for these leaves go here, not into .grad().
   const std::unordered_map<TensorImpl*, size_t>* capture = nullptr;
   std::vector<Tensor>* captured = nullptr;
 
-  void deliver_leaf(const std::shared_ptr<TensorImpl>& leaf, const Tensor& g) {
+  LeafSlot& leaf_slot(const std::shared_ptr<TensorImpl>& leaf) {
+    auto [it, fresh] = leaves.try_emplace(leaf.get());
+    if (fresh) {
+      it->second.impl = leaf;
+      leaf_order.push_back(leaf.get());
+    }
+    return it->second;
+  }
+
+  void flush_leaf(LeafSlot& slot) {
+    if (slot.flushed) return;
+    slot.flushed = true;
+    if (!slot.grad.defined()) return;
     if (capture) {
-      auto it = capture->find(leaf.get());
-      if (it != capture->end()) accumulate((*captured)[it->second], g);
+      auto it = capture->find(slot.impl.get());
+      if (it != capture->end()) accumulate((*captured)[it->second], slot.grad);
       return;
     }
-    accumulate_leaf(leaf, g);
+    accumulate_leaf(slot.impl, slot.grad);
   }
 
   void discover(const std::vector<std::shared_ptr<Node>>& roots) {
@@ -60,6 +84,7 @@ struct Run {
       stack.pop_back();
       buffers[n].resize(n->outputs.size());
       for (const Edge& e : n->next_edges) {
+        if (e.leaf) ++leaf_slot(e.leaf).pending;
         if (!e.fn) continue;
         ++dependencies[e.fn.get()];
         if (owners.emplace(e.fn.get(), e.fn).second) stack.push_back(e.fn.get());
@@ -97,11 +122,15 @@ struct Run {
         if (e.fn) {
           if (g) accumulate(buffers[e.fn.get()][e.output_nr], *g);
           if (--dependencies[e.fn.get()] == 0) ready.push_back(e.fn.get());
-        } else if (e.leaf && g) {
-          deliver_leaf(e.leaf, *g);
+        } else if (e.leaf) {
+          LeafSlot& slot = leaves.at(e.leaf.get());
+          if (g) accumulate(slot.grad, *g);
+          if (--slot.pending == 0) flush_leaf(slot);
         }
       }
     }
+    // Leaves that were roots themselves and not reached through the graph.
+    for (TensorImpl* l : leaf_order) flush_leaf(leaves.at(l));
   }
 
   void seed(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads,
@@ -129,7 +158,7 @@ struct Run {
       if (r.grad_fn()) {
         accumulate(buffers[r.grad_fn().get()][r.output_nr()], g);
       } else {
-        deliver_leaf(r.impl_ptr(), g);
+        accumulate(leaf_slot(r.impl_ptr()).grad, g);
       }
     }
   }

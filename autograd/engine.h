@@ -3,8 +3,11 @@
 // backward(roots, grads): nodes run in a topological order (a node runs only after every
 // node that feeds it a gradient has run), gradients reaching the same output are summed,
 // and gradients reaching a leaf are accumulated into leaf.grad() (added in place when a
-// gradient is already there, so steady-state training reuses the buffers). Saved
-// tensors are released after each node runs unless `retain_graph`.
+// gradient is already there, so steady-state training reuses the buffers). A leaf's
+// contributions are summed first and accumulated once, after the last node that feeds
+// it has run; its post_accumulate_hooks then run once per backward. Saved tensors are
+// released after each node runs unless `retain_graph`; a later backward through a
+// released node throws a resona::Error saying the graph was already freed.
 #pragma once
 
 #include <vector>

@@ -61,6 +61,12 @@ class OpNode final : public Node {
   explicit OpNode(Ctx<Saved>&& ctx) : ctx_(std::move(ctx)) {}
 
   std::vector<Tensor> apply(const std::vector<Tensor>& grad_outputs) override {
+    // release_saved() resets all of Saved (shapes and options too), so a released node
+    // cannot compute anything: refuse instead of reading empty fields.
+    RESONA_CHECK(!released_)
+        << Op::kName << " backward: the graph was already freed (a backward without "
+        << "retain_graph released its saved tensors); pass retain_graph=true to every "
+        << "backward but the last to run backward through it again";
     Grads g;
     if constexpr (std::is_invocable_v<decltype(&Op::backward), Ctx<Saved>&,
                                       const std::vector<Tensor>&>) {
@@ -73,11 +79,15 @@ class OpNode final : public Node {
         << next_edges.size() << " inputs";
     return g;
   }
-  void release_saved() override { ctx_.saved = Saved{}; }
+  void release_saved() override {
+    ctx_.saved = Saved{};
+    released_ = true;
+  }
   const char* name() const override { return Op::kName; }
 
  private:
   Ctx<Saved> ctx_;
+  bool released_ = false;
 };
 
 // Gives `out` a fresh handle that carries the node as its grad_fn.

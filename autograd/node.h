@@ -33,7 +33,8 @@ class Node {
   // Gradients w.r.t. the inputs (one per edge; undefined where not needed), given the
   // gradients w.r.t. the outputs (never undefined: absent ones arrive zero-filled).
   virtual std::vector<Tensor> apply(const std::vector<Tensor>& grad_outputs) = 0;
-  // Drops the tensors saved for backward once they are no longer needed.
+  // Drops the tensors saved for backward once they are no longer needed; apply() on a
+  // released node throws a resona::Error saying the graph was already freed.
   virtual void release_saved() = 0;
   virtual const char* name() const = 0;
 

@@ -3,7 +3,9 @@
 //
 // The mask is a pure function of the generator's (seed, offset) at the call, which
 // advances the generator by numel words: backward regenerates the mask instead of
-// saving it, and a resumed run draws the same masks.
+// saving it, and a resumed run draws the same masks. Element i (row-major in x's shape,
+// whatever its strides) is kept when uint_to_unit_float(word_at(seed, offset + i)) >= p.
+// The identity cases return x itself and draw nothing. p outside [0, 1) is an error.
 #pragma once
 
 #include "core/rng.h"

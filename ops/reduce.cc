@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <string>
 
 #include "autograd/function.h"
 #include "core/dispatch.h"
@@ -28,8 +29,10 @@ ReducePlan plan_reduce(const char* op, const Tensor& x, const std::vector<int64_
   const int64_t nd = x.dim();
   std::vector<bool> reduced(nd, dims_in.empty());
   for (int64_t d : dims_in) {
-    int64_t w = wrap_dim(op, d, nd);
-    RESONA_CHECK(!reduced[w] || dims_in.empty()) << op << ": dim " << d << " given twice";
+    const int64_t w = wrap_dim(op, d, x);
+    if (nd == 0) continue;  // dim 0 or -1 of a 0-D tensor: its one element, as PyTorch
+    RESONA_CHECK(!reduced[w]) << op << " of " << x.describe() << ": dim " << d
+                              << " given twice in dims " << shape_str(dims_in);
     reduced[w] = true;
   }
   ReducePlan p;
@@ -67,6 +70,17 @@ Tensor reduce_rows(const char* op, const ReducePlan& p, DType dtype, F&& f) {
     for (int64_t r = 0; r < p.outer; ++r) dst[r] = f(src + r * p.inner, p.inner, T{});
   });
   return out;
+}
+
+// Index of the first maximum of row[0..n) (n > 0); a NaN counts as larger than any
+// number, so max propagates it and argmax points at it.
+template <class T>
+int64_t first_max(const T* row, int64_t n) {
+  int64_t best = 0;
+  for (int64_t i = 1; i < n; ++i) {
+    if (row[i] > row[best] || (std::isnan(row[i]) && !std::isnan(row[best]))) best = i;
+  }
+  return best;
 }
 
 struct ReduceSaved {
@@ -147,10 +161,7 @@ struct MaxOp {
       T* dst = out.data<T>();
       for (int64_t r = 0; r < p.outer; ++r) {
         const T* row = src + r * p.inner;
-        int64_t best = 0;
-        for (int64_t i = 1; i < p.inner; ++i) {
-          if (row[i] > row[best] || (std::isnan(row[i]) && !std::isnan(row[best]))) best = i;
-        }
+        const int64_t best = first_max(row, p.inner);
         dst[r] = row[best];
         idx[r] = best;
       }
@@ -243,14 +254,7 @@ Tensor argmax(const Tensor& x, int64_t dim, bool keepdim) {
   dispatch_floating("argmax", x.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
     const T* src = p.rows.data<T>();
-    for (int64_t r = 0; r < p.outer; ++r) {
-      const T* row = src + r * p.inner;
-      int64_t best = 0;
-      for (int64_t i = 1; i < p.inner; ++i) {
-        if (row[i] > row[best]) best = i;
-      }
-      idx[r] = best;
-    }
+    for (int64_t r = 0; r < p.outer; ++r) idx[r] = first_max(src + r * p.inner, p.inner);
   });
   return keepdim ? index.reshape(p.keep_shape) : index;
 }

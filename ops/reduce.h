@@ -2,7 +2,8 @@
 // over every dim). keepdim keeps the reduced dims with size 1.
 //
 //   sum, mean       backward broadcasts d_out back (mean divides by the count)
-//   max             values only; the gradient goes to the first maximal element
+//   max             values only; the gradient goes to the first maximal element (in
+//                   row-major order of the reduced dims); a NaN counts as the maximum
 //   logsumexp       m + log(sum(exp(x - m))) with m the max (no overflow);
 //                   backward d_out * exp(x - out)
 //
@@ -20,7 +21,7 @@ Tensor mean(const Tensor& x, const std::vector<int64_t>& dims = {}, bool keepdim
 Tensor max(const Tensor& x, const std::vector<int64_t>& dims = {}, bool keepdim = false);
 Tensor logsumexp(const Tensor& x, const std::vector<int64_t>& dims = {}, bool keepdim = false);
 
-// Index of the first maximum along one dim (int64, not differentiable).
+// Index of the first maximum along one dim, by max's rule (int64, not differentiable).
 Tensor argmax(const Tensor& x, int64_t dim, bool keepdim = false);
 
 }  // namespace resona

@@ -1,5 +1,8 @@
 #include "ops/shape.h"
 
+#include <algorithm>
+#include <string>
+
 #include "autograd/function.h"
 #include "autograd/grad_mode.h"
 #include "core/dispatch.h"
@@ -81,7 +84,7 @@ struct PermuteOp {
         << " dims";
     Shape shape(nd), strides(nd), inverse(nd, -1);
     for (int64_t i = 0; i < nd; ++i) {
-      int64_t d = wrap_dim("permute", dims[i], nd);
+      int64_t d = wrap_dim("permute", dims[i], x, nd);
       RESONA_CHECK(inverse[d] < 0) << "permute of " << x.describe() << ": dims "
                                    << shape_str(dims) << " repeat " << d;
       inverse[d] = i;
@@ -105,7 +108,7 @@ struct SliceOp {
   static Tensor forward(Ctx<Saved>& ctx, const Tensor& x, int64_t dim, int64_t start,
                         int64_t end, int64_t step) {
     RESONA_CHECK(x.dim() > 0) << "slice of a 0-D tensor " << x.describe();
-    dim = wrap_dim("slice", dim, x.dim());
+    dim = wrap_dim("slice", dim, x, x.dim());
     RESONA_CHECK(step > 0) << "slice of " << x.describe() << ": step must be positive, got "
                            << step;
     const int64_t n = x.shape()[dim];
@@ -149,6 +152,8 @@ struct ExpandOp {
       }
       int64_t have = x.shape()[i - lead];
       if (want == -1) want = have;
+      RESONA_CHECK(want >= 0) << "expand of " << x.describe() << " to " << shape_str(shape_in)
+                              << ": negative size " << want << " in dim " << i;
       RESONA_CHECK(have == want || have == 1)
           << "expand of " << x.describe() << " to " << shape_str(shape_in) << ": dim " << i
           << " has size " << have << ", which is neither " << want << " nor 1";
@@ -169,7 +174,7 @@ struct SqueezeOp {
     Shape in_shape;
   };
   static Tensor forward(Ctx<Saved>& ctx, const Tensor& x, int64_t dim) {
-    dim = wrap_dim("squeeze", dim, x.dim());
+    dim = wrap_dim("squeeze", dim, x, x.dim());
     RESONA_CHECK(x.dim() > 0 && x.shape()[dim] == 1)
         << "squeeze of dim " << dim << " of " << x.describe() << ": its size is not 1";
     Shape shape = x.shape(), strides = x.strides();
@@ -189,7 +194,7 @@ struct UnsqueezeOp {
     Shape in_shape;
   };
   static Tensor forward(Ctx<Saved>& ctx, const Tensor& x, int64_t dim) {
-    dim = wrap_dim("unsqueeze", dim, x.dim() + 1);
+    dim = wrap_dim("unsqueeze", dim, x, x.dim() + 1);
     Shape shape = x.shape(), strides = x.strides();
     int64_t st = dim < x.dim() ? x.strides()[dim] * x.shape()[dim] : 1;
     shape.insert(shape.begin() + dim, 1);
@@ -254,7 +259,7 @@ struct ConcatOp {
     RESONA_CHECK(!xs.empty()) << "concat of an empty list";
     const Tensor& first = xs[0];
     RESONA_CHECK(first.dim() > 0) << "concat of 0-D tensor " << first.describe();
-    dim = wrap_dim("concat", dim, first.dim());
+    dim = wrap_dim("concat", dim, first, first.dim());
     Shape shape = first.shape();
     shape[dim] = 0;
     for (size_t i = 0; i < xs.size(); ++i) {
@@ -303,7 +308,7 @@ struct SplitOp {
   static std::vector<Tensor> forward(Ctx<Saved>& ctx, const Tensor& x,
                                      const std::vector<int64_t>& sizes, int64_t dim) {
     RESONA_CHECK(x.dim() > 0) << "split of 0-D tensor " << x.describe();
-    dim = wrap_dim("split", dim, x.dim());
+    dim = wrap_dim("split", dim, x, x.dim());
     int64_t total = 0;
     for (int64_t s : sizes) {
       RESONA_CHECK(s >= 0) << "split of " << x.describe() << ": negative size in "
@@ -374,16 +379,19 @@ Tensor Tensor::reshape(const Shape& shape) const { return resona::reshape(*this,
 Tensor Tensor::view(const Shape& shape) const { return apply<ReshapeOp>(*this, shape, true); }
 Tensor Tensor::permute(const Shape& dims) const { return resona::permute(*this, dims); }
 Tensor Tensor::transpose(int64_t d0, int64_t d1) const {
+  d0 = wrap_dim("transpose", d0, *this, dim());
+  d1 = wrap_dim("transpose", d1, *this, dim());
   Shape dims(dim());
   for (int64_t i = 0; i < dim(); ++i) dims[i] = i;
-  std::swap(dims[wrap_dim("transpose", d0, dim())], dims[wrap_dim("transpose", d1, dim())]);
+  if (dim() > 0) std::swap(dims[d0], dims[d1]);  // a 0-D tensor's only "dim" is itself
   return resona::permute(*this, dims);
 }
 Tensor Tensor::slice(int64_t d, int64_t start, int64_t end, int64_t step) const {
   return resona::slice(*this, d, start, end, step);
 }
 Tensor Tensor::select(int64_t d, int64_t index) const {
-  d = wrap_dim("select", d, dim());
+  RESONA_CHECK(dim() > 0) << "select on a 0-D tensor " << describe();
+  d = wrap_dim("select", d, *this, dim());
   const int64_t n = shape()[d];
   RESONA_CHECK(index >= -n && index < n)
       << "select: index " << index << " out of range for dim " << d << " of " << describe();
@@ -395,8 +403,8 @@ Tensor Tensor::squeeze(int64_t d) const { return resona::squeeze(*this, d); }
 Tensor Tensor::unsqueeze(int64_t d) const { return resona::unsqueeze(*this, d); }
 Tensor Tensor::flatten(int64_t start_dim, int64_t end_dim) const {
   if (dim() == 0) return reshape({1});
-  start_dim = wrap_dim("flatten", start_dim, dim());
-  end_dim = wrap_dim("flatten", end_dim, dim());
+  start_dim = wrap_dim("flatten", start_dim, *this, dim());
+  end_dim = wrap_dim("flatten", end_dim, *this, dim());
   RESONA_CHECK(start_dim <= end_dim) << "flatten of " << describe() << ": start_dim "
                                      << start_dim << " after end_dim " << end_dim;
   Shape s;

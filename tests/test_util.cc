@@ -4,11 +4,15 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "cuda/backend.h"
 #include "ops/op_list.h"
 
 namespace resona::testing {
 
-bool cuda_available() { return backend_available(DeviceType::kCUDA); }
+bool cuda_available() {
+  cuda::register_cuda_backend();  // test registration runs before other static initialisers
+  return backend_available(DeviceType::kCUDA);
+}
 
 Tensor leaf(Generator& gen, const Shape& shape, double lo, double hi) {
   Tensor t = gen.uniform(shape, lo, hi, DType::kFloat64);

@@ -27,6 +27,11 @@ Tensor values(const std::vector<double>& v, const Shape& shape, bool grad = fals
 void check_close(const Tensor& t, const std::vector<double>& expected, double atol = 1e-9,
                  double rtol = 1e-9);
 void check_close(const Tensor& t, const Tensor& expected, double atol = 1e-9, double rtol = 1e-9);
+// Braced lists (`check_close(t, {0})`) pick this one rather than the Tensor overload.
+inline void check_close(const Tensor& t, std::initializer_list<double> expected,
+                        double atol = 1e-9, double rtol = 1e-9) {
+  check_close(t, std::vector<double>(expected), atol, rtol);
+}
 
 // CHECKs that gradcheck passes, printing its report when it does not.
 void check_gradients(const std::function<Tensor(const std::vector<Tensor>&)>& f,

@@ -1,0 +1,287 @@
+// Indexing ops: embedding, index_select, gather (CPU, float32 and float64).
+//
+//   embedding:    y[n, :] = weight[ids[n], :]                     (n: flat position in ids)
+//                 d_weight[v, :] = sum over n with ids[n] = v of d_y[n, :]
+//   index_select: y[o, i, r] = x[o, index[i], r]   (x seen as [outer, x.size(dim), inner])
+//                 d_x[o, v, r] = sum over i with index[i] = v of d_y[o, i, r]
+//   gather:       y[..., i_dim, ...] = x[..., index[..., i_dim, ...], ...]
+//                 d_x[..., v, ...] = sum over positions of index holding v of d_y there
+//
+// Index tensors (int32 or int64, any strides) are read once in forward, checked against
+// their bound, and saved as int64 values: backward needs nothing else (it does not keep
+// x or weight), and a later in-place change of the index tensor cannot send backward out
+// of bounds. Index tensors are not differentiable: backward returns an undefined
+// gradient for them.
+//
+// Backward writes fresh zero-initialised gradients and scatter-adds into them
+// sequentially in row-major index order, so repeated indices accumulate and the result
+// is bit-for-bit deterministic.
+#include "ops/index.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "autograd/function.h"
+#include "core/dispatch.h"
+#include "ops/device_util.h"
+
+namespace resona {
+namespace {
+
+void check_index_tensor(const char* op, const char* role, const Tensor& index) {
+  RESONA_CHECK(index.dtype() == DType::kInt32 || index.dtype() == DType::kInt64)
+      << op << ": " << role << " must be int32 or int64, got " << index.describe();
+  require_cpu(op, index);
+}
+
+// The values of `index` in row-major order, each checked to lie in [0, src.size(dim)).
+std::vector<int64_t> read_indices(const char* op, const char* role, const Tensor& index,
+                                  const Tensor& src, int64_t dim) {
+  const int64_t bound = src.shape()[dim];
+  Tensor c = index.contiguous();
+  std::vector<int64_t> out(c.numel());
+  dispatch_index(op, c.dtype(), [&](auto tag) {
+    using I = typename decltype(tag)::type;
+    const I* p = c.data<I>();
+    for (int64_t n = 0, N = c.numel(); n < N; ++n) {
+      const int64_t v = static_cast<int64_t>(p[n]);
+      RESONA_CHECK(v >= 0 && v < bound)
+          << op << ": " << role << " " << index.describe() << " holds " << v << " at flat position "
+          << n << ", outside [0, " << bound << ") (size of dim " << dim << " of " << src.describe()
+          << ")";
+      out[n] = v;
+    }
+  });
+  return out;
+}
+
+// x's shape as [outer, size(dim), inner].
+struct Split3 {
+  int64_t outer = 1, mid = 1, inner = 1;
+};
+Split3 split_at(const Shape& shape, int64_t dim) {
+  Split3 s;
+  for (int64_t d = 0; d < static_cast<int64_t>(shape.size()); ++d) {
+    if (d < dim) s.outer *= shape[d];
+    if (d == dim) s.mid = shape[d];
+    if (d > dim) s.inner *= shape[d];
+  }
+  return s;
+}
+
+// ---------------------------------------------------------------- embedding
+
+struct EmbeddingOp {
+  static constexpr const char* kName = "embedding";
+  struct Saved {
+    std::vector<int64_t> rows;  // ids, row-major
+    int64_t V = 0, D = 0;
+  };
+
+  static Tensor forward(Ctx<Saved>& ctx, const Tensor& weight, const Tensor& ids) {
+    check_floating(kName, weight);
+    require_cpu(kName, weight);
+    check_index_tensor(kName, "ids", ids);
+    RESONA_CHECK(weight.dim() == 2)
+        << "embedding: weight must be [V, D], got " << weight.describe();
+    const int64_t V = weight.shape()[0], D = weight.shape()[1];
+    std::vector<int64_t> rows = read_indices(kName, "ids", ids, weight, 0);
+    Shape out_shape = ids.shape();
+    out_shape.push_back(D);  // [..., D]
+    Tensor out = empty(out_shape, weight.dtype());
+    dispatch_floating(kName, weight.dtype(), [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      const T* w = weight.data<T>();
+      const int64_t s0 = weight.strides()[0], s1 = weight.strides()[1];
+      T* o = out.data<T>();
+      for (size_t n = 0; n < rows.size(); ++n) {
+        const T* src = w + rows[n] * s0;
+        T* dst = o + static_cast<int64_t>(n) * D;
+        if (s1 == 1) {
+          std::copy(src, src + D, dst);
+        } else {
+          for (int64_t j = 0; j < D; ++j) dst[j] = src[j * s1];
+        }
+      }
+    });
+    if (ctx.requires_grad) ctx.saved = {std::move(rows), V, D};
+    return out;
+  }
+
+  static Grads backward(Ctx<Saved>& ctx, const Tensor& d_y) {
+    if (!ctx.needs(0)) return {Tensor(), Tensor()};
+    const Saved& s = ctx.saved;
+    require_cpu(kName, d_y);
+    Tensor d = d_y.contiguous();
+    Tensor d_weight = zeros({s.V, s.D}, d.dtype());
+    dispatch_floating(kName, d.dtype(), [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      const T* pd = d.data<T>();
+      T* pw = d_weight.data<T>();
+      for (size_t n = 0; n < s.rows.size(); ++n) {
+        const T* src = pd + static_cast<int64_t>(n) * s.D;
+        T* dst = pw + s.rows[n] * s.D;
+        for (int64_t j = 0; j < s.D; ++j) dst[j] += src[j];
+      }
+    });
+    return {d_weight, Tensor()};
+  }
+};
+
+// ---------------------------------------------------------------- index_select
+
+struct IndexSelectOp {
+  static constexpr const char* kName = "index_select";
+  struct Saved {
+    std::vector<int64_t> idx;
+    Shape x_shape;
+    int64_t dim = 0;
+  };
+
+  static Tensor forward(Ctx<Saved>& ctx, const Tensor& x, int64_t dim, const Tensor& index) {
+    check_floating(kName, x);
+    require_cpu(kName, x);
+    check_index_tensor(kName, "index", index);
+    RESONA_CHECK(x.dim() >= 1) << "index_select: x must have at least one dim, got "
+                               << x.describe();
+    RESONA_CHECK(index.dim() <= 1) << "index_select: index must be 1-D, got " << index.describe();
+    dim = wrap_dim(kName, dim, x.dim());
+    std::vector<int64_t> idx = read_indices(kName, "index", index, x, dim);
+    const int64_t n = static_cast<int64_t>(idx.size());
+    const Split3 s = split_at(x.shape(), dim);
+    Shape out_shape = x.shape();
+    out_shape[dim] = n;
+    Tensor xc = x.contiguous();
+    Tensor out = empty(out_shape, x.dtype());
+    dispatch_floating(kName, x.dtype(), [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      const T* px = xc.data<T>();
+      T* po = out.data<T>();
+      for (int64_t o = 0; o < s.outer; ++o) {
+        for (int64_t i = 0; i < n; ++i) {
+          const T* src = px + (o * s.mid + idx[i]) * s.inner;
+          std::copy(src, src + s.inner, po + (o * n + i) * s.inner);
+        }
+      }
+    });
+    if (ctx.requires_grad) ctx.saved = {std::move(idx), x.shape(), dim};
+    return out;
+  }
+
+  static Grads backward(Ctx<Saved>& ctx, const Tensor& d_y) {
+    if (!ctx.needs(0)) return {Tensor(), Tensor()};
+    const Saved& sv = ctx.saved;
+    require_cpu(kName, d_y);
+    Tensor d = d_y.contiguous();
+    const int64_t n = static_cast<int64_t>(sv.idx.size());
+    const Split3 s = split_at(sv.x_shape, sv.dim);
+    Tensor d_x = zeros(sv.x_shape, d.dtype());
+    dispatch_floating(kName, d.dtype(), [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      const T* pd = d.data<T>();
+      T* px = d_x.data<T>();
+      for (int64_t o = 0; o < s.outer; ++o) {
+        for (int64_t i = 0; i < n; ++i) {
+          const T* src = pd + (o * n + i) * s.inner;
+          T* dst = px + (o * s.mid + sv.idx[i]) * s.inner;
+          for (int64_t r = 0; r < s.inner; ++r) dst[r] += src[r];
+        }
+      }
+    });
+    return {d_x, Tensor()};
+  }
+};
+
+// ---------------------------------------------------------------- gather
+
+// Calls f(n, base) for each flat row-major position n of `index_shape`, where base is
+// the element offset of that position in a tensor with `strides`, leaving out `dim`
+// (the caller adds index[n] * strides[dim]).
+template <class F>
+void for_each_gather_position(const Shape& index_shape, const Shape& strides, int64_t dim, F&& f) {
+  const int64_t nd = static_cast<int64_t>(index_shape.size());
+  const int64_t total = shape_numel(index_shape);
+  std::vector<int64_t> coord(nd, 0);
+  int64_t base = 0;
+  for (int64_t n = 0; n < total; ++n) {
+    f(n, base);
+    for (int64_t d = nd - 1; d >= 0; --d) {
+      const int64_t st = d == dim ? 0 : strides[d];
+      ++coord[d];
+      base += st;
+      if (coord[d] < index_shape[d]) break;
+      base -= st * index_shape[d];
+      coord[d] = 0;
+    }
+  }
+}
+
+struct GatherOp {
+  static constexpr const char* kName = "gather";
+  struct Saved {
+    std::vector<int64_t> idx;  // row-major over index_shape
+    Shape x_shape, index_shape;
+    int64_t dim = 0;
+  };
+
+  static Tensor forward(Ctx<Saved>& ctx, const Tensor& x, int64_t dim, const Tensor& index) {
+    check_floating(kName, x);
+    require_cpu(kName, x);
+    check_index_tensor(kName, "index", index);
+    RESONA_CHECK(x.dim() >= 1) << "gather: x must have at least one dim, got " << x.describe();
+    RESONA_CHECK(index.dim() == x.dim())
+        << "gather: index " << index.describe() << " must have as many dims as x " << x.describe();
+    dim = wrap_dim(kName, dim, x.dim());
+    for (int64_t d = 0; d < x.dim(); ++d) {
+      RESONA_CHECK(d == dim || index.shape()[d] <= x.shape()[d])
+          << "gather: index " << index.describe() << " is larger than x " << x.describe()
+          << " along dim " << d << " (" << index.shape()[d] << " > " << x.shape()[d]
+          << "); only dim " << dim << " may be larger";
+    }
+    std::vector<int64_t> idx = read_indices(kName, "index", index, x, dim);
+    Tensor out = empty(index.shape(), x.dtype());
+    dispatch_floating(kName, x.dtype(), [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      const T* px = x.data<T>();
+      T* po = out.data<T>();
+      const int64_t sdim = x.strides()[dim];
+      for_each_gather_position(index.shape(), x.strides(), dim,
+                               [&](int64_t n, int64_t base) { po[n] = px[base + idx[n] * sdim]; });
+    });
+    if (ctx.requires_grad) ctx.saved = {std::move(idx), x.shape(), index.shape(), dim};
+    return out;
+  }
+
+  static Grads backward(Ctx<Saved>& ctx, const Tensor& d_y) {
+    if (!ctx.needs(0)) return {Tensor(), Tensor()};
+    const Saved& sv = ctx.saved;
+    require_cpu(kName, d_y);
+    Tensor d = d_y.contiguous();
+    Tensor d_x = zeros(sv.x_shape, d.dtype());
+    const Shape strides = contiguous_strides(sv.x_shape);
+    dispatch_floating(kName, d.dtype(), [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      const T* pd = d.data<T>();
+      T* px = d_x.data<T>();
+      const int64_t sdim = strides[sv.dim];
+      for_each_gather_position(sv.index_shape, strides, sv.dim, [&](int64_t n, int64_t base) {
+        px[base + sv.idx[n] * sdim] += pd[n];
+      });
+    });
+    return {d_x, Tensor()};
+  }
+};
+
+}  // namespace
+
+Tensor embedding(const Tensor& weight, const Tensor& ids) {
+  return apply<EmbeddingOp>(weight, ids);
+}
+Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
+  return apply<IndexSelectOp>(x, dim, index);
+}
+Tensor gather(const Tensor& x, int64_t dim, const Tensor& index) {
+  return apply<GatherOp>(x, dim, index);
+}
+
+}  // namespace resona
