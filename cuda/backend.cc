@@ -7,6 +7,7 @@
 #include "core/check.h"
 #include "core/storage.h"
 #include "cuda/allocator.h"
+#include "cuda/backend.h"
 
 namespace resona::cuda {
 namespace {
@@ -47,11 +48,16 @@ class CudaBackend final : public DeviceBackend {
   }
 };
 
-const bool registered = [] {
-  static CudaBackend backend;
-  register_backend(DeviceType::kCUDA, &backend);
+[[maybe_unused]] const bool registered = [] {
+  register_cuda_backend();
   return true;
 }();
 
 }  // namespace
+
+void register_cuda_backend() {
+  static CudaBackend backend;
+  register_backend(DeviceType::kCUDA, &backend);
+}
+
 }  // namespace resona::cuda
