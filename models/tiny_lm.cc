@@ -116,9 +116,46 @@ Tensor TinyLMModel::forward(const Tensor& ids) const {
 
 // ---- TinyLM ----
 
-TinyLM::TinyLM(const TinyLMConfig& cfg, Generator& gen) : cfg_(validated(cfg)), model_(cfg_, gen) {
+namespace {
+
+TinyLMConfig from_model_config(const ModelConfig& c) {
+  RESONA_CHECK(c.name == "tiny") << "TinyLM built from a config for model '" << c.name << "'";
+  RESONA_CHECK(c.tie_embeddings) << "model.tie_embeddings: the tiny model always ties its "
+                                    "lm_head to the embeddings";
+  TinyLMConfig t;
+  t.vocab_size = c.vocab_size;
+  t.d_model = c.hidden_size;
+  t.n_layers = c.num_layers;
+  t.window = c.tiny.window;
+  t.mlp_hidden = c.intermediate_size;
+  t.norm_eps = c.norm_eps;
+  t.init_std = c.init_std;
+  return t;
+}
+
+ModelConfig to_model_config(const TinyLMConfig& t) {
+  ModelConfig c;
+  c.name = "tiny";
+  c.vocab_size = t.vocab_size;
+  c.hidden_size = t.d_model;
+  c.num_layers = t.n_layers;
+  c.tiny.window = t.window;
+  c.intermediate_size = t.resolved_mlp_hidden();
+  c.norm_eps = t.norm_eps;
+  c.init_std = t.init_std;
+  return c;
+}
+
+}  // namespace
+
+TinyLM::TinyLM(const TinyLMConfig& cfg, Generator& gen)
+    : cfg_(validated(cfg)), model_cfg_(to_model_config(cfg_)), model_(cfg_, gen) {
   register_module("model", model_);
   name_parameters();
+}
+
+TinyLM::TinyLM(const ModelConfig& cfg, Generator& gen) : TinyLM(from_model_config(cfg), gen) {
+  model_cfg_ = cfg;
 }
 
 Tensor TinyLM::forward(const Tensor& ids) const {

@@ -28,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "models/language_model.h"
 #include "models/module.h"
 
 namespace resona::models {
@@ -93,13 +94,16 @@ class TinyLMModel : public Module {
   RMSNorm norm_;
 };
 
-class TinyLM : public Module {
+class TinyLM : public LanguageModel {
  public:
   // Draws every initial weight from `gen`, in construction order.
   TinyLM(const TinyLMConfig& cfg, Generator& gen);
+  // From the run config's `model:` section (name "tiny").
+  TinyLM(const ModelConfig& cfg, Generator& gen);
 
   // ids [B, T] (int64 in [0, V)) -> logits [B, T, V]
-  Tensor forward(const Tensor& ids) const;
+  Tensor forward(const Tensor& ids) const override;
+  const ModelConfig& config() const override { return model_cfg_; }
   // Mean next-token cross-entropy: position t predicts ids[:, t+1]. ids [B, T], T >= 2.
   Tensor loss(const Tensor& ids) const;
   // Greedy continuation: appends `n` tokens to `prompt` (non-empty), each the argmax of
@@ -108,10 +112,11 @@ class TinyLM : public Module {
 
   // How many past tokens (the current one included) can influence a logit.
   int64_t receptive_field() const { return cfg_.n_layers * (cfg_.window - 1) + 1; }
-  const TinyLMConfig& config() const { return cfg_; }
+  const TinyLMConfig& tiny_config() const { return cfg_; }
 
  private:
   TinyLMConfig cfg_;
+  ModelConfig model_cfg_;  // the same settings in the run config's terms
   TinyLMModel model_;
 };
 

@@ -30,7 +30,7 @@ TEST_CASE("TinyLM: parameter names follow FLA/HF, count matches the formula") {
   Generator gen(0);
   TinyLM model(small_config(), gen);
   // mlp_hidden = ceil(8/3 * 16) = 43, rounded up to 64.
-  CHECK(model.config().resolved_mlp_hidden() == 64);
+  CHECK(model.tiny_config().resolved_mlp_hidden() == 64);
   std::vector<std::string> expected = {"model.embeddings.weight"};
   for (int l = 0; l < 2; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
