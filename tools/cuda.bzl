@@ -9,14 +9,15 @@ load("@rules_cc//cc:defs.bzl", "cc_library")
 
 _NVCC = "/usr/local/cuda/bin/nvcc"
 
-def cuda_library(name, srcs, hdrs = [], deps = [], copts = [], visibility = None):
+def cuda_library(name, srcs, hdrs = [], device_hdrs = [], deps = [], copts = [], visibility = None):
+    """hdrs: plain headers (also exported to C++); device_hdrs: .cuh files only nvcc sees."""
     objs = []
     for src in srcs:
         base = src.replace("/", "_").rsplit(".", 1)[0]
         obj = "_%s_%s.o" % (name, base)
         native.genrule(
             name = "_%s_%s_nvcc" % (name, base),
-            srcs = [src] + hdrs,
+            srcs = [src] + hdrs + device_hdrs,
             outs = [obj],
             cmd = " ".join([
                 "archs=$$(echo $(cuda_archs) | tr ',' ' ');",
