@@ -4,8 +4,10 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <memory>
+#include <vector>
 
 #include "core/dtype.h"
 
@@ -24,6 +26,25 @@ class DeviceBackend {
   virtual void memset_zero(void* ptr, size_t nbytes, int device_index) = 0;
   virtual void synchronize(int device_index) = 0;
   virtual int device_count() = 0;
+
+  // Optional kernels on strided views of this device's memory: `dst` and `src` point at
+  // element [0, ..., 0], strides are in elements (0 along broadcast dims of a source).
+  // Each returns nullptr when done, else why not (a static string); core adds the
+  // tensors' names to the error. A backend without them refuses strided device copies.
+  //
+  // dst = src elementwise, converting dtypes as core/dispatch.h's convert<To, From>.
+  virtual const char* strided_copy(const std::vector<int64_t>& shape, void* dst, DType dst_dtype,
+                                   const std::vector<int64_t>& dst_strides, const void* src,
+                                   DType src_dtype, const std::vector<int64_t>& src_strides,
+                                   int device_index) {
+    return "this device backend has no strided copy";
+  }
+  // Every element of dst = value, converted to `dtype` as convert<T>(value).
+  virtual const char* strided_fill(const std::vector<int64_t>& shape, void* dst, DType dtype,
+                                   const std::vector<int64_t>& strides, double value,
+                                   int device_index) {
+    return "this device backend has no strided fill";
+  }
 };
 
 void register_backend(DeviceType type, DeviceBackend* backend);

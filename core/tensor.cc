@@ -339,29 +339,45 @@ void copy_into(const Tensor& dst, const Tensor& src) {
     });
     return;
   }
+  if (dst.device() == src.device()) {  // one device other than the CPU: its kernel
+    const char* err = backend_for(dst.device())
+                          .strided_copy(dst.shape(), dst.raw_data(), dst.dtype(), dst.strides(),
+                                        src.raw_data(), src.dtype(), src.strides(),
+                                        dst.device().index);
+    RESONA_CHECK(err == nullptr) << "copy from " << src.describe() << " into " << dst.describe()
+                                 << ": " << err;
+    return;
+  }
+  // Across devices the backends move contiguous bytes of one dtype: convert and compact
+  // on the host side, and on the device side through a contiguous temporary there.
   if (src.device().is_cpu() && (!src.is_contiguous() || src.dtype() != dst.dtype())) {
-    Tensor staged = empty(src.shape(), dst.dtype());  // convert/compact on the host first
+    Tensor staged = empty(src.shape(), dst.dtype());
     copy_into(staged, src);
     copy_into(dst, staged);
     return;
   }
-  if (dst.device().is_cpu() &&
-      (!src.is_contiguous() || src.dtype() != dst.dtype() || !dst.is_contiguous())) {
-    // Backends move contiguous bytes only: bring the storage span that `src` covers to
-    // the host, then gather and convert there.
-    int64_t lo = src.offset(), hi = src.offset();
-    for (int64_t d = 0; d < src.dim(); ++d) {
-      const int64_t span = (src.shape()[d] - 1) * src.strides()[d];
-      (span < 0 ? lo : hi) += span;
-    }
-    Tensor host_span = empty({hi - lo + 1}, src.dtype());
-    copy_into(host_span, make_view(src, {hi - lo + 1}, {1}, lo));
-    copy_into(dst, make_view(host_span, src.shape(), src.strides(), src.offset() - lo));
+  if (!dst.device().is_cpu() && !dst.is_contiguous()) {
+    Tensor staged = empty(dst.shape(), dst.dtype(), dst.device());
+    copy_into(staged, src);
+    copy_into(dst, staged);
     return;
   }
-  RESONA_CHECK(dst.dtype() == src.dtype() && dst.is_contiguous() && src.is_contiguous())
-      << "copy between " << src.describe() << " and " << dst.describe()
-      << " needs the same dtype and contiguous layouts (convert on one device first)";
+  if (!src.device().is_cpu() && !src.is_contiguous()) {
+    Tensor staged = empty(src.shape(), src.dtype(), src.device());
+    copy_into(staged, src);
+    copy_into(dst, staged);
+    return;
+  }
+  if (src.dtype() != dst.dtype() || !dst.is_contiguous()) {
+    // To the host: move src's bytes, then convert and scatter there. Between two
+    // devices: convert on the source device, then move.
+    const bool to_host = dst.device().is_cpu();
+    Tensor staged = empty(src.shape(), to_host ? src.dtype() : dst.dtype(),
+                          to_host ? Device::cpu() : src.device());
+    copy_into(staged, src);
+    copy_into(dst, staged);
+    return;
+  }
   Device dev = dst.device().is_cpu() ? src.device() : dst.device();
   backend_for(dev).copy(dst.raw_data(), dst.device(), src.raw_data(), src.device(), dst.nbytes());
 }

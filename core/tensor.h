@@ -170,8 +170,9 @@ Tensor zeros_like(const Tensor& t);
 // A raw view of `base`'s storage with new geometry (no autograd record). Checks that
 // the view stays inside the storage.
 Tensor make_view(const Tensor& base, Shape shape, Shape strides, int64_t offset);
-// Elementwise copy with dtype conversion and any strides, same shape; both on the CPU,
-// or dispatched to the device backend for contiguous same-dtype device copies.
+// Elementwise copy with dtype conversion and any strides, same shape, any devices: on one
+// device through its backend's strided_copy (core/storage.h); across devices the bytes
+// move contiguously, converted and compacted on the host or through a device temporary.
 void copy_into(const Tensor& dst, const Tensor& src);
 
 // A copy of `src` with the given dtype on the given device (`src` itself when both

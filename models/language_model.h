@@ -2,7 +2,9 @@
 // the registry that builds one from its config by name.
 //
 // Parameter names follow FLA/Hugging Face ("model.embeddings.weight",
-// "model.layers.3.attn.q_proj.weight", "model.norm.weight", "lm_head.weight" when untied).
+// "model.layers.3.attn.q_proj.weight", "model.norm.weight", "lm_head.weight" when untied;
+// Mamba and Mamba2, as FLA's copies of Hugging Face's Mamba, "backbone.embeddings.weight",
+// "backbone.layers.3.mixer.in_proj.weight", "backbone.norm_f.weight").
 #pragma once
 
 #include <memory>
@@ -22,6 +24,14 @@ class LanguageModel : public Module {
   virtual Tensor forward(const Tensor& ids) const = 0;
   virtual const ModelConfig& config() const = 0;
 };
+
+// `cfg` with every "0: default" setting replaced by the value the backbone uses: norm_eps,
+// hidden_ratio and intermediate_size (backbones with an MLP), mamba.time_step_rank.
+// Settings a backbone does not read are left as they are.
+ModelConfig resolved_model_config(const ModelConfig& cfg);
+
+// True when build_model knows `name` (the registry behind backbone_names()).
+bool has_backbone(const std::string& name);
 
 // Builds the backbone `cfg.name`, drawing every initial weight from `gen` in
 // construction order. Throws naming the field for an invalid configuration.

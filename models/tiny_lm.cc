@@ -62,21 +62,6 @@ Tensor WindowMixer::forward(const Tensor& x) const {
   return proj_.forward(u);
 }
 
-// ---- SwiGLU ----
-
-SwiGLU::SwiGLU(int64_t d_model, int64_t hidden, Generator& gen, double init_std, double out_std)
-    : gate_proj_(d_model, hidden, gen, {.bias = false, .init_std = init_std}),
-      up_proj_(d_model, hidden, gen, {.bias = false, .init_std = init_std}),
-      down_proj_(hidden, d_model, gen, {.bias = false, .init_std = out_std}) {
-  register_module("gate_proj", gate_proj_);
-  register_module("up_proj", up_proj_);
-  register_module("down_proj", down_proj_);
-}
-
-Tensor SwiGLU::forward(const Tensor& x) const {
-  return down_proj_.forward(silu(gate_proj_.forward(x)) * up_proj_.forward(x));
-}
-
 // ---- TinyBlock ----
 
 TinyBlock::TinyBlock(const TinyLMConfig& cfg, Generator& gen)
@@ -128,7 +113,7 @@ TinyLMConfig from_model_config(const ModelConfig& c) {
   t.n_layers = c.num_layers;
   t.window = c.tiny.window;
   t.mlp_hidden = c.intermediate_size;
-  t.norm_eps = c.norm_eps;
+  t.norm_eps = c.resolved_norm_eps();
   t.init_std = c.init_std;
   return t;
 }

@@ -28,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "models/blocks.h"
 #include "models/language_model.h"
 #include "models/module.h"
 
@@ -60,15 +61,6 @@ class WindowMixer : public Module {
   Linear proj_;  // [D, W*D]; column block j multiplies x_{t-j}
 };
 
-class SwiGLU : public Module {
- public:
-  SwiGLU(int64_t d_model, int64_t hidden, Generator& gen, double init_std, double out_std);
-  Tensor forward(const Tensor& x) const;  // [..., D] -> [..., D]
-
- private:
-  Linear gate_proj_, up_proj_, down_proj_;
-};
-
 class TinyBlock : public Module {
  public:
   TinyBlock(const TinyLMConfig& cfg, Generator& gen);
@@ -78,7 +70,7 @@ class TinyBlock : public Module {
   RMSNorm mixer_norm_;
   WindowMixer mixer_;
   RMSNorm mlp_norm_;
-  SwiGLU mlp_;
+  GatedMLP mlp_;  // SwiGLU
 };
 
 // The backbone: embeddings -> blocks -> final norm (HF's "model").

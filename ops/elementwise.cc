@@ -1,5 +1,6 @@
 #include "ops/elementwise.h"
 
+#include <array>
 #include <cmath>
 
 #include "autograd/function.h"
@@ -7,7 +8,6 @@
 #include "core/dispatch.h"
 #include "core/strided_loop.h"
 #include "cuda/elementwise.h"
-#include "ops/device_util.h"
 #include "ops/reduce.h"
 
 namespace resona {
@@ -84,6 +84,23 @@ void binary_cpu(const Tensor& out, const Tensor& a, const Tensor& b) {
                   });
 }
 
+// ---------------------------------------------------------------- CUDA plumbing
+
+// The kernels number the kinds as the ops do.
+#define RESONA_SAME_BINARY_(k) \
+  static_assert(static_cast<int>(BinaryKind::k) == static_cast<int>(cuda::BinaryKernelKind::k));
+RESONA_SAME_BINARY_(kAdd) RESONA_SAME_BINARY_(kSub) RESONA_SAME_BINARY_(kMul)
+RESONA_SAME_BINARY_(kDiv) RESONA_SAME_BINARY_(kPow)
+#undef RESONA_SAME_BINARY_
+#define RESONA_SAME_UNARY_(k) \
+  static_assert(static_cast<int>(UnaryKind::k) == static_cast<int>(cuda::UnaryKernelKind::k));
+RESONA_SAME_UNARY_(kNeg) RESONA_SAME_UNARY_(kExp) RESONA_SAME_UNARY_(kLog)
+RESONA_SAME_UNARY_(kSqrt) RESONA_SAME_UNARY_(kRsqrt) RESONA_SAME_UNARY_(kAbs)
+RESONA_SAME_UNARY_(kSigmoid) RESONA_SAME_UNARY_(kTanh) RESONA_SAME_UNARY_(kSilu)
+RESONA_SAME_UNARY_(kGelu) RESONA_SAME_UNARY_(kSoftplus) RESONA_SAME_UNARY_(kRelu)
+RESONA_SAME_UNARY_(kAddScalar) RESONA_SAME_UNARY_(kMulScalar) RESONA_SAME_UNARY_(kPowScalar)
+#undef RESONA_SAME_UNARY_
+
 cuda::KernelDType kernel_dtype(const char* op, const Tensor& t) {
   switch (t.dtype()) {
     case DType::kFloat32: return cuda::KernelDType::kFloat32;
@@ -92,6 +109,34 @@ cuda::KernelDType kernel_dtype(const char* op, const Tensor& t) {
   }
   RESONA_FAIL() << op << ": CUDA supports float32 and bfloat16, got " << t.describe();
   return cuda::KernelDType::kFloat32;
+}
+
+// The kernel's view of K operands of one shape (operand 0 the output), or an error
+// naming the op and `t` when more than cuda::kMaxDims dims remain after merging.
+template <int K>
+cuda::StridedDims<K> kernel_dims(const char* op, const Tensor& t, const Shape& shape,
+                                 const std::array<Shape, K>& strides) {
+  const int64_t* st[K];
+  for (int k = 0; k < K; ++k) st[k] = strides[k].data();
+  cuda::StridedDims<K> d;
+  RESONA_CHECK(cuda::make_strided_dims<K>(static_cast<int>(shape.size()), shape.data(), st, d))
+      << op << " on CUDA: " << t.describe() << " has more than " << cuda::kMaxDims
+      << " dims after merging the contiguous ones";
+  return d;
+}
+
+void check_launch(const char* op, const Tensor& t, const char* err) {
+  RESONA_CHECK(err == nullptr) << op << " on CUDA (" << t.describe() << "): " << err;
+}
+
+// A view written in place must not visit an element twice (a stride-0 dim would make
+// threads race on it).
+void check_writable(const char* op, const Tensor& dst) {
+  for (int64_t d = 0; d < dst.dim(); ++d) {
+    RESONA_CHECK(dst.shape()[d] <= 1 || dst.strides()[d] != 0)
+        << op << " on CUDA: " << dst.describe() << " is broadcast (stride 0) along dim " << d
+        << " and cannot be written in place";
+  }
 }
 
 template <BinaryKind K>
@@ -103,15 +148,16 @@ Tensor binary_forward(const Tensor& a, const Tensor& b) {
   Shape shape = broadcast_shapes(op, a.shape(), b.shape());
   Tensor out = empty(shape, a.dtype(), a.device());
   if (a.device().is_cuda()) {
-    const bool a_scalar = a.numel() == 1, b_scalar = b.numel() == 1;
-    RESONA_CHECK((a_scalar || (a.shape() == shape && a.is_contiguous())) &&
-                 (b_scalar || (b.shape() == shape && b.is_contiguous())))
-        << op << " on CUDA: broadcasting other than a one-element operand and strided "
-        << "operands are not supported yet (" << a.describe() << ", " << b.describe() << ")";
-    cuda::BinaryParams p{static_cast<cuda::BinaryKernelKind>(K), kernel_dtype(op, a), out.numel(),
-                         a.raw_data(), b.raw_data(), out.raw_data(), a_scalar, b_scalar};
-    const char* err = cuda::binary_fwd_cuda(p, nullptr);
-    RESONA_CHECK(err == nullptr) << op << ": " << err;
+    cuda::BinaryParams p;
+    p.kind = static_cast<cuda::BinaryKernelKind>(K);
+    p.dtype = kernel_dtype(op, a);
+    p.n = out.numel();
+    p.dims = kernel_dims<3>(
+        op, out, shape, {out.strides(), broadcast_strides(a, shape), broadcast_strides(b, shape)});
+    p.a = a.raw_data();
+    p.b = b.raw_data();
+    p.out = out.raw_data();
+    check_launch(op, out, cuda::binary_fwd_cuda(p, nullptr));
     return out;
   }
   dispatch_floating(op, a.dtype(), [&](auto tag) {
@@ -272,8 +318,29 @@ struct UnaryOp {
 
   static Tensor forward(Ctx<Saved>& ctx, const Tensor& x, double s) {
     check_floating(kName, x);
-    require_cpu(kName, x);
     Tensor y = empty(x.shape(), x.dtype(), x.device());
+    if (x.device().is_cuda()) {
+      cuda::UnaryParams p;
+      p.kind = static_cast<cuda::UnaryKernelKind>(K);
+      p.dtype = kernel_dtype(kName, x);
+      p.s = static_cast<float>(s);
+      p.n = y.numel();
+      p.dims = kernel_dims<2>(kName, x, x.shape(), {y.strides(), x.strides()});
+      p.x = x.raw_data();
+      p.y = y.raw_data();
+      check_launch(kName, x, cuda::unary_fwd_cuda(p, nullptr));
+    } else {
+      unary_forward_cpu(x, y, s);
+    }
+    if (ctx.requires_grad) {
+      if constexpr (unary_needs_x(K)) ctx.saved.x = x;
+      if constexpr (unary_needs_y(K)) ctx.saved.y = y;
+      ctx.saved.s = s;
+    }
+    return y;
+  }
+
+  static void unary_forward_cpu(const Tensor& x, const Tensor& y, double s) {
     dispatch_floating(kName, x.dtype(), [&](auto tag) {
       using T = typename decltype(tag)::type;
       const T* px = x.data<T>();
@@ -291,20 +358,35 @@ struct UnaryOp {
                         }
                       });
     });
-    if (ctx.requires_grad) {
-      if constexpr (unary_needs_x(K)) ctx.saved.x = x;
-      if constexpr (unary_needs_y(K)) ctx.saved.y = y;
-      ctx.saved.s = s;
-    }
-    return y;
   }
 
   static Grads backward(Ctx<Saved>& ctx, const Tensor& dy_in) {
     const Saved& sv = ctx.saved;
+    if (dy_in.device().is_cuda()) {
+      // The kind's backward reads x or y (never both); kinds that read neither get dy.
+      const Tensor& saved = sv.x.defined() ? sv.x : (sv.y.defined() ? sv.y : dy_in);
+      check_same_device(kName, {&dy_in, &saved});
+      check_same_dtype(kName, {&dy_in, &saved});
+      RESONA_CHECK(saved.shape() == dy_in.shape())
+          << kName << " backward: gradient " << dy_in.describe() << " does not match the saved "
+          << saved.describe();
+      Tensor dx = empty(dy_in.shape(), dy_in.dtype(), dy_in.device());
+      cuda::UnaryBwdParams p;
+      p.kind = static_cast<cuda::UnaryKernelKind>(K);
+      p.dtype = kernel_dtype(kName, dy_in);
+      p.s = static_cast<float>(sv.s);
+      p.n = dx.numel();
+      p.dims = kernel_dims<3>(kName, dy_in, dy_in.shape(),
+                              {dx.strides(), dy_in.strides(), saved.strides()});
+      p.dy = dy_in.raw_data();
+      p.saved = saved.raw_data();
+      p.dx = dx.raw_data();
+      check_launch(kName, dy_in, cuda::unary_bwd_cuda(p, nullptr));
+      return {dx};
+    }
     Tensor dy = dy_in.contiguous();
     Tensor x = sv.x.defined() ? sv.x.contiguous() : Tensor();
     Tensor y = sv.y.defined() ? sv.y.contiguous() : Tensor();
-    require_cpu(kName, dy);
     Tensor dx = empty(dy.shape(), dy.dtype(), dy.device());
     dispatch_floating(kName, dy.dtype(), [&](auto tag) {
       using T = typename decltype(tag)::type;
@@ -386,10 +468,24 @@ Tensor& add_(Tensor& dst, const Tensor& src, double alpha) {
   check_in_place("add_", dst);
   check_same_device("add_", {&dst, &src});
   check_same_dtype("add_", {&dst, &src});
-  require_cpu("add_", dst);
   Shape bs = broadcast_shapes("add_", dst.shape(), src.shape());
   RESONA_CHECK(bs == dst.shape()) << "add_: " << src.describe() << " does not broadcast to "
                                   << dst.describe();
+  if (dst.device().is_cuda()) {
+    check_writable("add_", dst);
+    cuda::BinaryParams p;
+    p.kind = cuda::BinaryKernelKind::kAdd;
+    p.dtype = kernel_dtype("add_", dst);
+    p.alpha = static_cast<float>(alpha);
+    p.n = dst.numel();
+    p.dims = kernel_dims<3>("add_", dst, dst.shape(),
+                            {dst.strides(), dst.strides(), broadcast_strides(src, dst.shape())});
+    p.a = dst.raw_data();
+    p.b = src.raw_data();
+    p.out = dst.raw_data();
+    check_launch("add_", dst, cuda::binary_fwd_cuda(p, nullptr));
+    return dst;
+  }
   dispatch_floating("add_", dst.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
     T* pd = dst.data<T>();
@@ -407,7 +503,19 @@ Tensor& add_(Tensor& dst, const Tensor& src, double alpha) {
 
 Tensor& mul_(Tensor& dst, double s) {
   check_in_place("mul_", dst);
-  require_cpu("mul_", dst);
+  if (dst.device().is_cuda()) {
+    check_writable("mul_", dst);
+    cuda::UnaryParams p;
+    p.kind = cuda::UnaryKernelKind::kMulScalar;
+    p.dtype = kernel_dtype("mul_", dst);
+    p.s = static_cast<float>(s);
+    p.n = dst.numel();
+    p.dims = kernel_dims<2>("mul_", dst, dst.shape(), {dst.strides(), dst.strides()});
+    p.x = dst.raw_data();
+    p.y = dst.raw_data();
+    check_launch("mul_", dst, cuda::unary_fwd_cuda(p, nullptr));
+    return dst;
+  }
   dispatch_floating("mul_", dst.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
     T* pd = dst.data<T>();

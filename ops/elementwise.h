@@ -8,9 +8,10 @@
 // summed back over the dims that input was broadcast along (sum_to). Gradients are
 // returned fresh (never aliasing an input).
 //
-// CPU: float32 and float64. CUDA: binary ops on contiguous same-shape or scalar operands
-// in float32 and bfloat16 (cuda/elementwise.cu); other CUDA cases raise an error naming
-// the op.
+// CPU: float32 and float64. CUDA (cuda/elementwise.cu): every op here, forward and
+// backward, and add_/mul_, in float32 and bfloat16 (float32 arithmetic), on operands of
+// any strides and broadcasting; float64, and views that keep more than 8 dims after
+// merging contiguous ones, raise an error naming the op and the tensor.
 #pragma once
 
 #include "core/tensor.h"

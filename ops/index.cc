@@ -1,4 +1,5 @@
-// Indexing ops: embedding, index_select, gather (CPU, float32 and float64).
+// Indexing ops: embedding, index_select, gather (CPU: float32 and float64; CUDA:
+// float32 and bfloat16 with float32 accumulation, kernels in cuda/index.cu).
 //
 //   embedding:    y[n, :] = weight[ids[n], :]                     (n: flat position in ids)
 //                 d_weight[v, :] = sum over n with ids[n] = v of d_y[n, :]
@@ -16,6 +17,14 @@
 // Backward writes fresh zero-initialised gradients and scatter-adds into them
 // sequentially in row-major index order, so repeated indices accumulate and the result
 // is bit-for-bit deterministic.
+//
+// CUDA: the floating input may have any strides (rank <= 8); the index tensor may live
+// on the CPU (read and checked on the host, then uploaded) or on the same GPU (converted
+// and checked by a kernel; the check reads one word back, a host sync, so that a bad
+// index raises here, naming the position and value, rather than faulting later). The
+// int64 device copy is what backward uses. Backward scatter-adds with float32 atomics,
+// or, under set_deterministic(true) (ops/determinism.h), sorts the indices and sums each
+// run in index order: bit-identical run to run, and for float32 equal to the CPU's sums.
 #include "ops/index.h"
 
 #include <algorithm>
@@ -23,6 +32,8 @@
 
 #include "autograd/function.h"
 #include "core/dispatch.h"
+#include "cuda/index.h"
+#include "ops/determinism.h"
 #include "ops/device_util.h"
 
 namespace resona {
@@ -69,17 +80,134 @@ Split3 split_at(const Shape& shape, int64_t dim) {
   return s;
 }
 
+// ---------------------------------------------------------------- CUDA helpers
+
+cuda::KernelDType cuda_dtype(const char* op, const Tensor& t) {
+  switch (t.dtype()) {
+    case DType::kFloat32:
+      return cuda::KernelDType::kFloat32;
+    case DType::kBFloat16:
+      return cuda::KernelDType::kBFloat16;
+    default:
+      break;
+  }
+  RESONA_FAIL() << op << ": CUDA supports float32 and bfloat16, got " << t.describe();
+  return cuda::KernelDType::kFloat32;
+}
+
+void check_cuda_rank(const char* op, const Tensor& t) {
+  RESONA_CHECK(t.dim() <= cuda::kIndexMaxDims)
+      << op << " on CUDA: at most " << cuda::kIndexMaxDims << " dims, got " << t.describe();
+}
+
+// The values of `index` (CPU or CUDA, int32 or int64, any strides) as a contiguous int64
+// tensor on `device`, each checked to lie in [0, src.size(dim)) with read_indices' message.
+Tensor device_indices(const char* op, const char* role, const Tensor& index, const Tensor& src,
+                      int64_t dim) {
+  RESONA_CHECK(index.dtype() == DType::kInt32 || index.dtype() == DType::kInt64)
+      << op << ": " << role << " must be int32 or int64, got " << index.describe();
+  const Device device = src.device();
+  if (index.device().is_cpu()) {
+    std::vector<int64_t> v = read_indices(op, role, index, src, dim);
+    return copy_to(from_vector(v, {static_cast<int64_t>(v.size())}), DType::kInt64, device);
+  }
+  RESONA_CHECK(index.device() == device) << op << ": " << role << " " << index.describe()
+                                         << " is on another device than " << src.describe();
+  check_cuda_rank(op, index);
+  const int64_t n = index.numel(), bound = src.shape()[dim];
+  Tensor out = empty({n}, DType::kInt64, device);
+  Tensor bad = empty({1}, DType::kInt64, device);
+  cuda::IndexPrepareParams p{};
+  p.index = index.raw_data();
+  p.index_int32 = index.dtype() == DType::kInt32;
+  p.ndim = static_cast<int32_t>(index.dim());
+  for (int64_t d = 0; d < index.dim(); ++d) {
+    p.shape[d] = index.shape()[d];
+    p.strides[d] = index.strides()[d];
+  }
+  p.n = n;
+  p.bound = bound;
+  p.out = out.data<int64_t>();
+  p.bad_pos = bad.data<int64_t>();
+  const char* err = cuda::index_prepare_cuda(p, nullptr);
+  RESONA_CHECK(err == nullptr) << op << ": reading " << role << " " << index.describe() << ": "
+                               << err;
+  const int64_t pos = bad.item_int();
+  if (pos >= 0) {
+    const int64_t v = make_view(out, {}, {}, pos).item_int();
+    RESONA_FAIL() << op << ": " << role << " " << index.describe() << " holds " << v
+                  << " at flat position " << pos << ", outside [0, " << bound << ") (size of dim "
+                  << dim << " of " << src.describe() << ")";
+  }
+  return out;
+}
+
+void fill_geometry(cuda::IndexGatherParams& p, const Shape& out_shape, const Shape& x_shape,
+                   int64_t dim, bool per_element, const Tensor& idx) {
+  p.ndim = static_cast<int32_t>(out_shape.size());
+  for (size_t d = 0; d < out_shape.size(); ++d) {
+    p.out_shape[d] = out_shape[d];
+    p.x_shape[d] = x_shape[d];
+  }
+  p.dim = static_cast<int32_t>(dim);
+  p.per_element = per_element;
+  p.idx = idx.data<int64_t>();
+}
+
+// out (contiguous, `out_shape`) = x gathered along `dim` by idx; kernel_out_shape is
+// out_shape seen with x's rank (embedding: [N, D]).
+Tensor gather_cuda(const char* op, const Tensor& x, const Tensor& idx, const Shape& out_shape,
+                   const Shape& kernel_out_shape, int64_t dim, bool per_element) {
+  cuda::IndexGatherParams p{};
+  p.dtype = cuda_dtype(op, x);
+  fill_geometry(p, kernel_out_shape, x.shape(), dim, per_element, idx);
+  for (int64_t d = 0; d < x.dim(); ++d) p.x_strides[d] = x.strides()[d];
+  Tensor out = empty(out_shape, x.dtype(), x.device());
+  p.src = x.raw_data();
+  p.dst = out.raw_data();
+  const char* err = cuda::index_gather_fwd_cuda(p, nullptr);
+  RESONA_CHECK(err == nullptr) << op << " on " << x.describe() << ": " << err;
+  return out;
+}
+
+// The adjoint: a fresh contiguous d_x of x_shape.
+Tensor scatter_cuda(const char* op, const Tensor& d_y_in, const Tensor& idx, const Shape& x_shape,
+                    const Shape& kernel_out_shape, int64_t dim, bool per_element) {
+  RESONA_CHECK(d_y_in.device() == idx.device())
+      << op << " backward: the gradient " << d_y_in.describe() << " is not on "
+      << idx.device().str() << " with the forward's indices";
+  cuda::IndexGatherParams p{};
+  p.dtype = cuda_dtype(op, d_y_in);
+  Tensor d_y = d_y_in.contiguous();
+  fill_geometry(p, kernel_out_shape, x_shape, dim, per_element, idx);
+  Tensor d_x = empty(x_shape, d_y.dtype(), d_y.device());
+  p.src = d_y.raw_data();
+  p.dst = d_x.raw_data();
+  p.deterministic = deterministic();
+  const size_t bytes = cuda::index_scatter_bwd_scratch_bytes(p);
+  Tensor scratch;
+  if (bytes > 0) {
+    scratch = empty({static_cast<int64_t>((bytes + 7) / 8)}, DType::kInt64, d_y.device());
+    p.scratch = scratch.raw_data();
+  }
+  const char* err = cuda::index_scatter_bwd_cuda(p, nullptr);
+  RESONA_CHECK(err == nullptr) << op << " backward on " << d_y_in.describe() << ": " << err;
+  return d_x;
+}
+
 // ---------------------------------------------------------------- embedding
 
 struct EmbeddingOp {
   static constexpr const char* kName = "embedding";
   struct Saved {
-    std::vector<int64_t> rows;  // ids, row-major
+    std::vector<int64_t> rows;  // ids, row-major (CPU)
     int64_t V = 0, D = 0;
+    Tensor idx_dev;  // ids as int64 on the device (CUDA)
   };
 
   static Tensor forward(Ctx<Saved>& ctx, const Tensor& weight, const Tensor& ids) {
     check_floating(kName, weight);
+    if (weight.device().is_cuda()) return forward_cuda(ctx, weight, ids);
     require_cpu(kName, weight);
     check_index_tensor(kName, "ids", ids);
     RESONA_CHECK(weight.dim() == 2)
@@ -104,13 +232,30 @@ struct EmbeddingOp {
         }
       }
     });
-    if (ctx.requires_grad) ctx.saved = {std::move(rows), V, D};
+    if (ctx.requires_grad) ctx.saved = {std::move(rows), V, D, Tensor()};
+    return out;
+  }
+
+  static Tensor forward_cuda(Ctx<Saved>& ctx, const Tensor& weight, const Tensor& ids) {
+    cuda_dtype(kName, weight);
+    RESONA_CHECK(weight.dim() == 2)
+        << "embedding: weight must be [V, D], got " << weight.describe();
+    const int64_t V = weight.shape()[0], D = weight.shape()[1];
+    Tensor idx = device_indices(kName, "ids", ids, weight, 0);
+    Shape out_shape = ids.shape();
+    out_shape.push_back(D);  // [..., D]
+    Tensor out = gather_cuda(kName, weight, idx, out_shape, {ids.numel(), D}, 0, false);
+    if (ctx.requires_grad) ctx.saved = {{}, V, D, idx};
     return out;
   }
 
   static Grads backward(Ctx<Saved>& ctx, const Tensor& d_y) {
     if (!ctx.needs(0)) return {Tensor(), Tensor()};
     const Saved& s = ctx.saved;
+    if (s.idx_dev.defined()) {
+      return {scatter_cuda(kName, d_y, s.idx_dev, {s.V, s.D}, {s.idx_dev.numel(), s.D}, 0, false),
+              Tensor()};
+    }
     require_cpu(kName, d_y);
     Tensor d = d_y.contiguous();
     Tensor d_weight = zeros({s.V, s.D}, d.dtype());
@@ -136,10 +281,12 @@ struct IndexSelectOp {
     std::vector<int64_t> idx;
     Shape x_shape;
     int64_t dim = 0;
+    Tensor idx_dev;  // CUDA
   };
 
   static Tensor forward(Ctx<Saved>& ctx, const Tensor& x, int64_t dim, const Tensor& index) {
     check_floating(kName, x);
+    if (x.device().is_cuda()) return forward_cuda(ctx, x, dim, index);
     require_cpu(kName, x);
     check_index_tensor(kName, "index", index);
     RESONA_CHECK(x.dim() >= 1) << "index_select: x must have at least one dim, got "
@@ -164,13 +311,33 @@ struct IndexSelectOp {
         }
       }
     });
-    if (ctx.requires_grad) ctx.saved = {std::move(idx), x.shape(), dim};
+    if (ctx.requires_grad) ctx.saved = {std::move(idx), x.shape(), dim, Tensor()};
+    return out;
+  }
+
+  static Tensor forward_cuda(Ctx<Saved>& ctx, const Tensor& x, int64_t dim, const Tensor& index) {
+    cuda_dtype(kName, x);
+    RESONA_CHECK(x.dim() >= 1) << "index_select: x must have at least one dim, got "
+                               << x.describe();
+    check_cuda_rank(kName, x);
+    RESONA_CHECK(index.dim() <= 1) << "index_select: index must be 1-D, got " << index.describe();
+    dim = wrap_dim(kName, dim, x.dim());
+    Tensor idx = device_indices(kName, "index", index, x, dim);
+    Shape out_shape = x.shape();
+    out_shape[dim] = idx.numel();
+    Tensor out = gather_cuda(kName, x, idx, out_shape, out_shape, dim, false);
+    if (ctx.requires_grad) ctx.saved = {{}, x.shape(), dim, idx};
     return out;
   }
 
   static Grads backward(Ctx<Saved>& ctx, const Tensor& d_y) {
     if (!ctx.needs(0)) return {Tensor(), Tensor()};
     const Saved& sv = ctx.saved;
+    if (sv.idx_dev.defined()) {
+      Shape y_shape = sv.x_shape;
+      y_shape[sv.dim] = sv.idx_dev.numel();
+      return {scatter_cuda(kName, d_y, sv.idx_dev, sv.x_shape, y_shape, sv.dim, false), Tensor()};
+    }
     require_cpu(kName, d_y);
     Tensor d = d_y.contiguous();
     const int64_t n = static_cast<int64_t>(sv.idx.size());
@@ -222,12 +389,21 @@ struct GatherOp {
     std::vector<int64_t> idx;  // row-major over index_shape
     Shape x_shape, index_shape;
     int64_t dim = 0;
+    Tensor idx_dev;  // CUDA
   };
 
   static Tensor forward(Ctx<Saved>& ctx, const Tensor& x, int64_t dim, const Tensor& index) {
     check_floating(kName, x);
-    require_cpu(kName, x);
-    check_index_tensor(kName, "index", index);
+    const bool on_cuda = x.device().is_cuda();
+    if (on_cuda) {
+      cuda_dtype(kName, x);
+      check_cuda_rank(kName, x);
+      RESONA_CHECK(index.dtype() == DType::kInt32 || index.dtype() == DType::kInt64)
+          << kName << ": index must be int32 or int64, got " << index.describe();
+    } else {
+      require_cpu(kName, x);
+      check_index_tensor(kName, "index", index);
+    }
     RESONA_CHECK(x.dim() >= 1) << "gather: x must have at least one dim, got " << x.describe();
     RESONA_CHECK(index.dim() == x.dim())
         << "gather: index " << index.describe() << " must have as many dims as x " << x.describe();
@@ -237,6 +413,12 @@ struct GatherOp {
           << "gather: index " << index.describe() << " is larger than x " << x.describe()
           << " along dim " << d << " (" << index.shape()[d] << " > " << x.shape()[d]
           << "); only dim " << dim << " may be larger";
+    }
+    if (on_cuda) {
+      Tensor idx = device_indices(kName, "index", index, x, dim);
+      Tensor out = gather_cuda(kName, x, idx, index.shape(), index.shape(), dim, true);
+      if (ctx.requires_grad) ctx.saved = {{}, x.shape(), index.shape(), dim, idx};
+      return out;
     }
     std::vector<int64_t> idx = read_indices(kName, "index", index, x, dim);
     Tensor out = empty(index.shape(), x.dtype());
@@ -248,13 +430,17 @@ struct GatherOp {
       for_each_gather_position(index.shape(), x.strides(), dim,
                                [&](int64_t n, int64_t base) { po[n] = px[base + idx[n] * sdim]; });
     });
-    if (ctx.requires_grad) ctx.saved = {std::move(idx), x.shape(), index.shape(), dim};
+    if (ctx.requires_grad) ctx.saved = {std::move(idx), x.shape(), index.shape(), dim, Tensor()};
     return out;
   }
 
   static Grads backward(Ctx<Saved>& ctx, const Tensor& d_y) {
     if (!ctx.needs(0)) return {Tensor(), Tensor()};
     const Saved& sv = ctx.saved;
+    if (sv.idx_dev.defined()) {
+      return {scatter_cuda(kName, d_y, sv.idx_dev, sv.x_shape, sv.index_shape, sv.dim, true),
+              Tensor()};
+    }
     require_cpu(kName, d_y);
     Tensor d = d_y.contiguous();
     Tensor d_x = zeros(sv.x_shape, d.dtype());

@@ -8,9 +8,18 @@
 // d_loss[i] for kNone, and 0 at ignored rows. The exp sums and the total accumulate
 // in double.
 //
-// Saved for backward: the logits (contiguous), the targets and the per-row lse [N];
-// backward writes the softmax straight into the one logits-sized gradient buffer.
-// Gradients are fresh tensors; targets get none.
+// On CUDA (cuda/loss.h) the same formulas run as fused kernels: one pass per row for
+// lse and loss_i, a single-block fixed-order reduction for the count, the sum and the
+// mean (no atomics, deterministic), and one backward kernel writing d_logits in the
+// logits' dtype. The loss is float32 there whatever the logits' dtype (bf16 logits give
+// an fp32 loss, DESIGN.md), and lse is kept in float32. Out-of-range targets are found
+// by the kernels (an error row written to a small stats buffer) and reported after the
+// launch: the host reads those 24 bytes back, which waits for the forward to finish.
+//
+// Saved for backward: the logits (contiguous), the targets and the per-row lse [N] (on
+// CUDA also the stats buffer holding the count); backward writes the softmax straight
+// into the one logits-sized gradient buffer. Gradients are fresh tensors; targets get
+// none.
 #include "ops/loss.h"
 
 #include <algorithm>
@@ -19,10 +28,35 @@
 
 #include "autograd/function.h"
 #include "core/dispatch.h"
+#include "cuda/loss.h"
 #include "ops/device_util.h"
 
 namespace resona {
 namespace {
+
+// `t` contiguous, or an error naming the op and the tensor when a CUDA copy is missing.
+Tensor contiguous_on_gpu(const char* op, const Tensor& t) {
+  if (t.is_contiguous()) return t;
+  try {
+    return t.contiguous();
+  } catch (const Error& e) {
+    RESONA_FAIL() << op << " on CUDA needs " << t.describe() << " contiguous: " << e.what();
+  }
+  return Tensor();
+}
+
+cuda::LossReduction cuda_reduction(Reduction r) {
+  switch (r) {
+    case Reduction::kMean:
+      return cuda::LossReduction::kMean;
+    case Reduction::kSum:
+      return cuda::LossReduction::kSum;
+    case Reduction::kNone:
+      return cuda::LossReduction::kNone;
+  }
+  RESONA_FAIL() << "cross_entropy: unknown reduction " << static_cast<int>(r);
+  return cuda::LossReduction::kMean;
+}
 
 struct CrossEntropyOp {
   static constexpr const char* kName = "cross_entropy";
@@ -31,15 +65,97 @@ struct CrossEntropyOp {
     int64_t ignore_index = kIgnoreIndex;
     Reduction reduction = Reduction::kMean;
     int64_t count = 0;  // non-ignored rows
+    Tensor stats;       // CUDA: int64 [3] from the forward kernels, count first
   };
+
+  static cuda::KernelDType kernel_dtype(const Tensor& logits) {
+    switch (logits.dtype()) {
+      case DType::kFloat32:
+        return cuda::KernelDType::kFloat32;
+      case DType::kBFloat16:
+        return cuda::KernelDType::kBFloat16;
+      default:
+        break;
+    }
+    RESONA_FAIL() << "cross_entropy: CUDA supports float32 and bfloat16 logits, got "
+                  << logits.describe();
+    return cuda::KernelDType::kFloat32;
+  }
+
+  static Tensor forward_gpu(Ctx<Saved>& ctx, const Tensor& logits, const Tensor& targets,
+                            int64_t ignore_index, Reduction reduction) {
+    check_same_device(kName, {&logits, &targets});
+    const cuda::KernelDType kd = kernel_dtype(logits);
+    const int64_t N = logits.size(0), V = logits.size(1);
+    const Tensor x = contiguous_on_gpu(kName, logits);
+    const Tensor t = contiguous_on_gpu(kName, targets);
+    const Device dev = x.device();
+    Tensor lse = empty({N}, DType::kFloat32, dev);
+    Tensor per_row = empty({N}, DType::kFloat32, dev);
+    Tensor stats = empty({3}, DType::kInt64, dev);
+    Tensor total = empty({}, DType::kFloat32, dev);
+    cuda::CrossEntropyFwdParams p{kd,
+                                  t.dtype() == DType::kInt64,
+                                  cuda_reduction(reduction),
+                                  N,
+                                  V,
+                                  x.raw_data(),
+                                  t.raw_data(),
+                                  ignore_index,
+                                  lse.data<float>(),
+                                  per_row.data<float>(),
+                                  stats.data<int64_t>(),
+                                  total.data<float>()};
+    const char* err = cuda::cross_entropy_fwd_cuda(p, nullptr);
+    RESONA_CHECK(err == nullptr) << "cross_entropy of " << logits.describe() << " on CUDA: " << err;
+    const std::vector<int64_t> st = stats.to_vector<int64_t>();  // waits for the kernels
+    RESONA_CHECK(st[1] < 0) << "cross_entropy: target " << st[2] << " at row " << st[1]
+                            << " is out of range [0, " << V << ") for logits " << logits.describe()
+                            << " (targets " << targets.describe() << ", ignore_index "
+                            << ignore_index << ")";
+    if (ctx.requires_grad) {
+      Saved& s = ctx.saved;
+      s.logits = x;
+      s.targets = t;
+      s.lse = lse;
+      s.ignore_index = ignore_index;
+      s.reduction = reduction;
+      s.count = st[0];
+      s.stats = stats;
+    }
+    return reduction == Reduction::kNone ? per_row : total;
+  }
+
+  static Tensor backward_gpu(const Saved& s, const Tensor& d) {
+    RESONA_CHECK(d.dtype() == DType::kFloat32 && d.device() == s.logits.device())
+        << "cross_entropy backward on CUDA: the loss gradient must be float32 on "
+        << s.logits.device().str() << " (the loss is float32 there), got " << d.describe();
+    const int64_t N = s.logits.size(0), V = s.logits.size(1);
+    const Tensor dc = contiguous_on_gpu(kName, d);
+    Tensor d_logits = empty({N, V}, s.logits.dtype(), s.logits.device());
+    cuda::CrossEntropyBwdParams p{kernel_dtype(s.logits),
+                                  s.targets.dtype() == DType::kInt64,
+                                  cuda_reduction(s.reduction),
+                                  N,
+                                  V,
+                                  s.logits.raw_data(),
+                                  s.targets.raw_data(),
+                                  s.ignore_index,
+                                  s.lse.data<float>(),
+                                  s.stats.data<int64_t>(),
+                                  dc.data<float>(),
+                                  d_logits.raw_data()};
+    const char* err = cuda::cross_entropy_bwd_cuda(p, nullptr);
+    RESONA_CHECK(err == nullptr) << "cross_entropy backward of " << s.logits.describe()
+                                 << " on CUDA: " << err;
+    return d_logits;
+  }
 
   static Tensor forward(Ctx<Saved>& ctx, const Tensor& logits, const Tensor& targets,
                         int64_t ignore_index, Reduction reduction) {
     RESONA_CHECK(logits.dim() == 2)
         << "cross_entropy: logits must be [N, V], got " << logits.describe();
     check_floating(kName, logits);
-    require_cpu(kName, logits);
-    require_cpu(kName, targets);
     RESONA_CHECK(targets.dtype() == DType::kInt64 || targets.dtype() == DType::kInt32)
         << "cross_entropy: targets must be int32 or int64 class indices, got "
         << targets.describe();
@@ -49,6 +165,11 @@ struct CrossEntropyOp {
         << "] to match logits " << logits.describe();
     RESONA_CHECK(V > 0 || N == 0) << "cross_entropy: logits " << logits.describe()
                                   << " have no classes";
+    if (logits.device().is_cuda()) {
+      return forward_gpu(ctx, logits, targets, ignore_index, reduction);
+    }
+    require_cpu(kName, logits);
+    require_cpu(kName, targets);
 
     const Tensor x = logits.contiguous();
     const Tensor t = targets.contiguous();
@@ -115,6 +236,7 @@ struct CrossEntropyOp {
   static Grads backward(Ctx<Saved>& ctx, const Tensor& d) {
     if (!ctx.needs(0)) return {Tensor(), Tensor()};
     const Saved& s = ctx.saved;
+    if (s.logits.device().is_cuda()) return {backward_gpu(s, d), Tensor()};
     const int64_t N = s.logits.size(0), V = s.logits.size(1);
     Tensor d_logits = empty({N, V}, s.logits.dtype());
     const Tensor dc = d.contiguous();

@@ -1,4 +1,4 @@
-// Matrix products on the CPU through Eigen.
+// Matrix products: Eigen on the CPU, cuBLAS on CUDA (cuda/blas.h).
 //
 //   matmul: out[i] = a[i] b[i]        for every index i of the broadcast batch shape
 //   linear: out = x w^T + bias        with every leading dim of x folded into rows
@@ -16,18 +16,29 @@
 // [B*T, D] @ [D, N] product), and into the contraction dim when the result is shared
 // (d_w = sum_i a[i]^T d_out[i] is one [K, B*M] @ [B*M, N] product).
 //
+// On CUDA the same plan runs through cuda::gemm_cuda (one strided batched cuBLAS call
+// per plan step): row- or column-major operands are read in place through cuBLAS's op
+// flags, a matrix shared by the batch gets batch stride 0, and the two folds above apply
+// unchanged. Where no fold applies, the innermost batch dims go into one strided batched
+// call and the outer ones are looped on the host; a gradient summed over the batch
+// without a fold is accumulated by successive calls on one stream (beta = 1), so the
+// result is deterministic. float32 products use TF32 tensor cores, bfloat16 ones BF16
+// tensor cores, both accumulating in float32. linear's bias add and d_bias (a fixed-order
+// two-stage column sum) are kernels of cuda/blas.cu.
+//
 // Saved for backward: a and b (x and w), each only when the other's gradient is needed.
 // Gradients are fresh tensors; none is accumulated into an existing buffer.
 #include "ops/matmul.h"
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <array>
 #include <vector>
 
 #include "autograd/function.h"
 #include "core/dispatch.h"
 #include "core/strided_loop.h"
-#include "ops/device_util.h"
+#include "cuda/blas.h"
 
 namespace resona {
 namespace {
@@ -227,17 +238,177 @@ void batched_gemm(const Shape& batch, const Mat& c, const Mat& a, const Mat& b, 
 
 // A gradient buffer for an operand of shape `shape` whose batch dims may be broadcast
 // up to `batch`: zeroed when several batch entries sum into it.
-Tensor grad_buffer(const Shape& shape, const Shape& batch, DType dtype, bool* summed) {
+Tensor grad_buffer(const Shape& shape, const Shape& batch, DType dtype, Device device,
+                   bool* summed) {
   const Shape own_batch(shape.begin(), shape.end() - 2);
   *summed = own_batch != batch;
-  return *summed ? zeros(shape, dtype) : empty(shape, dtype);
+  return *summed ? zeros(shape, dtype, device) : empty(shape, dtype, device);
+}
+
+// ---- CUDA ----
+
+cuda::KernelDType cuda_dtype(const char* op, const Tensor& t) {
+  switch (t.dtype()) {
+    case DType::kFloat32:
+      return cuda::KernelDType::kFloat32;
+    case DType::kBFloat16:
+      return cuda::KernelDType::kBFloat16;
+    default:
+      break;
+  }
+  RESONA_FAIL() << op << ": CUDA supports float32 and bfloat16, got " << t.describe();
+  return cuda::KernelDType::kFloat32;
+}
+
+bool gemm_ok(const Mat& m) { return cuda::gemm_operand_ok(m.rows, m.cols, m.rs, m.cs); }
+
+// last_two / rows_of for a CUDA operand: a copy only when cuBLAS cannot read the matrix
+// where it lies (neither dim unit-stride, e.g. an expanded tensor).
+Mat cuda_last_two(const Tensor& t, const Shape& batch) {
+  Mat m = last_two(t, batch);
+  return gemm_ok(m) ? m : last_two(t.contiguous(), batch);
+}
+Mat cuda_rows_of(const Tensor& t) {
+  Mat m = rows_of(t);
+  return gemm_ok(m) ? m : rows_of(t.contiguous());
+}
+
+void run_gemm(const char* op, int64_t batch, const Mat& c, int64_t c_bs, int64_t c_off,
+              const Mat& a, int64_t a_bs, int64_t a_off, const Mat& b, int64_t b_bs, int64_t b_off,
+              bool accumulate) {
+  const size_t es = c.t.element_size();
+  cuda::GemmParams p;
+  p.dtype = cuda_dtype(op, c.t);
+  p.device = c.t.device().index;
+  p.batch = batch;
+  p.m = c.rows;
+  p.n = c.cols;
+  p.k = a.cols;
+  p.a = static_cast<const char*>(a.t.raw_data()) + a_off * es;
+  p.a_rs = a.rs;
+  p.a_cs = a.cs;
+  p.a_bs = a_bs;
+  p.b = static_cast<const char*>(b.t.raw_data()) + b_off * es;
+  p.b_rs = b.rs;
+  p.b_cs = b.cs;
+  p.b_bs = b_bs;
+  p.c = static_cast<char*>(c.t.raw_data()) + c_off * es;
+  p.c_rs = c.rs;
+  p.c_bs = c_bs;
+  p.accumulate = accumulate;
+  const char* err = cuda::gemm_cuda(p, nullptr);
+  RESONA_CHECK(err == nullptr) << op << " on CUDA (c " << c.t.describe() << ", a " << a.t.describe()
+                               << ", b " << b.t.describe() << "): " << err;
+}
+
+// batched_gemm on CUDA, with the same contract (accumulate: beta = 1; a c broadcast
+// along the batch must arrive zeroed with accumulate set). Operands are gemm_ok.
+void batched_gemm_cuda(const char* op, const Shape& batch, const Mat& c, const Mat& a, const Mat& b,
+                       bool accumulate) {
+  RESONA_DCHECK(a.rows == c.rows && b.cols == c.cols && a.cols == b.rows);
+  const int64_t nb = shape_numel(batch);
+  if (nb == 0 || c.rows == 0 || c.cols == 0) return;
+  if (nb > 1 && shared_by_batch(batch, b.bs) && !broadcast_somewhere(batch, c.bs)) {
+    int64_t ars = 0, crs = 0;
+    const Shape sizes = with_last(batch, c.rows);
+    if (fold_dims(sizes, with_last(a.bs, a.rs), &ars) &&
+        fold_dims(sizes, with_last(c.bs, c.rs), &crs)) {
+      Mat a2 = a, c2 = c;
+      a2.rows = c2.rows = nb * c.rows;
+      a2.rs = ars;
+      c2.rs = crs;
+      if (gemm_ok(a2) && (c2.cols <= 1 || c2.cs == 1) && (c2.rows <= 1 || c2.rs >= c2.cols)) {
+        run_gemm(op, 1, c2, 0, 0, a2, 0, 0, b, 0, 0, accumulate);
+        return;
+      }
+    }
+  }
+  if (nb > 1 && shared_by_batch(batch, c.bs)) {
+    int64_t acs = 0, brs = 0;
+    const Shape sizes = with_last(batch, a.cols);
+    if (fold_dims(sizes, with_last(a.bs, a.cs), &acs) &&
+        fold_dims(sizes, with_last(b.bs, b.rs), &brs)) {
+      Mat a2 = a, b2 = b;
+      a2.cols = b2.rows = nb * a.cols;
+      a2.cs = acs;
+      b2.rs = brs;
+      if (gemm_ok(a2) && gemm_ok(b2)) {
+        run_gemm(op, 1, c, 0, 0, a2, 0, 0, b2, 0, 0, accumulate);
+        return;
+      }
+    }
+  }
+  // The batch dims of size > 1, adjacent ones merged where every operand's strides chain
+  // (outer stride = inner stride * inner size); strides ordered c, a, b.
+  std::vector<int64_t> sizes;
+  std::vector<std::array<int64_t, 3>> strides;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    if (batch[i] == 1) continue;
+    const std::array<int64_t, 3> st = {c.bs[i], a.bs[i], b.bs[i]};
+    if (!sizes.empty()) {
+      const std::array<int64_t, 3>& prev = strides.back();
+      bool chain = true;
+      for (int k = 0; k < 3; ++k) chain = chain && prev[k] == st[k] * batch[i];
+      if (chain) {
+        sizes.back() *= batch[i];
+        strides.back() = st;
+        continue;
+      }
+    }
+    sizes.push_back(batch[i]);
+    strides.push_back(st);
+  }
+  // The innermost dim goes into one strided batched call unless c is shared along it
+  // (entries of one call must write distinct c's); the rest is looped here, in order.
+  int64_t inner = 1;
+  std::array<int64_t, 3> inner_st = {0, 0, 0};
+  if (!sizes.empty() && strides.back()[0] != 0) {
+    inner = sizes.back();
+    inner_st = strides.back();
+    sizes.pop_back();
+    strides.pop_back();
+  }
+  const int64_t outer = shape_numel(sizes);
+  std::vector<int64_t> idx(sizes.size(), 0);
+  for (int64_t o = 0; o < outer; ++o) {
+    std::array<int64_t, 3> off = {0, 0, 0};
+    for (size_t d = 0; d < sizes.size(); ++d) {
+      for (int k = 0; k < 3; ++k) off[k] += idx[d] * strides[d][k];
+    }
+    run_gemm(op, inner, c, inner_st[0], off[0], a, inner_st[1], off[1], b, inner_st[2], off[2],
+             accumulate);
+    for (int64_t d = static_cast<int64_t>(sizes.size()) - 1; d >= 0; --d) {
+      if (++idx[d] < sizes[d]) break;
+      idx[d] = 0;
+    }
+  }
+}
+
+// out [R, N] += bias [N] on the GPU.
+void bias_add_cuda(const char* op, const Tensor& out, const Tensor& bias) {
+  const Tensor bc = bias.contiguous();
+  cuda::BiasAddParams p{cuda_dtype(op, out), out.numel() / std::max<int64_t>(out.size(-1), 1),
+                        out.size(-1), out.raw_data(), bc.raw_data()};
+  const char* err = cuda::bias_add_fwd_cuda(p, nullptr);
+  RESONA_CHECK(err == nullptr) << op << ": bias add of " << bias.describe() << " on CUDA: " << err;
+}
+
+// The column sums of the matrix m, as a fresh [m.cols] tensor on m's device.
+Tensor gpu_column_sum(const char* op, const Mat& m) {
+  Tensor out = empty({m.cols}, m.t.dtype(), m.t.device());
+  Tensor partial = empty({cuda::column_sum_chunks(m.rows), m.cols}, DType::kFloat32, m.t.device());
+  cuda::ColumnSumParams p{cuda_dtype(op, m.t),   m.rows,        m.cols, m.t.raw_data(), m.rs, m.cs,
+                          partial.data<float>(), out.raw_data()};
+  const char* err = cuda::column_sum_cuda(p, nullptr);
+  RESONA_CHECK(err == nullptr) << op << ": column sum of " << m.t.describe() << " on CUDA: " << err;
+  return out;
 }
 
 void check_operands(const char* op, std::initializer_list<const Tensor*> ts) {
   for (const Tensor* t : ts) {
     if (!t->defined()) continue;
     check_floating(op, *t);
-    require_cpu(op, *t);
+    if (t->device().is_cuda()) cuda_dtype(op, *t);
   }
   check_same_device(op, ts);
   check_same_dtype(op, ts);
@@ -274,12 +445,17 @@ struct MatmulOp {
     Shape out_shape = batch;
     out_shape.push_back(M);
     out_shape.push_back(N);
-    Tensor out = empty(out_shape, a.dtype());
-    dispatch_floating(kName, a.dtype(), [&](auto tag) {
-      using T = typename decltype(tag)::type;
-      batched_gemm<T>(batch, last_two(out, batch), last_two(a, batch), last_two(b, batch),
-                      /*accumulate=*/false);
-    });
+    Tensor out = empty(out_shape, a.dtype(), a.device());
+    if (a.device().is_cuda()) {
+      batched_gemm_cuda(kName, batch, last_two(out, batch), cuda_last_two(a, batch),
+                        cuda_last_two(b, batch), /*accumulate=*/false);
+    } else {
+      dispatch_floating(kName, a.dtype(), [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        batched_gemm<T>(batch, last_two(out, batch), last_two(a, batch), last_two(b, batch),
+                        /*accumulate=*/false);
+      });
+    }
     if (ctx.requires_grad) {
       Saved& s = ctx.saved;
       if (ctx.needs(1)) s.a = a;  // d_b = a^T d_out
@@ -294,17 +470,32 @@ struct MatmulOp {
   static Grads backward(Ctx<Saved>& ctx, const Tensor& d) {
     const Saved& s = ctx.saved;
     Tensor d_a, d_b;
+    if (d.device().is_cuda()) {
+      const Mat md = cuda_last_two(d, s.batch);
+      bool summed = false;
+      if (ctx.needs(0)) {
+        d_a = grad_buffer(s.a_shape, s.batch, d.dtype(), d.device(), &summed);
+        batched_gemm_cuda(kName, s.batch, last_two(d_a, s.batch), md,
+                          cuda_last_two(s.b, s.batch).transposed(), summed);
+      }
+      if (ctx.needs(1)) {
+        d_b = grad_buffer(s.b_shape, s.batch, d.dtype(), d.device(), &summed);
+        batched_gemm_cuda(kName, s.batch, last_two(d_b, s.batch),
+                          cuda_last_two(s.a, s.batch).transposed(), md, summed);
+      }
+      return {d_a, d_b};
+    }
     dispatch_floating(kName, d.dtype(), [&](auto tag) {
       using T = typename decltype(tag)::type;
       const Mat md = last_two(d, s.batch);
       bool summed = false;
       if (ctx.needs(0)) {
-        d_a = grad_buffer(s.a_shape, s.batch, d.dtype(), &summed);
+        d_a = grad_buffer(s.a_shape, s.batch, d.dtype(), d.device(), &summed);
         batched_gemm<T>(s.batch, last_two(d_a, s.batch), md, last_two(s.b, s.batch).transposed(),
                         summed);
       }
       if (ctx.needs(1)) {
-        d_b = grad_buffer(s.b_shape, s.batch, d.dtype(), &summed);
+        d_b = grad_buffer(s.b_shape, s.batch, d.dtype(), d.device(), &summed);
         batched_gemm<T>(s.batch, last_two(d_b, s.batch), last_two(s.a, s.batch).transposed(), md,
                         summed);
       }
@@ -336,20 +527,26 @@ struct LinearOp {
     }
     Shape out_shape = x.shape();
     out_shape.back() = out_features;
-    Tensor out = empty(out_shape, x.dtype());
-    dispatch_floating(kName, x.dtype(), [&](auto tag) {
-      using T = typename decltype(tag)::type;
-      const Mat mo = rows_of(out);
-      if (bias.defined()) {
-        // Start every row from the bias and add x w^T onto it.
-        const Tensor bc = bias.contiguous();
-        RowMap<T>(out.data<T>(), mo.rows, mo.cols,
-                  Eigen::OuterStride<>(std::max<int64_t>(mo.cols, 1)))
-            .rowwise() =
-            Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(bc.data<T>(), mo.cols);
-      }
-      batched_gemm<T>({}, mo, rows_of(x), last_two(w, {}).transposed(), bias.defined());
-    });
+    Tensor out = empty(out_shape, x.dtype(), x.device());
+    if (x.device().is_cuda()) {
+      batched_gemm_cuda(kName, {}, rows_of(out), cuda_rows_of(x), cuda_last_two(w, {}).transposed(),
+                        /*accumulate=*/false);
+      if (bias.defined()) bias_add_cuda(kName, out, bias);
+    } else {
+      dispatch_floating(kName, x.dtype(), [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        const Mat mo = rows_of(out);
+        if (bias.defined()) {
+          // Start every row from the bias and add x w^T onto it.
+          const Tensor bc = bias.contiguous();
+          RowMap<T>(out.data<T>(), mo.rows, mo.cols,
+                    Eigen::OuterStride<>(std::max<int64_t>(mo.cols, 1)))
+              .rowwise() =
+              Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(bc.data<T>(), mo.cols);
+        }
+        batched_gemm<T>({}, mo, rows_of(x), last_two(w, {}).transposed(), bias.defined());
+      });
+    }
     if (ctx.requires_grad) {
       if (ctx.needs(1)) ctx.saved.x = x;  // d_w = d_out^T x
       if (ctx.needs(0)) ctx.saved.w = w;  // d_x = d_out w
@@ -361,6 +558,19 @@ struct LinearOp {
   static Grads backward(Ctx<Saved>& ctx, const Tensor& d) {
     const Saved& s = ctx.saved;
     Tensor d_x, d_w, d_bias;
+    if (d.device().is_cuda()) {
+      const Mat md = cuda_rows_of(d);  // [R, out]
+      if (ctx.needs(0)) {
+        d_x = empty(s.x_shape, d.dtype(), d.device());
+        batched_gemm_cuda(kName, {}, rows_of(d_x), md, cuda_last_two(s.w, {}), false);
+      }
+      if (ctx.needs(1)) {
+        d_w = empty({md.cols, s.x_shape.back()}, d.dtype(), d.device());
+        batched_gemm_cuda(kName, {}, last_two(d_w, {}), md.transposed(), cuda_rows_of(s.x), false);
+      }
+      if (ctx.needs(2)) d_bias = gpu_column_sum(kName, md);
+      return {d_x, d_w, d_bias};
+    }
     dispatch_floating(kName, d.dtype(), [&](auto tag) {
       using T = typename decltype(tag)::type;
       const Mat md = rows_of(d);  // [R, out]

@@ -8,8 +8,12 @@
 //   d_x_j = r (g_j - mean(g) - xhat_j mean(g xhat))      (rms_norm: without mean(g))
 //   d_w_j = sum over rows of d_y_j xhat_j,   d_b_j = sum over rows of d_y_j
 //
+// On CUDA (cuda/norm.h) forward and d_x are fused row kernels (float32 arithmetic, also
+// for bfloat16), and d_w / d_b a deterministic two-stage column reduction (no atomics).
+//
 // Saved for backward: x (contiguous), the weight, and per row r (and mu for layer_norm),
-// in x's dtype. Only the requested gradients are computed; they are fresh tensors.
+// in x's dtype on the CPU and in float32 on CUDA. Only the requested gradients are
+// computed; they are fresh tensors.
 #include "ops/norm.h"
 
 #include <cmath>
@@ -17,7 +21,7 @@
 
 #include "autograd/function.h"
 #include "core/dispatch.h"
-#include "ops/device_util.h"
+#include "cuda/norm.h"
 
 namespace resona {
 namespace {
@@ -26,14 +30,14 @@ namespace {
 int64_t check_norm_inputs(const char* op, const Tensor& x, const Tensor& weight, const Tensor& bias,
                           double eps) {
   check_floating(op, x);
-  require_cpu(op, x);
   RESONA_CHECK(x.dim() >= 1 && x.size(-1) > 0)
       << op << ": x must be [..., D] with D > 0, got " << x.describe();
   const int64_t D = x.size(-1);
   for (const Tensor* p : {&weight, &bias}) {
     if (!p->defined()) continue;
     const char* what = p == &weight ? "weight" : "bias";
-    require_cpu(op, *p);
+    RESONA_CHECK(p->device() == x.device()) << op << ": " << what << " " << p->describe()
+                                            << " is not on the device of x " << x.describe();
     RESONA_CHECK(p->dim() == 1 && p->size(0) == D)
         << op << ": " << what << " " << p->describe() << " must be [" << D << "] to match x "
         << x.describe();
@@ -117,6 +121,33 @@ T* data_or_null(const Tensor& t) {
 
 Tensor contiguous_or_undefined(const Tensor& t) { return t.defined() ? t.contiguous() : t; }
 
+// ---- CUDA ----
+
+cuda::KernelDType cuda_dtype(const char* op, const Tensor& t) {
+  switch (t.dtype()) {
+    case DType::kFloat32:
+      return cuda::KernelDType::kFloat32;
+    case DType::kBFloat16:
+      return cuda::KernelDType::kBFloat16;
+    default:
+      break;
+  }
+  RESONA_FAIL() << op << ": CUDA supports float32 and bfloat16, got " << t.describe();
+  return cuda::KernelDType::kFloat32;
+}
+
+// `t` contiguous (undefined stays undefined), or an error naming the op and the tensor
+// when the CUDA copy it needs is not available.
+Tensor contiguous_on_gpu(const char* op, const Tensor& t) {
+  if (!t.defined() || t.is_contiguous()) return t;
+  try {
+    return t.contiguous();
+  } catch (const Error& e) {
+    RESONA_FAIL() << op << " on CUDA needs " << t.describe() << " contiguous: " << e.what();
+  }
+  return Tensor();
+}
+
 struct NormSaved {
   Tensor x, weight, mean, rstd;
 };
@@ -126,6 +157,30 @@ Tensor norm_forward(const char* op, Ctx<NormSaved>& ctx, const Tensor& x, const 
                     const Tensor& bias, double eps) {
   const int64_t D = check_norm_inputs(op, x, weight, bias, eps);
   const int64_t R = x.numel() / D;
+  if (x.device().is_cuda()) {
+    const cuda::KernelDType kd = cuda_dtype(op, x);
+    const Tensor xc = contiguous_on_gpu(op, x);
+    const Tensor wc = contiguous_on_gpu(op, weight);
+    const Tensor bc = contiguous_on_gpu(op, bias);
+    Tensor y = empty(x.shape(), x.dtype(), x.device());
+    Tensor rstd = empty({R}, DType::kFloat32, x.device());
+    Tensor mean = kLayer ? empty({R}, DType::kFloat32, x.device()) : Tensor();
+    cuda::NormFwdParams p{kd,
+                          kLayer,
+                          R,
+                          D,
+                          static_cast<float>(eps),
+                          xc.raw_data(),
+                          wc.defined() ? wc.raw_data() : nullptr,
+                          bc.defined() ? bc.raw_data() : nullptr,
+                          y.raw_data(),
+                          kLayer ? mean.data<float>() : nullptr,
+                          rstd.data<float>()};
+    const char* err = cuda::norm_fwd_cuda(p, nullptr);
+    RESONA_CHECK(err == nullptr) << op << " of " << x.describe() << " on CUDA: " << err;
+    if (ctx.requires_grad) ctx.saved = {xc, wc, mean, rstd};
+    return y;
+  }
   const Tensor xc = x.contiguous();
   const Tensor wc = contiguous_or_undefined(weight);
   const Tensor bc = contiguous_or_undefined(bias);
@@ -147,6 +202,36 @@ Grads norm_backward(const char* op, const Ctx<NormSaved>& ctx, const Tensor& d) 
   const NormSaved& s = ctx.saved;
   const int64_t D = s.x.size(-1);
   const int64_t R = s.x.numel() / D;
+  if (s.x.device().is_cuda()) {
+    RESONA_CHECK(d.dtype() == s.x.dtype() && d.device() == s.x.device())
+        << op << " backward: gradient " << d.describe() << " does not match x " << s.x.describe();
+    const Tensor dc = contiguous_on_gpu(op, d);
+    const Device dev = s.x.device();
+    Tensor dx = ctx.needs(0) ? empty(s.x.shape(), s.x.dtype(), dev) : Tensor();
+    Tensor dw = ctx.needs(1) ? empty({D}, s.x.dtype(), dev) : Tensor();
+    Tensor db = ctx.needs(2) ? empty({D}, s.x.dtype(), dev) : Tensor();
+    Tensor partial = dw.defined() || db.defined()
+                         ? empty({2, cuda::norm_column_chunks(R), D}, DType::kFloat32, dev)
+                         : Tensor();
+    auto ptr = [](const Tensor& t) { return t.defined() ? t.raw_data() : nullptr; };
+    cuda::NormBwdParams p{cuda_dtype(op, s.x),
+                          kLayer,
+                          R,
+                          D,
+                          s.x.raw_data(),
+                          ptr(s.weight),
+                          kLayer ? s.mean.data<float>() : nullptr,
+                          s.rstd.data<float>(),
+                          dc.raw_data(),
+                          ptr(dx),
+                          ptr(dw),
+                          ptr(db),
+                          partial.defined() ? partial.data<float>() : nullptr};
+    const char* err = cuda::norm_bwd_cuda(p, nullptr);
+    RESONA_CHECK(err == nullptr) << op << " backward of " << s.x.describe() << " on CUDA: " << err;
+    if (kLayer) return {dx, dw, db};
+    return {dx, dw};
+  }
   const Tensor dc = d.contiguous();
   Tensor dx = ctx.needs(0) ? empty(s.x.shape(), s.x.dtype()) : Tensor();
   Tensor dw = ctx.needs(1) ? zeros({D}, s.x.dtype()) : Tensor();

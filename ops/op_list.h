@@ -22,7 +22,9 @@
   X(reshape) X(permute) X(slice) X(expand) X(squeeze) X(unsqueeze) X(contiguous)       \
   X(cast) X(to_device)                                                                      \
   /* sequence and regularisation (ops/conv.h, ops/dropout.h) */                            \
-  X(causal_conv1d) X(dropout)
+  X(causal_conv1d) X(dropout)                                                               \
+  /* recurrences (ops/scan.h) */                                                           \
+  X(linear_scan) X(selective_scan) X(gla) X(delta_rule)
 
 namespace resona {
 

@@ -8,6 +8,9 @@
 //                   backward d_out * exp(x - out)
 //
 // CPU: float32 and float64, accumulating in the element type (float64 for gradchecks).
+// CUDA (cuda/reduce.cu): float32 and bfloat16, accumulating in float32, deterministic (a
+// fixed blocked order that depends only on the shape; no atomics); float64 raises an
+// error naming the op and the tensor.
 #pragma once
 
 #include <vector>

@@ -7,7 +7,6 @@
 #include "autograd/grad_mode.h"
 #include "core/dispatch.h"
 #include "core/strided_loop.h"
-#include "ops/device_util.h"
 #include "ops/elementwise.h"
 
 namespace resona {
@@ -39,17 +38,11 @@ Shape infer_shape(const Tensor& x, const Shape& shape) {
   return out;
 }
 
-// Copies `src` (any strides/dtype, CPU) into a new contiguous tensor of `dtype`.
+// Copies `src` (any strides and dtype, on its device) into a new contiguous tensor of
+// `dtype` on the same device.
 Tensor copy_contiguous(const Tensor& src, DType dtype) {
   Tensor out = empty(src.shape(), dtype, src.device());
-  if (src.device().is_cpu()) {
-    copy_into(out, src);
-  } else {
-    RESONA_CHECK(src.is_contiguous() && dtype == src.dtype())
-        << "contiguous copy/cast of " << src.describe() << " to " << dtype_name(dtype)
-        << ": strided or converting copies on CUDA are not supported yet";
-    copy_into(out, src);
-  }
+  copy_into(out, src);
   return out;
 }
 
@@ -435,7 +428,10 @@ Tensor& Tensor::fill_(double value) {
     });
     return *this;
   }
-  copy_(full(shape(), value, dtype(), Device::cpu()));
+  if (numel() == 0) return *this;
+  const char* err = backend_for(device()).strided_fill(shape(), raw_data(), dtype(), strides(),
+                                                       value, device().index);
+  RESONA_CHECK(err == nullptr) << "fill_ of " << describe() << ": " << err;
   return *this;
 }
 
@@ -452,16 +448,7 @@ Tensor& Tensor::copy_(const Tensor& src) {
   check_in_place("copy_", *this);
   Tensor s = src.detach();
   if (s.shape() != shape()) s = resona::expand(s, shape());
-  if (device().is_cpu() && s.device().is_cpu()) {
-    copy_into(*this, s);
-    return *this;
-  }
-  if (s.device() != device()) s = resona::to_device(resona::contiguous(s), device());
-  if (s.dtype() != dtype()) s = resona::cast(s, dtype());
-  RESONA_CHECK(is_contiguous() && s.is_contiguous())
-      << "copy_ into " << describe() << " from " << src.describe()
-      << ": strided copies on CUDA are not supported yet";
-  copy_into(*this, s);
+  copy_into(*this, s);  // any strides, dtypes and devices
   return *this;
 }
 

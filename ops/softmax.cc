@@ -9,6 +9,10 @@
 // inner == 1 (the last dim, the common case) walks rows; otherwise a block of inner
 // columns is processed together so the inner loops stay unit-stride.
 //
+// On CUDA (cuda/softmax.h) the rows along the last dim go to fused kernels, one row per
+// warp or block; another dim is first moved last by a transpose and a contiguous copy
+// (and the result moved back the same way).
+//
 // Saved for backward: the output y only. Gradients are fresh tensors.
 #include "ops/softmax.h"
 
@@ -19,7 +23,7 @@
 
 #include "autograd/function.h"
 #include "core/dispatch.h"
-#include "ops/device_util.h"
+#include "cuda/softmax.h"
 
 namespace resona {
 namespace {
@@ -148,7 +152,79 @@ void softmax_bwd(const T* y, const T* dy, T* dx, const Rows& g) {
 struct SoftmaxSaved {
   Tensor y;
   Rows rows;
+  int64_t dim = 0;
 };
+
+// ---- CUDA ----
+
+cuda::KernelDType cuda_dtype(const char* op, const Tensor& t) {
+  switch (t.dtype()) {
+    case DType::kFloat32:
+      return cuda::KernelDType::kFloat32;
+    case DType::kBFloat16:
+      return cuda::KernelDType::kBFloat16;
+    default:
+      break;
+  }
+  RESONA_FAIL() << op << ": CUDA supports float32 and bfloat16, got " << t.describe();
+  return cuda::KernelDType::kFloat32;
+}
+
+// `t` with dim `dim` moved last (a no-op for the last dim) and made contiguous, for the
+// row kernels; the error names the op and the tensor when the copy is not available.
+Tensor rows_last(const char* op, const Tensor& t, int64_t dim) {
+  const bool last = t.dim() == 0 || dim == t.dim() - 1;
+  const Tensor v = last ? t : t.transpose(dim, -1);
+  if (v.is_contiguous()) return v;
+  try {
+    return v.contiguous();
+  } catch (const Error& e) {
+    RESONA_FAIL() << op << " on CUDA along dim " << dim << " of " << t.describe()
+                  << " needs a strided copy to bring the rows together: " << e.what();
+  }
+  return Tensor();
+}
+
+// The inverse of rows_last for a result `r` of the row kernels.
+Tensor rows_back(const char* op, const Tensor& r, int64_t dim) {
+  if (r.dim() == 0 || dim == r.dim() - 1) return r;
+  try {
+    return r.transpose(dim, -1).contiguous();
+  } catch (const Error& e) {
+    RESONA_FAIL() << op << " on CUDA along dim " << dim << " of " << r.describe()
+                  << " needs a strided copy to put the rows back: " << e.what();
+  }
+  return Tensor();
+}
+
+template <bool kLog>
+Tensor softmax_fwd_gpu(const char* op, const Tensor& x, int64_t dim) {
+  const Tensor xr = rows_last(op, x, dim);
+  const int64_t n = x.dim() == 0 ? 1 : x.size(dim);
+  Tensor yr = empty(xr.shape(), xr.dtype(), xr.device());
+  cuda::SoftmaxParams p{cuda_dtype(op, x), kLog,         n == 0 ? 0 : x.numel() / n, n,
+                        xr.raw_data(),     yr.raw_data()};
+  const char* err = cuda::softmax_fwd_cuda(p, nullptr);
+  RESONA_CHECK(err == nullptr) << op << " of " << x.describe() << " on CUDA: " << err;
+  return rows_back(op, yr, dim);
+}
+
+template <bool kLog>
+Tensor softmax_bwd_gpu(const char* op, const Tensor& y, const Tensor& d, int64_t dim) {
+  RESONA_CHECK(d.dtype() == y.dtype() && d.device() == y.device())
+      << op << " backward: gradient " << d.describe() << " does not match the output "
+      << y.describe();
+  const Tensor yr = rows_last(op, y, dim);
+  const Tensor dr = rows_last(op, d, dim);
+  const int64_t n = y.dim() == 0 ? 1 : y.size(dim);
+  Tensor dxr = empty(yr.shape(), yr.dtype(), yr.device());
+  cuda::SoftmaxBwdParams p{
+      cuda_dtype(op, y), kLog,          n == 0 ? 0 : y.numel() / n, n, yr.raw_data(),
+      dr.raw_data(),     dxr.raw_data()};
+  const char* err = cuda::softmax_bwd_cuda(p, nullptr);
+  RESONA_CHECK(err == nullptr) << op << " backward of " << y.describe() << " on CUDA: " << err;
+  return rows_back(op, dxr, dim);
+}
 
 template <bool kLog>
 struct SoftmaxOp {
@@ -157,20 +233,26 @@ struct SoftmaxOp {
 
   static Tensor forward(Ctx<Saved>& ctx, const Tensor& x, int64_t dim) {
     check_floating(kName, x);
-    require_cpu(kName, x);
-    const Rows rows = rows_around(x.shape(), wrap_dim(kName, dim, x.dim()));
+    const int64_t d = wrap_dim(kName, dim, x.dim());
+    if (x.device().is_cuda()) {
+      Tensor y = softmax_fwd_gpu<kLog>(kName, x, d);
+      if (ctx.requires_grad) ctx.saved = {y, Rows{}, d};
+      return y;
+    }
+    const Rows rows = rows_around(x.shape(), d);
     const Tensor xc = x.contiguous();
     Tensor y = empty(x.shape(), x.dtype());
     dispatch_floating(kName, x.dtype(), [&](auto tag) {
       using T = typename decltype(tag)::type;
       softmax_fwd<kLog, T>(xc.data<T>(), y.data<T>(), rows);
     });
-    if (ctx.requires_grad) ctx.saved = {y, rows};
+    if (ctx.requires_grad) ctx.saved = {y, rows, d};
     return y;
   }
 
   static Grads backward(Ctx<Saved>& ctx, const Tensor& d) {
     const Saved& s = ctx.saved;
+    if (s.y.device().is_cuda()) return {softmax_bwd_gpu<kLog>(kName, s.y, d, s.dim)};
     const Tensor dc = d.contiguous();
     Tensor dx = empty(s.y.shape(), s.y.dtype());
     dispatch_floating(kName, d.dtype(), [&](auto tag) {

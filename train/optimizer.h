@@ -9,11 +9,16 @@
 // a parameter whose gradient is undefined at a step is left untouched (as PyTorch).
 //
 // State: m ("exp_avg") and v ("exp_avg_sq") per parameter, keyed by the parameter's
-// name, in the parameter's dtype, allocated (zero) at construction; named_state() lists
-// them as "<param>.exp_avg" / "<param>.exp_avg_sq" for checkpoints.
+// name, in the parameter's dtype on the parameter's device, allocated (zero) at
+// construction; named_state() lists them as "<param>.exp_avg" / "<param>.exp_avg_sq"
+// for checkpoints.
 //
-// The update loops run directly over the CPU data (float32 or float64, contiguous),
-// with no autograd graph. CUDA parameters are refused for now.
+// CPU parameters (float32 or float64, contiguous): the update loops run directly over
+// the data, with no autograd graph. CUDA parameters (float32 master weights, contiguous,
+// all on one GPU): one fused multi-tensor kernel updates every one of them that has a
+// gradient (float32 or bfloat16, contiguous), with the same float32 arithmetic as the
+// CPU loop (cuda/adamw.h). Its table of pointers lives on the device and is uploaded
+// only when it changes, so a steady-state step neither copies nor waits.
 #pragma once
 
 #include <cstdint>
@@ -36,6 +41,9 @@ struct AdamWConfig {
   // Weight decay only on parameters with at least 2 dims (matrices, embeddings): norm
   // weights and biases are not decayed, the usual practice for language models.
   bool decay_only_matrices = true;
+  // Embedding matrices (parameters whose name contains "embeddings", as FLA's
+  // "model.embeddings.weight", and so a tied lm_head) are not decayed unless this is on.
+  bool decay_embeddings = false;
 
   void validate() const;  // throws naming the field
 };
@@ -82,7 +90,15 @@ void zero_grad(const std::vector<Tensor>& params);
 // exceeds `max_norm`, every gradient is scaled in place by max_norm / (norm + 1e-6) (as
 // torch.nn.utils.clip_grad_norm_). Returns the norm before clipping; a non-finite norm
 // is returned without scaling anything, so that the caller can skip the step.
+//
+// CUDA gradients (float32 or bfloat16, contiguous, one GPU; not mixed with CPU ones):
+// the norm comes from a deterministic two-stage reduction on the device (float32 sums
+// per chunk of 8192 elements, float64 across chunks), and the scale is computed and
+// applied there too; returning the norm as a double is the only host sync.
 double clip_grad_norm(const std::vector<Tensor>& params, double max_norm);
 double clip_grad_norm(const NamedTensors& params, double max_norm);
+// The same, returning the norm as a one-element float64 tensor on the gradients' device
+// without waiting for it (CUDA); on the CPU, a CPU tensor.
+Tensor clip_grad_norm_tensor(const std::vector<Tensor>& params, double max_norm);
 
 }  // namespace resona::train

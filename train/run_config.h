@@ -46,6 +46,7 @@ struct OptimizerSection {
   double eps = 1e-8;
   double weight_decay = 0.1;
   bool decay_only_matrices = true;
+  bool decay_embeddings = false;
   double grad_clip = 1.0;
   template <class V>
   void visit(V& v) {
@@ -55,6 +56,7 @@ struct OptimizerSection {
     v("weight_decay", weight_decay, "decoupled weight decay", Range::non_negative());
     v("decay_only_matrices", decay_only_matrices,
       "no weight decay on norms and biases (1-D parameters)");
+    v("decay_embeddings", decay_embeddings, "weight decay on the embedding matrix too");
     v("grad_clip", grad_clip, "clip by global L2 norm (0: off)", Range::non_negative());
   }
 };

@@ -13,6 +13,7 @@
 #include "data/dataset.h"
 #include "data/loader.h"
 #include "models/language_model.h"
+#include "ops/determinism.h"
 #include "ops/loss.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
@@ -177,6 +178,7 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& opt) {
   RESONA_CHECK(device.is_cpu()) << "train.device: training on CUDA needs every op's CUDA path, "
                                    "which this build does not have yet; use train.device: cpu";
 
+  set_deterministic(cfg.train.deterministic);
   Generator init_gen(cfg.train.seed);
   std::unique_ptr<models::LanguageModel> model = models::build_model(cfg.model, init_gen);
   const NamedTensors params = model->named_parameters();
@@ -187,6 +189,7 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& opt) {
   acfg.eps = cfg.optimizer.eps;
   acfg.weight_decay = cfg.optimizer.weight_decay;
   acfg.decay_only_matrices = cfg.optimizer.decay_only_matrices;
+  acfg.decay_embeddings = cfg.optimizer.decay_embeddings;
   AdamW optimizer(params, acfg);
 
   ScheduleConfig sched;

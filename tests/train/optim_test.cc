@@ -128,6 +128,25 @@ TEST_CASE("AdamW: vectors are not decayed unless asked; parameters without grad 
   check_close(v, {0.95, 0.95}, 1e-15);
 }
 
+TEST_CASE("AdamW: the embedding matrix is not decayed unless decay_embeddings") {
+  Tensor emb = param({1.0, 1.0, 1.0, 1.0}, {2, 2});
+  Tensor w = param({1.0, 1.0, 1.0, 1.0}, {2, 2});
+  AdamW opt({{"model.embeddings.weight", emb}, {"model.layers.0.w", w}}, config(0.1, 0.5));
+  set_grad(emb, {0.0, 0.0, 0.0, 0.0});
+  set_grad(w, {0.0, 0.0, 0.0, 0.0});
+  opt.step();
+  check_close(emb, {1.0, 1.0, 1.0, 1.0}, 0.0);
+  check_close(w, {0.95, 0.95, 0.95, 0.95}, 1e-15);  // 1 - lr * wd
+
+  AdamWConfig with = config(0.1, 0.5);
+  with.decay_embeddings = true;
+  Tensor emb2 = param({1.0, 1.0}, {1, 2});
+  AdamW opt2({{"model.embeddings.weight", emb2}}, with);
+  set_grad(emb2, {0.0, 0.0});
+  opt2.step();
+  check_close(emb2, {0.95, 0.95}, 1e-15);
+}
+
 TEST_CASE("AdamW: state round trip and refusals") {
   Tensor p = param({1.0, -2.0}, {1, 2});
   AdamW opt({{"w", p}}, config(0.1, 0.0));

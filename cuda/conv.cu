@@ -1,0 +1,333 @@
+// Causal depthwise conv1d kernels (maps in cuda/conv.h).
+//
+// conv_weight_transpose_kernel   w [D, W] (strided) -> w_t [W, D] contiguous
+// causal_conv1d_fwd_kernel       thread (b, time chunk, d): window of the last W x values
+// causal_conv1d_bwd_dx_kernel    thread (b, time chunk, d): window of the next W d_y values
+// causal_conv1d_bwd_dw_kernel    stage 1: thread (b, time chunk, d) sums d_y * x for the
+//                                W taps and d_y for the bias over its chunk, in time order
+// causal_conv1d_bwd_dw_final_kernel  stage 2: thread (j, d) sums the partials in chunk order
+//
+// Blocks: 128 threads over d; grid.x over D / 128, grid.y over B * chunks. The width W
+// is a template parameter (2..8) so the windows live in registers.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include "cuda/conv.h"
+
+namespace resona::cuda {
+namespace {
+
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <class T>
+__device__ __forceinline__ T from_f32(float v);
+template <>
+__device__ __forceinline__ float from_f32<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+constexpr int kThreads = 128;
+constexpr int64_t kFwdChunk = 64;  // time steps per thread in forward and d_x
+
+// Time chunking of the d_w reduction: a function of (B, T) only (determinism), about 64
+// steps per chunk, with at most ~1024 partials unless B alone is larger.
+struct DwChunks {
+  int64_t per_b;  // chunks per sequence
+  int64_t len;    // steps per chunk
+};
+DwChunks dw_chunks(int64_t B, int64_t T) {
+  int64_t per_b = (T + 63) / 64;
+  const int64_t cap = B >= 1024 ? 1 : 1024 / B;
+  if (per_b > cap) per_b = cap;
+  if (per_b < 1) per_b = 1;
+  return {per_b, (T + per_b - 1) / per_b};
+}
+
+const char* last_error() {
+  cudaError_t err = cudaGetLastError();
+  return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
+}
+
+template <class T>
+__global__ void conv_weight_transpose_kernel(const T* __restrict__ w, int64_t s0, int64_t s1,
+                                             int64_t D, int64_t W, T* __restrict__ w_t) {
+  const int64_t n = D * W;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += stride) {
+    const int64_t j = i / D, d = i % D;
+    w_t[i] = w[d * s0 + j * s1];
+  }
+}
+
+template <class T, int W>
+__global__ void causal_conv1d_fwd_kernel(int64_t B, int64_t T_len, int64_t D,
+                                         const T* __restrict__ x, int64_t xs0, int64_t xs1,
+                                         int64_t xs2, const T* __restrict__ w_t,
+                                         const T* __restrict__ bias, int64_t bs,
+                                         T* __restrict__ y) {
+  const int64_t d = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t chunks = (T_len + kFwdChunk - 1) / kFwdChunk;
+  if (d >= D) return;
+  for (int64_t bc = blockIdx.y; bc < B * chunks; bc += gridDim.y) {
+    const int64_t b = bc / chunks, t0 = (bc % chunks) * kFwdChunk;
+    const int64_t t1 = t0 + kFwdChunk < T_len ? t0 + kFwdChunk : T_len;
+    float w[W], win[W];
+#pragma unroll
+    for (int j = 0; j < W; ++j) w[j] = to_f32(w_t[j * D + d]);
+    const float b0 = bias ? to_f32(bias[d * bs]) : 0.f;
+    const T* xb = x + b * xs0 + d * xs2;
+    // win[j] = x[t - (W-1) + j]; before the first step it holds x[t0 - W .. t0 - 1] in
+    // slots 1..W-1 (slot 0 is shifted out at once).
+#pragma unroll
+    for (int j = 1; j < W; ++j) {
+      const int64_t s = t0 - W + j;
+      win[j] = s >= 0 ? to_f32(xb[s * xs1]) : 0.f;
+    }
+    for (int64_t t = t0; t < t1; ++t) {
+#pragma unroll
+      for (int j = 0; j < W - 1; ++j) win[j] = win[j + 1];
+      win[W - 1] = to_f32(xb[t * xs1]);
+      float acc = b0;
+#pragma unroll
+      for (int j = 0; j < W; ++j) acc += w[j] * win[j];
+      y[(b * T_len + t) * D + d] = from_f32<T>(acc);
+    }
+  }
+}
+
+template <class T, int W>
+__global__ void causal_conv1d_bwd_dx_kernel(int64_t B, int64_t T_len, int64_t D,
+                                            const T* __restrict__ d_y, int64_t gs0, int64_t gs1,
+                                            int64_t gs2, const T* __restrict__ w_t,
+                                            T* __restrict__ d_x) {
+  const int64_t d = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t chunks = (T_len + kFwdChunk - 1) / kFwdChunk;
+  if (d >= D) return;
+  for (int64_t bc = blockIdx.y; bc < B * chunks; bc += gridDim.y) {
+    const int64_t b = bc / chunks, s0 = (bc % chunks) * kFwdChunk;
+    const int64_t s1 = s0 + kFwdChunk < T_len ? s0 + kFwdChunk : T_len;
+    float w[W], win[W];
+#pragma unroll
+    for (int j = 0; j < W; ++j) w[j] = to_f32(w_t[j * D + d]);
+    const T* gb = d_y + b * gs0 + d * gs2;
+    // win[k] = d_y[s + k]; before the first step slots 1..W-1 hold d_y[s0 .. s0 + W - 2].
+#pragma unroll
+    for (int k = 1; k < W; ++k) {
+      const int64_t t = s0 + k - 1;
+      win[k] = t < T_len ? to_f32(gb[t * gs1]) : 0.f;
+    }
+    for (int64_t s = s0; s < s1; ++s) {
+#pragma unroll
+      for (int k = 0; k < W - 1; ++k) win[k] = win[k + 1];
+      const int64_t t = s + W - 1;
+      win[W - 1] = t < T_len ? to_f32(gb[t * gs1]) : 0.f;
+      // d_x[s] = sum_j w[j] d_y[s + (W-1) - j] = sum_j w[j] win[W-1-j]
+      float acc = 0.f;
+#pragma unroll
+      for (int j = 0; j < W; ++j) acc += w[j] * win[W - 1 - j];
+      d_x[(b * T_len + s) * D + d] = from_f32<T>(acc);
+    }
+  }
+}
+
+// partial[(b * per_b + c) * (W+1) + j][d] for taps j < W; slot W is the bias.
+template <class T, int W>
+__global__ void causal_conv1d_bwd_dw_kernel(int64_t B, int64_t T_len, int64_t D, int64_t per_b,
+                                            int64_t len, const T* __restrict__ d_y, int64_t gs0,
+                                            int64_t gs1, int64_t gs2, const T* __restrict__ x,
+                                            int64_t xs0, int64_t xs1, int64_t xs2, bool want_w,
+                                            float* __restrict__ partial) {
+  const int64_t d = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (d >= D) return;
+  for (int64_t bc = blockIdx.y; bc < B * per_b; bc += gridDim.y) {
+    const int64_t b = bc / per_b, t0 = (bc % per_b) * len;
+    const int64_t t1 = t0 + len < T_len ? t0 + len : T_len;
+    float acc[W], win[W], acc_b = 0.f;
+#pragma unroll
+    for (int j = 0; j < W; ++j) acc[j] = 0.f;
+    const T* xb = x + b * xs0 + d * xs2;
+    const T* gb = d_y + b * gs0 + d * gs2;
+    if (want_w) {
+#pragma unroll
+      for (int j = 1; j < W; ++j) {
+        const int64_t s = t0 - W + j;
+        win[j] = s >= 0 ? to_f32(xb[s * xs1]) : 0.f;
+      }
+    }
+    for (int64_t t = t0; t < t1; ++t) {
+      const float g = to_f32(gb[t * gs1]);
+      acc_b += g;
+      if (want_w) {
+#pragma unroll
+        for (int j = 0; j < W - 1; ++j) win[j] = win[j + 1];
+        win[W - 1] = to_f32(xb[t * xs1]);
+#pragma unroll
+        for (int j = 0; j < W; ++j) acc[j] += g * win[j];
+      }
+    }
+    float* out = partial + bc * (W + 1) * D + d;
+#pragma unroll
+    for (int j = 0; j < W; ++j) out[j * D] = acc[j];
+    out[W * D] = acc_b;
+  }
+}
+
+template <class T>
+__global__ void causal_conv1d_bwd_dw_final_kernel(int64_t P, int64_t D, int64_t W,
+                                                  const float* __restrict__ partial,
+                                                  T* __restrict__ d_w, T* __restrict__ d_bias) {
+  const int64_t n = (W + 1) * D;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += stride) {
+    const int64_t j = i / D, d = i % D;
+    if (j < W ? d_w == nullptr : d_bias == nullptr) continue;
+    float acc = 0.f;
+    for (int64_t c = 0; c < P; ++c) acc += partial[c * n + i];
+    if (j < W) {
+      d_w[d * W + j] = from_f32<T>(acc);
+    } else {
+      d_bias[d] = from_f32<T>(acc);
+    }
+  }
+}
+
+unsigned grid_y(int64_t n) { return static_cast<unsigned>(n > 65535 ? 65535 : (n < 1 ? 1 : n)); }
+unsigned grid_1d(int64_t n) {
+  int64_t b = (n + 255) / 256;
+  if (b > 65535 * 8) b = 65535 * 8;
+  return static_cast<unsigned>(b < 1 ? 1 : b);
+}
+
+template <class T, int W>
+const char* fwd_w(const CausalConv1dFwdParams& p, cudaStream_t s) {
+  const int64_t chunks = (p.T + kFwdChunk - 1) / kFwdChunk;
+  const dim3 grid(static_cast<unsigned>((p.D + kThreads - 1) / kThreads), grid_y(p.B * chunks));
+  causal_conv1d_fwd_kernel<T, W><<<grid, kThreads, 0, s>>>(
+      p.B, p.T, p.D, static_cast<const T*>(p.x), p.x_strides[0], p.x_strides[1], p.x_strides[2],
+      static_cast<const T*>(p.w_t), static_cast<const T*>(p.bias), p.bias_stride,
+      static_cast<T*>(p.y));
+  return last_error();
+}
+
+template <class T, int W>
+const char* bwd_w(const CausalConv1dBwdParams& p, cudaStream_t s) {
+  const unsigned gx = static_cast<unsigned>((p.D + kThreads - 1) / kThreads);
+  if (p.d_x) {
+    const int64_t chunks = (p.T + kFwdChunk - 1) / kFwdChunk;
+    causal_conv1d_bwd_dx_kernel<T, W><<<dim3(gx, grid_y(p.B * chunks)), kThreads, 0, s>>>(
+        p.B, p.T, p.D, static_cast<const T*>(p.d_y), p.d_y_strides[0], p.d_y_strides[1],
+        p.d_y_strides[2], static_cast<const T*>(p.w_t), static_cast<T*>(p.d_x));
+  }
+  if (p.d_w || p.d_bias) {
+    const DwChunks ch = dw_chunks(p.B, p.T);
+    float* partial = static_cast<float*>(p.scratch);
+    causal_conv1d_bwd_dw_kernel<T, W><<<dim3(gx, grid_y(p.B * ch.per_b)), kThreads, 0, s>>>(
+        p.B, p.T, p.D, ch.per_b, ch.len, static_cast<const T*>(p.d_y), p.d_y_strides[0],
+        p.d_y_strides[1], p.d_y_strides[2], static_cast<const T*>(p.x), p.x_strides[0],
+        p.x_strides[1], p.x_strides[2], p.d_w != nullptr, partial);
+    causal_conv1d_bwd_dw_final_kernel<T><<<grid_1d((p.W + 1) * p.D), 256, 0, s>>>(
+        p.B * ch.per_b, p.D, p.W, partial, static_cast<T*>(p.d_w), static_cast<T*>(p.d_bias));
+  }
+  return last_error();
+}
+
+template <class T>
+const char* fwd_t(const CausalConv1dFwdParams& p, cudaStream_t s) {
+  conv_weight_transpose_kernel<T><<<grid_1d(p.D * p.W), 256, 0, s>>>(
+      static_cast<const T*>(p.w), p.w_strides[0], p.w_strides[1], p.D, p.W, static_cast<T*>(p.w_t));
+  if (const char* e = last_error()) return e;
+  switch (p.W) {
+    case 2:
+      return fwd_w<T, 2>(p, s);
+    case 3:
+      return fwd_w<T, 3>(p, s);
+    case 4:
+      return fwd_w<T, 4>(p, s);
+    case 5:
+      return fwd_w<T, 5>(p, s);
+    case 6:
+      return fwd_w<T, 6>(p, s);
+    case 7:
+      return fwd_w<T, 7>(p, s);
+    case 8:
+      return fwd_w<T, 8>(p, s);
+  }
+  return "causal_conv1d_fwd_cuda: W outside 2..8";
+}
+
+template <class T>
+const char* bwd_t(const CausalConv1dBwdParams& p, cudaStream_t s) {
+  if ((p.d_w || p.d_bias) && p.scratch == nullptr)
+    return "causal_conv1d_bwd_cuda: scratch not given";
+  switch (p.W) {
+    case 2:
+      return bwd_w<T, 2>(p, s);
+    case 3:
+      return bwd_w<T, 3>(p, s);
+    case 4:
+      return bwd_w<T, 4>(p, s);
+    case 5:
+      return bwd_w<T, 5>(p, s);
+    case 6:
+      return bwd_w<T, 6>(p, s);
+    case 7:
+      return bwd_w<T, 7>(p, s);
+    case 8:
+      return bwd_w<T, 8>(p, s);
+  }
+  return "causal_conv1d_bwd_cuda: W outside 2..8";
+}
+
+}  // namespace
+
+const char* causal_conv1d_fwd_cuda(const CausalConv1dFwdParams& p, void* stream) {
+  if (p.B * p.T * p.D == 0) return nullptr;
+  auto s = static_cast<cudaStream_t>(stream);
+  switch (p.dtype) {
+    case KernelDType::kFloat32:
+      return fwd_t<float>(p, s);
+    case KernelDType::kBFloat16:
+      return fwd_t<__nv_bfloat16>(p, s);
+  }
+  return "causal_conv1d_fwd_cuda: unknown dtype";
+}
+
+size_t causal_conv1d_bwd_scratch_bytes(const CausalConv1dBwdParams& p) {
+  if (!p.d_w && !p.d_bias) return 0;
+  const DwChunks ch = dw_chunks(p.B, p.T);
+  return sizeof(float) * static_cast<size_t>(p.B * ch.per_b * (p.W + 1) * p.D);
+}
+
+const char* causal_conv1d_bwd_cuda(const CausalConv1dBwdParams& p, void* stream) {
+  auto s = static_cast<cudaStream_t>(stream);
+  if (p.D == 0) return nullptr;
+  if (p.B * p.T == 0) {
+    // No terms: d_w and d_bias are zero (d_x is empty).
+    if (p.d_w) {
+      cudaError_t e =
+          cudaMemsetAsync(p.d_w, 0, (p.dtype == KernelDType::kFloat32 ? 4 : 2) * p.D * p.W, s);
+      if (e != cudaSuccess) return cudaGetErrorString(e);
+    }
+    if (p.d_bias) {
+      cudaError_t e =
+          cudaMemsetAsync(p.d_bias, 0, (p.dtype == KernelDType::kFloat32 ? 4 : 2) * p.D, s);
+      if (e != cudaSuccess) return cudaGetErrorString(e);
+    }
+    return nullptr;
+  }
+  switch (p.dtype) {
+    case KernelDType::kFloat32:
+      return bwd_t<float>(p, s);
+    case KernelDType::kBFloat16:
+      return bwd_t<__nv_bfloat16>(p, s);
+  }
+  return "causal_conv1d_bwd_cuda: unknown dtype";
+}
+
+}  // namespace resona::cuda

@@ -1,0 +1,428 @@
+// Indexing kernels: the strided gather (forward of embedding, index_select, gather) and
+// its adjoint scatter-add, atomic or deterministic (see cuda/index.h for the maps).
+//
+// Layout of the work: the out-shaped space is seen as rows (every dim but the last) by
+// L columns (the last dim). A block of (tx, ty) threads takes ty rows at a time, tx
+// threads striding over the columns, so the innermost accesses are coalesced whenever
+// x's last dim is contiguous; each row's coordinates are decoded once.
+//
+// index_prepare_kernel          index (int32/int64, strided) -> int64, bound check
+// index_gather_fwd_kernel       out[c] = x[x_off(c)]
+// index_scatter_atomic_kernel   acc[x_off(c)] += d_y[c]         (float32 atomics)
+// index_rows_segment_kernel     deterministic rows: d_x[o, v, r] = sum over the sorted
+//                               run of positions i with idx[i] = v of d_y[o, i, r]
+// index_elem_keys_kernel +      deterministic elements: key = contiguous x_off(c),
+// index_elem_segment_kernel     sorted, each run summed in position order
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <climits>
+#include <cub/cub.cuh>
+
+#include "cuda/index.h"
+
+namespace resona::cuda {
+namespace {
+
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <class T>
+__device__ __forceinline__ T from_f32(float v);
+template <>
+__device__ __forceinline__ float from_f32<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// The out-shaped iteration space and the map to x offsets.
+struct Geom {
+  int32_t ndim;
+  int64_t shape[kIndexMaxDims];    // out / d_y shape
+  int64_t strides[kIndexMaxDims];  // x strides (forward) or contiguous d_x strides
+  int32_t dim;
+  bool per_element;
+  int64_t rows, cols;  // prod(shape[0 .. ndim-2]), shape[ndim-1]
+};
+
+struct RowBase {
+  int64_t base;  // sum over d < ndim-1, d != dim of c[d] * strides[d]
+  int64_t cdim;  // c[dim] when dim < ndim-1
+};
+
+__device__ __forceinline__ RowBase decode_row(const Geom& g, int64_t row) {
+  RowBase r{0, 0};
+  for (int d = g.ndim - 2; d >= 0; --d) {
+    const int64_t c = row % g.shape[d];
+    row /= g.shape[d];
+    if (d == g.dim) {
+      r.cdim = c;
+    } else {
+      r.base += c * g.strides[d];
+    }
+  }
+  return r;
+}
+
+__device__ __forceinline__ int64_t x_offset(const Geom& g, const RowBase& rb, int64_t row,
+                                            int64_t col, const int64_t* idx) {
+  const int last = g.ndim - 1;
+  const int64_t v =
+      g.per_element ? idx[row * g.cols + col] : (g.dim == last ? idx[col] : idx[rb.cdim]);
+  return rb.base + (g.dim == last ? 0 : col * g.strides[last]) + v * g.strides[g.dim];
+}
+
+Geom make_geom(const IndexGatherParams& p, bool contiguous_x) {
+  Geom g{};
+  g.ndim = p.ndim;
+  g.dim = p.dim;
+  g.per_element = p.per_element;
+  g.rows = 1;
+  int64_t st = 1;
+  for (int d = p.ndim - 1; d >= 0; --d) {
+    g.shape[d] = p.out_shape[d];
+    g.strides[d] = contiguous_x ? st : p.x_strides[d];
+    st *= p.x_shape[d];
+    if (d < p.ndim - 1) g.rows *= p.out_shape[d];
+  }
+  g.cols = p.out_shape[p.ndim - 1];
+  return g;
+}
+
+int64_t numel_of(const int64_t* shape, int ndim) {
+  int64_t n = 1;
+  for (int d = 0; d < ndim; ++d) n *= shape[d];
+  return n;
+}
+
+// Block shape for `cols` columns: tx a power of two covering them (at most 256), ty rows.
+dim3 block_for(int64_t cols) {
+  unsigned tx = 1;
+  while (tx < 256 && tx < cols) tx *= 2;
+  return dim3(tx, 256 / tx);
+}
+
+unsigned grid_for(int64_t rows, unsigned ty) {
+  int64_t b = (rows + ty - 1) / ty;
+  if (b > (1 << 20)) b = 1 << 20;  // grid-stride beyond
+  return static_cast<unsigned>(b < 1 ? 1 : b);
+}
+
+const char* last_error() {
+  cudaError_t err = cudaGetLastError();
+  return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
+}
+
+// ---------------------------------------------------------------- prepare
+
+__global__ void index_prepare_kernel(IndexPrepareParams p) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; n < p.n;
+       n += stride) {
+    int64_t rem = n, off = 0;
+    for (int d = p.ndim - 1; d >= 0; --d) {
+      off += (rem % p.shape[d]) * p.strides[d];
+      rem /= p.shape[d];
+    }
+    const int64_t v = p.index_int32
+                          ? static_cast<int64_t>(static_cast<const int32_t*>(p.index)[off])
+                          : static_cast<const int64_t*>(p.index)[off];
+    p.out[n] = v;
+    if (v < 0 || v >= p.bound) {
+      atomicMin(reinterpret_cast<unsigned long long*>(p.bad_pos),
+                static_cast<unsigned long long>(n));
+    }
+  }
+}
+
+// ---------------------------------------------------------------- forward
+
+template <class T>
+__global__ void index_gather_fwd_kernel(Geom g, const int64_t* __restrict__ idx,
+                                        const T* __restrict__ x, T* __restrict__ out) {
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y; row < g.rows;
+       row += static_cast<int64_t>(gridDim.x) * blockDim.y) {
+    const RowBase rb = decode_row(g, row);
+    for (int64_t col = threadIdx.x; col < g.cols; col += blockDim.x) {
+      out[row * g.cols + col] = x[x_offset(g, rb, row, col, idx)];
+    }
+  }
+}
+
+template <class T>
+const char* launch_fwd(const IndexGatherParams& p, cudaStream_t stream) {
+  const Geom g = make_geom(p, /*contiguous_x=*/false);
+  if (g.rows * g.cols == 0) return nullptr;
+  const dim3 block = block_for(g.cols);
+  index_gather_fwd_kernel<T><<<grid_for(g.rows, block.y), block, 0, stream>>>(
+      g, p.idx, static_cast<const T*>(p.src), static_cast<T*>(p.dst));
+  return last_error();
+}
+
+// ---------------------------------------------------------------- backward, atomic
+
+template <class T>
+__global__ void index_scatter_atomic_kernel(Geom g, const int64_t* __restrict__ idx,
+                                            const T* __restrict__ d_y, float* acc) {
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y; row < g.rows;
+       row += static_cast<int64_t>(gridDim.x) * blockDim.y) {
+    const RowBase rb = decode_row(g, row);
+    for (int64_t col = threadIdx.x; col < g.cols; col += blockDim.x) {
+      atomicAdd(acc + x_offset(g, rb, row, col, idx), to_f32(d_y[row * g.cols + col]));
+    }
+  }
+}
+
+__global__ void f32_to_bf16_kernel(const float* __restrict__ in, __nv_bfloat16* __restrict__ out,
+                                   int64_t n) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += stride) {
+    out[i] = __float2bfloat16_rn(in[i]);
+  }
+}
+
+// ---------------------------------------------------------------- backward, deterministic
+
+__global__ void iota_kernel(int32_t* out, int64_t n) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += stride) {
+    out[i] = static_cast<int32_t>(i);
+  }
+}
+
+// d_y viewed as [outer, n, inner], d_x as [outer, mid, inner]; keys/pos sorted by key.
+// Block: tx threads over inner, ty sorted positions; grid.y strides over outer.
+template <class T>
+__global__ void index_rows_segment_kernel(const unsigned long long* __restrict__ keys,
+                                          const int32_t* __restrict__ pos, int64_t n, int64_t outer,
+                                          int64_t mid, int64_t inner, const T* __restrict__ d_y,
+                                          T* __restrict__ d_x) {
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y; k < n;
+       k += static_cast<int64_t>(gridDim.x) * blockDim.y) {
+    const unsigned long long key = keys[k];
+    if (k > 0 && keys[k - 1] == key) continue;  // not the head of its run
+    for (int64_t o = blockIdx.y; o < outer; o += gridDim.y) {
+      for (int64_t r = threadIdx.x; r < inner; r += blockDim.x) {
+        float acc = 0.f;
+        for (int64_t m = k; m < n && keys[m] == key; ++m) {
+          acc += to_f32(d_y[(o * n + pos[m]) * inner + r]);
+        }
+        d_x[(o * mid + static_cast<int64_t>(key)) * inner + r] = from_f32<T>(acc);
+      }
+    }
+  }
+}
+
+__global__ void index_elem_keys_kernel(Geom g, const int64_t* __restrict__ idx,
+                                       unsigned long long* __restrict__ keys) {
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y; row < g.rows;
+       row += static_cast<int64_t>(gridDim.x) * blockDim.y) {
+    const RowBase rb = decode_row(g, row);
+    for (int64_t col = threadIdx.x; col < g.cols; col += blockDim.x) {
+      keys[row * g.cols + col] = static_cast<unsigned long long>(x_offset(g, rb, row, col, idx));
+    }
+  }
+}
+
+template <class T>
+__global__ void index_elem_segment_kernel(const unsigned long long* __restrict__ keys,
+                                          const int32_t* __restrict__ pos, int64_t n,
+                                          const T* __restrict__ d_y, T* __restrict__ d_x) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < n;
+       k += stride) {
+    const unsigned long long key = keys[k];
+    if (k > 0 && keys[k - 1] == key) continue;
+    float acc = 0.f;
+    for (int64_t m = k; m < n && keys[m] == key; ++m) acc += to_f32(d_y[pos[m]]);
+    d_x[key] = from_f32<T>(acc);
+  }
+}
+
+// ---------------------------------------------------------------- scratch layout
+
+constexpr size_t kAlign = 256;
+size_t align_up(size_t b) { return (b + kAlign - 1) / kAlign * kAlign; }
+
+int sort_bits(int64_t bound) {  // bits that hold every key in [0, bound)
+  int bits = 1;
+  while (bits < 64 && (int64_t{1} << bits) < bound) ++bits;
+  return bits;
+}
+
+struct Plan {
+  enum Mode { kAtomic, kRows, kElems } mode;
+  int64_t x_numel = 0;
+  int64_t n_sort = 0;                            // items sorted (deterministic modes)
+  int64_t key_bound = 1;                         // keys lie in [0, key_bound)
+  int64_t outer = 1, n = 1, mid = 1, inner = 1;  // rows mode
+  size_t cub_bytes = 0;
+  // Offsets into scratch.
+  size_t acc_off = 0, keys_in_off = 0, keys_out_off = 0, pos_in_off = 0, pos_out_off = 0,
+         cub_off = 0, total = 0;
+};
+
+Plan make_plan(const IndexGatherParams& p, size_t elem_size) {
+  Plan pl{};
+  pl.x_numel = numel_of(p.x_shape, p.ndim);
+  if (!p.deterministic) {
+    pl.mode = Plan::kAtomic;
+    pl.total = elem_size == sizeof(float) ? 0 : align_up(sizeof(float) * pl.x_numel);
+    return pl;
+  }
+  if (p.per_element) {
+    pl.mode = Plan::kElems;
+    pl.n_sort = numel_of(p.out_shape, p.ndim);
+    pl.key_bound = pl.x_numel;
+  } else {
+    pl.mode = Plan::kRows;
+    for (int d = 0; d < p.dim; ++d) pl.outer *= p.x_shape[d];
+    for (int d = p.dim + 1; d < p.ndim; ++d) pl.inner *= p.x_shape[d];
+    pl.n = p.out_shape[p.dim];
+    pl.mid = p.x_shape[p.dim];
+    pl.n_sort = pl.n;
+    pl.key_bound = pl.mid;
+  }
+  const int num = static_cast<int>(pl.n_sort > INT_MAX ? INT_MAX : pl.n_sort);
+  cub::DeviceRadixSort::SortPairs(
+      nullptr, pl.cub_bytes, static_cast<const unsigned long long*>(nullptr),
+      static_cast<unsigned long long*>(nullptr), static_cast<const int32_t*>(nullptr),
+      static_cast<int32_t*>(nullptr), num, 0, sort_bits(pl.key_bound));
+  size_t off = 0;
+  const size_t nk = sizeof(unsigned long long) * pl.n_sort, np = sizeof(int32_t) * pl.n_sort;
+  if (pl.mode == Plan::kElems) {
+    pl.keys_in_off = off;
+    off += align_up(nk);
+  }
+  pl.keys_out_off = off;
+  off += align_up(nk);
+  pl.pos_in_off = off;
+  off += align_up(np);
+  pl.pos_out_off = off;
+  off += align_up(np);
+  pl.cub_off = off;
+  off += align_up(pl.cub_bytes);
+  pl.total = off;
+  return pl;
+}
+
+template <class T>
+const char* launch_bwd(const IndexGatherParams& p, cudaStream_t stream) {
+  const Plan pl = make_plan(p, sizeof(T));
+  const Geom g = make_geom(p, /*contiguous_x=*/true);
+  char* scratch = static_cast<char*>(p.scratch);
+  if (pl.total > 0 && scratch == nullptr) return "index_scatter_bwd_cuda: scratch not given";
+  T* d_x = static_cast<T*>(p.dst);
+  const T* d_y = static_cast<const T*>(p.src);
+  if (pl.x_numel == 0) return nullptr;
+  cudaError_t err = cudaMemsetAsync(d_x, 0, sizeof(T) * pl.x_numel, stream);
+  if (err != cudaSuccess) return cudaGetErrorString(err);
+  if (g.rows * g.cols == 0) return nullptr;
+  const dim3 block = block_for(g.cols);
+
+  if (pl.mode == Plan::kAtomic) {
+    float* acc = sizeof(T) == sizeof(float) ? reinterpret_cast<float*>(d_x)
+                                            : reinterpret_cast<float*>(scratch + pl.acc_off);
+    if (acc != reinterpret_cast<float*>(d_x)) {
+      err = cudaMemsetAsync(acc, 0, sizeof(float) * pl.x_numel, stream);
+      if (err != cudaSuccess) return cudaGetErrorString(err);
+    }
+    index_scatter_atomic_kernel<T>
+        <<<grid_for(g.rows, block.y), block, 0, stream>>>(g, p.idx, d_y, acc);
+    if constexpr (!std::is_same_v<T, float>) {
+      int64_t blocks = (pl.x_numel + 255) / 256;
+      if (blocks > 65535 * 8) blocks = 65535 * 8;
+      f32_to_bf16_kernel<<<static_cast<unsigned>(blocks), 256, 0, stream>>>(acc, d_x, pl.x_numel);
+    }
+    return last_error();
+  }
+
+  if (pl.n_sort > INT_MAX) return "index_scatter_bwd_cuda: more than 2^31-1 indices to sort";
+  const int num = static_cast<int>(pl.n_sort);
+  auto* keys_out = reinterpret_cast<unsigned long long*>(scratch + pl.keys_out_off);
+  auto* pos_in = reinterpret_cast<int32_t*>(scratch + pl.pos_in_off);
+  auto* pos_out = reinterpret_cast<int32_t*>(scratch + pl.pos_out_off);
+  const unsigned long long* keys_in = reinterpret_cast<const unsigned long long*>(p.idx);
+  if (pl.mode == Plan::kElems) {
+    auto* k = reinterpret_cast<unsigned long long*>(scratch + pl.keys_in_off);
+    index_elem_keys_kernel<<<grid_for(g.rows, block.y), block, 0, stream>>>(g, p.idx, k);
+    keys_in = k;
+  }
+  {
+    int64_t blocks = (pl.n_sort + 255) / 256;
+    if (blocks > 65535 * 8) blocks = 65535 * 8;
+    iota_kernel<<<static_cast<unsigned>(blocks), 256, 0, stream>>>(pos_in, pl.n_sort);
+  }
+  size_t cub_bytes = pl.cub_bytes;
+  err = cub::DeviceRadixSort::SortPairs(scratch + pl.cub_off, cub_bytes, keys_in, keys_out, pos_in,
+                                        pos_out, num, 0, sort_bits(pl.key_bound), stream);
+  if (err != cudaSuccess) return cudaGetErrorString(err);
+
+  if (pl.mode == Plan::kRows) {
+    const dim3 rb = block_for(pl.inner);
+    int64_t gy = pl.outer > 65535 ? 65535 : pl.outer;
+    index_rows_segment_kernel<T>
+        <<<dim3(grid_for(pl.n, rb.y), static_cast<unsigned>(gy)), rb, 0, stream>>>(
+            keys_out, pos_out, pl.n, pl.outer, pl.mid, pl.inner, d_y, d_x);
+  } else {
+    int64_t blocks = (pl.n_sort + 255) / 256;
+    if (blocks > 65535 * 8) blocks = 65535 * 8;
+    index_elem_segment_kernel<T>
+        <<<static_cast<unsigned>(blocks), 256, 0, stream>>>(keys_out, pos_out, pl.n_sort, d_y, d_x);
+  }
+  return last_error();
+}
+
+bool valid_geometry(const IndexGatherParams& p) {
+  return p.ndim >= 1 && p.ndim <= kIndexMaxDims && p.dim >= 0 && p.dim < p.ndim;
+}
+
+}  // namespace
+
+const char* index_prepare_cuda(const IndexPrepareParams& p, void* stream) {
+  auto s = static_cast<cudaStream_t>(stream);
+  if (p.ndim < 0 || p.ndim > kIndexMaxDims) return "index_prepare_cuda: rank above 8";
+  cudaError_t err = cudaMemsetAsync(p.bad_pos, 0xff, sizeof(int64_t), s);
+  if (err != cudaSuccess) return cudaGetErrorString(err);
+  if (p.n == 0) return nullptr;
+  int64_t blocks = (p.n + 255) / 256;
+  if (blocks > 65535 * 8) blocks = 65535 * 8;
+  index_prepare_kernel<<<static_cast<unsigned>(blocks), 256, 0, s>>>(p);
+  return last_error();
+}
+
+const char* index_gather_fwd_cuda(const IndexGatherParams& p, void* stream) {
+  if (!valid_geometry(p)) return "index_gather_fwd_cuda: rank must be 1..8 and dim inside it";
+  auto s = static_cast<cudaStream_t>(stream);
+  switch (p.dtype) {
+    case KernelDType::kFloat32:
+      return launch_fwd<float>(p, s);
+    case KernelDType::kBFloat16:
+      return launch_fwd<__nv_bfloat16>(p, s);
+  }
+  return "index_gather_fwd_cuda: unknown dtype";
+}
+
+size_t index_scatter_bwd_scratch_bytes(const IndexGatherParams& p) {
+  if (!valid_geometry(p)) return 0;
+  return make_plan(p, p.dtype == KernelDType::kFloat32 ? sizeof(float) : sizeof(__nv_bfloat16))
+      .total;
+}
+
+const char* index_scatter_bwd_cuda(const IndexGatherParams& p, void* stream) {
+  if (!valid_geometry(p)) return "index_scatter_bwd_cuda: rank must be 1..8 and dim inside it";
+  auto s = static_cast<cudaStream_t>(stream);
+  switch (p.dtype) {
+    case KernelDType::kFloat32:
+      return launch_bwd<float>(p, s);
+    case KernelDType::kBFloat16:
+      return launch_bwd<__nv_bfloat16>(p, s);
+  }
+  return "index_scatter_bwd_cuda: unknown dtype";
+}
+
+}  // namespace resona::cuda

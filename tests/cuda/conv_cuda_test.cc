@@ -1,0 +1,181 @@
+// CUDA against CPU for causal_conv1d: forward and the backward run by the autograd
+// engine on the GPU (d_x, d_weight, d_bias), float32 and bfloat16, W = 2..8, T < W,
+// odd B/T/D, many time chunks and B > 1024 (the d_weight reduction's other chunking),
+// strided x, weight, bias and d_y; d_weight/d_bias bit-identical over reruns.
+//
+// The CPU reference runs in float32 on the same inputs (bf16-rounded for bfloat16).
+// Tolerances, per element, with S the same sum over |terms| (the CPU op on |x|, |w|,
+// |bias|, |d_y|) and u = 2^-24:
+//   y (W + 1 terms) and d_x (W terms): each side's float32 sum (with or without FMA) is
+//     within n u S of the exact one, so they differ by at most 2 n u S.
+//   d_weight, d_bias: the CPU sums B*T terms in float64 and rounds once (u |c|); the GPU
+//     sums a time chunk, then the chunk partials, in float32: within (len + chunks) u S,
+//     and len + chunks <= (B + 1) T.
+//   bfloat16: the GPU rounds its float32 result once: 2^-8 of the value on top.
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "ops/conv.h"
+#include "ops/elementwise.h"
+#include "tests/test_util.h"
+
+namespace resona::testing {
+namespace {
+
+constexpr double kU32 = 1.0 / 16777216.0;
+constexpr double kBf16Rel = 1.0 / 256;
+
+Tensor round_bf16(const Tensor& x) {
+  return copy_to(copy_to(x, DType::kBFloat16, Device::cpu()), DType::kFloat32, Device::cpu());
+}
+Tensor host_f32(const Tensor& t) { return copy_to(t, DType::kFloat32, Device::cpu()); }
+
+std::vector<uint32_t> bits(const Tensor& t) {
+  std::vector<uint32_t> out;
+  if (t.dtype() == DType::kBFloat16) {
+    for (bfloat16 v : t.to_vector<bfloat16>()) out.push_back(v.bits);
+  } else {
+    for (float v : t.to_vector<float>()) {
+      uint32_t b;
+      std::memcpy(&b, &v, 4);
+      out.push_back(b);
+    }
+  }
+  return out;
+}
+
+// x (CPU float32) on the GPU as `dtype`: contiguous, or a view with the last two dims'
+// strides swapped (x [B, T, D] from a [B, D, T] copy; w [D, W] from [W, D]); a 1-D
+// tensor becomes every other element of a buffer twice as long.
+Tensor to_cuda(const Tensor& x, DType dtype, bool strided) {
+  if (!strided) return copy_to(x, dtype, Device::cuda());
+  const int64_t n = x.dim();
+  if (n == 1) {
+    Tensor wide = zeros({x.shape()[0], 2});
+    wide.slice(1, 0, 1).copy_(x.unsqueeze(1));
+    Tensor base = copy_to(wide, dtype, Device::cuda());
+    return make_view(base, x.shape(), {2}, 0);
+  }
+  Tensor base = copy_to(x.transpose(n - 2, n - 1).contiguous(), dtype, Device::cuda());
+  Shape strides = base.strides();
+  std::swap(strides[n - 2], strides[n - 1]);
+  return make_view(base, x.shape(), strides, 0);
+}
+
+Tensor as_leaf(Tensor t) {
+  t.set_requires_grad(true);
+  return t;
+}
+
+struct ConvCase {
+  int64_t B, T, D, W;
+  bool bias;
+};
+
+std::string case_name(const ConvCase& c, DType dt, bool strided) {
+  return "causal_conv1d(B=" + std::to_string(c.B) + ",T=" + std::to_string(c.T) +
+         ",D=" + std::to_string(c.D) + ",W=" + std::to_string(c.W) +
+         ",bias=" + (c.bias ? "yes" : "no") + "," + dtype_name(dt) + (strided ? ",strided" : "") +
+         ")";
+}
+
+struct Grads3 {
+  Tensor y, d_x, d_w, d_b;
+};
+
+Grads3 run(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& d_y) {
+  Tensor y = causal_conv1d(x, w, b);
+  y.backward(d_y);
+  return {y.detach(), x.grad(), w.grad(), b.defined() ? b.grad() : Tensor()};
+}
+
+void check_bound(const Tensor& got, const Tensor& expected, const Tensor& S, double n_terms_u,
+                 DType dtype, const std::string& what) {
+  INFO(what);
+  REQUIRE(got.shape() == expected.shape());
+  const std::vector<double> g = host_f32(got).to_vector<double>();
+  const std::vector<double> e = expected.to_vector<double>();
+  const std::vector<double> s = S.to_vector<double>();
+  for (size_t i = 0; i < g.size(); ++i) {
+    const double err = n_terms_u * s[i] + kU32 * std::abs(e[i]);
+    const double bound = dtype == DType::kBFloat16 ? kBf16Rel * (std::abs(e[i]) + err) + err : err;
+    if (!(std::abs(g[i] - e[i]) <= bound)) {
+      INFO("element " << i << ": got " << g[i] << ", expected " << e[i] << ", bound " << bound);
+      CHECK(std::abs(g[i] - e[i]) <= bound);
+      return;
+    }
+  }
+  CHECK(true);
+}
+
+void check_case(const ConvCase& c, DType dt, bool strided, uint64_t seed) {
+  Generator gen(seed);
+  auto input = [&](const Shape& s) {
+    Tensor t = gen.uniform(s, -1, 1);
+    return dt == DType::kBFloat16 ? round_bf16(t) : t;
+  };
+  Tensor x = input({c.B, c.T, c.D}), w = input({c.D, c.W});
+  Tensor b = c.bias ? input({c.D}) : Tensor();
+  Tensor d_y = input({c.B, c.T, c.D});
+
+  auto cpu_leaf = [](const Tensor& t) { return t.defined() ? as_leaf(t.clone()) : Tensor(); };
+  const Grads3 ref = run(cpu_leaf(x), cpu_leaf(w), cpu_leaf(b), d_y);
+  const Grads3 S =
+      run(cpu_leaf(abs(x)), cpu_leaf(abs(w)), c.bias ? cpu_leaf(abs(b)) : Tensor(), abs(d_y));
+
+  auto gpu_run = [&] {
+    Tensor xg = as_leaf(to_cuda(x, dt, strided)), wg = as_leaf(to_cuda(w, dt, strided));
+    Tensor bg = c.bias ? as_leaf(to_cuda(b, dt, strided)) : Tensor();
+    return run(xg, wg, bg, to_cuda(d_y, dt, strided));
+  };
+  const std::string name = case_name(c, dt, strided);
+  const Grads3 g = gpu_run();
+  CHECK(g.y.device().is_cuda());
+  CHECK(g.y.dtype() == dt);
+  check_bound(g.y, ref.y, S.y, 2 * (c.W + 1) * kU32, dt, name + " y");
+  check_bound(g.d_x, ref.d_x, S.d_x, 2 * c.W * kU32, dt, name + " d_x");
+  const double reduce_u = static_cast<double>((c.B + 1) * c.T) * kU32;
+  check_bound(g.d_w, ref.d_w, S.d_w, reduce_u, dt, name + " d_weight");
+  if (c.bias) check_bound(g.d_b, ref.d_b, S.d_b, reduce_u, dt, name + " d_bias");
+
+  // The reduction's order depends on the shape alone: reruns are bit-identical.
+  const Grads3 again = gpu_run();
+  CHECK_MESSAGE(bits(again.y) == bits(g.y), name, " y rerun");
+  CHECK_MESSAGE(bits(again.d_x) == bits(g.d_x), name, " d_x rerun");
+  CHECK_MESSAGE(bits(again.d_w) == bits(g.d_w), name, " d_weight rerun");
+  if (c.bias) CHECK_MESSAGE(bits(again.d_b) == bits(g.d_b), name, " d_bias rerun");
+}
+
+}  // namespace
+
+RESONA_GPU_TEST(
+    "causal_conv1d CUDA vs CPU (B,T,D,W = 1,1,1,2; 2,3,5,4; 2,5,3,4; 3,37,67,4; 2,129,257,8; "
+    "1,200,130,3; 2,64,128,5/6/7; 4,1000,96,4; 1100,2,3,2; bias or not; float32, bfloat16; "
+    "contiguous and strided)") {
+  const ConvCase cases[] = {
+      {1, 1, 1, 2, true},     {2, 3, 5, 4, true},     {2, 5, 3, 4, false},
+      {3, 37, 67, 4, true},   {2, 129, 257, 8, true}, {1, 200, 130, 3, false},
+      {2, 64, 128, 5, true},  {2, 64, 128, 6, false}, {2, 64, 128, 7, true},
+      {4, 1000, 96, 4, true}, {1100, 2, 3, 2, true},
+  };
+  uint64_t seed = 600;
+  for (const ConvCase& c : cases) {
+    for (DType dt : {DType::kFloat32, DType::kBFloat16}) {
+      for (bool strided : {false, true}) check_case(c, dt, strided, seed++);
+    }
+  }
+}
+
+RESONA_GPU_TEST("causal_conv1d on CUDA refuses float64 and mixed devices, naming them") {
+  Tensor x = zeros({1, 4, 3}, DType::kFloat64, Device::cuda());
+  Tensor w = zeros({3, 2}, DType::kFloat64, Device::cuda());
+  CHECK_THROWS_WITH_AS(causal_conv1d(x, w), doctest::Contains("CUDA supports float32 and bfloat16"),
+                       Error);
+  Tensor x32 = zeros({1, 4, 3}, DType::kFloat32, Device::cuda());
+  CHECK_THROWS_WITH_AS(causal_conv1d(x32, zeros({3, 2})),
+                       doctest::Contains("tensors on different devices"), Error);
+}
+
+}  // namespace resona::testing

@@ -1,0 +1,297 @@
+// CUDA against CPU for embedding, index_select and gather: forward and the backward run
+// by the autograd engine on the GPU, float32 and bfloat16, both backward modes (float32
+// atomics; deterministic sort-and-segment), repeated indices, a 32000-row vocabulary,
+// strided inputs, index tensors on the CPU (int64) and on the GPU (int32), odd sizes.
+//
+// The CPU reference runs in float32 on the same inputs (bf16-rounded for the bfloat16
+// cases). Tolerances, per element:
+//   forward: a gather copies values: exact.
+//   deterministic backward: the GPU sums each target's terms in index order in float32,
+//     as the CPU does: float32 is bit-identical; bfloat16 is the CPU's float32 sum
+//     rounded once to bfloat16, also exact.
+//   atomic backward: the same k terms summed in another order. Each recursive float32
+//     sum is within (k - 1) u S of the exact one (u = 2^-24, S = sum of |terms|, from
+//     the CPU backward of |d_y|; k from the backward of ones), so the two sums differ
+//     by at most 2 (k - 1) u S; bfloat16 adds the final rounding, at most 2^-8 of the
+//     value.
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "ops/determinism.h"
+#include "ops/elementwise.h"
+#include "ops/index.h"
+#include "tests/test_util.h"
+
+namespace resona::testing {
+namespace {
+
+constexpr double kU32 = 1.0 / 16777216.0;  // float32 unit roundoff, 2^-24
+constexpr double kBf16Rel = 1.0 / 256;     // bfloat16 rounding, at most 2^-8 relative
+
+Tensor round_bf16(const Tensor& x) {
+  return copy_to(copy_to(x, DType::kBFloat16, Device::cpu()), DType::kFloat32, Device::cpu());
+}
+Tensor host_f32(const Tensor& t) { return copy_to(t, DType::kFloat32, Device::cpu()); }
+
+// The element bits of a float32 or bfloat16 tensor (any device), for exact comparisons.
+std::vector<uint32_t> bits(const Tensor& t) {
+  std::vector<uint32_t> out;
+  if (t.dtype() == DType::kBFloat16) {
+    for (bfloat16 v : t.to_vector<bfloat16>()) out.push_back(v.bits);
+  } else {
+    for (float v : t.to_vector<float>()) {
+      uint32_t b;
+      std::memcpy(&b, &v, 4);
+      out.push_back(b);
+    }
+  }
+  return out;
+}
+
+// A CUDA leaf holding `x` (CPU float32) as `dtype`, contiguous or with reversed strides
+// (a view of the permuted copy: same values, no dim contiguous unless it has size 1).
+Tensor cuda_leaf(const Tensor& x, DType dtype, bool strided) {
+  Tensor t;
+  if (!strided || x.dim() < 2) {
+    t = copy_to(x, dtype, Device::cuda());
+  } else {
+    const int64_t n = x.dim();
+    Shape perm(n);
+    for (int64_t d = 0; d < n; ++d) perm[d] = n - 1 - d;
+    Tensor base = copy_to(x.permute(perm).contiguous(), dtype, Device::cuda());
+    Shape strides(n);
+    for (int64_t d = 0; d < n; ++d) strides[d] = base.strides()[n - 1 - d];
+    t = make_view(base, x.shape(), strides, 0);
+    bool any_unit = false;  // a size-1 dim can make the reversed view contiguous
+    for (int64_t e : x.shape()) any_unit |= e == 1;
+    if (!any_unit) REQUIRE_FALSE(t.is_contiguous());
+  }
+  t.set_requires_grad(true);
+  return t;
+}
+
+Tensor cpu_leaf(const Tensor& x) {
+  Tensor t = x.clone();
+  t.set_requires_grad(true);
+  return t;
+}
+
+using IndexFn = std::function<Tensor(const Tensor& x, const Tensor& index)>;
+
+struct Result {
+  Tensor y, d_x;
+};
+
+Result run(const IndexFn& f, const Tensor& x_leaf, const Tensor& index, const Tensor& d_y) {
+  Tensor y = f(x_leaf, index);
+  y.backward(d_y);
+  return {y.detach(), x_leaf.grad()};
+}
+
+// Integers in [0, bound) with many repeats: half of the positions take one of four hot
+// values (0, 1, bound / 2, bound - 1), the rest are uniform.
+Tensor random_index(Generator& gen, const Shape& shape, int64_t bound) {
+  const int64_t hot[4] = {0, std::min<int64_t>(1, bound - 1), bound / 2, bound - 1};
+  std::vector<int64_t> v(shape_numel(shape));
+  for (int64_t& e : v)
+    e = gen.next_int(0, 2) == 0 ? hot[gen.next_int(0, 4)] : gen.next_int(0, bound);
+  return from_vector(v, shape);
+}
+
+void check_exact(const Tensor& got, const Tensor& expected, const std::string& what) {
+  INFO(what);
+  REQUIRE(got.shape() == expected.shape());
+  const std::vector<uint32_t> g = bits(got), e = bits(expected);
+  for (size_t i = 0; i < g.size(); ++i) {
+    if (g[i] != e[i]) {
+      INFO("element " << i << ": got " << host_f32(got).to_vector<double>()[i] << ", expected "
+                      << host_f32(expected).to_vector<double>()[i]);
+      CHECK(g[i] == e[i]);
+      return;
+    }
+  }
+  CHECK(true);
+}
+
+void check_bound(const Tensor& got, const Tensor& expected, const std::vector<double>& bound,
+                 const std::string& what) {
+  INFO(what);
+  REQUIRE(got.shape() == expected.shape());
+  const std::vector<double> g = host_f32(got).to_vector<double>();
+  const std::vector<double> e = expected.to_vector<double>();
+  for (size_t i = 0; i < g.size(); ++i) {
+    if (!(std::abs(g[i] - e[i]) <= bound[i])) {
+      INFO("element " << i << ": got " << g[i] << ", expected " << e[i] << ", bound " << bound[i]);
+      CHECK(std::abs(g[i] - e[i]) <= bound[i]);
+      return;
+    }
+  }
+  CHECK(true);
+}
+
+// One case: CPU reference, then the GPU in both backward modes (the deterministic one
+// three times, bit-identical).
+void check_case(const std::string& name, const IndexFn& f, const Tensor& x, const Tensor& index,
+                const Shape& y_shape, DType dtype, bool strided_x, bool index_on_cuda,
+                uint64_t seed) {
+  Generator gen(seed);
+  Tensor x_in = dtype == DType::kBFloat16 ? round_bf16(x) : x;
+  Tensor d_y = gen.uniform(y_shape, -1, 1);
+  if (dtype == DType::kBFloat16) d_y = round_bf16(d_y);
+
+  const Result ref = run(f, cpu_leaf(x_in), index, d_y);
+  const Tensor S = run(f, cpu_leaf(x_in), index, abs(d_y)).d_x;       // sum of |terms|
+  const Tensor k = run(f, cpu_leaf(x_in), index, ones(y_shape)).d_x;  // terms per target
+  const std::vector<double> sv = S.to_vector<double>(), kv = k.to_vector<double>();
+  const std::vector<double> rv = ref.d_x.to_vector<double>();
+  std::vector<double> atomic_bound(sv.size());
+  for (size_t i = 0; i < sv.size(); ++i) {
+    const double sum_err = 2 * std::max(kv[i] - 1, 0.0) * kU32 * sv[i];
+    atomic_bound[i] =
+        dtype == DType::kBFloat16 ? kBf16Rel * (std::abs(rv[i]) + sum_err) + sum_err : sum_err;
+  }
+  const Tensor expected_det = dtype == DType::kBFloat16 ? round_bf16(ref.d_x) : ref.d_x;
+
+  Tensor index_dev = index_on_cuda ? copy_to(index, DType::kInt32, Device::cuda()) : index;
+  Tensor d_y_dev = copy_to(d_y, dtype, Device::cuda());
+  const std::string label = name + "," + dtype_name(dtype) + (strided_x ? ",strided x" : "") +
+                            (index_on_cuda ? ",index int32 cuda" : ",index int64 cpu");
+  {
+    DeterministicGuard det(false);
+    const Result r = run(f, cuda_leaf(x_in, dtype, strided_x), index_dev, d_y_dev);
+    CHECK(r.y.device().is_cuda());
+    CHECK(r.y.dtype() == dtype);
+    CHECK(r.d_x.dtype() == dtype);
+    check_exact(r.y, dtype == DType::kBFloat16 ? copy_to(ref.y, dtype, Device::cpu()) : ref.y,
+                label + " forward");
+    check_bound(r.d_x, ref.d_x, atomic_bound, label + " backward (atomic)");
+  }
+  {
+    DeterministicGuard det(true);
+    const Result r = run(f, cuda_leaf(x_in, dtype, strided_x), index_dev, d_y_dev);
+    check_exact(r.d_x, copy_to(expected_det, dtype, Device::cpu()),
+                label + " backward (deterministic) equals the CPU's float32 sums");
+    const std::vector<uint32_t> first = bits(r.d_x);
+    for (int rep = 0; rep < 2; ++rep) {
+      const Result again = run(f, cuda_leaf(x_in, dtype, strided_x), index_dev, d_y_dev);
+      CHECK_MESSAGE(bits(again.d_x) == first, label, " deterministic rerun ", rep);
+    }
+  }
+}
+
+}  // namespace
+
+RESONA_GPU_TEST(
+    "embedding CUDA vs CPU (V=7,D=1,ids=[2,5]; V=33,D=67,ids=[3,37]; V=32000,D=64,ids=[4,513]; "
+    "V=1000,D=300,ids=[129]; float32, bfloat16; atomic and deterministic; strided weight; "
+    "ids int64 cpu / int32 cuda)") {
+  struct Case {
+    int64_t V, D;
+    Shape ids;
+  };
+  const Case cases[] = {
+      {7, 1, {2, 5}}, {33, 67, {3, 37}}, {32000, 64, {4, 513}}, {1000, 300, {129}}};
+  uint64_t seed = 300;
+  for (const Case& c : cases) {
+    for (DType dt : {DType::kFloat32, DType::kBFloat16}) {
+      for (int variant = 0; variant < 2; ++variant) {
+        Generator gen(seed++);
+        Tensor w = gen.normal({c.V, c.D});
+        Tensor ids = random_index(gen, c.ids, c.V);
+        Shape y_shape = c.ids;
+        y_shape.push_back(c.D);
+        const std::string name = "embedding(V=" + std::to_string(c.V) +
+                                 ",D=" + std::to_string(c.D) + ",ids=" + shape_str(c.ids) + ")";
+        check_case(
+            name, [](const Tensor& x, const Tensor& i) { return embedding(x, i); }, w, ids, y_shape,
+            dt, /*strided_x=*/variant == 1, /*index_on_cuda=*/variant == 1, seed);
+      }
+    }
+  }
+}
+
+RESONA_GPU_TEST(
+    "index_select CUDA vs CPU (x=[5,7,3] dim=0,1,2 index=[11]; x=[2,1000,9] dim=1 index=[1501]; "
+    "float32, bfloat16; atomic and deterministic; strided x)") {
+  struct Case {
+    Shape x;
+    int64_t dim, n;
+  };
+  const Case cases[] = {{{5, 7, 3}, 0, 11},
+                        {{5, 7, 3}, 1, 11},
+                        {{5, 7, 3}, 2, 11},
+                        {{2, 1000, 9}, 1, 1501},
+                        {{1000}, 0, 77}};
+  uint64_t seed = 400;
+  for (const Case& c : cases) {
+    for (DType dt : {DType::kFloat32, DType::kBFloat16}) {
+      for (int variant = 0; variant < 2; ++variant) {
+        Generator gen(seed++);
+        Tensor x = gen.normal(c.x);
+        Tensor index = random_index(gen, {c.n}, c.x[c.dim]);
+        Shape y_shape = c.x;
+        y_shape[c.dim] = c.n;
+        const int64_t dim = c.dim;
+        const std::string name = "index_select(x=" + shape_str(c.x) +
+                                 ",dim=" + std::to_string(dim) + ",index=[" + std::to_string(c.n) +
+                                 "])";
+        check_case(
+            name, [dim](const Tensor& x, const Tensor& i) { return index_select(x, dim, i); }, x,
+            index, y_shape, dt, variant == 1, variant == 1, seed);
+      }
+    }
+  }
+}
+
+RESONA_GPU_TEST(
+    "gather CUDA vs CPU (x=[4,9,5] dim=0,1,2 with smaller and larger index; x=[3,2000] dim=1 "
+    "index=[3,4001]; float32, bfloat16; atomic and deterministic; strided x)") {
+  struct Case {
+    Shape x;
+    int64_t dim;
+    Shape index;
+  };
+  const Case cases[] = {{{4, 9, 5}, 0, {6, 8, 5}},
+                        {{4, 9, 5}, 1, {3, 13, 4}},
+                        {{4, 9, 5}, 2, {4, 9, 7}},
+                        {{3, 2000}, 1, {3, 4001}},
+                        {{17}, 0, {40}}};
+  uint64_t seed = 500;
+  for (const Case& c : cases) {
+    for (DType dt : {DType::kFloat32, DType::kBFloat16}) {
+      for (int variant = 0; variant < 2; ++variant) {
+        Generator gen(seed++);
+        Tensor x = gen.normal(c.x);
+        Tensor index = random_index(gen, c.index, c.x[c.dim]);
+        const int64_t dim = c.dim;
+        const std::string name = "gather(x=" + shape_str(c.x) + ",dim=" + std::to_string(dim) +
+                                 ",index=" + shape_str(c.index) + ")";
+        check_case(
+            name, [dim](const Tensor& x, const Tensor& i) { return gather(x, dim, i); }, x, index,
+            c.index, dt, variant == 1, variant == 1, seed);
+      }
+    }
+  }
+}
+
+RESONA_GPU_TEST("indexing ops on CUDA refuse bad ids and float64, naming the op and tensor") {
+  Tensor w = zeros({10, 4}, DType::kFloat32, Device::cuda());
+  // ids on the GPU: the device check reports the first bad position and its value.
+  Tensor ids = copy_to(from_vector<int64_t>({1, 2, 3, 40, -1}, {5}), DType::kInt32, Device::cuda());
+  CHECK_THROWS_WITH_AS(embedding(w, ids), doctest::Contains("holds 40 at flat position 3"), Error);
+  CHECK_THROWS_WITH_AS(embedding(w, from_vector<int64_t>({10}, {1})),
+                       doctest::Contains("holds 10 at flat position 0"), Error);
+  CHECK_THROWS_WITH_AS(
+      index_select(w, 1, copy_to(from_vector<int64_t>({0, 4}, {2}), DType::kInt64, Device::cuda())),
+      doctest::Contains("holds 4 at flat position 1"), Error);
+  Tensor w64 = zeros({10, 4}, DType::kFloat64, Device::cuda());
+  CHECK_THROWS_WITH_AS(embedding(w64, from_vector<int64_t>({1}, {1})),
+                       doctest::Contains("embedding: CUDA supports float32 and bfloat16"), Error);
+  CHECK_THROWS_WITH_AS(gather(w64, 0, from_vector<int64_t>({1}, {1, 1})),
+                       doctest::Contains("gather: CUDA supports float32 and bfloat16"), Error);
+}
+
+}  // namespace resona::testing
