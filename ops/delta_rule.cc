@@ -84,13 +84,13 @@ DeltaSeq<F> sequence(const DeltaDims& d, const F* q, const F* k, const F* v, con
 
 template <class F>
 struct DeltaWork {
-  ColArr<F> beta;            // [C]
-  Mat<F> KK, N, Tm, P, dP;   // [C, C]
-  Mat<F> W, dK;              // [C, K]
-  Mat<F> U, Vn, R, dVn, Y;   // [C, V]
-  Mat<F> S, dS;              // [K, V]
-  Mat<F> X;                  // [kBlock, C]
-  std::vector<F> states;     // chunk-start states of one sequence, [n_chunks, K, V]
+  ColArr<F> beta;           // [C]
+  Mat<F> KK, N, Tm, P, dP;  // [C, C]
+  Mat<F> W, dK;             // [C, K]
+  Mat<F> U, Vn, R, dVn, Y;  // [C, V]
+  Mat<F> S, dS;             // [K, V]
+  Mat<F> X;                 // [kBlock, C]
+  std::vector<F> states;    // chunk-start states of one sequence, [n_chunks, K, V]
 
   explicit DeltaWork(const DeltaDims& d) {
     const int64_t C = d.C, K = d.K, V = d.V;
@@ -135,8 +135,8 @@ void wy_inverse(const DeltaSeq<F>& s, const CMap<F>& k, int64_t t0, int64_t L, D
     }
     if (r0 > 0) {
       auto X = w.X.topLeftCorner(b, r0);
-      X.noalias() =
-          M.block(r0, 0, b, r0) * N.topLeftCorner(r0, r0).template triangularView<Eigen::UnitLower>();
+      X.noalias() = M.block(r0, 0, b, r0) *
+                    N.topLeftCorner(r0, r0).template triangularView<Eigen::UnitLower>();
       X = -X;
       N.block(r0, 0, b, r0).noalias() =
           N.block(r0, r0, b, b).template triangularView<Eigen::UnitLower>() * X;
@@ -199,7 +199,8 @@ void delta_bwd_seq(const DeltaSeq<F>& s, const DeltaDims& d, F scale, const F* h
     R = v;
     R.noalias() -= k * w.S;
     R = (R.array().colwise() * w.beta.head(L)).matrix();
-    w.Vn.topRows(L).noalias() = w.N.topLeftCorner(L, L).template triangularView<Eigen::UnitLower>() * R;
+    w.Vn.topRows(L).noalias() =
+        w.N.topLeftCorner(L, L).template triangularView<Eigen::UnitLower>() * R;
     w.S.noalias() += k.transpose() * w.Vn.topRows(L);
   }
 
@@ -275,8 +276,8 @@ void delta_bwd_seq(const DeltaSeq<F>& s, const DeltaDims& d, F scale, const F* h
   if (dh0 != nullptr) Eigen::Map<Mat<F>>(dh0, K, V) = w.dS;
 }
 
-DeltaDims check_delta_inputs(const Tensor& q, const Tensor& k, const Tensor& v,
-                             const Tensor& beta, const Tensor& h0, const ChunkOptions& opt) {
+DeltaDims check_delta_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& beta,
+                             const Tensor& h0, const ChunkOptions& opt) {
   const char* op = "delta_rule";
   for (const Tensor* t : {&q, &k, &v, &beta, &h0}) {
     if (t->defined()) require_cpu(op, *t);
@@ -295,11 +296,10 @@ DeltaDims check_delta_inputs(const Tensor& q, const Tensor& k, const Tensor& v,
   RESONA_CHECK_SHAPE(v, d.B, d.T, d.H, d.V);
   RESONA_CHECK_SHAPE(beta, d.B, d.T, d.H);
   if (h0.defined()) RESONA_CHECK_SHAPE(h0, d.B, d.H, d.K, d.V);
-  RESONA_CHECK(d.K > 0 && d.V > 0) << "delta_rule: K and V must be positive, got q "
-                                   << q.describe() << " and v " << v.describe();
+  RESONA_CHECK(d.K > 0 && d.V > 0) << "delta_rule: K and V must be positive, got q " << q.describe()
+                                   << " and v " << v.describe();
   RESONA_CHECK(opt.chunk >= 1) << "delta_rule: chunk must be >= 1, got " << opt.chunk;
-  RESONA_CHECK(std::isfinite(opt.scale)) << "delta_rule: scale must be finite, got "
-                                         << opt.scale;
+  RESONA_CHECK(std::isfinite(opt.scale)) << "delta_rule: scale must be finite, got " << opt.scale;
   d.C = std::min(opt.chunk, std::max<int64_t>(d.T, 1));  // a chunk beyond T changes nothing
   return d;
 }
@@ -313,8 +313,8 @@ struct DeltaRuleOp {
   };
 
   static std::vector<Tensor> forward(Ctx<Saved>& ctx, const Tensor& q_in, const Tensor& k_in,
-                                     const Tensor& v_in, const Tensor& beta_in,
-                                     const Tensor& h0_in, const ChunkOptions& opt) {
+                                     const Tensor& v_in, const Tensor& beta_in, const Tensor& h0_in,
+                                     const ChunkOptions& opt) {
     const DeltaDims d = check_delta_inputs(q_in, k_in, v_in, beta_in, h0_in, opt);
     const double scale = opt.scale != 0 ? opt.scale : 1.0 / std::sqrt(static_cast<double>(d.K));
     Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
@@ -333,8 +333,7 @@ struct DeltaRuleOp {
           } else {
             w.S.setZero();
           }
-          DeltaSeq<F> s =
-              sequence(d, q.data<F>(), k.data<F>(), v.data<F>(), beta.data<F>(), b, h);
+          DeltaSeq<F> s = sequence(d, q.data<F>(), k.data<F>(), v.data<F>(), beta.data<F>(), b, h);
           delta_fwd_seq<F>(s, d, static_cast<F>(scale), o.data<F>() + (b * d.T * d.H + h) * d.V, w);
           Eigen::Map<Mat<F>>(S_T.data<F>() + st_off, d.K, d.V) = w.S;
         }
@@ -364,13 +363,13 @@ struct DeltaRuleOp {
       };
       for (int64_t b = 0; b < d.B; ++b) {
         for (int64_t h = 0; h < d.H; ++h) {
-          DeltaSeq<F> s = sequence(d, sv.q.data<F>(), sv.k.data<F>(), sv.v.data<F>(),
-                                   sv.beta.data<F>(), b, h);
+          DeltaSeq<F> s =
+              sequence(d, sv.q.data<F>(), sv.k.data<F>(), sv.v.data<F>(), sv.beta.data<F>(), b, h);
           const int64_t qk_off = (b * d.T * d.H + h) * d.K, v_off = (b * d.T * d.H + h) * d.V;
           const int64_t b_off = b * d.T * d.H + h, st_off = (b * d.H + h) * d.K * d.V;
-          delta_bwd_seq<F>(s, d, static_cast<F>(sv.scale), at(sv.h0, st_off),
-                           d_o.data<F>() + v_off, d_ST.data<F>() + st_off, at(dq, qk_off),
-                           at(dk, qk_off), at(dv, v_off), at(dbeta, b_off), at(dh0, st_off), w);
+          delta_bwd_seq<F>(s, d, static_cast<F>(sv.scale), at(sv.h0, st_off), d_o.data<F>() + v_off,
+                           d_ST.data<F>() + st_off, at(dq, qk_off), at(dk, qk_off), at(dv, v_off),
+                           at(dbeta, b_off), at(dh0, st_off), w);
         }
       }
     });

@@ -101,19 +101,19 @@ GlaSeq<F> sequence(const GlaDims& d, const F* q, const F* k, const F* v, const F
 // Scratch for one sequence's chunks, sized once per call.
 template <class F>
 struct GlaWork {
-  Arr<F> G, E, Fd;      // [C, K]: cumulative log gates, exp(G), exp(G_last - G)
-  ColArr<F> Gs;         // [C] scalar gate: the cumulative log gate per row
-  Arr<F> Dm;            // [C, C] scalar gate: exp(Gs_i - Gs_j) on and below the diagonal
-  Mat<F> A, dA;         // [C, C] intra-chunk attention and its gradient
-  Arr<F> Eq, Ek, Eb;    // scalings of factored_block [C, K], [C, K], pairwise [BC, K]
-  Mat<F> Qs, Ks, KE;    // scaled q and k [C, K], k * Eb [BC, K]
-  Mat<F> QE, KF;        // [C, K]: q * exp(G), k * exp(G_last - G)
-  Mat<F> dQ, dK, dKi;   // [C, K]: gradients of q and k in the chunk, the inter part of d_k
-  Mat<F> tq, tk;        // [C, K] products before scaling
-  Arr<F> dG;            // [C, K]
+  Arr<F> G, E, Fd;            // [C, K]: cumulative log gates, exp(G), exp(G_last - G)
+  ColArr<F> Gs;               // [C] scalar gate: the cumulative log gate per row
+  Arr<F> Dm;                  // [C, C] scalar gate: exp(Gs_i - Gs_j) on and below the diagonal
+  Mat<F> A, dA;               // [C, C] intra-chunk attention and its gradient
+  Arr<F> Eq, Ek, Eb;          // scalings of factored_block [C, K], [C, K], pairwise [BC, K]
+  Mat<F> Qs, Ks, KE;          // scaled q and k [C, K], k * Eb [BC, K]
+  Mat<F> QE, KF;              // [C, K]: q * exp(G), k * exp(G_last - G)
+  Mat<F> dQ, dK, dKi;         // [C, K]: gradients of q and k in the chunk, the inter part of d_k
+  Mat<F> tq, tk;              // [C, K] products before scaling
+  Arr<F> dG;                  // [C, K]
   RowArr<F> glast, row, glo;  // [K]
-  Mat<F> S, dS;         // [K, V]: the state (backward's recomputation) and its gradient
-  std::vector<F> states;  // chunk-start states of one sequence, [n_chunks, K, V]
+  Mat<F> S, dS;               // [K, V]: the state (backward's recomputation) and its gradient
+  std::vector<F> states;      // chunk-start states of one sequence, [n_chunks, K, V]
 
   explicit GlaWork(const GlaDims& d) {
     const int64_t C = d.C, K = d.K, BC = std::min(kSubChunk, C);
@@ -366,7 +366,8 @@ void gla_bwd_seq(const GlaSeq<F>& s, const GlaDims& d, F scale, const F* h0, con
     }
     if (dv != nullptr) {
       MMap<F> dvm(dv + t0 * s.sv, L, V, Eigen::OuterStride<>(s.sv));
-      dvm.noalias() = w.A.topLeftCorner(L, L).template triangularView<Eigen::Lower>().transpose() * dO;
+      dvm.noalias() =
+          w.A.topLeftCorner(L, L).template triangularView<Eigen::Lower>().transpose() * dO;
       dvm.noalias() += w.KF.topRows(L) * w.dS;
     }
     if (want_qk) {
@@ -436,8 +437,8 @@ GlaDims check_gla_inputs(const Tensor& q, const Tensor& k, const Tensor& v, cons
     RESONA_CHECK_SHAPE(g, d.B, d.T, d.H, d.K);
   }
   if (h0.defined()) RESONA_CHECK_SHAPE(h0, d.B, d.H, d.K, d.V);
-  RESONA_CHECK(d.K > 0 && d.V > 0) << "gla: K and V must be positive, got q " << q.describe()
-                                   << " and v " << v.describe();
+  RESONA_CHECK(d.K > 0 && d.V > 0)
+      << "gla: K and V must be positive, got q " << q.describe() << " and v " << v.describe();
   RESONA_CHECK(opt.chunk >= 1) << "gla: chunk must be >= 1, got " << opt.chunk;
   RESONA_CHECK(std::isfinite(opt.scale)) << "gla: scale must be finite, got " << opt.scale;
   d.C = std::min(opt.chunk, std::max<int64_t>(d.T, 1));  // a chunk beyond T changes nothing
@@ -504,9 +505,9 @@ struct GlaOp {
           const int64_t qk_off = (b * d.T * d.H + h) * d.K, v_off = (b * d.T * d.H + h) * d.V;
           const int64_t g_off = d.scalar_gate ? b * d.T * d.H + h : qk_off;
           const int64_t st_off = (b * d.H + h) * d.K * d.V;
-          gla_bwd_seq<F>(s, d, static_cast<F>(sv.scale), at(sv.h0, st_off),
-                         d_o.data<F>() + v_off, d_ST.data<F>() + st_off, at(dq, qk_off),
-                         at(dk, qk_off), at(dv, v_off), at(dg, g_off), at(dh0, st_off), w);
+          gla_bwd_seq<F>(s, d, static_cast<F>(sv.scale), at(sv.h0, st_off), d_o.data<F>() + v_off,
+                         d_ST.data<F>() + st_off, at(dq, qk_off), at(dk, qk_off), at(dv, v_off),
+                         at(dg, g_off), at(dh0, st_off), w);
         }
       }
     });

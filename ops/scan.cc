@@ -30,8 +30,7 @@ struct LinearScanOp {
     int64_t B = 0, T = 0, D = 0;
   };
 
-  static Tensor forward(Ctx<Saved>& ctx, const Tensor& a_in, const Tensor& b,
-                        const Tensor& h0) {
+  static Tensor forward(Ctx<Saved>& ctx, const Tensor& a_in, const Tensor& b, const Tensor& h0) {
     for (const Tensor* t : {&a_in, &b, &h0}) {
       if (t->defined()) require_cpu(kName, *t);
     }
@@ -55,9 +54,9 @@ struct LinearScanOp {
         const F* prev = h0c.defined() ? h0c.data<F>() + n * D : zero.data();
         for (int64_t t = 0; t < T; ++t) {
           const int64_t off = (n * T + t) * D;
-          Eigen::Map<Row<F>>(ph + off, D) = Eigen::Map<const Row<F>>(pa + off, D) *
-                                                Eigen::Map<const Row<F>>(prev, D) +
-                                            Eigen::Map<const Row<F>>(pb + off, D);
+          Eigen::Map<Row<F>>(ph + off, D) =
+              Eigen::Map<const Row<F>>(pa + off, D) * Eigen::Map<const Row<F>>(prev, D) +
+              Eigen::Map<const Row<F>>(pb + off, D);
           prev = ph + off;
         }
       }

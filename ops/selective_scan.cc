@@ -5,7 +5,8 @@
 //   x, delta: [B, T, D]   A: [D, N]   B, C: [B, T, N]   D_skip: [D]   h0: [B, D, N]
 //   returns {y [B, T, D], h_T [B, D, N]}
 // i.e. per channel d and state n, with a_t = exp(delta_t[d] A[d, n]), u_t = delta_t[d] x_t[d]:
-//   h_t[d, n] = a_t h_{t-1}[d, n] + u_t B_t[n],   y_t[d] = sum_n C_t[n] h_t[d, n] + D_skip[d] x_t[d]
+//   h_t[d, n] = a_t h_{t-1}[d, n] + u_t B_t[n],   y_t[d] = sum_n C_t[n] h_t[d, n] + D_skip[d]
+//   x_t[d]
 //
 // Backward, with g_t = dL/dh_t through all later steps (g_T-1 starts from d_h_T):
 //   g_t = C_t d_y_t[d] + a_{t+1} g_{t+1}
@@ -107,8 +108,8 @@ void scan_forward(const ScanDims& d, const ScanInputs<F>& in, F* y, F* hT, F* ch
 }
 
 struct ScanGrads {
-  void *dx = nullptr, *ddelta = nullptr, *dA = nullptr, *dB = nullptr, *dC = nullptr,
-       *dD = nullptr, *dh0 = nullptr;
+  void *dx = nullptr, *ddelta = nullptr, *dA = nullptr, *dB = nullptr, *dC = nullptr, *dD = nullptr,
+       *dh0 = nullptr;
 };
 
 template <class F>
@@ -119,7 +120,7 @@ void scan_backward(const ScanDims& d, const ScanInputs<F>& in, const F* checkpoi
   F* ddelta = static_cast<F*>(out.ddelta);
   F* dB = static_cast<F*>(out.dB);
   F* dC = static_cast<F*>(out.dC);
-  const bool want_sB = dx != nullptr || ddelta != nullptr;  // need sum_n B_t[n] g_t[., n]
+  const bool want_sB = dx != nullptr || ddelta != nullptr;     // need sum_n B_t[n] g_t[., n]
   const bool want_w = ddelta != nullptr || out.dA != nullptr;  // need a_t g_t h_{t-1}
   Eigen::Map<const Mat<F>> At(in.At, N, D);
   Mat<F> hs(kCheckpoint * N, D), as(kCheckpoint * N, D);  // one chunk's h_t and a_t
@@ -199,7 +200,7 @@ struct SelectiveScanOp {
   static constexpr const char* kName = "selective_scan";
   struct Saved {
     Tensor x, delta, At, B, C, D_skip, h0;  // contiguous; At = A^T [N, D]
-    Tensor checkpoints;                      // [B, n_chunks, N, D]
+    Tensor checkpoints;                     // [B, n_chunks, N, D]
     ScanDims d;
   };
 

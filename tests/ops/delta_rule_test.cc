@@ -58,7 +58,8 @@ Reference reference_delta(const DeltaCase& c, const Tensor& q_t, const Tensor& k
         }
         for (int64_t i = 0; i < K; ++i) {
           for (int64_t j = 0; j < V; ++j) {
-            S[i * V + j] += -bt * k.at(row * K + i) * kS[j] + bt * k.at(row * K + i) * v.at(row * V + j);
+            S[i * V + j] +=
+                -bt * k.at(row * K + i) * kS[j] + bt * k.at(row * K + i) * v.at(row * V + j);
           }
         }
         for (int64_t j = 0; j < V; ++j) {
@@ -95,8 +96,8 @@ void check_rel(const Tensor& got, const std::vector<double>& ref, double rms_tol
     worst = std::max(worst, std::abs(g[i] - ref[i]));
   }
   const double rms = std::sqrt(den / std::max<size_t>(g.size(), 1));
-  INFO(got.describe() << ": relative RMS error " << std::sqrt(num / den) << ", max error "
-                      << worst << " with reference RMS " << rms);
+  INFO(got.describe() << ": relative RMS error " << std::sqrt(num / den) << ", max error " << worst
+                      << " with reference RMS " << rms);
   CHECK(finite);
   CHECK(std::sqrt(num) <= rms_tol * std::sqrt(den));
   CHECK(worst <= max_tol * rms);
@@ -124,7 +125,7 @@ RESONA_OP_TEST(delta_rule, gradcheck,
                "delta_rule(B=2,H=2,K=5,V=7,chunk=4) T=3,4,9 with and without h0; chunk=20 at "
                "T=41; strided k and v") {
   const std::vector<DeltaCase> cases = {
-      {2, 3, 2, 5, 7, 4, true}, {2, 4, 2, 5, 7, 4, false}, {2, 9, 2, 5, 7, 4, true},
+      {2, 3, 2, 5, 7, 4, true},  {2, 4, 2, 5, 7, 4, false},  {2, 9, 2, 5, 7, 4, true},
       {2, 9, 2, 5, 7, 4, false}, {1, 41, 1, 5, 7, 20, true},
   };
   for (const DeltaCase& c : cases) {
@@ -151,7 +152,8 @@ RESONA_OP_TEST(delta_rule, gradcheck,
   opt.chunk = 4;
   check_gradients(
       [&](const std::vector<Tensor>& x) {
-        return both(delta_rule(x[0], x[1].transpose(1, 2), x[2].transpose(1, 2), x[3], Tensor(), opt));
+        return both(
+            delta_rule(x[0], x[1].transpose(1, 2), x[2].transpose(1, 2), x[3], Tensor(), opt));
       },
       {leaf(gen, {2, 9, 2, 5}), leaf(gen, {2, 2, 9, 5}, -0.5, 0.5), leaf(gen, {2, 2, 9, 7}),
        leaf(gen, {2, 9, 2}, 0.1, 0.9)});
@@ -169,11 +171,10 @@ RESONA_OP_TEST(delta_rule, gradcheck,
       t.set_requires_grad(grad);
       return t;
     };
-    return std::vector<Tensor>{make({c.B, c.T, c.H, c.K}, -1, 1, q_grad),
-                               make({c.B, c.T, c.H, c.K}, -0.5, 0.5, k_grad),
-                               make({c.B, c.T, c.H, c.V}, -1, 1, v_grad),
-                               make({c.B, c.T, c.H}, 0.1, 0.9, b_grad),
-                               make({c.B, c.H, c.K, c.V}, -1, 1, h0_grad)};
+    return std::vector<Tensor>{
+        make({c.B, c.T, c.H, c.K}, -1, 1, q_grad), make({c.B, c.T, c.H, c.K}, -0.5, 0.5, k_grad),
+        make({c.B, c.T, c.H, c.V}, -1, 1, v_grad), make({c.B, c.T, c.H}, 0.1, 0.9, b_grad),
+        make({c.B, c.H, c.K, c.V}, -1, 1, h0_grad)};
   };
   auto f = [&](const std::vector<Tensor>& x) {
     return both(delta_rule(x[0], x[1], x[2], x[3], x[4], opt));
@@ -193,7 +194,7 @@ RESONA_OP_TEST(delta_rule, values,
                "delta_rule float64 vs sequential recurrence: T<chunk, T=chunk, T=2chunk+1, "
                "chunk=1, 8, 20 and 64, B>1, H>1, with and without h0") {
   const std::vector<DeltaCase> cases = {
-      {2, 5, 2, 5, 7, 8, true},   {1, 8, 3, 5, 7, 8, false},   {2, 17, 2, 5, 7, 8, true},
+      {2, 5, 2, 5, 7, 8, true},    {1, 8, 3, 5, 7, 8, false},     {2, 17, 2, 5, 7, 8, true},
       {2, 41, 2, 6, 3, 20, false}, {1, 129, 2, 16, 32, 64, true}, {2, 64, 1, 3, 4, 64, false},
       {2, 5, 2, 5, 7, 1, true},
   };
@@ -290,7 +291,8 @@ RESONA_OP_TEST(delta_rule, values,
                "carried, outputs and gradients, T=37, t=13 and 24, chunk=8") {
   const DeltaCase c{2, 37, 2, 5, 7, 8, true};
   Generator gen(1000);
-  std::vector<Tensor> x = {leaf(gen, {c.B, c.T, c.H, c.K}), leaf(gen, {c.B, c.T, c.H, c.K}, -0.5, 0.5),
+  std::vector<Tensor> x = {leaf(gen, {c.B, c.T, c.H, c.K}),
+                           leaf(gen, {c.B, c.T, c.H, c.K}, -0.5, 0.5),
                            leaf(gen, {c.B, c.T, c.H, c.V}), leaf(gen, {c.B, c.T, c.H}, 0.1, 0.9),
                            leaf(gen, {c.B, c.H, c.K, c.V})};
   ChunkOptions opt;
@@ -335,10 +337,10 @@ TEST_CASE("delta_rule checks its inputs") {
   CHECK_THROWS_WITH_AS(delta_rule(q, k, zeros({2, 5, 2, 6}), beta),
                        doctest::Contains("v has shape [2, 5, 2, 6], expected [2, 5, 3, 6]"), Error);
   CHECK_THROWS_WITH_AS(delta_rule(q, k, v, zeros({2, 5, 3, 1})),
-                       doctest::Contains("beta has shape [2, 5, 3, 1], expected [2, 5, 3]"),
-                       Error);
+                       doctest::Contains("beta has shape [2, 5, 3, 1], expected [2, 5, 3]"), Error);
   CHECK_THROWS_WITH_AS(delta_rule(q, k, v, beta, zeros({2, 3, 6, 4})),
-                       doctest::Contains("h0 has shape [2, 3, 6, 4], expected [2, 3, 4, 6]"), Error);
+                       doctest::Contains("h0 has shape [2, 3, 6, 4], expected [2, 3, 4, 6]"),
+                       Error);
   CHECK_THROWS_WITH_AS(delta_rule(q, k, v.to(DType::kFloat64), beta),
                        doctest::Contains("dtype mismatch"), Error);
 }

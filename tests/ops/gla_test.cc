@@ -103,8 +103,8 @@ void check_rel(const Tensor& got, const std::vector<double>& ref, double rms_tol
     worst = std::max(worst, std::abs(g[i] - ref[i]));
   }
   const double rms = std::sqrt(den / std::max<size_t>(g.size(), 1));
-  INFO(got.describe() << ": relative RMS error " << std::sqrt(num / den) << ", max error "
-                      << worst << " with reference RMS " << rms);
+  INFO(got.describe() << ": relative RMS error " << std::sqrt(num / den) << ", max error " << worst
+                      << " with reference RMS " << rms);
   CHECK(finite);
   CHECK(std::sqrt(num) <= rms_tol * std::sqrt(den));
   CHECK(worst <= max_tol * rms);
@@ -130,10 +130,14 @@ RESONA_OP_TEST(gla, gradcheck,
                "without h0; chunk=20 at T=41 with g in [-1,-0.05], [-2.5,-2.3] and [-6,-4] "
                "(one product, sub-chunks, pairwise diagonal); strided q and v") {
   const std::vector<GlaCase> cases = {
-      {2, 3, 2, 5, 7, 4, false, true},   {2, 4, 2, 5, 7, 4, false, false},
-      {2, 9, 2, 5, 7, 4, false, true},   {2, 3, 2, 5, 7, 4, true, false},
-      {2, 9, 2, 5, 7, 4, true, true},    {1, 41, 1, 5, 7, 20, false, true},
-      {1, 41, 1, 5, 7, 20, true, true},  {1, 41, 1, 5, 7, 20, false, true, -2.5, -2.3},
+      {2, 3, 2, 5, 7, 4, false, true},
+      {2, 4, 2, 5, 7, 4, false, false},
+      {2, 9, 2, 5, 7, 4, false, true},
+      {2, 3, 2, 5, 7, 4, true, false},
+      {2, 9, 2, 5, 7, 4, true, true},
+      {1, 41, 1, 5, 7, 20, false, true},
+      {1, 41, 1, 5, 7, 20, true, true},
+      {1, 41, 1, 5, 7, 20, false, true, -2.5, -2.3},
       {1, 41, 1, 5, 7, 20, false, true, -6, -4},
   };
   for (const GlaCase& c : cases) {
@@ -176,13 +180,14 @@ RESONA_OP_TEST(gla, gradcheck, "gla subsets of inputs needing grad: v only, g an
       t.set_requires_grad(grad);
       return t;
     };
-    return std::vector<Tensor>{make({c.B, c.T, c.H, c.K}, -1, 1, q_grad),
-                               make({c.B, c.T, c.H, c.K}, -1, 1, k_grad),
-                               make({c.B, c.T, c.H, c.V}, -1, 1, v_grad),
-                               make(gate_shape(c), -1, -0.05, g_grad),
-                               make({c.B, c.H, c.K, c.V}, -1, 1, h0_grad)};
+    return std::vector<Tensor>{
+        make({c.B, c.T, c.H, c.K}, -1, 1, q_grad), make({c.B, c.T, c.H, c.K}, -1, 1, k_grad),
+        make({c.B, c.T, c.H, c.V}, -1, 1, v_grad), make(gate_shape(c), -1, -0.05, g_grad),
+        make({c.B, c.H, c.K, c.V}, -1, 1, h0_grad)};
   };
-  auto f = [&](const std::vector<Tensor>& x) { return both(gla(x[0], x[1], x[2], x[3], x[4], opt)); };
+  auto f = [&](const std::vector<Tensor>& x) {
+    return both(gla(x[0], x[1], x[2], x[3], x[4], opt));
+  };
   check_gradients(f, inputs(false, false, true, false, false));
   check_gradients(f, inputs(false, false, false, true, true));
   check_gradients(f, inputs(true, true, false, false, false));
@@ -200,13 +205,20 @@ RESONA_OP_TEST(gla, values,
                "8, 20 and 64, B>1, H>1, per-key and per-head gates, with and without h0, all three "
                "intra-chunk forms") {
   const std::vector<GlaCase> cases = {
-      {2, 5, 2, 5, 7, 8, false, true},    {1, 8, 3, 5, 7, 8, false, false},
-      {2, 17, 2, 5, 7, 8, false, true},   {2, 17, 2, 5, 7, 8, true, true},
-      {2, 5, 3, 5, 7, 8, true, false},    {2, 41, 2, 6, 3, 20, false, true},
-      {2, 41, 2, 6, 3, 20, true, false},  {1, 129, 2, 16, 32, 64, false, true},
-      {1, 129, 2, 16, 32, 64, true, true}, {1, 64, 1, 3, 4, 64, false, false},
-      {2, 129, 2, 5, 7, 64, false, true, -2, -1},  {2, 41, 2, 5, 7, 20, false, true, -8, -3},
-      {2, 5, 2, 5, 7, 1, false, true},     {2, 5, 2, 5, 7, 1, true, true},
+      {2, 5, 2, 5, 7, 8, false, true},
+      {1, 8, 3, 5, 7, 8, false, false},
+      {2, 17, 2, 5, 7, 8, false, true},
+      {2, 17, 2, 5, 7, 8, true, true},
+      {2, 5, 3, 5, 7, 8, true, false},
+      {2, 41, 2, 6, 3, 20, false, true},
+      {2, 41, 2, 6, 3, 20, true, false},
+      {1, 129, 2, 16, 32, 64, false, true},
+      {1, 129, 2, 16, 32, 64, true, true},
+      {1, 64, 1, 3, 4, 64, false, false},
+      {2, 129, 2, 5, 7, 64, false, true, -2, -1},
+      {2, 41, 2, 5, 7, 20, false, true, -8, -3},
+      {2, 5, 2, 5, 7, 1, false, true},
+      {2, 5, 2, 5, 7, 1, true, true},
   };
   for (const GlaCase& c : cases) {
     INFO(case_name(c));
@@ -426,7 +438,8 @@ TEST_CASE("gla checks its inputs") {
                        doctest::Contains("g must be [B, T, H, K] (per key channel) or [B, T, H]"),
                        Error);
   CHECK_THROWS_WITH_AS(gla(q, k, v, g, zeros({2, 3, 4, 4})),
-                       doctest::Contains("h0 has shape [2, 3, 4, 4], expected [2, 3, 4, 6]"), Error);
+                       doctest::Contains("h0 has shape [2, 3, 4, 4], expected [2, 3, 4, 6]"),
+                       Error);
   CHECK_THROWS_WITH_AS(gla(zeros({5, 3, 4}), k, v, g),
                        doctest::Contains("q must be [B, T, H, K], got [5, 3, 4]"), Error);
   CHECK_THROWS_WITH_AS(gla(q, k, v.to(DType::kFloat64), g), doctest::Contains("dtype mismatch"),

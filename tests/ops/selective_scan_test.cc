@@ -34,8 +34,8 @@ struct Reference {
 // h_t[d, n] = exp(delta_t[d] A[d, n]) h_{t-1}[d, n] + delta_t[d] B_t[n] x_t[d],
 // y_t[d] = sum_n C_t[n] h_t[d, n] + D_skip[d] x_t[d], step by step in float64.
 Reference reference_scan(const ScanCase& c, const Tensor& x_t, const Tensor& delta_t,
-                         const Tensor& A_t, const Tensor& B_t, const Tensor& C_t,
-                         const Tensor& D_t, const Tensor& h0_t) {
+                         const Tensor& A_t, const Tensor& B_t, const Tensor& C_t, const Tensor& D_t,
+                         const Tensor& h0_t) {
   const std::vector<double> x = x_t.to_vector<double>(), delta = delta_t.to_vector<double>(),
                             A = A_t.to_vector<double>(), Bm = B_t.to_vector<double>(),
                             Cm = C_t.to_vector<double>();
@@ -88,8 +88,8 @@ void check_rel(const Tensor& got, const std::vector<double>& ref, double rms_tol
     worst = std::max(worst, std::abs(g[i] - ref[i]));
   }
   const double rms = std::sqrt(den / std::max<size_t>(g.size(), 1));
-  INFO(got.describe() << ": relative RMS error " << std::sqrt(num / den) << ", max error "
-                      << worst << " with reference RMS " << rms);
+  INFO(got.describe() << ": relative RMS error " << std::sqrt(num / den) << ", max error " << worst
+                      << " with reference RMS " << rms);
   CHECK(finite);
   CHECK(std::sqrt(num) <= rms_tol * std::sqrt(den));
   CHECK(worst <= max_tol * rms);
@@ -134,7 +134,7 @@ RESONA_OP_TEST(selective_scan, gradcheck,
                "selective_scan(B=2,D=5,N=4) T=3,32,65 (checkpoints every 32 steps), with and "
                "without D_skip and h0") {
   const std::vector<ScanCase> cases = {
-      {2, 3, 5, 4, true, true},   {2, 32, 5, 4, false, true}, {2, 65, 5, 4, true, true},
+      {2, 3, 5, 4, true, true},    {2, 32, 5, 4, false, true}, {2, 65, 5, 4, true, true},
       {2, 65, 5, 4, false, false}, {1, 33, 3, 2, true, false},
   };
   for (const ScanCase& c : cases) {
@@ -161,7 +161,8 @@ RESONA_OP_TEST(selective_scan, gradcheck,
   auto f = [](const std::vector<Tensor>& v) {
     return both(selective_scan(v[0], v[1], v[2], v[3], v[4], v[5], v[6]));
   };
-  for (const std::vector<int>& subset : std::vector<std::vector<int>>{{2, 5}, {1}, {3, 4, 6}, {0}}) {
+  for (const std::vector<int>& subset :
+       std::vector<std::vector<int>>{{2, 5}, {1}, {3, 4, 6}, {0}}) {
     std::vector<Tensor> x;
     for (const Tensor& t : all) x.push_back(t.detach());
     for (int i : subset) x[i].set_requires_grad(true);
@@ -180,8 +181,8 @@ RESONA_OP_TEST(selective_scan, values,
                "selective_scan float64 and float32 vs sequential recurrence: T=1,31,32,65, "
                "D=128 N=16, with and without D_skip and h0; float32 gradients vs float64") {
   const std::vector<ScanCase> cases = {
-      {2, 1, 5, 4, true, true},      {3, 31, 5, 4, false, true}, {2, 32, 6, 3, true, false},
-      {2, 65, 7, 5, true, true},     {2, 65, 128, 16, true, true},
+      {2, 1, 5, 4, true, true},  {3, 31, 5, 4, false, true},   {2, 32, 6, 3, true, false},
+      {2, 65, 7, 5, true, true}, {2, 65, 128, 16, true, true},
   };
   for (const ScanCase& c : cases) {
     INFO(case_name(c));
@@ -196,10 +197,9 @@ RESONA_OP_TEST(selective_scan, values,
     check_close(r.final_state, ref.h, 1e-13, 1e-12);
 
     auto to32 = [](const Tensor& t) { return t.defined() ? t.to(DType::kFloat32) : Tensor(); };
-    Inputs f32{to32(in.x), to32(in.delta), to32(in.A), to32(in.B), to32(in.C), to32(in.D_skip),
-               to32(in.h0)};
-    RecurrentOutput r32 =
-        selective_scan(f32.x, f32.delta, f32.A, f32.B, f32.C, f32.D_skip, f32.h0);
+    Inputs f32{to32(in.x), to32(in.delta),  to32(in.A), to32(in.B),
+               to32(in.C), to32(in.D_skip), to32(in.h0)};
+    RecurrentOutput r32 = selective_scan(f32.x, f32.delta, f32.A, f32.B, f32.C, f32.D_skip, f32.h0);
     CHECK(r32.out.dtype() == DType::kFloat32);
     Reference ref32 = reference_scan(c, f32.x, f32.delta, f32.A, f32.B, f32.C, f32.D_skip, f32.h0);
     check_rel(r32.out, ref32.y, kRms32, kMax32);
