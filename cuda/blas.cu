@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "cuda/blas.h"
+#include "cuda/row_reduce.cuh"
 
 namespace resona::cuda {
 namespace {
@@ -169,14 +170,6 @@ const char* gemm_cuda(const GemmParams& p, void* stream) {
 
 namespace {
 
-__device__ __forceinline__ float load(const float* p, int64_t i) { return p[i]; }
-__device__ __forceinline__ float load(const __nv_bfloat16* p, int64_t i) {
-  return __bfloat162float(p[i]);
-}
-__device__ __forceinline__ void store(float* p, int64_t i, float v) { p[i] = v; }
-__device__ __forceinline__ void store(__nv_bfloat16* p, int64_t i, float v) {
-  p[i] = __float2bfloat16_rn(v);
-}
 
 const char* last_error() {
   cudaError_t err = cudaGetLastError();

@@ -14,62 +14,10 @@
 #include <type_traits>
 
 #include "cuda/loss.h"
+#include "cuda/row_reduce.cuh"
 
 namespace resona::cuda {
 namespace {
-
-__device__ __forceinline__ float load(const float* p, int64_t i) { return p[i]; }
-__device__ __forceinline__ float load(const __nv_bfloat16* p, int64_t i) {
-  return __bfloat162float(p[i]);
-}
-__device__ __forceinline__ void store(float* p, int64_t i, float v) { p[i] = v; }
-__device__ __forceinline__ void store(__nv_bfloat16* p, int64_t i, float v) {
-  p[i] = __float2bfloat16_rn(v);
-}
-
-struct MaxSum {
-  float m, s;  // s = sum exp(x - m); (-inf, 0) is empty
-};
-__device__ __forceinline__ MaxSum combine(MaxSum a, MaxSum b) {
-  if (a.m < b.m) {
-    const MaxSum t = a;
-    a = b;
-    b = t;
-  }
-  if (b.s == 0.f) return a;
-  return {a.m, a.s + b.s * expf(b.m - a.m)};
-}
-__device__ __forceinline__ MaxSum warp_max_sum(MaxSum v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    MaxSum other{__shfl_xor_sync(0xffffffffu, v.m, o), __shfl_xor_sync(0xffffffffu, v.s, o)};
-    v = combine(v, other);
-  }
-  return v;
-}
-template <int kThreads>
-__device__ __forceinline__ MaxSum row_max_sum(MaxSum v, float* sh) {
-  v = warp_max_sum(v);
-  if constexpr (kThreads == 32) {
-    return v;
-  } else {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) {
-      sh[warp] = v.m;
-      sh[32 + warp] = v.s;
-    }
-    __syncthreads();
-    MaxSum r = lane < kThreads / 32 ? MaxSum{sh[lane], sh[32 + lane]} : MaxSum{-INFINITY, 0.f};
-    r = warp_max_sum(r);
-    __syncthreads();
-    return r;
-  }
-}
-
-template <int kThreads>
-constexpr int block_threads() {
-  return kThreads == 32 ? 128 : kThreads;
-}
 
 __device__ __forceinline__ bool counted(int64_t t, int64_t ignore_index, int64_t v) {
   return t != ignore_index && t >= 0 && t < v;

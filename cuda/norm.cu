@@ -15,46 +15,10 @@
 #include <type_traits>
 
 #include "cuda/norm.h"
+#include "cuda/row_reduce.cuh"
 
 namespace resona::cuda {
 namespace {
-
-__device__ __forceinline__ float load(const float* p, int64_t i) { return p[i]; }
-__device__ __forceinline__ float load(const __nv_bfloat16* p, int64_t i) {
-  return __bfloat162float(p[i]);
-}
-__device__ __forceinline__ void store(float* p, int64_t i, float v) { p[i] = v; }
-__device__ __forceinline__ void store(__nv_bfloat16* p, int64_t i, float v) {
-  p[i] = __float2bfloat16_rn(v);
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-// The sum over the kThreads threads of a row; every thread gets it. `sh`: 32 floats.
-template <int kThreads>
-__device__ __forceinline__ float row_sum(float v, float* sh) {
-  v = warp_sum(v);
-  if constexpr (kThreads == 32) {
-    return v;
-  } else {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) sh[warp] = v;
-    __syncthreads();
-    float r = lane < kThreads / 32 ? sh[lane] : 0.f;
-    r = warp_sum(r);
-    __syncthreads();
-    return r;
-  }
-}
-
-template <int kThreads>
-constexpr int block_threads() {
-  return kThreads == 32 ? 128 : kThreads;
-}
 
 template <class T, bool kLayer, int kThreads>
 __global__ void norm_fwd_kernel(int64_t rows, int64_t d, float eps, const T* x, const T* w,

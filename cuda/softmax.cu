@@ -11,89 +11,10 @@
 #include <cmath>
 
 #include "cuda/softmax.h"
+#include "cuda/row_reduce.cuh"
 
 namespace resona::cuda {
 namespace {
-
-__device__ __forceinline__ float load(const float* p, int64_t i) { return p[i]; }
-__device__ __forceinline__ float load(const __nv_bfloat16* p, int64_t i) {
-  return __bfloat162float(p[i]);
-}
-__device__ __forceinline__ void store(float* p, int64_t i, float v) { p[i] = v; }
-__device__ __forceinline__ void store(__nv_bfloat16* p, int64_t i, float v) {
-  p[i] = __float2bfloat16_rn(v);
-}
-
-// (m, s) with s = sum exp(x - m); combining two keeps the larger max.
-struct MaxSum {
-  float m, s;
-};
-__device__ __forceinline__ MaxSum combine(MaxSum a, MaxSum b) {
-  if (a.m < b.m) {
-    const MaxSum t = a;
-    a = b;
-    b = t;
-  }
-  // a.m >= b.m; an empty side (m = -inf, s = 0) contributes nothing.
-  if (b.s == 0.f) return a;
-  return {a.m, a.s + b.s * expf(b.m - a.m)};
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-__device__ __forceinline__ MaxSum warp_max_sum(MaxSum v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    MaxSum other{__shfl_xor_sync(0xffffffffu, v.m, o), __shfl_xor_sync(0xffffffffu, v.s, o)};
-    v = combine(v, other);
-  }
-  return v;
-}
-
-// Row-wide reductions for a row owned by kThreads threads (a warp, or the whole block).
-// Every thread gets the same result. `sh` holds at least 2 * 32 floats.
-template <int kThreads>
-__device__ __forceinline__ float row_sum(float v, float* sh) {
-  v = warp_sum(v);
-  if constexpr (kThreads == 32) {
-    return v;
-  } else {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) sh[warp] = v;
-    __syncthreads();
-    float r = lane < kThreads / 32 ? sh[lane] : 0.f;
-    r = warp_sum(r);
-    __syncthreads();  // sh may be reused next
-    return r;
-  }
-}
-template <int kThreads>
-__device__ __forceinline__ MaxSum row_max_sum(MaxSum v, float* sh) {
-  v = warp_max_sum(v);
-  if constexpr (kThreads == 32) {
-    return v;
-  } else {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) {
-      sh[warp] = v.m;
-      sh[32 + warp] = v.s;
-    }
-    __syncthreads();
-    MaxSum r = lane < kThreads / 32 ? MaxSum{sh[lane], sh[32 + lane]} : MaxSum{-INFINITY, 0.f};
-    r = warp_max_sum(r);
-    __syncthreads();
-    return r;
-  }
-}
-
-// Threads per block: four warps in warp-per-row mode.
-template <int kThreads>
-constexpr int block_threads() {
-  return kThreads == 32 ? 128 : kThreads;
-}
 
 template <class T, bool kLog, int kThreads>
 __global__ void softmax_fwd_kernel(int64_t rows, int64_t n, const T* x, T* y) {
