@@ -12,9 +12,7 @@ namespace resona::autograd {
 namespace {
 
 // Sum of gradients reaching the same slot (out of place: a gradient may alias another).
-void accumulate(Tensor& slot, const Tensor& g) {
-  slot = slot.defined() ? add(slot, g) : g;
-}
+void accumulate(Tensor& slot, const Tensor& g) { slot = slot.defined() ? add(slot, g) : g; }
 
 void accumulate_leaf(const std::shared_ptr<TensorImpl>& leaf_impl, const Tensor& g_in) {
   Tensor leaf(leaf_impl);
@@ -139,16 +137,16 @@ struct Run {
         << "backward: " << roots.size() << " roots but " << grads.size() << " gradients";
     for (size_t i = 0; i < roots.size(); ++i) {
       const Tensor& r = roots[i];
-      RESONA_CHECK(r.requires_grad()) << "backward from " << r.describe()
-                                      << ", which does not require grad";
+      RESONA_CHECK(r.requires_grad())
+          << "backward from " << r.describe() << ", which does not require grad";
       Tensor g = grads[i];
       if (!g.defined()) {
-        RESONA_CHECK(r.numel() == 1) << "backward from non-scalar " << r.describe()
-                                     << " needs an explicit gradient";
+        RESONA_CHECK(r.numel() == 1)
+            << "backward from non-scalar " << r.describe() << " needs an explicit gradient";
         g = ones(r.shape(), r.dtype(), r.device());
       }
-      RESONA_CHECK(g.shape() == r.shape()) << "backward: gradient " << g.describe()
-                                           << " does not match root " << r.describe();
+      RESONA_CHECK(g.shape() == r.shape())
+          << "backward: gradient " << g.describe() << " does not match root " << r.describe();
       if (r.grad_fn()) root_nodes.push_back(r.grad_fn());
     }
     discover(root_nodes);

@@ -75,8 +75,8 @@ class OpNode final : public Node {
       g = Op::backward(ctx_, grad_outputs.at(0));
     }
     RESONA_CHECK(g.size() == next_edges.size())
-        << Op::kName << " backward returned " << g.size() << " gradients for "
-        << next_edges.size() << " inputs";
+        << Op::kName << " backward returned " << g.size() << " gradients for " << next_edges.size()
+        << " inputs";
     return g;
   }
   void release_saved() override {

@@ -14,9 +14,9 @@
 namespace resona::autograd {
 
 struct Edge {
-  std::shared_ptr<Node> fn;           // producer of the input, or null
-  int output_nr = 0;                  // which output of `fn`
-  std::shared_ptr<TensorImpl> leaf;   // the input itself when it is a leaf needing grad
+  std::shared_ptr<Node> fn;          // producer of the input, or null
+  int output_nr = 0;                 // which output of `fn`
+  std::shared_ptr<TensorImpl> leaf;  // the input itself when it is a leaf needing grad
   bool active() const { return fn != nullptr || leaf != nullptr; }
 };
 

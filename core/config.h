@@ -37,7 +37,9 @@ struct Range {
 
   static Range positive() { return {0, std::numeric_limits<double>::infinity(), true, false}; }
   static Range non_negative() { return {0, std::numeric_limits<double>::infinity(), false, false}; }
-  static Range at_least(double lo) { return {lo, std::numeric_limits<double>::infinity(), false, false}; }
+  static Range at_least(double lo) {
+    return {lo, std::numeric_limits<double>::infinity(), false, false};
+  }
   static Range closed(double lo, double hi) { return {lo, hi, false, false}; }
   static Range half_open(double lo, double hi) { return {lo, hi, false, true}; }  // [lo, hi)
   static Range any() { return {}; }
@@ -84,7 +86,8 @@ struct AnyFieldVisitor {
   void operator()(const char*, F&, const char* = "", const C& = {}) {}
 };
 template <class T>
-struct is_config<T, std::void_t<decltype(std::declval<T&>().visit(std::declval<AnyFieldVisitor&>()))>>
+struct is_config<T,
+                 std::void_t<decltype(std::declval<T&>().visit(std::declval<AnyFieldVisitor&>()))>>
     : std::true_type {};
 
 }  // namespace resona

@@ -23,9 +23,12 @@ struct TypeTag {
 template <class F>
 decltype(auto) dispatch_floating(const char* op, DType t, F&& f) {
   switch (t) {
-    case DType::kFloat32: return f(TypeTag<float>{});
-    case DType::kFloat64: return f(TypeTag<double>{});
-    default: break;
+    case DType::kFloat32:
+      return f(TypeTag<float>{});
+    case DType::kFloat64:
+      return f(TypeTag<double>{});
+    default:
+      break;
   }
   RESONA_FAIL() << op << ": dtype " << dtype_name(t)
                 << " is not supported on the CPU (float32 and float64 are; convert with .to())";
@@ -35,9 +38,12 @@ decltype(auto) dispatch_floating(const char* op, DType t, F&& f) {
 template <class F>
 decltype(auto) dispatch_index(const char* op, DType t, F&& f) {
   switch (t) {
-    case DType::kInt32: return f(TypeTag<int32_t>{});
-    case DType::kInt64: return f(TypeTag<int64_t>{});
-    default: break;
+    case DType::kInt32:
+      return f(TypeTag<int32_t>{});
+    case DType::kInt64:
+      return f(TypeTag<int64_t>{});
+    default:
+      break;
   }
   RESONA_FAIL() << op << ": index tensors must be int32 or int64, got " << dtype_name(t);
   return f(TypeTag<int64_t>{});
@@ -46,11 +52,16 @@ decltype(auto) dispatch_index(const char* op, DType t, F&& f) {
 template <class F>
 decltype(auto) dispatch_all(const char* op, DType t, F&& f) {
   switch (t) {
-    case DType::kFloat32: return f(TypeTag<float>{});
-    case DType::kFloat64: return f(TypeTag<double>{});
-    case DType::kBFloat16: return f(TypeTag<bfloat16>{});
-    case DType::kInt32: return f(TypeTag<int32_t>{});
-    case DType::kInt64: return f(TypeTag<int64_t>{});
+    case DType::kFloat32:
+      return f(TypeTag<float>{});
+    case DType::kFloat64:
+      return f(TypeTag<double>{});
+    case DType::kBFloat16:
+      return f(TypeTag<bfloat16>{});
+    case DType::kInt32:
+      return f(TypeTag<int32_t>{});
+    case DType::kInt64:
+      return f(TypeTag<int64_t>{});
   }
   RESONA_FAIL() << op << ": unknown dtype " << static_cast<int>(t);
   return f(TypeTag<float>{});

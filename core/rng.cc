@@ -67,7 +67,8 @@ Tensor Generator::uniform(const Shape& shape, double lo, double hi, DType dtype,
   const int64_t n = t.numel();
   const uint64_t o = reserve(2 * static_cast<uint64_t>(n));
   for (int64_t i = 0; i < n; ++i) {
-    double u = uints_to_unit_double(word_at(state_.seed, o + 2 * i), word_at(state_.seed, o + 2 * i + 1));
+    double u =
+        uints_to_unit_double(word_at(state_.seed, o + 2 * i), word_at(state_.seed, o + 2 * i + 1));
     p[i] = lo + (hi - lo) * u;
   }
   return copy_to(t, dtype, device);

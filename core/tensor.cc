@@ -10,18 +10,23 @@ namespace resona {
 
 const char* dtype_name(DType t) {
   switch (t) {
-    case DType::kFloat32: return "float32";
-    case DType::kFloat64: return "float64";
-    case DType::kBFloat16: return "bfloat16";
-    case DType::kInt32: return "int32";
-    case DType::kInt64: return "int64";
+    case DType::kFloat32:
+      return "float32";
+    case DType::kFloat64:
+      return "float64";
+    case DType::kBFloat16:
+      return "bfloat16";
+    case DType::kInt32:
+      return "int32";
+    case DType::kInt64:
+      return "int64";
   }
   return "unknown";
 }
 
 DType dtype_from_name(const std::string& name) {
-  for (DType t : {DType::kFloat32, DType::kFloat64, DType::kBFloat16, DType::kInt32,
-                  DType::kInt64}) {
+  for (DType t :
+       {DType::kFloat32, DType::kFloat64, DType::kBFloat16, DType::kInt32, DType::kInt64}) {
     if (name == dtype_name(t)) return t;
   }
   RESONA_FAIL() << "unknown dtype '" << name
@@ -73,7 +78,7 @@ int64_t wrap_dim(const char* op, int64_t dim, int64_t ndim) {
 
 int64_t wrap_dim(const char* op, int64_t dim, const Tensor& x, int64_t ndim) {
   if (ndim < 0) ndim = x.dim();
-  const int64_t n = std::max<int64_t>(ndim, 1);  // a 0-D tensor takes dim 0 or -1
+  const int64_t n = std::max<int64_t>(ndim, 1);              // a 0-D tensor takes dim 0 or -1
   if (dim >= -n && dim < n) return dim < 0 ? dim + n : dim;  // no message built
   return wrap_dim((std::string(op) + " of " + x.describe()).c_str(), dim, ndim);
 }
@@ -193,8 +198,8 @@ int Tensor::output_nr() const {
 
 Tensor Tensor::detach() const {
   const TensorImpl* t = checked();
-  auto impl = std::make_shared<TensorImpl>(t->storage_, t->shape_, t->strides_, t->offset_,
-                                           t->dtype_);
+  auto impl =
+      std::make_shared<TensorImpl>(t->storage_, t->shape_, t->strides_, t->offset_, t->dtype_);
   impl->name_ = t->name_;
   return Tensor(std::move(impl));
 }
@@ -206,8 +211,8 @@ Tensor empty(const Shape& shape, DType dtype, Device device) {
     RESONA_CHECK(d >= 0) << "negative dimension in shape " << shape_str(shape);
   }
   auto storage = std::make_shared<StorageImpl>(shape_numel(shape) * dtype_size(dtype), device);
-  return Tensor(std::make_shared<TensorImpl>(std::move(storage), shape, contiguous_strides(shape),
-                                             0, dtype));
+  return Tensor(
+      std::make_shared<TensorImpl>(std::move(storage), shape, contiguous_strides(shape), 0, dtype));
 }
 
 Tensor zeros(const Shape& shape, DType dtype, Device device) {
@@ -294,9 +299,9 @@ Tensor make_view(const Tensor& base, Shape shape, Shape strides, int64_t offset)
   const int64_t capacity =
       static_cast<int64_t>(base.storage()->nbytes() / dtype_size(base.dtype()));
   RESONA_CHECK(empty_view || (lo >= 0 && hi < capacity))
-      << "make_view: view " << shape_str(shape) << " strides " << shape_str(strides)
-      << " offset " << offset << " reaches outside the storage of " << base.describe()
-      << " (" << capacity << " elements)";
+      << "make_view: view " << shape_str(shape) << " strides " << shape_str(strides) << " offset "
+      << offset << " reaches outside the storage of " << base.describe() << " (" << capacity
+      << " elements)";
   auto impl = std::make_shared<TensorImpl>(base.storage(), std::move(shape), std::move(strides),
                                            offset, base.dtype());
   return Tensor(std::move(impl));
@@ -305,10 +310,10 @@ Tensor make_view(const Tensor& base, Shape shape, Shape strides, int64_t offset)
 Tensor from_blob(void* data, const Shape& shape, DType dtype, Device device,
                  std::function<void()> release) {
   size_t nbytes = shape_numel(shape) * dtype_size(dtype);
-  auto storage = std::make_shared<StorageImpl>(data, nbytes, device,
-                                               release ? std::move(release) : [] {});
-  return Tensor(std::make_shared<TensorImpl>(std::move(storage), shape, contiguous_strides(shape),
-                                             0, dtype));
+  auto storage = std::make_shared<StorageImpl>(
+      data, nbytes, device, release ? std::move(release) : [] {});
+  return Tensor(
+      std::make_shared<TensorImpl>(std::move(storage), shape, contiguous_strides(shape), 0, dtype));
 }
 
 void copy_into(const Tensor& dst, const Tensor& src) {
@@ -323,27 +328,26 @@ void copy_into(const Tensor& dst, const Tensor& src) {
         using S = typename decltype(stag)::type;
         D* d = static_cast<D*>(dst.raw_data());
         const S* s = static_cast<const S*>(src.raw_data());
-        strided_loop<2>(dst.shape(), {dst.strides(), src.strides()},
-                        [&](const std::array<int64_t, 2>& off, int64_t n,
-                            const std::array<int64_t, 2>& step) {
-                          D* dp = d + off[0];
-                          const S* sp = s + off[1];
-                          if (step[0] == 1 && step[1] == 1) {
-                            for (int64_t i = 0; i < n; ++i) dp[i] = convert<D>(sp[i]);
-                          } else {
-                            for (int64_t i = 0; i < n; ++i)
-                              dp[i * step[0]] = convert<D>(sp[i * step[1]]);
-                          }
-                        });
+        strided_loop<2>(
+            dst.shape(), {dst.strides(), src.strides()},
+            [&](const std::array<int64_t, 2>& off, int64_t n, const std::array<int64_t, 2>& step) {
+              D* dp = d + off[0];
+              const S* sp = s + off[1];
+              if (step[0] == 1 && step[1] == 1) {
+                for (int64_t i = 0; i < n; ++i) dp[i] = convert<D>(sp[i]);
+              } else {
+                for (int64_t i = 0; i < n; ++i) dp[i * step[0]] = convert<D>(sp[i * step[1]]);
+              }
+            });
       });
     });
     return;
   }
   if (dst.device() == src.device()) {  // one device other than the CPU: its kernel
-    const char* err = backend_for(dst.device())
-                          .strided_copy(dst.shape(), dst.raw_data(), dst.dtype(), dst.strides(),
-                                        src.raw_data(), src.dtype(), src.strides(),
-                                        dst.device().index);
+    const char* err =
+        backend_for(dst.device())
+            .strided_copy(dst.shape(), dst.raw_data(), dst.dtype(), dst.strides(), src.raw_data(),
+                          src.dtype(), src.strides(), dst.device().index);
     RESONA_CHECK(err == nullptr) << "copy from " << src.describe() << " into " << dst.describe()
                                  << ": " << err;
     return;

@@ -34,8 +34,8 @@ class Tensor;
 struct AutogradMeta {
   bool requires_grad = false;
   std::shared_ptr<autograd::Node> grad_fn;  // null for leaves
-  int output_nr = 0;                         // which output of grad_fn this is
-  std::shared_ptr<class TensorImpl> grad;    // accumulated gradient of a leaf
+  int output_nr = 0;                        // which output of grad_fn this is
+  std::shared_ptr<class TensorImpl> grad;   // accumulated gradient of a leaf
   // Run after a leaf's gradient is accumulated during backward (used to start
   // gradient communication while backward continues).
   std::vector<std::function<void(Tensor&)>> post_accumulate_hooks;

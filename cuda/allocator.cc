@@ -118,8 +118,8 @@ class CudaRawMemory final : public RawMemory {
       cudaGetLastError();  // clear the sticky-free error state
       return nullptr;
     }
-    RESONA_CHECK(err == cudaSuccess) << "cudaMalloc(" << nbytes << ") on cuda:" << device
-                                     << ": " << cudaGetErrorString(err);
+    RESONA_CHECK(err == cudaSuccess)
+        << "cudaMalloc(" << nbytes << ") on cuda:" << device << ": " << cudaGetErrorString(err);
     return p;
   }
   void release(void* ptr, int device) override {

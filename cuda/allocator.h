@@ -23,11 +23,11 @@
 namespace resona::cuda {
 
 struct AllocatorStats {
-  size_t in_use_bytes = 0;     // handed out and not yet freed (rounded sizes)
-  size_t cached_bytes = 0;     // free blocks kept for reuse
-  size_t reserved_bytes = 0;   // in_use + cached: what the allocator holds from the driver
+  size_t in_use_bytes = 0;    // handed out and not yet freed (rounded sizes)
+  size_t cached_bytes = 0;    // free blocks kept for reuse
+  size_t reserved_bytes = 0;  // in_use + cached: what the allocator holds from the driver
   size_t peak_in_use_bytes = 0;
-  uint64_t raw_allocs = 0;     // calls to the raw source (cudaMalloc)
+  uint64_t raw_allocs = 0;  // calls to the raw source (cudaMalloc)
   uint64_t raw_frees = 0;
   uint64_t cache_hits = 0;
   std::string str() const;

@@ -170,7 +170,6 @@ const char* gemm_cuda(const GemmParams& p, void* stream) {
 
 namespace {
 
-
 const char* last_error() {
   cudaError_t err = cudaGetLastError();
   return err == cudaSuccess ? nullptr : cudaGetErrorString(err);

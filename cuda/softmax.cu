@@ -10,8 +10,8 @@
 
 #include <cmath>
 
-#include "cuda/softmax.h"
 #include "cuda/row_reduce.cuh"
+#include "cuda/softmax.h"
 
 namespace resona::cuda {
 namespace {

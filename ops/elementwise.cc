@@ -42,11 +42,16 @@ Shape broadcast_strides(const Tensor& t, const Shape& out_shape) {
 
 const char* binary_name(BinaryKind k) {
   switch (k) {
-    case BinaryKind::kAdd: return "add";
-    case BinaryKind::kSub: return "sub";
-    case BinaryKind::kMul: return "mul";
-    case BinaryKind::kDiv: return "div";
-    case BinaryKind::kPow: return "pow";
+    case BinaryKind::kAdd:
+      return "add";
+    case BinaryKind::kSub:
+      return "sub";
+    case BinaryKind::kMul:
+      return "mul";
+    case BinaryKind::kDiv:
+      return "div";
+    case BinaryKind::kPow:
+      return "pow";
   }
   return "?";
 }
@@ -66,22 +71,22 @@ void binary_cpu(const Tensor& out, const Tensor& a, const Tensor& b) {
   T* o = out.data<T>();
   const T* pa = a.data<T>();
   const T* pb = b.data<T>();
-  strided_loop<3>(shape, {out.strides(), broadcast_strides(a, shape), broadcast_strides(b, shape)},
-                  [&](const std::array<int64_t, 3>& off, int64_t n,
-                      const std::array<int64_t, 3>& st) {
-                    T* op = o + off[0];
-                    const T* ap = pa + off[1];
-                    const T* bp = pb + off[2];
-                    if (st[0] == 1 && st[1] == 1 && st[2] == 1) {
-                      for (int64_t i = 0; i < n; ++i) op[i] = binary_apply<K>(ap[i], bp[i]);
-                    } else if (st[0] == 1 && st[1] == 1 && st[2] == 0) {
-                      const T bv = *bp;
-                      for (int64_t i = 0; i < n; ++i) op[i] = binary_apply<K>(ap[i], bv);
-                    } else {
-                      for (int64_t i = 0; i < n; ++i)
-                        op[i * st[0]] = binary_apply<K>(ap[i * st[1]], bp[i * st[2]]);
-                    }
-                  });
+  strided_loop<3>(
+      shape, {out.strides(), broadcast_strides(a, shape), broadcast_strides(b, shape)},
+      [&](const std::array<int64_t, 3>& off, int64_t n, const std::array<int64_t, 3>& st) {
+        T* op = o + off[0];
+        const T* ap = pa + off[1];
+        const T* bp = pb + off[2];
+        if (st[0] == 1 && st[1] == 1 && st[2] == 1) {
+          for (int64_t i = 0; i < n; ++i) op[i] = binary_apply<K>(ap[i], bp[i]);
+        } else if (st[0] == 1 && st[1] == 1 && st[2] == 0) {
+          const T bv = *bp;
+          for (int64_t i = 0; i < n; ++i) op[i] = binary_apply<K>(ap[i], bv);
+        } else {
+          for (int64_t i = 0; i < n; ++i)
+            op[i * st[0]] = binary_apply<K>(ap[i * st[1]], bp[i * st[2]]);
+        }
+      });
 }
 
 // ---------------------------------------------------------------- CUDA plumbing
@@ -89,23 +94,28 @@ void binary_cpu(const Tensor& out, const Tensor& a, const Tensor& b) {
 // The kernels number the kinds as the ops do.
 #define RESONA_SAME_BINARY_(k) \
   static_assert(static_cast<int>(BinaryKind::k) == static_cast<int>(cuda::BinaryKernelKind::k));
-RESONA_SAME_BINARY_(kAdd) RESONA_SAME_BINARY_(kSub) RESONA_SAME_BINARY_(kMul)
-RESONA_SAME_BINARY_(kDiv) RESONA_SAME_BINARY_(kPow)
+RESONA_SAME_BINARY_(kAdd)
+RESONA_SAME_BINARY_(kSub) RESONA_SAME_BINARY_(kMul) RESONA_SAME_BINARY_(kDiv)
+    RESONA_SAME_BINARY_(kPow)
 #undef RESONA_SAME_BINARY_
 #define RESONA_SAME_UNARY_(k) \
   static_assert(static_cast<int>(UnaryKind::k) == static_cast<int>(cuda::UnaryKernelKind::k));
-RESONA_SAME_UNARY_(kNeg) RESONA_SAME_UNARY_(kExp) RESONA_SAME_UNARY_(kLog)
-RESONA_SAME_UNARY_(kSqrt) RESONA_SAME_UNARY_(kRsqrt) RESONA_SAME_UNARY_(kAbs)
-RESONA_SAME_UNARY_(kSigmoid) RESONA_SAME_UNARY_(kTanh) RESONA_SAME_UNARY_(kSilu)
-RESONA_SAME_UNARY_(kGelu) RESONA_SAME_UNARY_(kSoftplus) RESONA_SAME_UNARY_(kRelu)
-RESONA_SAME_UNARY_(kAddScalar) RESONA_SAME_UNARY_(kMulScalar) RESONA_SAME_UNARY_(kPowScalar)
+        RESONA_SAME_UNARY_(kNeg) RESONA_SAME_UNARY_(kExp) RESONA_SAME_UNARY_(kLog)
+            RESONA_SAME_UNARY_(kSqrt) RESONA_SAME_UNARY_(kRsqrt) RESONA_SAME_UNARY_(kAbs)
+                RESONA_SAME_UNARY_(kSigmoid) RESONA_SAME_UNARY_(kTanh) RESONA_SAME_UNARY_(kSilu)
+                    RESONA_SAME_UNARY_(kGelu) RESONA_SAME_UNARY_(kSoftplus)
+                        RESONA_SAME_UNARY_(kRelu) RESONA_SAME_UNARY_(kAddScalar)
+                            RESONA_SAME_UNARY_(kMulScalar) RESONA_SAME_UNARY_(kPowScalar)
 #undef RESONA_SAME_UNARY_
 
-cuda::KernelDType kernel_dtype(const char* op, const Tensor& t) {
+                                cuda::KernelDType kernel_dtype(const char* op, const Tensor& t) {
   switch (t.dtype()) {
-    case DType::kFloat32: return cuda::KernelDType::kFloat32;
-    case DType::kBFloat16: return cuda::KernelDType::kBFloat16;
-    default: break;
+    case DType::kFloat32:
+      return cuda::KernelDType::kFloat32;
+    case DType::kBFloat16:
+      return cuda::KernelDType::kBFloat16;
+    default:
+      break;
   }
   RESONA_FAIL() << op << ": CUDA supports float32 and bfloat16, got " << t.describe();
   return cuda::KernelDType::kFloat32;
@@ -160,9 +170,8 @@ Tensor binary_forward(const Tensor& a, const Tensor& b) {
     check_launch(op, out, cuda::binary_fwd_cuda(p, nullptr));
     return out;
   }
-  dispatch_floating(op, a.dtype(), [&](auto tag) {
-    binary_cpu<K, typename decltype(tag)::type>(out, a, b);
-  });
+  dispatch_floating(op, a.dtype(),
+                    [&](auto tag) { binary_cpu<K, typename decltype(tag)::type>(out, a, b); });
   return out;
 }
 
@@ -218,21 +227,36 @@ struct BinaryOp {
 
 constexpr const char* unary_name(UnaryKind k) {
   switch (k) {
-    case UnaryKind::kNeg: return "neg";
-    case UnaryKind::kExp: return "exp";
-    case UnaryKind::kLog: return "log";
-    case UnaryKind::kSqrt: return "sqrt";
-    case UnaryKind::kRsqrt: return "rsqrt";
-    case UnaryKind::kAbs: return "abs";
-    case UnaryKind::kSigmoid: return "sigmoid";
-    case UnaryKind::kTanh: return "tanh";
-    case UnaryKind::kSilu: return "silu";
-    case UnaryKind::kGelu: return "gelu";
-    case UnaryKind::kSoftplus: return "softplus";
-    case UnaryKind::kRelu: return "relu";
-    case UnaryKind::kAddScalar: return "add";
-    case UnaryKind::kMulScalar: return "mul";
-    case UnaryKind::kPowScalar: return "pow";
+    case UnaryKind::kNeg:
+      return "neg";
+    case UnaryKind::kExp:
+      return "exp";
+    case UnaryKind::kLog:
+      return "log";
+    case UnaryKind::kSqrt:
+      return "sqrt";
+    case UnaryKind::kRsqrt:
+      return "rsqrt";
+    case UnaryKind::kAbs:
+      return "abs";
+    case UnaryKind::kSigmoid:
+      return "sigmoid";
+    case UnaryKind::kTanh:
+      return "tanh";
+    case UnaryKind::kSilu:
+      return "silu";
+    case UnaryKind::kGelu:
+      return "gelu";
+    case UnaryKind::kSoftplus:
+      return "softplus";
+    case UnaryKind::kRelu:
+      return "relu";
+    case UnaryKind::kAddScalar:
+      return "add";
+    case UnaryKind::kMulScalar:
+      return "mul";
+    case UnaryKind::kPowScalar:
+      return "pow";
   }
   return "?";
 }
@@ -346,17 +370,17 @@ struct UnaryOp {
       const T* px = x.data<T>();
       T* py = y.data<T>();
       const T sv = static_cast<T>(s);
-      strided_loop<2>(x.shape(), {y.strides(), x.strides()},
-                      [&](const std::array<int64_t, 2>& off, int64_t n,
-                          const std::array<int64_t, 2>& st) {
-                        T* yp = py + off[0];
-                        const T* xp = px + off[1];
-                        if (st[1] == 1) {
-                          for (int64_t i = 0; i < n; ++i) yp[i] = unary_fwd<K>(xp[i], sv);
-                        } else {
-                          for (int64_t i = 0; i < n; ++i) yp[i] = unary_fwd<K>(xp[i * st[1]], sv);
-                        }
-                      });
+      strided_loop<2>(
+          x.shape(), {y.strides(), x.strides()},
+          [&](const std::array<int64_t, 2>& off, int64_t n, const std::array<int64_t, 2>& st) {
+            T* yp = py + off[0];
+            const T* xp = px + off[1];
+            if (st[1] == 1) {
+              for (int64_t i = 0; i < n; ++i) yp[i] = unary_fwd<K>(xp[i], sv);
+            } else {
+              for (int64_t i = 0; i < n; ++i) yp[i] = unary_fwd<K>(xp[i * st[1]], sv);
+            }
+          });
     });
   }
 
@@ -491,12 +515,11 @@ Tensor& add_(Tensor& dst, const Tensor& src, double alpha) {
     T* pd = dst.data<T>();
     const T* ps = src.data<T>();
     const T al = static_cast<T>(alpha);
-    strided_loop<2>(dst.shape(), {dst.strides(), broadcast_strides(src, dst.shape())},
-                    [&](const std::array<int64_t, 2>& off, int64_t n,
-                        const std::array<int64_t, 2>& st) {
-                      for (int64_t i = 0; i < n; ++i)
-                        pd[off[0] + i * st[0]] += al * ps[off[1] + i * st[1]];
-                    });
+    strided_loop<2>(
+        dst.shape(), {dst.strides(), broadcast_strides(src, dst.shape())},
+        [&](const std::array<int64_t, 2>& off, int64_t n, const std::array<int64_t, 2>& st) {
+          for (int64_t i = 0; i < n; ++i) pd[off[0] + i * st[0]] += al * ps[off[1] + i * st[1]];
+        });
   });
   return dst;
 }
@@ -520,11 +543,11 @@ Tensor& mul_(Tensor& dst, double s) {
     using T = typename decltype(tag)::type;
     T* pd = dst.data<T>();
     const T sv = static_cast<T>(s);
-    strided_loop<1>(dst.shape(), {dst.strides()},
-                    [&](const std::array<int64_t, 1>& off, int64_t n,
-                        const std::array<int64_t, 1>& st) {
-                      for (int64_t i = 0; i < n; ++i) pd[off[0] + i * st[0]] *= sv;
-                    });
+    strided_loop<1>(
+        dst.shape(), {dst.strides()},
+        [&](const std::array<int64_t, 1>& off, int64_t n, const std::array<int64_t, 1>& st) {
+          for (int64_t i = 0; i < n; ++i) pd[off[0] + i * st[0]] *= sv;
+        });
   });
   return dst;
 }

@@ -21,9 +21,21 @@ namespace resona {
 enum class BinaryKind : int32_t { kAdd = 0, kSub = 1, kMul = 2, kDiv = 3, kPow = 4 };
 
 enum class UnaryKind : int32_t {
-  kNeg, kExp, kLog, kSqrt, kRsqrt, kAbs,
-  kSigmoid, kTanh, kSilu, kGelu, kSoftplus, kRelu,
-  kAddScalar, kMulScalar, kPowScalar,
+  kNeg,
+  kExp,
+  kLog,
+  kSqrt,
+  kRsqrt,
+  kAbs,
+  kSigmoid,
+  kTanh,
+  kSilu,
+  kGelu,
+  kSoftplus,
+  kRelu,
+  kAddScalar,
+  kMulScalar,
+  kPowScalar,
 };
 
 Tensor add(const Tensor& a, const Tensor& b);

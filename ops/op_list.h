@@ -8,6 +8,8 @@
 #include <array>
 #include <string_view>
 
+// One family per line (clang-format would reflow the list into one block).
+// clang-format off
 #define RESONA_OPS(X)                                                                      \
   /* elementwise, broadcasting (ops/elementwise.h) */                                      \
   X(add) X(sub) X(mul) X(div) X(neg) X(pow) X(exp) X(log) X(sqrt) X(rsqrt) X(abs)           \
@@ -25,6 +27,7 @@
   X(causal_conv1d) X(dropout)                                                               \
   /* recurrences (ops/scan.h) */                                                           \
   X(linear_scan) X(selective_scan) X(gla) X(delta_rule)
+// clang-format on
 
 namespace resona {
 

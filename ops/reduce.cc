@@ -16,14 +16,14 @@ namespace {
 // A reduction seen as rows: the input permuted to [kept..., reduced...] and made
 // contiguous, so that row r (of `inner` elements) feeds output element r.
 struct ReducePlan {
-  Shape out_shape;      // without keepdim
-  Shape keep_shape;     // with keepdim (reduced dims = 1)
-  Shape perm;           // kept dims, then reduced dims
-  Shape permuted_shape; // the input's shape in that order
-  int64_t outer = 1;    // number of output elements
-  int64_t inner = 1;    // elements reduced into each
+  Shape out_shape;            // without keepdim
+  Shape keep_shape;           // with keepdim (reduced dims = 1)
+  Shape perm;                 // kept dims, then reduced dims
+  Shape permuted_shape;       // the input's shape in that order
+  int64_t outer = 1;          // number of output elements
+  int64_t inner = 1;          // elements reduced into each
   std::vector<bool> reduced;  // per input dim
-  Tensor rows;          // contiguous [outer, inner] (when asked for)
+  Tensor rows;                // contiguous [outer, inner] (when asked for)
 };
 
 // `rows`: whether to build p.rows (the CPU path reads them; the CUDA path first tries to
@@ -117,9 +117,12 @@ CudaRows cuda_rows(const char* op, const Tensor& x, const ReducePlan& p) {
 
 cuda::KernelDType cuda_dtype(const char* op, const Tensor& t) {
   switch (t.dtype()) {
-    case DType::kFloat32: return cuda::KernelDType::kFloat32;
-    case DType::kBFloat16: return cuda::KernelDType::kBFloat16;
-    default: break;
+    case DType::kFloat32:
+      return cuda::KernelDType::kFloat32;
+    case DType::kBFloat16:
+      return cuda::KernelDType::kBFloat16;
+    default:
+      break;
   }
   RESONA_FAIL() << op << ": CUDA supports float32 and bfloat16, got " << t.describe();
   return cuda::KernelDType::kFloat32;
@@ -127,9 +130,8 @@ cuda::KernelDType cuda_dtype(const char* op, const Tensor& t) {
 
 // Runs the reduction kernel: values of x's dtype (unless `values` is false) and, when
 // `index` is given, the first maximising position along R (kMax), both of `out_shape`.
-Tensor reduce_cuda(const char* op, cuda::ReduceKernelKind kind, const Tensor& x,
-                   const CudaRows& r, const Shape& out_shape, bool values = true,
-                   Tensor* index = nullptr) {
+Tensor reduce_cuda(const char* op, cuda::ReduceKernelKind kind, const Tensor& x, const CudaRows& r,
+                   const Shape& out_shape, bool values = true, Tensor* index = nullptr) {
   cuda::ReduceParams prm;
   prm.kind = kind;
   prm.dtype = cuda_dtype(op, x);
@@ -205,8 +207,8 @@ struct SumOp {
     ReducePlan p = plan_reduce(kName, x, dims, !cuda);
     Tensor out;
     if (cuda) {
-      out = reduce_cuda(kName, cuda::ReduceKernelKind::kSum, x, cuda_rows(kName, x, p),
-                        p.out_shape);
+      out =
+          reduce_cuda(kName, cuda::ReduceKernelKind::kSum, x, cuda_rows(kName, x, p), p.out_shape);
     } else {
       out = reduce_rows(kName, p, x.dtype(), [](const auto* r, int64_t n, auto zero) {
         decltype(zero) acc = 0;
@@ -234,8 +236,8 @@ struct MeanOp {
     RESONA_CHECK(p.inner > 0) << "mean over an empty dim of " << x.describe();
     Tensor out;
     if (cuda) {
-      out = reduce_cuda(kName, cuda::ReduceKernelKind::kMean, x, cuda_rows(kName, x, p),
-                        p.out_shape);
+      out =
+          reduce_cuda(kName, cuda::ReduceKernelKind::kMean, x, cuda_rows(kName, x, p), p.out_shape);
     } else {
       out = reduce_rows(kName, p, x.dtype(), [](const auto* r, int64_t n, auto zero) {
         decltype(zero) acc = 0;

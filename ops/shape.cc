@@ -33,8 +33,8 @@ Shape infer_shape(const Tensor& x, const Shape& shape) {
     out[infer] = x.numel() / known;
   }
   RESONA_CHECK(shape_numel(out) == x.numel())
-      << "reshape of " << x.describe() << " (" << x.numel() << " elements) to "
-      << shape_str(shape) << " (" << shape_numel(out) << " elements)";
+      << "reshape of " << x.describe() << " (" << x.numel() << " elements) to " << shape_str(shape)
+      << " (" << shape_numel(out) << " elements)";
   return out;
 }
 
@@ -78,8 +78,8 @@ struct PermuteOp {
     Shape shape(nd), strides(nd), inverse(nd, -1);
     for (int64_t i = 0; i < nd; ++i) {
       int64_t d = wrap_dim("permute", dims[i], x, nd);
-      RESONA_CHECK(inverse[d] < 0) << "permute of " << x.describe() << ": dims "
-                                   << shape_str(dims) << " repeat " << d;
+      RESONA_CHECK(inverse[d] < 0)
+          << "permute of " << x.describe() << ": dims " << shape_str(dims) << " repeat " << d;
       inverse[d] = i;
       shape[i] = x.shape()[d];
       strides[i] = x.strides()[d];
@@ -98,8 +98,8 @@ struct SliceOp {
     Shape in_shape;
     int64_t dim = 0, start = 0, end = 0, step = 1;
   };
-  static Tensor forward(Ctx<Saved>& ctx, const Tensor& x, int64_t dim, int64_t start,
-                        int64_t end, int64_t step) {
+  static Tensor forward(Ctx<Saved>& ctx, const Tensor& x, int64_t dim, int64_t start, int64_t end,
+                        int64_t step) {
     RESONA_CHECK(x.dim() > 0) << "slice of a 0-D tensor " << x.describe();
     dim = wrap_dim("slice", dim, x, x.dim());
     RESONA_CHECK(step > 0) << "slice of " << x.describe() << ": step must be positive, got "
@@ -131,8 +131,8 @@ struct ExpandOp {
   };
   static Tensor forward(Ctx<Saved>& ctx, const Tensor& x, const Shape& shape_in) {
     const int64_t nd = static_cast<int64_t>(shape_in.size());
-    RESONA_CHECK(nd >= x.dim()) << "expand of " << x.describe() << " to "
-                                << shape_str(shape_in) << ": fewer dims than the tensor";
+    RESONA_CHECK(nd >= x.dim()) << "expand of " << x.describe() << " to " << shape_str(shape_in)
+                                << ": fewer dims than the tensor";
     Shape shape(nd), strides(nd, 0);
     const int64_t lead = nd - x.dim();
     for (int64_t i = 0; i < nd; ++i) {
@@ -220,9 +220,7 @@ struct CastOp {
     }
     return copy_contiguous(x, dtype);
   }
-  static Grads backward(Ctx<Saved>& ctx, const Tensor& d) {
-    return {cast(d, ctx.saved.in_dtype)};
-  }
+  static Grads backward(Ctx<Saved>& ctx, const Tensor& d) { return {cast(d, ctx.saved.in_dtype)}; }
 };
 
 struct ToDeviceOp {
@@ -285,8 +283,10 @@ struct ConcatOp {
     int64_t at = 0;
     for (size_t i = 0; i < ctx.saved.sizes.size(); ++i) {
       int64_t n = ctx.saved.sizes[i];
-      if (ctx.needs(i)) g.push_back(slice(d, ctx.saved.dim, at, at + n));
-      else g.emplace_back();
+      if (ctx.needs(i))
+        g.push_back(slice(d, ctx.saved.dim, at, at + n));
+      else
+        g.emplace_back();
       at += n;
     }
     return g;
@@ -398,8 +398,8 @@ Tensor Tensor::flatten(int64_t start_dim, int64_t end_dim) const {
   if (dim() == 0) return reshape({1});
   start_dim = wrap_dim("flatten", start_dim, *this, dim());
   end_dim = wrap_dim("flatten", end_dim, *this, dim());
-  RESONA_CHECK(start_dim <= end_dim) << "flatten of " << describe() << ": start_dim "
-                                     << start_dim << " after end_dim " << end_dim;
+  RESONA_CHECK(start_dim <= end_dim)
+      << "flatten of " << describe() << ": start_dim " << start_dim << " after end_dim " << end_dim;
   Shape s;
   for (int64_t i = 0; i < start_dim; ++i) s.push_back(shape()[i]);
   int64_t m = 1;
@@ -420,11 +420,11 @@ Tensor& Tensor::fill_(double value) {
       using T = typename decltype(tag)::type;
       T v = convert<T>(value);
       T* p = data<T>();
-      strided_loop<1>(shape(), {strides()},
-                      [&](const std::array<int64_t, 1>& off, int64_t n,
-                          const std::array<int64_t, 1>& st) {
-                        for (int64_t i = 0; i < n; ++i) p[off[0] + i * st[0]] = v;
-                      });
+      strided_loop<1>(
+          shape(), {strides()},
+          [&](const std::array<int64_t, 1>& off, int64_t n, const std::array<int64_t, 1>& st) {
+            for (int64_t i = 0; i < n; ++i) p[off[0] + i * st[0]] = v;
+          });
     });
     return *this;
   }

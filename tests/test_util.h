@@ -28,8 +28,8 @@ void check_close(const Tensor& t, const std::vector<double>& expected, double at
                  double rtol = 1e-9);
 void check_close(const Tensor& t, const Tensor& expected, double atol = 1e-9, double rtol = 1e-9);
 // Braced lists (`check_close(t, {0})`) pick this one rather than the Tensor overload.
-inline void check_close(const Tensor& t, std::initializer_list<double> expected,
-                        double atol = 1e-9, double rtol = 1e-9) {
+inline void check_close(const Tensor& t, std::initializer_list<double> expected, double atol = 1e-9,
+                        double rtol = 1e-9) {
   check_close(t, std::vector<double>(expected), atol, rtol);
 }
 
@@ -55,18 +55,16 @@ const std::vector<OpTestRecord>& op_tests();
 
 // RESONA_OP_TEST(add, gradcheck, "add(a=[2,3],b=[3])") { ...body... }
 // A doctest test case named "<op> <kind>: <title>", recorded for the coverage test.
-#define RESONA_OP_TEST(op, kind, title)                                                   \
-  static const bool RESONA_TEST_CAT_(resona_op_test_reg_, __LINE__) =                     \
-      ::resona::testing::register_op_test(#op, ::resona::testing::OpTestKind::k##kind, \
-                                          title);                                         \
+#define RESONA_OP_TEST(op, kind, title)                                                        \
+  static const bool RESONA_TEST_CAT_(resona_op_test_reg_, __LINE__) =                          \
+      ::resona::testing::register_op_test(#op, ::resona::testing::OpTestKind::k##kind, title); \
   TEST_CASE(#op " " #kind ": " title)
 
 // Test cases that need a GPU are reported as skipped (never passed) without one.
-#define RESONA_GPU_TEST(title) TEST_CASE(title * doctest::skip(!::resona::testing::cuda_available()))
+#define RESONA_GPU_TEST(title) TEST_CASE(title* doctest::skip(!::resona::testing::cuda_available()))
 
 // An op test that needs a GPU (reported as skipped without one).
-#define RESONA_OP_GPU_TEST(op, kind, title)                                            \
-  static const bool RESONA_TEST_CAT_(resona_op_test_reg_, __LINE__) =                  \
-      ::resona::testing::register_op_test(#op, ::resona::testing::OpTestKind::k##kind, \
-                                          title);                                      \
-  TEST_CASE(#op " " #kind ": " title * doctest::skip(!::resona::testing::cuda_available()))
+#define RESONA_OP_GPU_TEST(op, kind, title)                                                    \
+  static const bool RESONA_TEST_CAT_(resona_op_test_reg_, __LINE__) =                          \
+      ::resona::testing::register_op_test(#op, ::resona::testing::OpTestKind::k##kind, title); \
+  TEST_CASE(#op " " #kind ": " title* doctest::skip(!::resona::testing::cuda_available()))

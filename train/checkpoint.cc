@@ -102,11 +102,10 @@ SafetensorsFile load_checked(const std::string& dir, const char* name, const jso
   const uint64_t bytes = field<uint64_t>(rec, "bytes", state_path);
   const std::string hash = field<std::string>(rec, "hash64", state_path);
   const std::string data = read_file(path);
-  RESONA_CHECK(data.size() == bytes) << path << ": " << data.size() << " bytes, but "
-                                     << state_path << " records " << bytes << " (truncated?)";
+  RESONA_CHECK(data.size() == bytes) << path << ": " << data.size() << " bytes, but " << state_path
+                                     << " records " << bytes << " (truncated?)";
   RESONA_CHECK(data::hex64(data::hash64(data)) == hash)
-      << path << ": contents do not match the hash64 recorded in " << state_path
-      << " (corrupted)";
+      << path << ": contents do not match the hash64 recorded in " << state_path << " (corrupted)";
   return parse_safetensors(data.data(), data.size(), path);
 }
 
@@ -217,8 +216,8 @@ std::string find_latest_checkpoint(const std::string& run_dir, std::vector<std::
   };
   std::ifstream latest(root / kLatestFile);
   std::string name;
-  if (latest && std::getline(latest, name) && !name.empty() && name.find('/') == std::string::npos &&
-      fs::is_directory(root / name) && loads(root / name)) {
+  if (latest && std::getline(latest, name) && !name.empty() &&
+      name.find('/') == std::string::npos && fs::is_directory(root / name) && loads(root / name)) {
     return (root / name).string();
   }
   std::vector<std::string> steps;

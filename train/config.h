@@ -104,8 +104,7 @@ class Reader {
       if (!known) {
         std::string valid;
         for (size_t i = 0; i < keys_.size(); ++i) valid += (i ? ", " : "") + keys_[i];
-        fail(doc_, join(prefix_, key), it->first,
-             "unknown key (valid keys here: " + valid + ")");
+        fail(doc_, join(prefix_, key), it->first, "unknown key (valid keys here: " + valid + ")");
       }
     }
   }
@@ -139,9 +138,12 @@ void read_value(const ConfigDocument& doc, const std::string& path, const YAML::
     if (!n.IsScalar()) fail(doc, path, n, "expected a single value, got a list or mapping");
     const std::string text = n.Scalar();
     if constexpr (std::is_same_v<F, bool>) {
-      if (text == "true") out = true;
-      else if (text == "false") out = false;
-      else fail(doc, path, n, "expected true or false, got '" + text + "'");
+      if (text == "true")
+        out = true;
+      else if (text == "false")
+        out = false;
+      else
+        fail(doc, path, n, "expected true or false, got '" + text + "'");
     } else if constexpr (std::is_integral_v<F>) {
       errno = 0;
       char* end = nullptr;

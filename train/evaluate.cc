@@ -31,8 +31,8 @@ int64_t count_words(const data::TokenDataset& dataset) {
 EvalResult evaluate_perplexity(const models::LanguageModel& model,
                                const std::shared_ptr<const data::TokenDataset>& dataset,
                                int64_t seq_len, int64_t rows, int64_t max_batches) {
-  RESONA_CHECK(seq_len >= 1 && rows >= 1) << "evaluate: seq_len " << seq_len << " and rows "
-                                          << rows << " must be positive";
+  RESONA_CHECK(seq_len >= 1 && rows >= 1)
+      << "evaluate: seq_len " << seq_len << " and rows " << rows << " must be positive";
   NoGradGuard no_grad;
   const int32_t eos = dataset->eos_id();
   // The stream: documents in order, each followed by EOS.

@@ -1,8 +1,8 @@
 #include "train/trainer.h"
 
 #include <chrono>
-#include <cstdarg>
 #include <cmath>
+#include <cstdarg>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -76,9 +76,8 @@ Device choose_device(const std::string& name) {
 void prepare_run_dir(const std::string& dir) {
   std::error_code ec;
   fs::create_directories(dir, ec);
-  RESONA_CHECK(!ec && fs::is_directory(dir))
-      << "train.run_dir: cannot create the run folder '" << dir << "'"
-      << (ec ? ": " + ec.message() : "");
+  RESONA_CHECK(!ec && fs::is_directory(dir)) << "train.run_dir: cannot create the run folder '"
+                                             << dir << "'" << (ec ? ": " + ec.message() : "");
   const fs::path probe = fs::path(dir) / ".write-probe";
   {
     std::ofstream f(probe);
@@ -172,7 +171,8 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& opt) {
         << "', but the config builds '" << cfg.model.name << "'";
     RESONA_CHECK(opt.allow_config_change || ckpt.state.config_yaml == resolved)
         << resume_dir << ": the config differs from the checkpoint's (pass "
-        << "--allow-config-change to resume anyway):" << config_diff(ckpt.state.config_yaml, resolved);
+        << "--allow-config-change to resume anyway):"
+        << config_diff(ckpt.state.config_yaml, resolved);
   }
   const Device device = choose_device(cfg.train.device);
   RESONA_CHECK(device.is_cpu()) << "train.device: training on CUDA needs every op's CUDA path, "
@@ -196,7 +196,8 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& opt) {
   sched.kind = schedule_kind_from_name(cfg.schedule.name);
   sched.lr = cfg.optimizer.lr;
   sched.total_steps = cfg.train.steps;
-  sched.warmup_steps = static_cast<int64_t>(std::llround(cfg.schedule.warmup_ratio * cfg.train.steps));
+  sched.warmup_steps =
+      static_cast<int64_t>(std::llround(cfg.schedule.warmup_ratio * cfg.train.steps));
   sched.min_lr_ratio = cfg.schedule.min_lr_ratio;
   sched.validate();
 
@@ -267,8 +268,8 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& opt) {
                   device.str().c_str()));
 
   auto save = [&]() {
-    RESONA_CHECK(all_finite(params)) << "refusing to checkpoint non-finite weights at step "
-                                     << st.step;
+    RESONA_CHECK(all_finite(params))
+        << "refusing to checkpoint non-finite weights at step " << st.step;
     st.loader_state = loader.state().to_json();
     st.dropout_rng = dropout_gen.state();
     return save_checkpoint(cfg.train.run_dir, st, params, optimizer.named_state(),
@@ -276,13 +277,12 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& opt) {
   };
   auto run_eval = [&](json& rec) {
     if (!valid) return;
-    EvalResult r = evaluate_perplexity(*model, valid, cfg.data.seq_len, micro_rows,
-                                       cfg.eval.batches);
+    EvalResult r =
+        evaluate_perplexity(*model, valid, cfg.data.seq_len, micro_rows, cfg.eval.batches);
     rec["eval_loss"] = r.mean_nll;
     rec["eval_ppl"] = r.token_perplexity();
     log.line(format("eval at step %lld: loss %.4f, token perplexity %.2f over %lld tokens",
-                    (long long)st.step, r.mean_nll, r.token_perplexity(),
-                    (long long)r.tokens));
+                    (long long)st.step, r.mean_nll, r.token_perplexity(), (long long)r.tokens));
   };
 
   TrainResult result;
@@ -317,15 +317,16 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& opt) {
     const double lr = lr_at(sched, st.step);
     if (!std::isfinite(mean_loss) || !std::isfinite(grad_norm)) {
       if (cfg.train.nan_policy == "stop") {
-        log.line(format("step %lld: non-finite %s (loss %g, grad norm %g): stopping; the last "
-                        "checkpoint is intact",
-                        (long long)st.step + 1, std::isfinite(mean_loss) ? "gradient" : "loss",
-                        mean_loss, grad_norm));
-        throw NonFiniteError(format("non-finite loss or gradient at step %lld",
-                                    (long long)st.step + 1));
+        log.line(
+            format("step %lld: non-finite %s (loss %g, grad norm %g): stopping; the last "
+                   "checkpoint is intact",
+                   (long long)st.step + 1, std::isfinite(mean_loss) ? "gradient" : "loss",
+                   mean_loss, grad_norm));
+        throw NonFiniteError(
+            format("non-finite loss or gradient at step %lld", (long long)st.step + 1));
       }
-      log.line(format("step %lld: non-finite loss or gradient: step skipped",
-                      (long long)st.step + 1));
+      log.line(
+          format("step %lld: non-finite loss or gradient: step skipped", (long long)st.step + 1));
       optimizer.zero_grad();
       ++st.skipped_steps;
     } else {
@@ -347,9 +348,9 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& opt) {
       const double tps = dt > 0 ? tokens_since / dt : 0;
       const double eta = tps > 0 ? (cfg.train.steps - st.step) * (tokens / tps) : NAN;
       log.line(format("step %lld/%lld | loss %.4f | lr %.3e | grad %.3f | %.0f tok/s | ETA %s",
-                      (long long)st.step, (long long)cfg.train.steps, mean_loss, lr, grad_norm,
-                      tps, duration_str(eta).c_str()));
-      json rec = {{"step", st.step},        {"loss", mean_loss},       {"lr", lr},
+                      (long long)st.step, (long long)cfg.train.steps, mean_loss, lr, grad_norm, tps,
+                      duration_str(eta).c_str()));
+      json rec = {{"step", st.step},        {"loss", mean_loss},        {"lr", lr},
                   {"grad_norm", grad_norm}, {"tokens", st.tokens_seen}, {"tokens_per_s", tps},
                   {"elapsed_s", elapsed}};
       if (do_eval) run_eval(rec);

@@ -43,8 +43,8 @@ struct TrainOptions {
 };
 
 struct TrainResult {
-  int64_t steps_done = 0;   // the run's step count at the end
-  double last_loss = 0;     // the last step's mean loss
+  int64_t steps_done = 0;      // the run's step count at the end
+  double last_loss = 0;        // the last step's mean loss
   std::vector<double> losses;  // the mean loss of each step this process ran
   std::string last_checkpoint;
 };

@@ -92,11 +92,19 @@ std::string write_config(const std::string& path, const std::string& text) {
 std::string tiny_yaml(const std::string& run_dir, int64_t steps, int64_t every) {
   const std::string ds = sample_dataset();
   return "model: {name: tiny, vocab_size: 32000, hidden_size: 16, num_layers: 1}\n"
-         "data: {train: " + ds + "/train, valid: " + ds + "/valid, seq_len: 16}\n"
+         "data: {train: " +
+         ds + "/train, valid: " + ds +
+         "/valid, seq_len: 16}\n"
          "optimizer: {lr: 0.01}\n"
-         "train: {steps: " + std::to_string(steps) + ", batch_size: 4, device: cpu, "
-         "log_every: 1, run_dir: " + run_dir + "}\n"
-         "checkpoint: {every: " + std::to_string(every) + ", keep_last: 2}\n"
+         "train: {steps: " +
+         std::to_string(steps) +
+         ", batch_size: 4, device: cpu, "
+         "log_every: 1, run_dir: " +
+         run_dir +
+         "}\n"
+         "checkpoint: {every: " +
+         std::to_string(every) +
+         ", keep_last: 2}\n"
          "eval: {batches: 1}\n";
 }
 
@@ -127,26 +135,37 @@ TEST_CASE("resona train: bad input exits with code 2, names the problem, writes 
   const std::string other_run = dir + "/other";
   const std::string ckpt = train::checkpoints_dir(run) + "/step_00000004";
   const std::vector<Case> cases = {
-      {"YAML syntax error", {"--config", write_config(dir + "/c1.yaml", "model: [1\n")},
+      {"YAML syntax error",
+       {"--config", write_config(dir + "/c1.yaml", "model: [1\n")},
        "c1.yaml:2:1: YAML syntax error"},
       {"unknown key", {"--config", good, "train.stepz=3"}, "key 'train.stepz': unknown key"},
-      {"wrong type", {"--config", good, "train.steps=many"},
+      {"wrong type",
+       {"--config", good, "train.steps=many"},
        "key 'train.steps': expected an integer, got 'many'"},
-      {"negative learning rate", {"--config", good, "optimizer.lr=-0.1"},
+      {"negative learning rate",
+       {"--config", good, "optimizer.lr=-0.1"},
        "key 'optimizer.lr': value '-0.1' is outside (0, inf]"},
-      {"missing data path", {"--config", good, "data.train=" + dir + "/no-such-data", "train.run_dir=" + other_run},
+      {"missing data path",
+       {"--config", good, "data.train=" + dir + "/no-such-data", "train.run_dir=" + other_run},
        "no-such-data"},
-      {"unwritable run folder", {"--config", good, "train.run_dir=/proc/resona-run"},
+      {"unwritable run folder",
+       {"--config", good, "train.run_dir=/proc/resona-run"},
        "train.run_dir: cannot create the run folder"},
-      {"missing config file", {"--config", dir + "/nope.yaml"}, "nope.yaml: cannot open the config file"},
+      {"missing config file",
+       {"--config", dir + "/nope.yaml"},
+       "nope.yaml: cannot open the config file"},
       {"checkpoints exist, no --resume", {"--config", good}, "already holds checkpoints"},
-      {"changed config on resume", {"--config", good, "--resume", "auto", "optimizer.lr=0.02"},
+      {"changed config on resume",
+       {"--config", good, "--resume", "auto", "optimizer.lr=0.02"},
        "the config differs from the checkpoint's"},
-      {"checkpoint of another model", {"--config", good, "--resume", ckpt, "--allow-config-change",
-        "model.hidden_size=32"}, "in the checkpoint but"},
-      {"batch not divisible by accumulation", {"--config", good, "train.grad_accum=3"},
+      {"checkpoint of another model",
+       {"--config", good, "--resume", ckpt, "--allow-config-change", "model.hidden_size=32"},
+       "in the checkpoint but"},
+      {"batch not divisible by accumulation",
+       {"--config", good, "train.grad_accum=3"},
        "is not divisible by train.grad_accum"},
-      {"resume from a missing folder", {"--config", good, "--resume", dir + "/no-ckpt"},
+      {"resume from a missing folder",
+       {"--config", good, "--resume", dir + "/no-ckpt"},
        "is not a folder"},
       {"bad option value", {"--config", good, "--stop-after", "x"}, "stop-after"},
   };
@@ -178,8 +197,10 @@ TEST_CASE("resona train: bad input exits with code 2, names the problem, writes 
 TEST_CASE("resona train: 20 SIGKILLs at random moments, resumed each time, end as one run") {
   const std::string dir = fresh_dir("crash");
   const int64_t steps = 40, every = 2;
-  const std::string straight_cfg = write_config(dir + "/straight.yaml", tiny_yaml(dir + "/straight", steps, every));
-  const std::string crash_cfg = write_config(dir + "/crash.yaml", tiny_yaml(dir + "/crash", steps, every));
+  const std::string straight_cfg =
+      write_config(dir + "/straight.yaml", tiny_yaml(dir + "/straight", steps, every));
+  const std::string crash_cfg =
+      write_config(dir + "/crash.yaml", tiny_yaml(dir + "/crash", steps, every));
   REQUIRE(run_resona({"train", "--config", straight_cfg, "--quiet"}).code == 0);
 
   std::mt19937 rng(20261126);
@@ -187,7 +208,8 @@ TEST_CASE("resona train: 20 SIGKILLs at random moments, resumed each time, end a
   int kills = 0, runs = 0;
   int64_t last_step = 0;
   while (true) {
-    Proc p = spawn({"train", "--config", crash_cfg, "--resume", "auto", "--quiet"}, dir + "/out.txt");
+    Proc p =
+        spawn({"train", "--config", crash_cfg, "--resume", "auto", "--quiet"}, dir + "/out.txt");
     ++runs;
     bool killed = false;
     if (kills < 20) {

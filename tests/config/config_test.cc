@@ -45,8 +45,9 @@ RunCfg load(const std::string& yaml, const std::vector<std::string>& overrides =
 }  // namespace
 
 TEST_CASE("config: values from YAML, defaults elsewhere, overrides last") {
-  RunCfg c = load("steps: 20\noptimizer:\n  lr: 3.0e-4\n  betas: [0.8, 0.99]\nlayers: [0, 11, 23]\n",
-                  {"optimizer.schedule=linear", "deterministic=true", "seed=7"});
+  RunCfg c =
+      load("steps: 20\noptimizer:\n  lr: 3.0e-4\n  betas: [0.8, 0.99]\nlayers: [0, 11, 23]\n",
+           {"optimizer.schedule=linear", "deterministic=true", "seed=7"});
   CHECK(c.steps == 20);
   CHECK(c.optimizer.lr == doctest::Approx(3e-4));
   CHECK(c.optimizer.betas == std::vector<double>{0.8, 0.99});
@@ -81,12 +82,13 @@ TEST_CASE("config: bad input names the key path and the file and line") {
     }
     return std::string("no error");
   };
-  CHECK(err("steps: [1\n") .find("run.yaml:2") != std::string::npos);
+  CHECK(err("steps: [1\n").find("run.yaml:2") != std::string::npos);
   CHECK(err("steps: [1\n").find("YAML syntax error") != std::string::npos);
   CHECK(err("steps: 1\nstepz: 2\n") ==
         "run.yaml:2: key 'stepz': unknown key (valid keys here: steps, deterministic, seed, "
         "layers, name, optimizer)");
-  CHECK(err("optimizer:\n  lr: fast\n") == "run.yaml:2: key 'optimizer.lr': expected a number, got 'fast'");
+  CHECK(err("optimizer:\n  lr: fast\n") ==
+        "run.yaml:2: key 'optimizer.lr': expected a number, got 'fast'");
   CHECK(err("optimizer:\n  lr: -0.1\n") ==
         "run.yaml:2: key 'optimizer.lr': value '-0.1' is outside (0, inf]");
   CHECK(err("steps: 1.5\n") == "run.yaml:1: key 'steps': expected an integer, got '1.5'");
@@ -103,7 +105,8 @@ TEST_CASE("config: bad input names the key path and the file and line") {
   CHECK(err("- 1\n- 2\n") == "run.yaml:1: the config must be a mapping of settings, got a list");
   CHECK(err("", {"optimizer.lr=-1"}) ==
         "override 'optimizer.lr=-1': key 'optimizer.lr': value '-1' is outside (0, inf]");
-  CHECK(err("", {"optimizer.lrr=1"}).find("override 'optimizer.lrr=1': key 'optimizer.lrr': unknown key") == 0);
+  CHECK(err("", {"optimizer.lrr=1"})
+            .find("override 'optimizer.lrr=1': key 'optimizer.lrr': unknown key") == 0);
   CHECK(err("", {"steps"}) == "override 'steps': expected key.path=value");
   CHECK(err("steps: 2\n", {"steps.x=1"}) ==
         "override 'steps.x=1': 'steps' is a value, not a section");

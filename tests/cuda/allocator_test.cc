@@ -90,7 +90,7 @@ TEST_CASE("caching allocator: out of memory releases the cache and retries, then
   HostMemory raw(8 << 20);
   cuda::CachingAllocator alloc(raw);
   void* a = alloc.allocate(6 << 20, 0);
-  alloc.free(a);  // cached, still held from the raw source
+  alloc.free(a);                         // cached, still held from the raw source
   void* b = alloc.allocate(7 << 20, 0);  // 8 MiB rounded: fits only after the cache is dropped
   CHECK(b != nullptr);
   CHECK(alloc.stats().raw_frees == 1);

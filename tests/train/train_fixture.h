@@ -30,8 +30,8 @@ inline const std::string& sample_dataset() {
     data::Tokenizer tok = data::Tokenizer::load(sample_tokenizer());
     for (const char* split : {"train", "valid"}) {
       data::WikitextConfig wcfg;
-      data::Corpus corpus =
-          data::read_wikitext_corpus(samples_dir() + "/wikitext-103/wiki." + split + ".tokens", wcfg);
+      data::Corpus corpus = data::read_wikitext_corpus(
+          samples_dir() + "/wikitext-103/wiki." + split + ".tokens", wcfg);
       data::PrepareConfig pcfg;
       pcfg.out_dir = out + "/" + split;
       pcfg.threads = 2;

@@ -30,12 +30,13 @@ Setup setup_eval = [](CLI::App& cmd) -> std::function<int()> {
     std::string dir = *checkpoint;
     if (!std::filesystem::exists(std::filesystem::path(dir) / "trainer_state.json")) {
       const std::string latest = train::find_latest_checkpoint(dir);
-      RESONA_CHECK(!latest.empty()) << "--checkpoint " << dir
-                                    << ": neither a checkpoint nor a run folder with one";
+      RESONA_CHECK(!latest.empty())
+          << "--checkpoint " << dir << ": neither a checkpoint nor a run folder with one";
       dir = latest;
     }
     train::Checkpoint ckpt = train::load_checkpoint(dir);
-    train::RunConfig cfg = train::parse_run_config(ckpt.state.config_yaml, dir + "/trainer_state.json");
+    train::RunConfig cfg =
+        train::parse_run_config(ckpt.state.config_yaml, dir + "/trainer_state.json");
     const std::string data_dir = dataset->empty() ? cfg.data.valid : *dataset;
     RESONA_CHECK(!data_dir.empty()) << "no dataset: pass --data (the run config has no data.valid)";
     auto ds = data::TokenDataset::open(data_dir);
@@ -51,8 +52,7 @@ Setup setup_eval = [](CLI::App& cmd) -> std::function<int()> {
       dst.copy_(saved);
     }
     model->set_training(false);
-    train::EvalResult r =
-        train::evaluate_perplexity(*model, ds, cfg.data.seq_len, *rows, *batches);
+    train::EvalResult r = train::evaluate_perplexity(*model, ds, cfg.data.seq_len, *rows, *batches);
     std::printf("checkpoint: %s (step %lld)\n", dir.c_str(),
                 static_cast<long long>(ckpt.state.step));
     std::printf("dataset: %s\n", data_dir.c_str());
@@ -69,4 +69,5 @@ Setup setup_eval = [](CLI::App& cmd) -> std::function<int()> {
 }  // namespace
 }  // namespace resona::cli
 
-RESONA_COMMAND(eval, "eval", "Perplexity of a checkpoint on a token dataset", resona::cli::setup_eval);
+RESONA_COMMAND(eval, "eval", "Perplexity of a checkpoint on a token dataset",
+               resona::cli::setup_eval);
