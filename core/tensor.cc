@@ -307,6 +307,18 @@ Tensor make_view(const Tensor& base, Shape shape, Shape strides, int64_t offset)
   return Tensor(std::move(impl));
 }
 
+void move_to_device_in_place(const Tensor& t, Device device) {
+  RESONA_CHECK(t.is_leaf()) << "move_to_device_in_place: " << t.describe()
+                            << " has autograd history";
+  if (t.device() == device) return;
+  Tensor moved = copy_to(t.detach(), t.dtype(), device);  // contiguous on `device`
+  TensorImpl* impl = t.impl();
+  impl->storage_ = moved.storage();
+  impl->strides_ = contiguous_strides(impl->shape_);
+  impl->offset_ = 0;
+  if (impl->autograd_) impl->autograd_->grad.reset();
+}
+
 Tensor from_blob(void* data, const Shape& shape, DType dtype, Device device,
                  std::function<void()> release) {
   size_t nbytes = shape_numel(shape) * dtype_size(dtype);

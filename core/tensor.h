@@ -179,6 +179,11 @@ void copy_into(const Tensor& dst, const Tensor& src);
 // already match). Not recorded by autograd; ops/shape.h's cast and to_device are.
 Tensor copy_to(const Tensor& src, DType dtype, Device device);
 
+// Moves a leaf tensor's data to `device` in place: every handle to it (a module's
+// parameter and the layer's own member alike) sees the new storage. Its gradient, if
+// any, is dropped. Refused for tensors with autograd history.
+void move_to_device_in_place(const Tensor& t, Device device);
+
 // Wraps memory owned elsewhere as a tensor (e.g. a memory-mapped file).
 Tensor from_blob(void* data, const Shape& shape, DType dtype, Device device,
                  std::function<void()> release = {});

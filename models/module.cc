@@ -157,4 +157,8 @@ RMSNorm::RMSNorm(int64_t dim, double eps, DType dtype) : eps_(eps) {
 
 Tensor RMSNorm::forward(const Tensor& x) const { return rms_norm(x, weight_, eps_); }
 
+void Module::to(Device device) {
+  for (auto& [name, p] : named_parameters()) move_to_device_in_place(p, device);
+}
+
 }  // namespace resona::models

@@ -53,6 +53,9 @@ class Module {
   // Direct children, in registration order.
   const std::vector<std::pair<std::string, Module*>>& children() const { return children_; }
 
+  // Moves every parameter to `device` in place (the layers' own handles follow).
+  void to(Device device);
+
   // Training flag, set recursively (layers with dropout read it).
   void set_training(bool on);
   bool is_training() const { return training_; }

@@ -34,6 +34,8 @@ EvalResult evaluate_perplexity(const models::LanguageModel& model,
   RESONA_CHECK(seq_len >= 1 && rows >= 1)
       << "evaluate: seq_len " << seq_len << " and rows " << rows << " must be positive";
   NoGradGuard no_grad;
+  const std::vector<Tensor> params = model.parameters();
+  const Device device = params.empty() ? Device::cpu() : params.front().device();
   const int32_t eos = dataset->eos_id();
   // The stream: documents in order, each followed by EOS.
   std::vector<int32_t> stream;
@@ -59,9 +61,10 @@ EvalResult evaluate_perplexity(const models::LanguageModel& model,
         labels[r_ * seq_len + t] = stream[pos + 1];
       }
     }
-    Tensor logits = model.forward(from_vector(ids, {nr, seq_len}));
+    Tensor logits = model.forward(copy_to(from_vector(ids, {nr, seq_len}), DType::kInt64, device));
     Tensor nll = cross_entropy(logits.reshape({nr * seq_len, logits.size(2)}),
-                               from_vector(labels, {nr * seq_len}), kIgnoreIndex, Reduction::kSum);
+                               copy_to(from_vector(labels, {nr * seq_len}), DType::kInt64, device),
+                               kIgnoreIndex, Reduction::kSum);
     r.total_nll += nll.item();
     for (int64_t v : labels) r.tokens += v != kIgnoreIndex;
     ++batches;

@@ -175,12 +175,11 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& opt) {
         << config_diff(ckpt.state.config_yaml, resolved);
   }
   const Device device = choose_device(cfg.train.device);
-  RESONA_CHECK(device.is_cpu()) << "train.device: training on CUDA needs every op's CUDA path, "
-                                   "which this build does not have yet; use train.device: cpu";
 
   set_deterministic(cfg.train.deterministic);
   Generator init_gen(cfg.train.seed);
   std::unique_ptr<models::LanguageModel> model = models::build_model(cfg.model, init_gen);
+  model->to(device);  // initialised on the CPU (the same weights on every device)
   const NamedTensors params = model->named_parameters();
   AdamWConfig acfg;
   acfg.lr = cfg.optimizer.lr;
