@@ -40,6 +40,7 @@ class CpuBackend final : public DeviceBackend {
   }
   void synchronize(int) override {}
   int device_count() override { return 1; }
+  std::string device_name(int) override { return "CPU"; }
 };
 
 DeviceBackend*& slot(DeviceType t) {

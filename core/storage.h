@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "core/dtype.h"
@@ -26,6 +27,8 @@ class DeviceBackend {
   virtual void memset_zero(void* ptr, size_t nbytes, int device_index) = 0;
   virtual void synchronize(int device_index) = 0;
   virtual int device_count() = 0;
+  // The device's marketing name ("NVIDIA H100 80GB HBM3"), for logs and peak-FLOP tables.
+  virtual std::string device_name(int device_index) = 0;
 
   // Optional kernels on strided views of this device's memory: `dst` and `src` point at
   // element [0, ..., 0], strides are in elements (0 along broadcast dims of a source).

@@ -11,6 +11,8 @@ bash tools/setup.sh
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(//...)
 
+# Logs of an earlier run must not stand in for a binary that no longer builds.
+find -L bazel-testlogs/ -name test.log -delete 2>/dev/null || true
 bazel test --keep_going "${targets[@]}"
 bazel_rc=$?
 

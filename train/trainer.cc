@@ -118,6 +118,24 @@ std::string config_diff(const std::string& a, const std::string& b) {
   return out;
 }
 
+// Dense peak FLOP/s of the matrix units (no sparsity) for the precision the run uses:
+// fp32 runs use TF32 tensor cores. 0 for an unknown device (no MFU is reported).
+double peak_flops(const std::string& device_name, const std::string& precision) {
+  struct Peak {
+    const char* name;
+    double bf16, tf32;
+  };
+  static const Peak kPeaks[] = {
+      {"H200", 989.4e12, 494.7e12},  // SXM, as H100 SXM
+      {"H100", 989.4e12, 494.7e12},  // SXM5
+      {"A100", 312.0e12, 156.0e12},
+  };
+  for (const Peak& p : kPeaks) {
+    if (device_name.find(p.name) != std::string::npos) return precision == "bf16" ? p.bf16 : p.tf32;
+  }
+  return 0;
+}
+
 bool all_finite(const NamedTensors& params) {
   for (const auto& [name, p] : params) {
     for (float v : p.to_vector<float>()) {
@@ -284,6 +302,11 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& opt) {
                     (long long)st.step, r.mean_nll, r.token_perplexity(), (long long)r.tokens));
   };
 
+  // MFU = 6 N tokens/s / peak (N: every parameter; the recurrences' own FLOPs are not
+  // counted yet, so this slightly understates the utilisation).
+  const double peak = device.is_cuda() ? peak_flops(backend_for(device).device_name(device.index),
+                                                    cfg.train.precision)
+                                       : 0.0;
   TrainResult result;
   const auto t0 = Clock::now();
   auto t_last = t0;
@@ -346,12 +369,15 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& opt) {
       const double elapsed = std::chrono::duration<double>(now - t0).count();
       const double tps = dt > 0 ? tokens_since / dt : 0;
       const double eta = tps > 0 ? (cfg.train.steps - st.step) * (tokens / tps) : NAN;
-      log.line(format("step %lld/%lld | loss %.4f | lr %.3e | grad %.3f | %.0f tok/s | ETA %s",
+      const double mfu = peak > 0 ? 6.0 * st.num_parameters * tps / peak : 0.0;
+      const std::string mfu_str = peak > 0 ? format(" | MFU %.1f%%", 100 * mfu) : "";
+      log.line(format("step %lld/%lld | loss %.4f | lr %.3e | grad %.3f | %.0f tok/s%s | ETA %s",
                       (long long)st.step, (long long)cfg.train.steps, mean_loss, lr, grad_norm, tps,
-                      duration_str(eta).c_str()));
+                      mfu_str.c_str(), duration_str(eta).c_str()));
       json rec = {{"step", st.step},        {"loss", mean_loss},        {"lr", lr},
                   {"grad_norm", grad_norm}, {"tokens", st.tokens_seen}, {"tokens_per_s", tps},
                   {"elapsed_s", elapsed}};
+      if (peak > 0) rec["mfu"] = mfu;
       if (do_eval) run_eval(rec);
       metrics << rec.dump() << "\n";
       metrics.flush();

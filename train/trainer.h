@@ -17,8 +17,10 @@
 //
 // Output in train.run_dir: checkpoints/ (train/checkpoint.h), metrics.jsonl (one JSON
 // object per logged step: step, loss, lr, grad_norm, tokens, tokens_per_s, elapsed_s,
-// and eval_loss/eval_ppl when evaluated), train.log (the console lines), config.yaml
-// (the resolved config of the latest start).
+// mfu on a GPU with a known peak, and eval_loss/eval_ppl when evaluated), train.log (the console
+// lines), config.yaml (the resolved config of the latest start). MFU = 6 N (tokens/s) / peak, N
+// every parameter, peak the dense matrix-unit rate of the run's precision (TF32 for fp32, BF16 for
+// bf16) from a table of H100/H200/A100.
 #pragma once
 
 #include <cstdint>
