@@ -22,14 +22,16 @@ void check_cuda(cudaError_t err, const char* what) {
 }
 
 #define RESONA_SAME_DTYPE_(k) \
-  static_assert(static_cast<int>(DType::k) == static_cast<int>(CopyDType::k));
-RESONA_SAME_DTYPE_(kFloat32)
-RESONA_SAME_DTYPE_(kFloat64)
-RESONA_SAME_DTYPE_(kBFloat16) RESONA_SAME_DTYPE_(kInt32) RESONA_SAME_DTYPE_(kInt64)
+  static_assert(static_cast<int>(DType::k) == static_cast<int>(CopyDType::k))
+RESONA_SAME_DTYPE_(kFloat32);
+RESONA_SAME_DTYPE_(kFloat64);
+RESONA_SAME_DTYPE_(kBFloat16);
+RESONA_SAME_DTYPE_(kInt32);
+RESONA_SAME_DTYPE_(kInt64);
 #undef RESONA_SAME_DTYPE_
 
-    constexpr const char* kTooManyDims =
-        "more than 8 dims remain after merging the contiguous ones (cuda::kMaxDims)";
+constexpr const char* kTooManyDims =
+    "more than 8 dims remain after merging the contiguous ones (cuda::kMaxDims)";
 static_assert(kMaxDims == 8, "kTooManyDims names the limit");
 
 class CudaBackend final : public DeviceBackend {

@@ -93,22 +93,33 @@ void binary_cpu(const Tensor& out, const Tensor& a, const Tensor& b) {
 
 // The kernels number the kinds as the ops do.
 #define RESONA_SAME_BINARY_(k) \
-  static_assert(static_cast<int>(BinaryKind::k) == static_cast<int>(cuda::BinaryKernelKind::k));
-RESONA_SAME_BINARY_(kAdd)
-RESONA_SAME_BINARY_(kSub) RESONA_SAME_BINARY_(kMul) RESONA_SAME_BINARY_(kDiv)
-    RESONA_SAME_BINARY_(kPow)
+  static_assert(static_cast<int>(BinaryKind::k) == static_cast<int>(cuda::BinaryKernelKind::k))
+RESONA_SAME_BINARY_(kAdd);
+RESONA_SAME_BINARY_(kSub);
+RESONA_SAME_BINARY_(kMul);
+RESONA_SAME_BINARY_(kDiv);
+RESONA_SAME_BINARY_(kPow);
 #undef RESONA_SAME_BINARY_
 #define RESONA_SAME_UNARY_(k) \
-  static_assert(static_cast<int>(UnaryKind::k) == static_cast<int>(cuda::UnaryKernelKind::k));
-        RESONA_SAME_UNARY_(kNeg) RESONA_SAME_UNARY_(kExp) RESONA_SAME_UNARY_(kLog)
-            RESONA_SAME_UNARY_(kSqrt) RESONA_SAME_UNARY_(kRsqrt) RESONA_SAME_UNARY_(kAbs)
-                RESONA_SAME_UNARY_(kSigmoid) RESONA_SAME_UNARY_(kTanh) RESONA_SAME_UNARY_(kSilu)
-                    RESONA_SAME_UNARY_(kGelu) RESONA_SAME_UNARY_(kSoftplus)
-                        RESONA_SAME_UNARY_(kRelu) RESONA_SAME_UNARY_(kAddScalar)
-                            RESONA_SAME_UNARY_(kMulScalar) RESONA_SAME_UNARY_(kPowScalar)
+  static_assert(static_cast<int>(UnaryKind::k) == static_cast<int>(cuda::UnaryKernelKind::k))
+RESONA_SAME_UNARY_(kNeg);
+RESONA_SAME_UNARY_(kExp);
+RESONA_SAME_UNARY_(kLog);
+RESONA_SAME_UNARY_(kSqrt);
+RESONA_SAME_UNARY_(kRsqrt);
+RESONA_SAME_UNARY_(kAbs);
+RESONA_SAME_UNARY_(kSigmoid);
+RESONA_SAME_UNARY_(kTanh);
+RESONA_SAME_UNARY_(kSilu);
+RESONA_SAME_UNARY_(kGelu);
+RESONA_SAME_UNARY_(kSoftplus);
+RESONA_SAME_UNARY_(kRelu);
+RESONA_SAME_UNARY_(kAddScalar);
+RESONA_SAME_UNARY_(kMulScalar);
+RESONA_SAME_UNARY_(kPowScalar);
 #undef RESONA_SAME_UNARY_
 
-                                cuda::KernelDType kernel_dtype(const char* op, const Tensor& t) {
+cuda::KernelDType kernel_dtype(const char* op, const Tensor& t) {
   switch (t.dtype()) {
     case DType::kFloat32:
       return cuda::KernelDType::kFloat32;
