@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's main job: installs what is missing, builds `resona`, tokenizes the
 # WikiText-103 sample shipped in data/samples/ (Mistral SentencePiece model), trains the
-# small model of configs/quickstart.yaml on the CPU (about two minutes on 2 cores), and
+# small model of configs/quickstart.yaml on the CPU (under a minute on 2 cores), and
 # evaluates the final checkpoint on the sample's validation articles.
 # Extra arguments are config overrides for the training run (e.g. train.steps=50).
 set -euo pipefail
