@@ -32,7 +32,10 @@ int64_t fla_intermediate_size(int64_t hidden, int64_t ratio) {
   return (raw + 255) / 256 * 256;
 }
 
-int64_t expanded_width(int64_t hidden, double expand, const char* key) {
+namespace {
+
+// hidden * expand as an integer, or an error naming `key`.
+int64_t expanded_width(int64_t hidden, double expand, const std::string& key) {
   const double w = static_cast<double>(hidden) * expand;
   const double rounded = std::round(w);
   RESONA_CHECK(rounded >= 1 && std::abs(w - rounded) <= 1e-9 * std::max(1.0, w))
@@ -41,9 +44,21 @@ int64_t expanded_width(int64_t hidden, double expand, const char* key) {
   return static_cast<int64_t>(rounded);
 }
 
-void check_heads_divide(int64_t width, int64_t heads, const char* heads_key, const char* what) {
+void check_heads_divide(int64_t width, int64_t heads, const std::string& heads_key,
+                        const char* what) {
   RESONA_CHECK(heads >= 1 && width % heads == 0)
       << heads_key << ": " << heads << " heads do not divide the " << what << " " << width;
+}
+
+}  // namespace
+
+HeadSizes head_sizes(int64_t hidden, double expand_k, double expand_v, int64_t num_heads,
+                     const std::string& section) {
+  const int64_t key_dim = expanded_width(hidden, expand_k, section + ".expand_k");
+  const int64_t value_dim = expanded_width(hidden, expand_v, section + ".expand_v");
+  check_heads_divide(key_dim, num_heads, section + ".num_heads", "key width");
+  check_heads_divide(value_dim, num_heads, section + ".num_heads", "value width");
+  return {key_dim / num_heads, value_dim / num_heads};
 }
 
 Tensor dt_bias_init(int64_t n, double dt_min, double dt_max, double floor, Generator& gen) {

@@ -45,11 +45,16 @@ Tensor elu_plus_one(const Tensor& x);
 // FLA's GatedMLP width: int(hidden * ratio * 2/3) rounded up to a multiple of 256.
 int64_t fla_intermediate_size(int64_t hidden, int64_t ratio);
 
-// hidden * expand (a key or value width) as an integer; throws naming `key` (e.g.
-// "model.gla.expand_k") when it is not a positive whole number.
-int64_t expanded_width(int64_t hidden, double expand, const char* key);
-// Throws unless `heads` divides `width`, naming the heads key and the width.
-void check_heads_divide(int64_t width, int64_t heads, const char* heads_key, const char* what);
+// Per-head key and value sizes of an attention-like layer (GLA, DeltaNet, RetNet): the
+// key width hidden * expand_k and the value width hidden * expand_v, each split over
+// num_heads. Throws naming the section's key ("model.gla.expand_k",
+// "model.gla.num_heads") when a width is not a positive whole number or the heads do
+// not divide it.
+struct HeadSizes {
+  int64_t head_k, head_v;
+};
+HeadSizes head_sizes(int64_t hidden, double expand_k, double expand_v, int64_t num_heads,
+                     const std::string& section);
 
 // The initial bias of Mamba's (and Mamba2's) step size: n values softplus^-1(dt) =
 // dt + log(1 - exp(-dt)), dt = max(exp(U(log dt_min, log dt_max)), floor), so that

@@ -7,10 +7,7 @@ namespace resona::models {
 
 void validate_deltanet_config(const ModelConfig& cfg) {
   const DeltaNetSection& d = cfg.deltanet;
-  const int64_t key_dim = expanded_width(cfg.hidden_size, d.expand_k, "model.deltanet.expand_k");
-  const int64_t value_dim = expanded_width(cfg.hidden_size, d.expand_v, "model.deltanet.expand_v");
-  check_heads_divide(key_dim, d.num_heads, "model.deltanet.num_heads", "key width");
-  check_heads_divide(value_dim, d.num_heads, "model.deltanet.num_heads", "value width");
+  head_sizes(cfg.hidden_size, d.expand_k, d.expand_v, d.num_heads, "model.deltanet");
 }
 
 namespace {
@@ -25,8 +22,10 @@ DeltaNet::DeltaNet(const ModelConfig& cfg, Generator& gen)
     : opt_(validated(cfg).deltanet),
       hidden_(cfg.hidden_size),
       num_heads_(opt_.num_heads),
-      head_k_(expanded_width(hidden_, opt_.expand_k, "model.deltanet.expand_k") / num_heads_),
-      head_v_(expanded_width(hidden_, opt_.expand_v, "model.deltanet.expand_v") / num_heads_),
+      head_k_(
+          head_sizes(hidden_, opt_.expand_k, opt_.expand_v, num_heads_, "model.deltanet").head_k),
+      head_v_(
+          head_sizes(hidden_, opt_.expand_k, opt_.expand_v, num_heads_, "model.deltanet").head_v),
       q_proj_(hidden_, head_k_ * num_heads_, gen, no_bias(cfg)),
       k_proj_(hidden_, head_k_ * num_heads_, gen, no_bias(cfg)),
       v_proj_(hidden_, head_v_ * num_heads_, gen, no_bias(cfg)),

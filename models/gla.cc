@@ -7,10 +7,7 @@ namespace resona::models {
 
 void validate_gla_config(const ModelConfig& cfg) {
   const GlaSection& g = cfg.gla;
-  const int64_t key_dim = expanded_width(cfg.hidden_size, g.expand_k, "model.gla.expand_k");
-  const int64_t value_dim = expanded_width(cfg.hidden_size, g.expand_v, "model.gla.expand_v");
-  check_heads_divide(key_dim, g.num_heads, "model.gla.num_heads", "key width");
-  check_heads_divide(value_dim, g.num_heads, "model.gla.num_heads", "value width");
+  head_sizes(cfg.hidden_size, g.expand_k, g.expand_v, g.num_heads, "model.gla");
 }
 
 namespace {
@@ -25,8 +22,8 @@ GatedLinearAttention::GatedLinearAttention(const ModelConfig& cfg, Generator& ge
     : opt_(validated(cfg).gla),
       hidden_(cfg.hidden_size),
       num_heads_(opt_.num_heads),
-      head_k_(expanded_width(hidden_, opt_.expand_k, "model.gla.expand_k") / num_heads_),
-      head_v_(expanded_width(hidden_, opt_.expand_v, "model.gla.expand_v") / num_heads_),
+      head_k_(head_sizes(hidden_, opt_.expand_k, opt_.expand_v, num_heads_, "model.gla").head_k),
+      head_v_(head_sizes(hidden_, opt_.expand_k, opt_.expand_v, num_heads_, "model.gla").head_v),
       q_proj_(hidden_, head_k_ * num_heads_, gen, no_bias(cfg)),
       k_proj_(hidden_, head_k_ * num_heads_, gen, no_bias(cfg)),
       v_proj_(hidden_, head_v_ * num_heads_, gen, no_bias(cfg)),

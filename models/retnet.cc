@@ -9,13 +9,10 @@ namespace resona::models {
 
 void validate_retnet_config(const ModelConfig& cfg) {
   const RetNetSection& r = cfg.retnet;
-  const int64_t key_dim = expanded_width(cfg.hidden_size, r.expand_k, "model.retnet.expand_k");
-  const int64_t value_dim = expanded_width(cfg.hidden_size, r.expand_v, "model.retnet.expand_v");
-  check_heads_divide(key_dim, r.num_heads, "model.retnet.num_heads", "key width");
-  check_heads_divide(value_dim, r.num_heads, "model.retnet.num_heads", "value width");
-  RESONA_CHECK(key_dim / r.num_heads >= 2)
-      << "model.retnet.num_heads: RoPE needs a head key size of at least 2, got "
-      << key_dim / r.num_heads;
+  const HeadSizes hs =
+      head_sizes(cfg.hidden_size, r.expand_k, r.expand_v, r.num_heads, "model.retnet");
+  RESONA_CHECK(hs.head_k >= 2)
+      << "model.retnet.num_heads: RoPE needs a head key size of at least 2, got " << hs.head_k;
 }
 
 namespace {
@@ -38,8 +35,8 @@ MultiScaleRetention::MultiScaleRetention(const ModelConfig& cfg, Generator& gen)
     : opt_(validated(cfg).retnet),
       hidden_(cfg.hidden_size),
       num_heads_(opt_.num_heads),
-      head_k_(expanded_width(hidden_, opt_.expand_k, "model.retnet.expand_k") / num_heads_),
-      head_v_(expanded_width(hidden_, opt_.expand_v, "model.retnet.expand_v") / num_heads_),
+      head_k_(head_sizes(hidden_, opt_.expand_k, opt_.expand_v, num_heads_, "model.retnet").head_k),
+      head_v_(head_sizes(hidden_, opt_.expand_k, opt_.expand_v, num_heads_, "model.retnet").head_v),
       q_proj_(hidden_, head_k_ * num_heads_, gen, no_bias(cfg)),
       k_proj_(hidden_, head_k_ * num_heads_, gen, no_bias(cfg)),
       v_proj_(hidden_, head_v_ * num_heads_, gen, no_bias(cfg)),
