@@ -19,6 +19,7 @@
 
 #include "ops/conv.h"
 #include "ops/elementwise.h"
+#include "tests/cuda/cuda_check.h"
 #include "tests/test_util.h"
 
 namespace resona::testing {
@@ -27,9 +28,6 @@ namespace {
 constexpr double kU32 = 1.0 / 16777216.0;
 constexpr double kBf16Rel = 1.0 / 256;
 
-Tensor round_bf16(const Tensor& x) {
-  return copy_to(copy_to(x, DType::kBFloat16, Device::cpu()), DType::kFloat32, Device::cpu());
-}
 Tensor host_f32(const Tensor& t) { return copy_to(t, DType::kFloat32, Device::cpu()); }
 
 std::vector<uint32_t> bits(const Tensor& t) {
@@ -114,7 +112,7 @@ void check_case(const ConvCase& c, DType dt, bool strided, uint64_t seed) {
   Generator gen(seed);
   auto input = [&](const Shape& s) {
     Tensor t = gen.uniform(s, -1, 1);
-    return dt == DType::kBFloat16 ? round_bf16(t) : t;
+    return dt == DType::kBFloat16 ? round_to_bf16(t) : t;
   };
   Tensor x = input({c.B, c.T, c.D}), w = input({c.D, c.W});
   Tensor b = c.bias ? input({c.D}) : Tensor();

@@ -23,6 +23,7 @@
 #include "ops/determinism.h"
 #include "ops/elementwise.h"
 #include "ops/index.h"
+#include "tests/cuda/cuda_check.h"
 #include "tests/test_util.h"
 
 namespace resona::testing {
@@ -31,9 +32,6 @@ namespace {
 constexpr double kU32 = 1.0 / 16777216.0;  // float32 unit roundoff, 2^-24
 constexpr double kBf16Rel = 1.0 / 256;     // bfloat16 rounding, at most 2^-8 relative
 
-Tensor round_bf16(const Tensor& x) {
-  return copy_to(copy_to(x, DType::kBFloat16, Device::cpu()), DType::kFloat32, Device::cpu());
-}
 Tensor host_f32(const Tensor& t) { return copy_to(t, DType::kFloat32, Device::cpu()); }
 
 // The element bits of a float32 or bfloat16 tensor (any device), for exact comparisons.
@@ -138,9 +136,9 @@ void check_case(const std::string& name, const IndexFn& f, const Tensor& x, cons
                 const Shape& y_shape, DType dtype, bool strided_x, bool index_on_cuda,
                 uint64_t seed) {
   Generator gen(seed);
-  Tensor x_in = dtype == DType::kBFloat16 ? round_bf16(x) : x;
+  Tensor x_in = dtype == DType::kBFloat16 ? round_to_bf16(x) : x;
   Tensor d_y = gen.uniform(y_shape, -1, 1);
-  if (dtype == DType::kBFloat16) d_y = round_bf16(d_y);
+  if (dtype == DType::kBFloat16) d_y = round_to_bf16(d_y);
 
   const Result ref = run(f, cpu_leaf(x_in), index, d_y);
   const Tensor S = run(f, cpu_leaf(x_in), index, abs(d_y)).d_x;       // sum of |terms|
@@ -153,7 +151,7 @@ void check_case(const std::string& name, const IndexFn& f, const Tensor& x, cons
     atomic_bound[i] =
         dtype == DType::kBFloat16 ? kBf16Rel * (std::abs(rv[i]) + sum_err) + sum_err : sum_err;
   }
-  const Tensor expected_det = dtype == DType::kBFloat16 ? round_bf16(ref.d_x) : ref.d_x;
+  const Tensor expected_det = dtype == DType::kBFloat16 ? round_to_bf16(ref.d_x) : ref.d_x;
 
   Tensor index_dev = index_on_cuda ? copy_to(index, DType::kInt32, Device::cuda()) : index;
   Tensor d_y_dev = copy_to(d_y, dtype, Device::cuda());

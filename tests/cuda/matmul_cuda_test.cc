@@ -19,19 +19,11 @@
 #include "core/dtype.h"
 #include "ops/elementwise.h"
 #include "ops/matmul.h"
+#include "tests/cuda/cuda_check.h"
 #include "tests/test_util.h"
 
 namespace resona::testing {
 namespace {
-
-constexpr double kU = 1.0 / (1 << 24);
-constexpr double kBf = 1.0 / 256;  // rounding to bf16 moves a value by <= 2^-8 of itself
-
-Tensor round_to_bf16(const Tensor& x) {
-  return copy_to(copy_to(x, DType::kBFloat16, Device::cpu()), DType::kFloat32, Device::cpu());
-}
-
-std::vector<double> values_of(const Tensor& t) { return t.detach().to_vector<double>(); }
 
 // |got - want| <= rel * mag elementwise, reporting the first element outside it.
 void check_within(const std::string& what, const Tensor& got, const Tensor& want, const Tensor& mag,

@@ -19,20 +19,14 @@
 #include "ops/elementwise.h"
 #include "ops/reduce.h"
 #include "ops/shape.h"
+#include "tests/cuda/cuda_check.h"
 #include "tests/test_util.h"
 
 namespace resona::testing {
 namespace {
 
-constexpr double kU = 1.0 / (1 << 24);
-constexpr double kBf = 1.0 / 256;
-
 Tensor host(const Tensor& t, DType dtype = DType::kFloat32) {
   return copy_to(t.detach(), dtype, Device::cpu());
-}
-
-Tensor round_to_bf16(const Tensor& x) {
-  return copy_to(copy_to(x, DType::kBFloat16, Device::cpu()), DType::kFloat32, Device::cpu());
 }
 
 // |got - want| <= bound elementwise, reporting the first element outside it.

@@ -14,38 +14,11 @@
 #include <vector>
 
 #include "ops/softmax.h"
+#include "tests/cuda/cuda_check.h"
 #include "tests/test_util.h"
 
 namespace resona::testing {
 namespace {
-
-constexpr double kU = 1.0 / (1 << 24);
-constexpr double kBf = 1.0 / 256;
-
-Tensor round_to_bf16(const Tensor& x) {
-  return copy_to(copy_to(x, DType::kBFloat16, Device::cpu()), DType::kFloat32, Device::cpu());
-}
-
-std::vector<double> values_of(const Tensor& t) { return t.detach().to_vector<double>(); }
-
-// |got - want| <= bound elementwise, reporting the first element outside it.
-void check_bound(const std::string& what, const Tensor& got, const std::vector<double>& want,
-                 const std::vector<double>& bound) {
-  INFO(what);
-  REQUIRE(got.defined());
-  const std::vector<double> g = values_of(got);
-  REQUIRE(g.size() == want.size());
-  for (size_t i = 0; i < g.size(); ++i) {
-    const double err = std::abs(g[i] - want[i]);
-    if (!(err <= bound[i]) && g[i] != want[i]) {
-      INFO("element " << i << " of " << g.size() << ": got " << g[i] << ", expected " << want[i]
-                      << " (error " << err << ", allowed " << bound[i] << ")");
-      CHECK(false);
-      return;
-    }
-  }
-  CHECK(true);
-}
 
 // x [shape] seen as [outer, n, inner] around `dim`: element (o, j, i).
 struct Rows {
