@@ -184,6 +184,44 @@ Shape with_last(Shape s, int64_t v) {
   return s;
 }
 
+// The two ways a batched product folds into one GEMM (shared by the CPU and CUDA paths).
+// One b for all entries: the entries of a and c stacked along their rows (c's entries must
+// be distinct, or the rows of one product would alias each other). False when the batch
+// strides do not allow it.
+bool fold_shared_b(const Shape& batch, const Mat& a, const Mat& c, Mat* a2, Mat* c2) {
+  if (shape_numel(batch) <= 1 || broadcast_somewhere(batch, c.bs)) return false;
+  int64_t ars = 0, crs = 0;
+  const Shape sizes = with_last(batch, c.rows);
+  if (!fold_dims(sizes, with_last(a.bs, a.rs), &ars) ||
+      !fold_dims(sizes, with_last(c.bs, c.rs), &crs)) {
+    return false;
+  }
+  *a2 = a;
+  *c2 = c;
+  a2->rows = c2->rows = shape_numel(batch) * c.rows;
+  a2->rs = ars;
+  c2->rs = crs;
+  return true;
+}
+
+// One c for all entries (a gradient summed over the batch): the columns of a and the rows
+// of b stacked along the contraction dim.
+bool fold_shared_c(const Shape& batch, const Mat& a, const Mat& b, Mat* a2, Mat* b2) {
+  if (shape_numel(batch) <= 1) return false;
+  int64_t acs = 0, brs = 0;
+  const Shape sizes = with_last(batch, a.cols);
+  if (!fold_dims(sizes, with_last(a.bs, a.cs), &acs) ||
+      !fold_dims(sizes, with_last(b.bs, b.rs), &brs)) {
+    return false;
+  }
+  *a2 = a;
+  *b2 = b;
+  a2->cols = b2->rows = shape_numel(batch) * a.cols;
+  a2->cs = acs;
+  b2->rs = brs;
+  return true;
+}
+
 // c[i] = a[i] b[i] (+= when `accumulate`) for every index i of `batch`. `c` is a fresh
 // tensor with unit-stride rows; where it is broadcast along the batch, the products of
 // the entries sharing it are summed into it, which needs `accumulate` (and c zeroed).
@@ -196,35 +234,14 @@ void batched_gemm(const Shape& batch, const Mat& c, const Mat& a, const Mat& b, 
   const T* pa = a.t.data<T>();
   const T* pb = b.t.data<T>();
   GemmScratch<T> scratch;
-  if (nb > 1 && shared_by_batch(batch, b.bs) && !broadcast_somewhere(batch, c.bs)) {
-    // One b for all entries: stack the entries of a and c along their rows (c's entries
-    // must be distinct, or the rows of one product would alias each other).
-    int64_t ars = 0, crs = 0;
-    const Shape sizes = with_last(batch, c.rows);
-    if (fold_dims(sizes, with_last(a.bs, a.rs), &ars) &&
-        fold_dims(sizes, with_last(c.bs, c.rs), &crs)) {
-      Mat a2 = a, c2 = c;
-      a2.rows = c2.rows = nb * c.rows;
-      a2.rs = ars;
-      c2.rs = crs;
-      gemm(pc, c2, pa, a2, pb, b, accumulate, scratch);
-      return;
-    }
+  Mat a2, b2, c2;
+  if (shared_by_batch(batch, b.bs) && fold_shared_b(batch, a, c, &a2, &c2)) {
+    gemm(pc, c2, pa, a2, pb, b, accumulate, scratch);
+    return;
   }
-  if (nb > 1 && shared_by_batch(batch, c.bs)) {
-    // One c for all entries (a gradient summed over the batch): stack along the
-    // contraction dim, the columns of a and the rows of b.
-    int64_t acs = 0, brs = 0;
-    const Shape sizes = with_last(batch, a.cols);
-    if (fold_dims(sizes, with_last(a.bs, a.cs), &acs) &&
-        fold_dims(sizes, with_last(b.bs, b.rs), &brs)) {
-      Mat a2 = a, b2 = b;
-      a2.cols = b2.rows = nb * a.cols;
-      a2.cs = acs;
-      b2.rs = brs;
-      gemm(pc, c, pa, a2, pb, b2, accumulate, scratch);
-      return;
-    }
+  if (shared_by_batch(batch, c.bs) && fold_shared_c(batch, a, b, &a2, &b2)) {
+    gemm(pc, c, pa, a2, pb, b2, accumulate, scratch);
+    return;
   }
   strided_loop<3>(
       batch, {c.bs, a.bs, b.bs},
@@ -308,35 +325,16 @@ void batched_gemm_cuda(const char* op, const Shape& batch, const Mat& c, const M
   RESONA_DCHECK(a.rows == c.rows && b.cols == c.cols && a.cols == b.rows);
   const int64_t nb = shape_numel(batch);
   if (nb == 0 || c.rows == 0 || c.cols == 0) return;
-  if (nb > 1 && shared_by_batch(batch, b.bs) && !broadcast_somewhere(batch, c.bs)) {
-    int64_t ars = 0, crs = 0;
-    const Shape sizes = with_last(batch, c.rows);
-    if (fold_dims(sizes, with_last(a.bs, a.rs), &ars) &&
-        fold_dims(sizes, with_last(c.bs, c.rs), &crs)) {
-      Mat a2 = a, c2 = c;
-      a2.rows = c2.rows = nb * c.rows;
-      a2.rs = ars;
-      c2.rs = crs;
-      if (gemm_ok(a2) && (c2.cols <= 1 || c2.cs == 1) && (c2.rows <= 1 || c2.rs >= c2.cols)) {
-        run_gemm(op, 1, c2, 0, 0, a2, 0, 0, b, 0, 0, accumulate);
-        return;
-      }
-    }
+  Mat a2, b2, c2;
+  if (shared_by_batch(batch, b.bs) && fold_shared_b(batch, a, c, &a2, &c2) && gemm_ok(a2) &&
+      (c2.cols <= 1 || c2.cs == 1) && (c2.rows <= 1 || c2.rs >= c2.cols)) {
+    run_gemm(op, 1, c2, 0, 0, a2, 0, 0, b, 0, 0, accumulate);
+    return;
   }
-  if (nb > 1 && shared_by_batch(batch, c.bs)) {
-    int64_t acs = 0, brs = 0;
-    const Shape sizes = with_last(batch, a.cols);
-    if (fold_dims(sizes, with_last(a.bs, a.cs), &acs) &&
-        fold_dims(sizes, with_last(b.bs, b.rs), &brs)) {
-      Mat a2 = a, b2 = b;
-      a2.cols = b2.rows = nb * a.cols;
-      a2.cs = acs;
-      b2.rs = brs;
-      if (gemm_ok(a2) && gemm_ok(b2)) {
-        run_gemm(op, 1, c, 0, 0, a2, 0, 0, b2, 0, 0, accumulate);
-        return;
-      }
-    }
+  if (shared_by_batch(batch, c.bs) && fold_shared_c(batch, a, b, &a2, &b2) && gemm_ok(a2) &&
+      gemm_ok(b2)) {
+    run_gemm(op, 1, c, 0, 0, a2, 0, 0, b2, 0, 0, accumulate);
+    return;
   }
   // The batch dims of size > 1, adjacent ones merged where every operand's strides chain
   // (outer stride = inner stride * inner size); strides ordered c, a, b.
