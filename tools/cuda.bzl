@@ -9,15 +9,23 @@ load("@rules_cc//cc:defs.bzl", "cc_library")
 
 _NVCC = "/usr/local/cuda/bin/nvcc"
 
-def cuda_library(name, srcs, hdrs = [], device_hdrs = [], deps = [], copts = [], visibility = None):
-    """hdrs: plain headers (also exported to C++); device_hdrs: .cuh files only nvcc sees."""
+def cuda_library(name, srcs, hdrs = [], device_hdrs = [], common_hdrs = [], deps = [], copts = [], visibility = None):
+    """hdrs: plain headers (also exported to C++); device_hdrs: .cuh files only nvcc sees.
+
+    Each foo.cu is compiled with its own foo.h, the common_hdrs (plain headers every
+    kernel may include, e.g. the dtype enum) and the device_hdrs, so that editing one
+    kernel's header recompiles that kernel alone. A .cu that includes another kernel's
+    header fails to compile here (the header is not among its inputs).
+    """
     objs = []
     for src in srcs:
+        stem = src.rsplit(".", 1)[0]
+        own = [h for h in hdrs if h == stem + ".h" or h in common_hdrs]
         base = src.replace("/", "_").rsplit(".", 1)[0]
         obj = "_%s_%s.o" % (name, base)
         native.genrule(
             name = "_%s_%s_nvcc" % (name, base),
-            srcs = [src] + hdrs + device_hdrs,
+            srcs = [src] + own + device_hdrs,
             outs = [obj],
             cmd = " ".join([
                 "archs=$$(echo $(cuda_archs) | tr ',' ' ');",
