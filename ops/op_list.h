@@ -26,7 +26,9 @@
   /* sequence and regularisation (ops/conv.h, ops/dropout.h) */                            \
   X(causal_conv1d) X(dropout)                                                               \
   /* recurrences (ops/scan.h) */                                                           \
-  X(linear_scan) X(selective_scan) X(gla) X(delta_rule)
+  X(linear_scan) X(selective_scan) X(gla) X(delta_rule)                                     \
+  /* retrieval (ops/resona.h) */                                                           \
+  X(chunk_attention)
 // clang-format on
 
 namespace resona {
