@@ -184,8 +184,24 @@ Tensor RotaryEmbedding::forward(const Tensor& x) const {
 
 // ---- blocks ----
 
+void Block::maybe_add_resona(const ModelConfig& cfg, int64_t layer, Generator& gen) {
+  if (!has_resona(cfg, layer)) return;
+  // Its own stream (the model's seed and the layer, mixed by splitmix64), so that the
+  // backbone's weights do not depend on where Resona is attached.
+  uint64_t z = gen.seed() ^ (0x5245534f4e41ULL + 0x9e3779b97f4a7c15ULL * (layer + 1));
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  Generator resona_gen(z ^ (z >> 31));
+  resona_ = std::make_unique<ResonaLayer>(cfg, resona_gen);
+  register_module("resona", *resona_);
+}
+
+Tensor Block::mix_resona(const Tensor& x, const Tensor& y, const ResonaInputs& in) const {
+  return resona_ ? y + resona_->forward(x, in) : y;
+}
+
 PrenormBlock::PrenormBlock(std::unique_ptr<SequenceModule> attn, const ModelConfig& cfg,
-                           Generator& gen)
+                           int64_t layer, Generator& gen)
     : attn_norm_(cfg.hidden_size, cfg.resolved_norm_eps()),
       attn_(std::move(attn)),
       mlp_norm_(cfg.hidden_size, cfg.resolved_norm_eps()),
@@ -199,21 +215,28 @@ PrenormBlock::PrenormBlock(std::unique_ptr<SequenceModule> attn, const ModelConf
   register_module("attn", *attn_);
   register_module("mlp_norm", mlp_norm_);
   register_module("mlp", mlp_);
+  maybe_add_resona(cfg, layer, gen);
 }
 
-Tensor PrenormBlock::forward(const Tensor& x) const {
-  Tensor h = x + attn_->forward(attn_norm_.forward(x));
+Tensor PrenormBlock::forward(const Tensor& x, const ResonaInputs& in) const {
+  Tensor xn = attn_norm_.forward(x);
+  Tensor h = x + mix_resona(xn, attn_->forward(xn), in);
   return h + mlp_.forward(mlp_norm_.forward(h));
 }
 
-MixerBlock::MixerBlock(std::unique_ptr<SequenceModule> mixer, const ModelConfig& cfg)
+MixerBlock::MixerBlock(std::unique_ptr<SequenceModule> mixer, const ModelConfig& cfg, int64_t layer,
+                       Generator& gen)
     : norm_(cfg.hidden_size, cfg.resolved_norm_eps()), mixer_(std::move(mixer)) {
   RESONA_CHECK(mixer_ != nullptr) << "MixerBlock: no mixer";
   register_module("norm", norm_);
   register_module("mixer", *mixer_);
+  maybe_add_resona(cfg, layer, gen);
 }
 
-Tensor MixerBlock::forward(const Tensor& x) const { return x + mixer_->forward(norm_.forward(x)); }
+Tensor MixerBlock::forward(const Tensor& x, const ResonaInputs& in) const {
+  Tensor xn = norm_.forward(x);
+  return x + mix_resona(xn, mixer_->forward(xn), in);
+}
 
 // ---- Backbone and CausalLM ----
 
@@ -227,9 +250,10 @@ Backbone::Backbone(const ModelConfig& cfg, Generator& gen, const std::string& fi
   register_module(final_norm_name, norm_);
 }
 
-Tensor Backbone::forward(const Tensor& ids) const {
+Tensor Backbone::forward(const Tensor& ids, const Tensor& chunk_ids) const {
   Tensor h = embeddings_.forward(ids);
-  for (size_t l = 0; l < layers_.size(); ++l) h = layers_[l].forward(h);
+  const ResonaInputs in{.embeddings = h, .ids = ids, .chunk_ids = chunk_ids};
+  for (size_t l = 0; l < layers_.size(); ++l) h = layers_[l].forward(h, in);
   return norm_.forward(h);
 }
 
@@ -245,10 +269,10 @@ CausalLM::CausalLM(const ModelConfig& cfg, Generator& gen, const CausalLMLayout&
   name_parameters();
 }
 
-Tensor CausalLM::forward(const Tensor& ids) const {
+Tensor CausalLM::forward(const Tensor& ids, const Tensor& chunk_ids) const {
   RESONA_CHECK(ids.dim() == 2 && (ids.dtype() == DType::kInt64 || ids.dtype() == DType::kInt32))
       << cfg_.name << ": ids " << ids.describe() << " must be int32/int64 [B, T]";
-  Tensor h = backbone_.forward(ids);
+  Tensor h = backbone_.forward(ids, chunk_ids);
   return lm_head_ ? lm_head_->forward(h) : linear(h, backbone_.embeddings().weight());
 }
 

@@ -27,6 +27,7 @@
 #include "models/config.h"
 #include "models/language_model.h"
 #include "models/module.h"
+#include "models/resona.h"
 
 namespace resona::models {
 
@@ -139,12 +140,32 @@ class RotaryEmbedding {
   mutable Tensor cos_, sin_;
 };
 
-// Pre-norm block: attn_norm, attn, mlp_norm, mlp (in this order, as FLA registers them).
-class PrenormBlock : public SequenceModule {
+// A residual block of the backbone: x [B, T, D] -> [B, T, D]. Blocks listed in
+// model.resona.layers own a Resona layer (models/resona.h, registered as "resona"), whose
+// term alpha * o is added to the mixer's output; it reads the forward pass's ResonaInputs.
+class Block : public Module {
  public:
-  // Takes ownership of `attn`; draws the MLP's weights from `gen` (after attn's).
-  PrenormBlock(std::unique_ptr<SequenceModule> attn, const ModelConfig& cfg, Generator& gen);
-  Tensor forward(const Tensor& x) const override;
+  virtual Tensor forward(const Tensor& x, const ResonaInputs& in) const = 0;
+
+ protected:
+  // Builds the Resona layer when cfg lists `layer`, drawing its weights from a generator
+  // of its own (derived from gen's seed and `layer`; gen does not advance).
+  void maybe_add_resona(const ModelConfig& cfg, int64_t layer, Generator& gen);
+  // y + alpha * o (x: the normed block input the mixer saw), or y without Resona.
+  Tensor mix_resona(const Tensor& x, const Tensor& y, const ResonaInputs& in) const;
+
+ private:
+  std::unique_ptr<ResonaLayer> resona_;
+};
+
+// Pre-norm block: attn_norm, attn, mlp_norm, mlp (in this order, as FLA registers them).
+class PrenormBlock : public Block {
+ public:
+  // Takes ownership of `attn`; draws the MLP's weights from `gen` (after attn's); adds
+  // the Resona layer when block `layer` has one.
+  PrenormBlock(std::unique_ptr<SequenceModule> attn, const ModelConfig& cfg, int64_t layer,
+               Generator& gen);
+  Tensor forward(const Tensor& x, const ResonaInputs& in) const override;
 
  private:
   RMSNorm attn_norm_;
@@ -154,10 +175,11 @@ class PrenormBlock : public SequenceModule {
 };
 
 // Mixer block (Mamba): norm, mixer; no MLP.
-class MixerBlock : public SequenceModule {
+class MixerBlock : public Block {
  public:
-  MixerBlock(std::unique_ptr<SequenceModule> mixer, const ModelConfig& cfg);
-  Tensor forward(const Tensor& x) const override;
+  MixerBlock(std::unique_ptr<SequenceModule> mixer, const ModelConfig& cfg, int64_t layer,
+             Generator& gen);
+  Tensor forward(const Tensor& x, const ResonaInputs& in) const override;
 
  private:
   RMSNorm norm_;
@@ -165,20 +187,22 @@ class MixerBlock : public SequenceModule {
 };
 
 // Builds block `layer` (0-based) drawing its weights from `gen`.
-using BlockFactory = std::function<std::unique_ptr<SequenceModule>(int64_t layer, Generator&)>;
+using BlockFactory = std::function<std::unique_ptr<Block>(int64_t layer, Generator&)>;
 
 // embeddings -> layers -> final norm (Hugging Face's "model" / "backbone").
 class Backbone : public Module {
  public:
   Backbone(const ModelConfig& cfg, Generator& gen, const std::string& final_norm_name,
            const BlockFactory& make_block);
-  Tensor forward(const Tensor& ids) const;  // ids [B, T] -> hidden [B, T, D]
+  // ids [B, T] -> hidden [B, T, D]; chunk_ids: the offline retrieval of the Resona
+  // layers (int32 [B, NQ, top_k]) or undefined.
+  Tensor forward(const Tensor& ids, const Tensor& chunk_ids = Tensor()) const;
   const Embedding& embeddings() const { return embeddings_; }
-  const ModuleList<SequenceModule>& layers() const { return layers_; }
+  const ModuleList<Block>& layers() const { return layers_; }
 
  private:
   Embedding embeddings_;
-  ModuleList<SequenceModule> layers_;
+  ModuleList<Block> layers_;
   RMSNorm norm_;
 };
 
@@ -194,7 +218,8 @@ class CausalLM : public LanguageModel {
   CausalLM(const ModelConfig& cfg, Generator& gen, const CausalLMLayout& layout,
            const BlockFactory& make_block);
   // ids [B, T] (int32/int64 in [0, vocab)) -> logits [B, T, vocab]
-  Tensor forward(const Tensor& ids) const override;
+  Tensor forward(const Tensor& ids) const override { return forward(ids, Tensor()); }
+  Tensor forward(const Tensor& ids, const Tensor& chunk_ids) const override;
   const ModelConfig& config() const override { return cfg_; }
   const Backbone& backbone() const { return backbone_; }
 

@@ -211,6 +211,62 @@ struct Mamba2Section {
   }
 };
 
+// Resona retrieval (models/resona.h; ../shared/DESIGN.md "Resona"): a chunk-and-search over
+// the input context and a knowledge-integration cross-attention added to the token mixer's
+// output of the blocks listed in `layers` (empty: the plain backbone):
+//   out_i = y_i + alpha * W_o CrossAttn(q = W_q x_i; keys and values W_k e, W_v e at the
+//           positions of the top_k chunks retrieved for i, plus the last local_window)
+// x_i is the normed hidden state entering the mixer, y_i the mixer's output, e the token
+// embeddings.
+struct ResonaSection {
+  std::vector<int64_t> layers;
+  int64_t chunk_size = 64;
+  int64_t top_k = 4;
+  int64_t query_block = 1;
+  std::string encoder = "shared";
+  int64_t num_heads = 4;
+  int64_t head_dim = 0;  // 0: hidden_size / num_heads
+  int64_t local_window = 0;
+  std::string alpha = "fixed";
+  double alpha_value = 1.0;
+  bool alpha_per_channel = false;
+  int64_t search_dim = 0;  // separate encoder: 0 = head_dim
+  int64_t lexical_dim = 1024;
+  int64_t lexical_ngram = 2;
+  std::string mask_source = "online";
+  template <class V>
+  void visit(V& v) {
+    v("layers", layers, "block indices with Resona (empty: none)", Range::non_negative());
+    v("chunk_size", chunk_size, "tokens per retrievable chunk c", Range::at_least(1));
+    v("top_k", top_k, "chunks retrieved per query k", Range::at_least(1));
+    v("query_block", query_block,
+      "queries sharing one retrieved set b (1: per token; eligibility at the block's first "
+      "position)",
+      Range::at_least(1));
+    v("encoder", encoder,
+      "search encoder: shared (the attention's q/k projections), separate (own projections, "
+      "score added to the logits), lexical (hashed n-grams of the token ids)",
+      OneOf{"shared", "separate", "lexical"});
+    v("num_heads", num_heads, "heads of the cross-attention", Range::at_least(1));
+    v("head_dim", head_dim, "head size of the cross-attention (0: hidden_size / num_heads)",
+      Range::non_negative());
+    v("local_window", local_window, "also attend to the last w positions (0: off)",
+      Range::non_negative());
+    v("alpha", alpha, "mixing weight: fixed alpha_value, or learned sigmoid(w x + b)",
+      OneOf{"fixed", "learned"});
+    v("alpha_value", alpha_value, "the fixed mixing weight", Range::non_negative());
+    v("alpha_per_channel", alpha_per_channel, "learned alpha per channel (else one scalar)");
+    v("search_dim", search_dim, "separate encoder's embedding size (0: head_dim)",
+      Range::non_negative());
+    v("lexical_dim", lexical_dim, "lexical encoder's hashed feature size", Range::at_least(1));
+    v("lexical_ngram", lexical_ngram, "lexical encoder's longest n-gram", Range::closed(1, 8));
+    v("mask_source", mask_source,
+      "online: search in the model; offline: read retrieved chunk ids from data.masks "
+      "(written by resona precompute-masks)",
+      OneOf{"online", "offline"});
+  }
+};
+
 struct ModelConfig {
   std::string name = "tiny";
   int64_t vocab_size = 32000;
@@ -229,6 +285,7 @@ struct ModelConfig {
   RetNetSection retnet;
   MambaSection mamba;
   Mamba2Section mamba2;
+  ResonaSection resona;
 
   // norm_eps and hidden_ratio with the backbone's default applied.
   double resolved_norm_eps() const {
@@ -258,6 +315,7 @@ struct ModelConfig {
     v("retnet", retnet);
     v("mamba", mamba);
     v("mamba2", mamba2);
+    v("resona", resona);
   }
 };
 

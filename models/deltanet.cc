@@ -123,9 +123,9 @@ Tensor DeltaNet::forward(const Tensor& x) const {
 std::unique_ptr<LanguageModel> build_deltanet(const ModelConfig& cfg, Generator& gen) {
   validate_deltanet_config(cfg);
   return std::make_unique<CausalLM>(
-      cfg, gen, CausalLMLayout{"model", "norm"}, [&cfg](int64_t, Generator& g) {
+      cfg, gen, CausalLMLayout{"model", "norm"}, [&cfg](int64_t layer, Generator& g) {
         auto attn = std::make_unique<DeltaNet>(cfg, g);
-        return std::make_unique<PrenormBlock>(std::move(attn), cfg, g);
+        return std::make_unique<PrenormBlock>(std::move(attn), cfg, layer, g);
       });
 }
 

@@ -93,9 +93,9 @@ Tensor GatedLinearAttention::forward(const Tensor& x) const {
 std::unique_ptr<LanguageModel> build_gla(const ModelConfig& cfg, Generator& gen) {
   validate_gla_config(cfg);
   return std::make_unique<CausalLM>(
-      cfg, gen, CausalLMLayout{"model", "norm"}, [&cfg](int64_t, Generator& g) {
+      cfg, gen, CausalLMLayout{"model", "norm"}, [&cfg](int64_t layer, Generator& g) {
         auto attn = std::make_unique<GatedLinearAttention>(cfg, g);
-        return std::make_unique<PrenormBlock>(std::move(attn), cfg, g);
+        return std::make_unique<PrenormBlock>(std::move(attn), cfg, layer, g);
       });
 }
 

@@ -4,6 +4,7 @@
 #include "models/gla.h"
 #include "models/mamba.h"
 #include "models/mamba2.h"
+#include "models/resona.h"
 #include "models/retnet.h"
 #include "models/tiny_lm.h"
 #include "ops/loss.h"
@@ -58,6 +59,7 @@ void validate_model_config(const ModelConfig& cfg) {
   RESONA_CHECK(cfg.norm_eps >= 0) << "model.norm_eps must be >= 0, got " << cfg.norm_eps;
   RESONA_CHECK(cfg.init_std > 0) << "model.init_std must be positive, got " << cfg.init_std;
   b.validate(cfg);
+  validate_resona_config(cfg);
 }
 
 std::unique_ptr<LanguageModel> build_model(const ModelConfig& cfg, Generator& gen) {

@@ -22,6 +22,12 @@ class LanguageModel : public Module {
  public:
   // ids [B, T] (int64 in [0, vocab)) -> logits [B, T, vocab]
   virtual Tensor forward(const Tensor& ids) const = 0;
+  // The same with the Resona layers' retrieved chunk ids read offline (int32
+  // [B, NQ, top_k], model.resona.mask_source: offline); undefined: search online.
+  virtual Tensor forward(const Tensor& ids, const Tensor& chunk_ids) const {
+    RESONA_CHECK(!chunk_ids.defined()) << config().name << ": this model has no Resona layers";
+    return forward(ids);
+  }
   virtual const ModelConfig& config() const = 0;
 };
 

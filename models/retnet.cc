@@ -86,9 +86,9 @@ Tensor MultiScaleRetention::forward(const Tensor& x) const {
 std::unique_ptr<LanguageModel> build_retnet(const ModelConfig& cfg, Generator& gen) {
   validate_retnet_config(cfg);
   return std::make_unique<CausalLM>(
-      cfg, gen, CausalLMLayout{"model", "norm"}, [&cfg](int64_t, Generator& g) {
+      cfg, gen, CausalLMLayout{"model", "norm"}, [&cfg](int64_t layer, Generator& g) {
         auto attn = std::make_unique<MultiScaleRetention>(cfg, g);
-        return std::make_unique<PrenormBlock>(std::move(attn), cfg, g);
+        return std::make_unique<PrenormBlock>(std::move(attn), cfg, layer, g);
       });
 }
 

@@ -14,6 +14,7 @@
 #include "models/retnet.h"
 #include "ops/elementwise.h"
 #include "ops/reduce.h"
+#include "tests/models/small_config.h"
 #include "tests/test_util.h"
 
 namespace resona::testing {
@@ -33,29 +34,6 @@ ModelConfig paper_config(const std::string& name) {
   c.num_layers = (name == "mamba" || name == "mamba2") ? 48 : 24;
   c.tie_embeddings = true;
   c.mamba2.head_dim = 60;  // 64 does not divide 1200
-  return c;
-}
-
-// A small configuration of each backbone that still has several heads, groups and chunks
-// (T = 11 with chunk 4: two full chunks and a partial one).
-ModelConfig small_config(const std::string& name) {
-  ModelConfig c;
-  c.name = name;
-  c.vocab_size = 37;
-  c.hidden_size = 32;
-  c.num_layers = 2;
-  c.intermediate_size = 48;
-  c.gla.num_heads = 2;  // K 8, V 16
-  c.gla.chunk_size = 4;
-  c.deltanet.num_heads = 2;  // K = V = 16
-  c.deltanet.chunk_size = 4;
-  c.retnet.num_heads = 4;  // K 8, V 16
-  c.retnet.chunk_size = 4;
-  c.mamba.state_size = 4;  // di 64, rank 2
-  c.mamba2.head_dim = 16;  // 4 heads
-  c.mamba2.n_groups = 2;
-  c.mamba2.state_size = 8;
-  c.mamba2.chunk_size = 4;
   return c;
 }
 
