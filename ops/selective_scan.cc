@@ -24,12 +24,23 @@
 // it in reverse, so [B, T, D, N] is never stored. d_A and d_D_skip sum B*T terms: each
 // chunk's partial sum is added into a double accumulator and rounded once. Gradients are
 // fresh tensors; only the requested ones are computed.
+//
+// CUDA (float32 and bfloat16 storage, float32 arithmetic and states; kernels in
+// cuda/selective_scan.cu): one thread per (b, 32-step chunk, d) keeps h[d, 0..N) in
+// registers (N <= 64), so the chunks run in parallel and are joined by a carry pass; the
+// same formulas as above. Inputs of any strides are made contiguous once (a copy only when
+// needed). y comes back in the input dtype and h_T in float32 whatever the input dtype; h0
+// may be float32 or the input dtype (d_h0 takes h0's). Saved: the contiguous inputs, A as
+// given ([D, N]), and the float32 state entering every chunk, [B, ceil(T / 32), N, D].
+// d_B, d_C (sums over D) and d_A, d_D_skip (sums over B*T) are deterministic two-stage
+// float32 reductions (cuda/selective_scan.h), bit-identical run to run.
 #include <Eigen/Core>
 #include <algorithm>
 #include <vector>
 
 #include "autograd/function.h"
 #include "core/dispatch.h"
+#include "cuda/selective_scan.h"
 #include "ops/device_util.h"
 #include "ops/scan.h"
 
@@ -202,16 +213,27 @@ struct SelectiveScanOp {
     Tensor x, delta, At, B, C, D_skip, h0;  // contiguous; At = A^T [N, D]
     Tensor checkpoints;                     // [B, n_chunks, N, D]
     ScanDims d;
+    Tensor A;                 // CUDA: A as given, [D, N] contiguous (no At, no h0)
+    bool cuda = false;        // saved by the CUDA forward (checkpoints are float32)
+    bool h0_float32 = false;  // CUDA: h0 (hence d_h0) is float32 rather than x's dtype
   };
 
   static std::vector<Tensor> forward(Ctx<Saved>& ctx, const Tensor& x, const Tensor& delta,
                                      const Tensor& A, const Tensor& B, const Tensor& C,
                                      const Tensor& D_skip, const Tensor& h0) {
-    for (const Tensor* t : {&x, &delta, &A, &B, &C, &D_skip, &h0}) {
-      if (t->defined()) require_cpu(kName, *t);
-    }
+    check_same_device(kName, {&x, &delta, &A, &B, &C, &D_skip, &h0});
+    const bool on_cuda = x.device().is_cuda();
+    if (!on_cuda) require_cpu(kName, x);  // all on x's device
     check_floating(kName, x);
-    check_same_dtype(kName, {&x, &delta, &A, &B, &C, &D_skip, &h0});
+    if (on_cuda) {
+      cuda_dtype(x);
+      check_same_dtype(kName, {&x, &delta, &A, &B, &C, &D_skip});
+      RESONA_CHECK(!h0.defined() || h0.dtype() == x.dtype() || h0.dtype() == DType::kFloat32)
+          << "selective_scan: h0 " << h0.describe() << " must be float32 or x's dtype "
+          << dtype_name(x.dtype());
+    } else {
+      check_same_dtype(kName, {&x, &delta, &A, &B, &C, &D_skip, &h0});
+    }
     RESONA_CHECK(x.dim() == 3) << "selective_scan: x must be [B, T, D], got " << x.describe();
     RESONA_CHECK(A.dim() == 2) << "selective_scan: A must be [D, N], got " << A.describe();
     ScanDims d;
@@ -225,6 +247,7 @@ struct SelectiveScanOp {
     RESONA_CHECK_SHAPE(C, d.B, d.T, d.N);
     if (D_skip.defined()) RESONA_CHECK_SHAPE(D_skip, d.D);
     if (h0.defined()) RESONA_CHECK_SHAPE(h0, d.B, d.D, d.N);
+    if (on_cuda) return forward_cuda(ctx, x, delta, A, B, C, D_skip, h0, d);
 
     Saved s;
     s.d = d;
@@ -247,8 +270,133 @@ struct SelectiveScanOp {
     return {y, hT};
   }
 
+  // The kernels' storage dtype: float32 or bfloat16.
+  static cuda::KernelDType cuda_dtype(const Tensor& t) {
+    switch (t.dtype()) {
+      case DType::kFloat32:
+        return cuda::KernelDType::kFloat32;
+      case DType::kBFloat16:
+        return cuda::KernelDType::kBFloat16;
+      default:
+        break;
+    }
+    RESONA_FAIL() << "selective_scan: CUDA supports float32 and bfloat16, got " << t.describe();
+    return cuda::KernelDType::kFloat32;
+  }
+
+  static Tensor scratch_tensor(size_t bytes, Device device) {
+    return empty({static_cast<int64_t>((bytes + 3) / 4)}, DType::kFloat32, device);
+  }
+
+  static std::vector<Tensor> forward_cuda(Ctx<Saved>& ctx, const Tensor& x, const Tensor& delta,
+                                          const Tensor& A, const Tensor& B, const Tensor& C,
+                                          const Tensor& D_skip, const Tensor& h0,
+                                          const ScanDims& d) {
+    RESONA_CHECK(d.N <= cuda::kSelectiveScanMaxN)
+        << "selective_scan: CUDA supports a state size N of at most " << cuda::kSelectiveScanMaxN
+        << ", got A " << A.describe();
+    const Device dev = x.device();
+    Saved s;
+    s.d = d;
+    s.cuda = true;
+    s.x = x.contiguous();
+    s.delta = delta.contiguous();
+    s.A = A.contiguous();
+    s.B = B.contiguous();
+    s.C = C.contiguous();
+    if (D_skip.defined()) s.D_skip = D_skip.contiguous();
+    Tensor h0c = h0.defined() ? h0.contiguous() : Tensor();
+    s.h0_float32 = h0.defined() && h0.dtype() == DType::kFloat32;
+    // The state entering every chunk: needed by the forward's last pass, saved for backward.
+    const int64_t chunks = (d.T + cuda::kSelectiveScanChunk - 1) / cuda::kSelectiveScanChunk;
+    s.checkpoints = empty({d.B, chunks, d.N, d.D}, DType::kFloat32, dev);
+    Tensor y = empty({d.B, d.T, d.D}, x.dtype(), dev);
+    Tensor hT = empty({d.B, d.D, d.N}, DType::kFloat32, dev);
+    cuda::SelectiveScanFwdParams p{};
+    p.dtype = cuda_dtype(x);
+    p.B = d.B;
+    p.T = d.T;
+    p.D = d.D;
+    p.N = d.N;
+    p.x = s.x.raw_data();
+    p.delta = s.delta.raw_data();
+    p.A = s.A.raw_data();
+    p.Bm = s.B.raw_data();
+    p.Cm = s.C.raw_data();
+    p.D_skip = s.D_skip.defined() ? s.D_skip.raw_data() : nullptr;
+    p.h0 = h0c.defined() ? h0c.raw_data() : nullptr;
+    p.h0_float32 = s.h0_float32;
+    p.y = y.raw_data();
+    p.h_T = hT.data<float>();
+    p.checkpoints = s.checkpoints.data<float>();
+    Tensor scratch = scratch_tensor(cuda::selective_scan_fwd_scratch_bytes(p), dev);
+    p.scratch = scratch.raw_data();
+    const char* err = cuda::selective_scan_fwd_cuda(p, nullptr);
+    RESONA_CHECK(err == nullptr) << "selective_scan on " << x.describe() << ": " << err;
+    if (ctx.requires_grad) ctx.saved = std::move(s);
+    return {y, hT};
+  }
+
+  static Grads backward_cuda(Ctx<Saved>& ctx, const std::vector<Tensor>& d_outs) {
+    const Saved& s = ctx.saved;
+    const ScanDims& d = s.d;
+    const Device dev = s.x.device();
+    const DType dt = s.x.dtype();
+    const Tensor& d_y_in = d_outs.at(0);
+    const Tensor& d_hT_in = d_outs.at(1);
+    RESONA_CHECK(d_y_in.defined() && d_y_in.device() == dev &&
+                 d_y_in.shape() == Shape({d.B, d.T, d.D}))
+        << "selective_scan backward: gradient of y " << d_y_in.describe() << ", expected [" << d.B
+        << ", " << d.T << ", " << d.D << "] on " << s.x.describe();
+    Tensor d_y = copy_to(d_y_in, dt, dev).contiguous();
+    Tensor d_hT;
+    if (d_hT_in.defined()) {
+      RESONA_CHECK(d_hT_in.device() == dev && d_hT_in.shape() == Shape({d.B, d.D, d.N}))
+          << "selective_scan backward: gradient of h_T " << d_hT_in.describe() << ", expected ["
+          << d.B << ", " << d.D << ", " << d.N << "] on " << s.x.describe();
+      d_hT = copy_to(d_hT_in, DType::kFloat32, dev).contiguous();
+    }
+    auto maybe = [&](size_t i, const Shape& shape, DType t) {
+      return ctx.needs(i) ? empty(shape, t, dev) : Tensor();
+    };
+    Tensor dx = maybe(0, {d.B, d.T, d.D}, dt), ddelta = maybe(1, {d.B, d.T, d.D}, dt);
+    Tensor dA = maybe(2, {d.D, d.N}, dt), dB = maybe(3, {d.B, d.T, d.N}, dt);
+    Tensor dC = maybe(4, {d.B, d.T, d.N}, dt), dD = maybe(5, {d.D}, dt);
+    Tensor dh0 = maybe(6, {d.B, d.D, d.N}, s.h0_float32 ? DType::kFloat32 : dt);
+    auto ptr = [](const Tensor& t) { return t.defined() ? t.raw_data() : nullptr; };
+    cuda::SelectiveScanBwdParams p{};
+    p.dtype = cuda_dtype(s.x);
+    p.B = d.B;
+    p.T = d.T;
+    p.D = d.D;
+    p.N = d.N;
+    p.x = s.x.raw_data();
+    p.delta = s.delta.raw_data();
+    p.A = s.A.raw_data();
+    p.Bm = s.B.raw_data();
+    p.Cm = s.C.raw_data();
+    p.D_skip = ptr(s.D_skip);
+    p.checkpoints = s.checkpoints.data<float>();
+    p.d_y = d_y.raw_data();
+    p.d_h_T = d_hT.defined() ? d_hT.data<float>() : nullptr;
+    p.d_x = ptr(dx);
+    p.d_delta = ptr(ddelta);
+    p.d_A = ptr(dA);
+    p.d_B = ptr(dB);
+    p.d_C = ptr(dC);
+    p.d_D_skip = ptr(dD);
+    p.d_h0 = ptr(dh0);
+    p.d_h0_float32 = s.h0_float32;
+    Tensor scratch = scratch_tensor(cuda::selective_scan_bwd_scratch_bytes(p), dev);
+    p.scratch = scratch.raw_data();
+    const char* err = cuda::selective_scan_bwd_cuda(p, nullptr);
+    RESONA_CHECK(err == nullptr) << "selective_scan backward on " << s.x.describe() << ": " << err;
+    return {dx, ddelta, dA, dB, dC, dD, dh0};
+  }
+
   static Grads backward(Ctx<Saved>& ctx, const std::vector<Tensor>& d_outs) {
     const Saved& s = ctx.saved;
+    if (s.cuda) return backward_cuda(ctx, d_outs);
     const ScanDims& d = s.d;
     require_cpu(kName, d_outs.at(0));
     require_cpu(kName, d_outs.at(1));
