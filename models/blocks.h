@@ -146,6 +146,7 @@ class RotaryEmbedding {
 class Block : public Module {
  public:
   virtual Tensor forward(const Tensor& x, const ResonaInputs& in) const = 0;
+  const ResonaLayer* resona() const { return resona_.get(); }  // null without Resona
 
  protected:
   // Builds the Resona layer when cfg lists `layer`, drawing its weights from a generator

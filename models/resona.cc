@@ -143,6 +143,7 @@ ResonaLayer::Retrieval ResonaLayer::retrieve(const Tensor& x, const Tensor& q, c
 
 Tensor ResonaLayer::search(const Tensor& x, const ResonaInputs& in) const {
   const int64_t B = x.size(0), T = x.size(1);
+  if (opt_.encoder != "shared") return retrieve(x, Tensor(), Tensor(), in).chunk_ids;
   Tensor q = q_proj_.forward(x).reshape({B, T, heads_, head_dim_});
   Tensor k = k_proj_.forward(in.embeddings).reshape({B, T, heads_, head_dim_});
   return retrieve(x, q, k, in).chunk_ids;

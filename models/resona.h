@@ -50,8 +50,8 @@ class ResonaLayer : public Module {
   ResonaLayer(const ModelConfig& cfg, Generator& gen);
   // x [B, T, D] -> alpha * o [B, T, D], the term the block adds to its mixer's output.
   Tensor forward(const Tensor& x, const ResonaInputs& in) const;
-  // The chunk ids this layer retrieves for x (int32 [B, NQ, top_k], -1 for none): the
-  // search of step 2 alone (for tests and for the offline masks of a checkpoint).
+  // The chunk ids this layer retrieves for x [B, T, D] (int32 [B, NQ, top_k], -1 for
+  // none): the search of step 2 alone (the lexical encoder reads only in.ids and x's shape).
   Tensor search(const Tensor& x, const ResonaInputs& in) const;
 
  private:

@@ -5,6 +5,7 @@
 #include "autograd/grad_mode.h"
 #include "data/tokenizer.h"
 #include "ops/loss.h"
+#include "ops/reduce.h"
 
 namespace resona::train {
 
@@ -77,6 +78,43 @@ EvalResult evaluate_perplexity(const models::LanguageModel& model,
       r.words = 0;  // no tokenizer at hand: token-level only
     }
   }
+  return r;
+}
+
+RowsEvalResult evaluate_rows(const models::LanguageModel& model, BatchSource& rows,
+                             const data::MaskFile* masks, int64_t max_batches) {
+  NoGradGuard no_grad;
+  const std::vector<Tensor> params = model.parameters();
+  const Device device = params.empty() ? Device::cpu() : params.front().device();
+  rows.set_state([&] {
+    data::LoaderState s = rows.state();
+    s.epoch = 0;
+    s.step = 0;
+    return s;
+  }());
+  RowsEvalResult r;
+  data::TaskAccuracyMeter meter;
+  const int64_t steps =
+      max_batches > 0 ? std::min(max_batches, rows.steps_per_epoch()) : rows.steps_per_epoch();
+  for (int64_t i = 0; i < steps; ++i) {
+    const data::Batch b = rows.next();
+    const int64_t n = b.rows * b.seq_len;
+    std::vector<int64_t> ids(b.inputs.begin(), b.inputs.end());
+    std::vector<int64_t> labels(b.targets.begin(), b.targets.end());
+    Tensor logits =
+        model.forward(copy_to(from_vector(ids, {b.rows, b.seq_len}), DType::kInt64, device),
+                      batch_chunk_ids(masks, b, device));
+    Tensor flat = logits.reshape({n, logits.size(2)});
+    Tensor nll = cross_entropy(flat, copy_to(from_vector(labels, {n}), DType::kInt64, device),
+                               kIgnoreIndex, Reduction::kSum);
+    r.total_nll += nll.item();
+    const std::vector<int64_t> pred = argmax(flat, 1).to(Device::cpu()).to_vector<int64_t>();
+    const std::vector<int32_t> pred32(pred.begin(), pred.end());
+    meter.add(pred32.data(), b.targets.data(), b.rows, b.seq_len);
+    for (int32_t t : b.targets) r.tokens += t != kIgnoreIndex;
+  }
+  r.mean_nll = r.tokens > 0 ? r.total_nll / static_cast<double>(r.tokens) : 0.0;
+  r.accuracy = meter.result();
   return r;
 }
 

@@ -16,7 +16,10 @@
 #include <memory>
 
 #include "data/dataset.h"
+#include "data/masks.h"
+#include "data/mqar.h"
 #include "models/language_model.h"
+#include "train/run_data.h"
 
 namespace resona::train {
 
@@ -34,6 +37,19 @@ struct EvalResult {
 EvalResult evaluate_perplexity(const models::LanguageModel& model,
                                const std::shared_ptr<const data::TokenDataset>& dataset,
                                int64_t seq_len, int64_t rows, int64_t max_batches = 0);
+
+// Loss and Zoology's accuracy (data/mqar.h) over the rows of a batch source: every row of
+// one epoch in order (or max_batches batches), predictions argmax of the logits, NLL in
+// float32 per labelled position summed in float64. `masks`: the rows' offline retrieval
+// (train/run_data.h), or null.
+struct RowsEvalResult {
+  int64_t tokens = 0;  // labelled positions
+  double total_nll = 0, mean_nll = 0;
+  data::TaskAccuracy accuracy;
+  double token_perplexity() const { return std::exp(mean_nll); }
+};
+RowsEvalResult evaluate_rows(const models::LanguageModel& model, BatchSource& rows,
+                             const data::MaskFile* masks, int64_t max_batches = 0);
 
 // Words in the dataset's documents, WikiText style (see above); needs the tokenizer the
 // dataset records.

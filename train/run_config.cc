@@ -18,6 +18,28 @@ void validate_run_config(const RunConfig& c) {
     fail("key 'train.precision': bf16 needs train.device cuda (or auto with a GPU)");
   }
   if (c.train.run_dir.empty()) fail("key 'train.run_dir': must not be empty");
+  if (c.data.source == "tokens" && c.data.train.empty()) {
+    fail("key 'data.train': the training dataset folder is required with data.source tokens");
+  }
+  if (c.data.source == "npy" &&
+      (c.data.npy.train_inputs.empty() || c.data.npy.train_labels.empty())) {
+    fail("key 'data.npy.train_inputs': data.source npy needs train_inputs and train_labels");
+  }
+  if (c.data.source == "npy" &&
+      c.data.npy.valid_inputs.empty() != c.data.npy.valid_labels.empty()) {
+    fail("key 'data.npy.valid_labels': give both valid_inputs and valid_labels, or neither");
+  }
+  const bool offline = !c.model.resona.layers.empty() && c.model.resona.mask_source == "offline";
+  if (offline && c.data.masks.empty()) {
+    fail(
+        "key 'data.masks': model.resona.mask_source is offline, so the training rows' "
+        "retrieval masks (resona precompute-masks) are required");
+  }
+  if (offline && c.data.source == "tokens" && c.data.shuffle) {
+    fail(
+        "key 'data.shuffle': offline retrieval masks are computed for the unshuffled rows; "
+        "set data.shuffle false (or search online)");
+  }
 }
 
 RunConfig parse_run_config(const std::string& yaml, const std::string& name,

@@ -3,7 +3,8 @@
 // own struct (ModelConfig in models/config.h), with its default, meaning and range.
 //
 //   model:       the backbone (models/config.h)
-//   data:        token datasets written by `resona prepare-data`, packing
+//   data:        token datasets written by `resona prepare-data` and packing, or a
+//                synthetic task (MQAR) or NumPy arrays; offline retrieval masks
 //   optimizer:   AdamW
 //   schedule:    learning rate over steps
 //   train:       steps, batch, precision, seed, device, logging
@@ -20,7 +21,41 @@
 
 namespace resona::train {
 
+// data.source: mqar -- Zoology's multi-query associative recall (data/mqar.h), generated
+// at start from the run's settings: train and test examples from disjoint seeds.
+struct MqarDataSection {
+  int64_t num_kv_pairs = 8;
+  int64_t train_examples = 100000;
+  int64_t test_examples = 3000;
+  double power_a = 0.01;
+  bool random_non_queries = true;
+  uint64_t seed = 123;
+  template <class V>
+  void visit(V& v) {
+    v("num_kv_pairs", num_kv_pairs, "key-value pairs per example", Range::at_least(1));
+    v("train_examples", train_examples, "training examples", Range::at_least(1));
+    v("test_examples", test_examples, "test examples (data.valid's role)", Range::at_least(1));
+    v("power_a", power_a, "query gaps drawn with p(i) ~ a i^(a-1)", Range::half_open(0, 1));
+    v("random_non_queries", random_non_queries, "random tokens between the queries (else 0)");
+    v("seed", seed, "data seed (train and test seeds are derived, disjoint)");
+  }
+};
+
+// data.source: npy -- token and label arrays [N, T] from NumPy files (labels -100 =
+// ignore; position t's label is what the model predicts there, already shifted).
+struct NpyDataSection {
+  std::string train_inputs, train_labels, valid_inputs, valid_labels;
+  template <class V>
+  void visit(V& v) {
+    v("train_inputs", train_inputs, ".npy of int32/int64 [N, T] training inputs");
+    v("train_labels", train_labels, ".npy of int32/int64 [N, T] training labels");
+    v("valid_inputs", valid_inputs, ".npy test inputs (empty: none)");
+    v("valid_labels", valid_labels, ".npy test labels");
+  }
+};
+
 struct DataSection {
+  std::string source = "tokens";
   std::string train;  // dataset folder (index.json + shards), e.g. OUT/train of prepare-data
   std::string valid;  // optional: held-out dataset folder for evaluation
   int64_t seq_len = 512;
@@ -28,8 +63,15 @@ struct DataSection {
   bool shuffle = true;
   bool add_bos = false;
   bool add_eos = true;
+  MqarDataSection mqar;
+  NpyDataSection npy;
+  std::string masks;
+  std::string valid_masks;
   template <class V>
   void visit(V& v) {
+    v("source", source,
+      "tokens (prepare-data folders), mqar (generated) or npy (input/label arrays)",
+      OneOf{"tokens", "mqar", "npy"});
     v("train", train, "training dataset folder (from resona prepare-data)");
     v("valid", valid, "evaluation dataset folder (empty: none)");
     v("seq_len", seq_len, "tokens per row T", Range::at_least(2));
@@ -37,6 +79,12 @@ struct DataSection {
     v("shuffle", shuffle, "shuffle documents each epoch (by the run's seed)");
     v("add_bos", add_bos, "prepend BOS to each document");
     v("add_eos", add_eos, "append EOS to each document");
+    v("mqar", mqar);
+    v("npy", npy);
+    v("masks", masks,
+      "retrieval mask file of the training rows (resona precompute-masks), read when "
+      "model.resona.mask_source is offline");
+    v("valid_masks", valid_masks, "the same for the evaluation rows");
   }
 };
 

@@ -19,6 +19,7 @@
 #include "train/config.h"
 #include "train/evaluate.h"
 #include "train/optimizer.h"
+#include "train/run_data.h"
 #include "train/schedule.h"
 
 namespace resona::train {
@@ -158,13 +159,8 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& opt) {
   const std::string resolved = to_yaml(cfg);
 
   // ---- everything that can be refused, before anything is written ----
-  RESONA_CHECK(!cfg.data.train.empty()) << "data.train: no training dataset given";
-  auto dataset = data::TokenDataset::open(cfg.data.train);
-  RESONA_CHECK(dataset->vocab_size() <= cfg.model.vocab_size)
-      << "model.vocab_size " << cfg.model.vocab_size << " is smaller than the vocabulary of "
-      << cfg.data.train << " (" << dataset->vocab_size() << ")";
-  std::shared_ptr<const data::TokenDataset> valid;
-  if (!cfg.data.valid.empty()) valid = data::TokenDataset::open(cfg.data.valid);
+  const RunData data = open_run_data(cfg);
+  const bool valid = data.has_valid();
   RESONA_CHECK(cfg.train.precision == "fp32")
       << "train.precision: bf16 mixed precision needs the CUDA backend's bf16 kernels, which "
          "this build does not have yet; use fp32";
@@ -219,17 +215,9 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& opt) {
   sched.validate();
 
   const int64_t micro_rows = cfg.train.batch_size / cfg.train.grad_accum;
-  data::LoaderConfig lcfg;
-  lcfg.seq_len = cfg.data.seq_len;
-  lcfg.global_batch = micro_rows;
-  lcfg.mode = data::pack_mode_from_name(cfg.data.pack);
-  lcfg.shuffle = cfg.data.shuffle;
-  lcfg.seed = cfg.train.seed;
-  lcfg.add_bos = cfg.data.add_bos;
-  lcfg.add_eos = cfg.data.add_eos;
-  data::DataLoader loader(dataset, lcfg);
-  RESONA_CHECK(loader.steps_per_epoch() > 0)
-      << cfg.data.train << ": too small for one batch of " << micro_rows << " rows of "
+  std::unique_ptr<BatchSource> loader = make_batch_source(cfg, data, micro_rows, false);
+  RESONA_CHECK(loader->steps_per_epoch() > 0)
+      << "data: the training rows are too few for one batch of " << micro_rows << " rows of "
       << cfg.data.seq_len << " tokens";
   Generator dropout_gen(cfg.train.seed ^ 0x5deece66dULL);
 
@@ -252,7 +240,7 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& opt) {
         << resume_dir << ": the checkpoint has " << ckpt.model.tensors.size()
         << " parameters, the model " << params.size();
     optimizer.load_state(ckpt.optimizer.tensors, ckpt.state.step);
-    loader.set_state(data::LoaderState::from_json(ckpt.state.loader_state, resume_dir));
+    loader->set_state(data::LoaderState::from_json(ckpt.state.loader_state, resume_dir));
     dropout_gen.set_state(ckpt.state.dropout_rng);
     st.step = ckpt.state.step;
     st.tokens_seen = ckpt.state.tokens_seen;
@@ -287,19 +275,40 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& opt) {
   auto save = [&]() {
     RESONA_CHECK(all_finite(params))
         << "refusing to checkpoint non-finite weights at step " << st.step;
-    st.loader_state = loader.state().to_json();
+    st.loader_state = loader->state().to_json();
     st.dropout_rng = dropout_gen.state();
     return save_checkpoint(cfg.train.run_dir, st, params, optimizer.named_state(),
                            cfg.checkpoint.keep_last);
   };
+  TrainResult result;
+  // Token datasets without offline masks: perplexity over the whole stream; tasks (and
+  // token rows with offline masks): loss and accuracy over the evaluation rows.
+  std::unique_ptr<BatchSource> valid_rows;
+  if (valid && (data.is_task() || data.valid_masks)) {
+    valid_rows = make_batch_source(cfg, data, micro_rows, true);
+  }
   auto run_eval = [&](json& rec) {
     if (!valid) return;
-    EvalResult r =
-        evaluate_perplexity(*model, valid, cfg.data.seq_len, micro_rows, cfg.eval.batches);
+    if (!valid_rows) {
+      EvalResult r = evaluate_perplexity(*model, data.valid_tokens, cfg.data.seq_len, micro_rows,
+                                         cfg.eval.batches);
+      rec["eval_loss"] = r.mean_nll;
+      rec["eval_ppl"] = r.token_perplexity();
+      result.eval_loss = r.mean_nll;
+      log.line(format("eval at step %lld: loss %.4f, token perplexity %.2f over %lld tokens",
+                      (long long)st.step, r.mean_nll, r.token_perplexity(), (long long)r.tokens));
+      return;
+    }
+    RowsEvalResult r = evaluate_rows(*model, *valid_rows, data.valid_masks.get(), cfg.eval.batches);
     rec["eval_loss"] = r.mean_nll;
-    rec["eval_ppl"] = r.token_perplexity();
-    log.line(format("eval at step %lld: loss %.4f, token perplexity %.2f over %lld tokens",
-                    (long long)st.step, r.mean_nll, r.token_perplexity(), (long long)r.tokens));
+    rec["eval_accuracy"] = r.accuracy.accuracy;
+    result.eval_loss = r.mean_nll;
+    result.eval_accuracy = r.accuracy.accuracy;
+    log.line(
+        format("eval at step %lld: loss %.4f, accuracy %.4f over %lld examples "
+               "(%lld/%lld labelled positions right)",
+               (long long)st.step, r.mean_nll, r.accuracy.accuracy, (long long)r.accuracy.examples,
+               (long long)r.accuracy.correct, (long long)r.accuracy.labelled));
   };
 
   // MFU = 6 N tokens/s / peak (N: every parameter; the recurrences' own FLOPs are not
@@ -307,7 +316,6 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& opt) {
   const double peak = device.is_cuda() ? peak_flops(backend_for(device).device_name(device.index),
                                                     cfg.train.precision)
                                        : 0.0;
-  TrainResult result;
   const auto t0 = Clock::now();
   auto t_last = t0;
   int64_t tokens_since = 0;
@@ -318,7 +326,7 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& opt) {
     std::vector<data::Batch> batches;
     int64_t tokens = 0;
     for (int64_t m = 0; m < cfg.train.grad_accum; ++m) {
-      batches.push_back(loader.next());
+      batches.push_back(loader->next());
       tokens += batches.back().target_tokens();
     }
     optimizer.zero_grad();
@@ -326,7 +334,7 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& opt) {
     for (const data::Batch& b : batches) {
       Tensor ids = to_int64_tensor(b.inputs, b.rows, b.seq_len, device);
       Tensor labels = to_int64_tensor(b.targets, b.rows, b.seq_len, device);
-      Tensor logits = model->forward(ids);
+      Tensor logits = model->forward(ids, batch_chunk_ids(data.train_masks.get(), b, device));
       const int64_t n = b.rows * b.seq_len;
       Tensor loss = cross_entropy(logits.reshape({n, logits.size(2)}), labels.reshape({n}),
                                   kIgnoreIndex, Reduction::kSum);

@@ -23,6 +23,7 @@
 // bf16) from a table of H100/H200/A100.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -49,6 +50,8 @@ struct TrainResult {
   double last_loss = 0;        // the last step's mean loss
   std::vector<double> losses;  // the mean loss of each step this process ran
   std::string last_checkpoint;
+  double eval_loss = NAN;      // the last evaluation's mean loss (NaN: none ran)
+  double eval_accuracy = NAN;  // and its task accuracy (tasks only)
 };
 
 // Runs training; throws resona::Error (bad input: config, data, checkpoint, run folder)

@@ -1,4 +1,6 @@
-// `resona eval`: perplexity of a checkpoint on a token dataset (train/evaluate.h).
+// `resona eval`: a checkpoint on its run's evaluation data (train/evaluate.h): token and
+// word perplexity on a token dataset, or loss and accuracy on a task's test rows (MQAR,
+// .npy arrays).
 #include <cstdio>
 #include <filesystem>
 
@@ -9,6 +11,7 @@
 #include "train/cli/command.h"
 #include "train/evaluate.h"
 #include "train/run_config.h"
+#include "train/run_data.h"
 
 namespace resona::cli {
 namespace {
@@ -18,6 +21,7 @@ Setup setup_eval = [](CLI::App& cmd) -> std::function<int()> {
   auto dataset = std::make_shared<std::string>();
   auto rows = std::make_shared<int64_t>(8);
   auto batches = std::make_shared<int64_t>(0);
+  auto device_name = std::make_shared<std::string>("auto");
   cmd.add_option("--checkpoint", *checkpoint,
                  "a checkpoint folder, or a run folder (its latest valid checkpoint)")
       ->required();
@@ -26,6 +30,8 @@ Setup setup_eval = [](CLI::App& cmd) -> std::function<int()> {
   cmd.add_option("--rows", *rows, "rows per forward pass")->check(CLI::PositiveNumber);
   cmd.add_option("--batches", *batches, "evaluate only this many batches (0: all)")
       ->check(CLI::NonNegativeNumber);
+  cmd.add_option("--device", *device_name, "auto (a GPU when there is one), cpu or cuda")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   return [=]() {
     std::string dir = *checkpoint;
     if (!std::filesystem::exists(std::filesystem::path(dir) / "trainer_state.json")) {
@@ -37,9 +43,18 @@ Setup setup_eval = [](CLI::App& cmd) -> std::function<int()> {
     train::Checkpoint ckpt = train::load_checkpoint(dir);
     train::RunConfig cfg =
         train::parse_run_config(ckpt.state.config_yaml, dir + "/trainer_state.json");
+    const bool task = cfg.data.source != "tokens";
+    RESONA_CHECK(!task || dataset->empty())
+        << "--data: the run trains on data.source " << cfg.data.source
+        << "; its evaluation rows come from its config";
+    const bool offline =
+        !cfg.model.resona.layers.empty() && cfg.model.resona.mask_source == "offline";
     const std::string data_dir = dataset->empty() ? cfg.data.valid : *dataset;
-    RESONA_CHECK(!data_dir.empty()) << "no dataset: pass --data (the run config has no data.valid)";
-    auto ds = data::TokenDataset::open(data_dir);
+    RESONA_CHECK(task || offline || !data_dir.empty())
+        << "no dataset: pass --data (the run config has no data.valid)";
+    const bool have_gpu = backend_available(DeviceType::kCUDA);
+    RESONA_CHECK(*device_name != "cuda" || have_gpu) << "--device cuda: no CUDA device is visible";
+    const Device device = *device_name == "cpu" || !have_gpu ? Device::cpu() : Device::cuda();
     Generator gen(cfg.train.seed);
     auto model = models::build_model(cfg.model, gen);
     for (auto& [name, p] : model->named_parameters()) {
@@ -52,9 +67,25 @@ Setup setup_eval = [](CLI::App& cmd) -> std::function<int()> {
       dst.copy_(saved);
     }
     model->set_training(false);
-    train::EvalResult r = train::evaluate_perplexity(*model, ds, cfg.data.seq_len, *rows, *batches);
+    model->to(device);
     std::printf("checkpoint: %s (step %lld)\n", dir.c_str(),
                 static_cast<long long>(ckpt.state.step));
+    std::printf("device: %s\n", device.str().c_str());
+    if (task || offline) {
+      // The run's own evaluation rows (with their offline masks when the model reads them).
+      const train::RunData d = train::open_run_data(cfg);
+      RESONA_CHECK(d.has_valid()) << "the run config has no evaluation rows";
+      auto src = train::make_batch_source(cfg, d, *rows, true);
+      train::RowsEvalResult r = train::evaluate_rows(*model, *src, d.valid_masks.get(), *batches);
+      std::printf("data: %s\n", cfg.data.source.c_str());
+      std::printf("tokens: %lld\nnll: %.6f\ntoken perplexity: %.4f\n",
+                  static_cast<long long>(r.tokens), r.mean_nll, r.token_perplexity());
+      std::printf("examples: %lld\naccuracy: %.6f\n", static_cast<long long>(r.accuracy.examples),
+                  r.accuracy.accuracy);
+      return 0;
+    }
+    auto ds = data::TokenDataset::open(data_dir);
+    train::EvalResult r = train::evaluate_perplexity(*model, ds, cfg.data.seq_len, *rows, *batches);
     std::printf("dataset: %s\n", data_dir.c_str());
     std::printf("tokens: %lld\nnll: %.6f\ntoken perplexity: %.4f\n",
                 static_cast<long long>(r.tokens), r.mean_nll, r.token_perplexity());
@@ -69,5 +100,5 @@ Setup setup_eval = [](CLI::App& cmd) -> std::function<int()> {
 }  // namespace
 }  // namespace resona::cli
 
-RESONA_COMMAND(eval, "eval", "Perplexity of a checkpoint on a token dataset",
+RESONA_COMMAND(eval, "eval", "Evaluate a checkpoint: perplexity, or a task's loss and accuracy",
                resona::cli::setup_eval);

@@ -1,0 +1,70 @@
+// The rows a run trains and evaluates on, whatever `data.source` says (train/run_config.h):
+//
+//   tokens  prepare-data folders (data/dataset.h) read by the DataLoader (data/loader.h):
+//           next-token prediction over packed rows; evaluation: perplexity.
+//   mqar    Zoology's MQAR (data/mqar.h), generated at start: data.mqar.train_examples
+//           from the train seed, test_examples from the disjoint test seed, T = data.seq_len,
+//           V = model.vocab_size; evaluation: loss and accuracy over the test examples.
+//   npy     input/label arrays from .npy files (data/npy.h), as mqar otherwise.
+//
+// Tasks are read by the TaskLoader (data/task_loader.h); both loaders give data::Batch
+// rows and a LoaderState that checkpoints keep. With model.resona.mask_source offline,
+// the rows' retrieved chunk ids come from data.masks / data.valid_masks (data/masks.h):
+// the file must have been computed from exactly these rows and the model's settings.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "core/tensor.h"
+#include "data/dataset.h"
+#include "data/loader.h"
+#include "data/masks.h"
+#include "data/mqar.h"
+#include "train/run_config.h"
+
+namespace resona::train {
+
+struct RunData {
+  std::shared_ptr<const data::TokenDataset> train_tokens, valid_tokens;
+  std::shared_ptr<const data::TaskExamples> train_task, valid_task;
+  std::shared_ptr<const data::MaskFile> train_masks, valid_masks;
+  bool is_task() const { return train_task != nullptr; }
+  bool has_valid() const { return valid_tokens != nullptr || valid_task != nullptr; }
+};
+
+// Opens (or generates) everything data.* names and checks it against the model: ids below
+// model.vocab_size, sequence lengths, and mask files against the loader rows and
+// model.resona. Throws naming the key or file.
+// with_masks false: leave the mask files unread (what precompute-masks itself needs).
+RunData open_run_data(const RunConfig& cfg, bool with_masks = true);
+
+// Rows of one split, in the order of one unshuffled epoch, batched `rows` at a time.
+class BatchSource {
+ public:
+  virtual ~BatchSource() = default;
+  virtual data::Batch next() = 0;
+  virtual int64_t steps_per_epoch() const = 0;
+  virtual data::LoaderState state() const = 0;
+  virtual void set_state(const data::LoaderState& s) = 0;
+};
+
+// The training rows (valid = false) or the evaluation rows (valid = true, never shuffled).
+std::unique_ptr<BatchSource> make_batch_source(const RunConfig& cfg, const RunData& d, int64_t rows,
+                                               bool valid);
+
+// The hash a mask file records for the rows of a split: the dataset or task fingerprint
+// and the settings that shape the rows.
+uint64_t rows_source_hash(const RunConfig& cfg, const RunData& d, bool valid);
+
+// The mask header a model with cfg.model.resona expects for a split (rows left 0).
+data::MaskHeader expected_mask_header(const RunConfig& cfg, const RunData& d, bool valid);
+
+// The chunk ids of a batch's rows from `masks` (int32 [rows, NQ, top_k] on `device`), or
+// undefined without masks. Batch rows are the global rows step * rows + j of an
+// unshuffled epoch.
+Tensor batch_chunk_ids(const data::MaskFile* masks, const data::Batch& b, Device device);
+
+}  // namespace resona::train
