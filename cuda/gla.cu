@@ -1,0 +1,1077 @@
+// Chunked GLA kernels (the algorithm and the maps are in cuda/gla.h).
+//
+// gla_fwd_state_kernel   block (b, h, 32-key x 32-value state tile): chunks in order,
+//                        writes states[n] and S_T
+// gla_fwd_kernel         block (b, h, chunk): A [64, 64] from 32-channel key tiles, then
+//                        o in 64-column value tiles
+// gla_bwd_state_kernel   block (b, h, state tile): chunks in reverse, writes the end-state
+//                        gradients d_states[n] and d_h0
+// gla_bwd_dv_kernel      block (b, h, chunk): A again, d_v, and d_A (to scratch)
+// gla_bwd_dqkg_kernel    block (b, h, chunk, 32-channel key tile): d_q, d_k, d_g
+// gla_bwd_gate_sum_kernel  thread (b, t, h): d_g of a per-head gate, channels in order
+//
+// A chunk is held as a 64-row tile whatever C is (rows >= L are zeros, with g = 0 so the
+// cumulative gate stays flat). 256 threads; thread (tid / 16, tid % 16) owns a 4x4 block
+// of the [64, 64] matrices (A, d_A) and of each 64x64 output tile, or 4 rows x 2
+// channels of a [64, 32] key tile. Gates are converted to log2 units on load, so every
+// decay factor is one exp2f of a difference that is <= 0.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include "cuda/gla.h"
+
+namespace resona::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kRows = 64;        // rows of a chunk tile, the largest chunk
+constexpr int kSub = 16;         // rows of a sub-chunk
+constexpr int kKT = 32;          // key channels per tile
+constexpr int kLdT = kKT + 1;    // row stride of [kRows][kKT] tiles: odd, so column walks
+                                 // by one warp hit 32 different banks
+constexpr int kLd4 = 68;         // row stride of 64-wide tiles read as float4: a multiple of
+                                 // 4 (16-byte rows) whose rows 4 apart fall in other banks
+constexpr int kVO = 64;          // value columns per tile in gla_fwd_kernel / gla_bwd_dv_kernel
+constexpr int kVT = 32;          // value columns per tile in gla_bwd_dqkg_kernel
+constexpr int kLd2 = kKT + 2;    // row stride of [kVT][kKT] tiles read as float2
+constexpr int kST = 32;          // state tile: kST keys x kST values
+constexpr int kStateBlocks = 4;  // resident blocks per SM the state kernels are built for
+constexpr int kPairs = 6;        // sub-chunk pairs J < I of a 64-row tile
+constexpr float kLog2e = 1.4426950408889634f;
+static_assert(kGlaMaxChunk == kRows, "the chunk tile holds the largest chunk");
+static_assert(kRows == 4 * kSub && kSub == 16, "sub-chunk pairs and 4-row blocks assume 4 x 16");
+static_assert(kThreads == 256, "thread maps assume 16 x 16 threads");
+static_assert(kThreads / 8 == kKT && kKT == kST, "the column scan covers the 32 columns of a tile");
+
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <class T>
+__device__ __forceinline__ T from_f32(float v);
+template <>
+__device__ __forceinline__ float from_f32<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// One (b, h) sequence of a [B, T, H, N] input: element (t, c) at p[t * st + c * sc].
+template <class T>
+struct SeqIn {
+  const T* p;
+  int64_t st, sc;
+  __device__ __forceinline__ float at(int64_t t, int64_t c) const {
+    return to_f32(p[t * st + c * sc]);
+  }
+};
+
+template <class T>
+__device__ __forceinline__ SeqIn<T> seq(const GlaInput& x, int64_t b, int64_t h) {
+  return {static_cast<const T*>(x.data) + b * x.strides[0] + h * x.strides[2], x.strides[1],
+          x.strides[3]};
+}
+
+__device__ __forceinline__ int64_t num_chunks(int64_t T, int64_t C) { return (T + C - 1) / C; }
+
+__device__ __forceinline__ float4 ld4(const float* p) {
+  return *reinterpret_cast<const float4*>(p);
+}
+__device__ __forceinline__ float2 ld2(const float* p) {
+  return *reinterpret_cast<const float2*>(p);
+}
+
+// In place, down the 32 columns of a [kRows][ld] tile: inclusive prefix sums (kReverse:
+// suffix sums, x_i = sum_{r >= i} x_r). Thread (column tid / 8, segment tid % 8) sums its 8
+// rows in registers; the 8 segments of a column sit in adjacent lanes and pass their
+// totals with width-8 shuffles. Then f(row, column, sum, column total) for each of the
+// thread's elements (the total is the sum down the whole column).
+constexpr int kScanCols = kThreads / 8;
+template <bool kReverse, class F>
+__device__ __forceinline__ void column_scan(float* x, int ld, F&& f) {
+  const int seg = threadIdx.x & 7, col = threadIdx.x >> 3;
+  float v[8];
+#pragma unroll
+  for (int r = 0; r < 8; ++r) v[r] = x[(8 * seg + r) * ld + col];
+#pragma unroll
+  for (int r = 1; r < 8; ++r) {
+    if (kReverse) {
+      v[7 - r] += v[8 - r];
+    } else {
+      v[r] += v[r - 1];
+    }
+  }
+  float incl = kReverse ? v[0] : v[7];  // then the sum over this and the earlier segments
+#pragma unroll
+  for (int d = 1; d < 8; d <<= 1) {
+    if (kReverse) {
+      const float u = __shfl_down_sync(0xffffffffu, incl, d, 8);
+      if (seg + d < 8) incl += u;
+    } else {
+      const float u = __shfl_up_sync(0xffffffffu, incl, d, 8);
+      if (seg >= d) incl += u;
+    }
+  }
+  float excl = kReverse ? __shfl_down_sync(0xffffffffu, incl, 1, 8)
+                        : __shfl_up_sync(0xffffffffu, incl, 1, 8);
+  if (seg == (kReverse ? 7 : 0)) excl = 0.f;
+  const float total = __shfl_sync(0xffffffffu, incl, kReverse ? 0 : 7, 8);
+#pragma unroll
+  for (int r = 0; r < 8; ++r) {
+    v[r] += excl;
+    x[(8 * seg + r) * ld + col] = v[r];
+    f(8 * seg + r, col, v[r], total);
+  }
+}
+
+struct NoOp {
+  __device__ __forceinline__ void operator()(int, int, float, float) const {}
+};
+
+// ---- the [64, 32] tiles of one chunk and key tile -----------------------------------
+
+// q, k, G (cumulative log2 gate), Qs_ic = q_ic 2^(G_ic - G_{16I,c}) (I the row's
+// sub-chunk), Ks_jc = k_jc 2^(G_{16(J+1),c} - G_jc) (J < 3), Kd_jc = k_jc 2^(G_{16J,c} - G_jc),
+// each [kRows][kLdT]; M [kPairs][kKT] with M_IJ,c = 2^(G_{16I,c} - G_{16(J+1),c}) for J < I,
+// pair index I (I - 1) / 2 + J; factored [4]: 1 where sub-chunk I's gates spread at most
+// kMaxSpread2 over its rows in every channel, so that its diagonal block is the product
+// Qs Kd^T (each Kd factor <= 2^kMaxSpread2, each product <= 1 on and below the
+// diagonal), else 0 (formed pair by pair).
+struct Tiles {
+  float *q, *k, *G, *Qs, *Ks, *Kd, *M, *factored;
+};
+constexpr int kTileFloats = kRows * kLdT;
+constexpr int kTilesFloats = 6 * kTileFloats + kPairs * kKT + kRows / kSub;
+static_assert(kTilesFloats % 4 == 0, "float4 regions after the tiles stay 16-byte aligned");
+// 40 in natural-log units, as ops/gla.cc's kMaxSpread: Kd factors up to e^40 keep the
+// masked products above the diagonal (never used) finite, and no factor is subnormal.
+constexpr float kMaxSpread2 = 40.f * kLog2e;
+
+__device__ __forceinline__ Tiles carve_tiles(float* base) {
+  return {base,
+          base + kTileFloats,
+          base + 2 * kTileFloats,
+          base + 3 * kTileFloats,
+          base + 4 * kTileFloats,
+          base + 5 * kTileFloats,
+          base + 6 * kTileFloats,
+          base + 6 * kTileFloats + kPairs * kKT};
+}
+
+__device__ __forceinline__ int pair_index(int I, int J) { return I * (I - 1) / 2 + J; }
+
+// Rows [t0, t0 + L) and channels [k0, k0 + kKT) of q, k, g into the tiles (zeros outside),
+// then G, Qs, Ks, Kd, M and factored. Starts and ends with the block in step.
+template <class T>
+__device__ void load_chunk_tiles(const SeqIn<T>& q, const SeqIn<T>& k, const SeqIn<T>& g,
+                                 int64_t t0, int L, int k0, int K, const Tiles& s) {
+  for (int idx = threadIdx.x; idx < kRows * kKT; idx += kThreads) {
+    const int i = idx / kKT, c = idx % kKT;
+    const bool in = i < L && k0 + c < K;
+    s.q[i * kLdT + c] = in ? q.at(t0 + i, k0 + c) : 0.f;
+    s.k[i * kLdT + c] = in ? k.at(t0 + i, k0 + c) : 0.f;
+    s.G[i * kLdT + c] = in ? g.at(t0 + i, k0 + c) * kLog2e : 0.f;
+  }
+  __syncthreads();
+  column_scan<false>(s.G, kLdT, NoOp{});
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < kRows * kKT; idx += kThreads) {
+    const int i = idx / kKT, c = idx % kKT;
+    const int first = i & ~(kSub - 1);  // first row of i's sub-chunk
+    const float Gi = s.G[i * kLdT + c], Gf = s.G[first * kLdT + c];
+    const float ki = s.k[i * kLdT + c];
+    s.Qs[i * kLdT + c] = s.q[i * kLdT + c] * exp2f(Gi - Gf);
+    s.Ks[i * kLdT + c] =
+        first + kSub < kRows ? ki * exp2f(s.G[(first + kSub) * kLdT + c] - Gi) : 0.f;
+    // Used only where the spread is within kMaxSpread2; the clamp keeps it finite elsewhere.
+    s.Kd[i * kLdT + c] = ki * exp2f(fminf(Gf - Gi, kMaxSpread2));
+  }
+  for (int idx = threadIdx.x; idx < kPairs * kKT; idx += kThreads) {
+    const int pr = idx / kKT, c = idx % kKT;
+    const int I = pr < 1 ? 1 : (pr < 3 ? 2 : 3), J = pr - I * (I - 1) / 2;
+    s.M[idx] = exp2f(s.G[I * kSub * kLdT + c] - s.G[(J + 1) * kSub * kLdT + c]);
+  }
+  if (threadIdx.x < 32 * (kRows / kSub)) {  // warp I judges sub-chunk I, lane c channel c
+    const int I = threadIdx.x / 32, c = threadIdx.x % 32;
+    const float spread = s.G[I * kSub * kLdT + c] - s.G[(I * kSub + kSub - 1) * kLdT + c];
+    const bool ok = __all_sync(0xffffffffu, spread <= kMaxSpread2);
+    if (c == 0) s.factored[I] = ok ? 1.f : 0.f;
+  }
+  __syncthreads();
+}
+
+// Adds this key tile's terms of A_ij = sum_c q_ic k_jc 2^(G_ic - G_jc) (unscaled) to the
+// thread's 4x4 block (rows 4 bi.., columns 4 bj..); blocks above the diagonal stay 0, and
+// entries above the diagonal inside a diagonal block are not meaningful (callers mask).
+// Across sub-chunks (J < I) and on factored diagonal blocks: a product of the scaled
+// tiles (Qs_i M_IJ Ks_j, or Qs_i Kd_j); other diagonal blocks pair by pair.
+__device__ void accumulate_A(const Tiles& s, int bi, int bj, float acc[4][4]) {
+  if (bj > bi) return;
+  const int I = bi / 4, J = bj / 4;
+  if (J < I || s.factored[I] != 0.f) {
+    const float* M = J < I ? s.M + pair_index(I, J) * kKT : nullptr;
+    const float* Kt = J < I ? s.Ks : s.Kd;
+    for (int c = 0; c < kKT; ++c) {
+      float a[4], b[4];
+      const float m = M != nullptr ? M[c] : 1.f;
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        a[r] = s.Qs[(4 * bi + r) * kLdT + c];
+        b[r] = Kt[(4 * bj + r) * kLdT + c] * m;
+      }
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+#pragma unroll
+        for (int cc = 0; cc < 4; ++cc) acc[r][cc] += a[r] * b[cc];
+      }
+    }
+    return;
+  }
+  for (int c = 0; c < kKT; ++c) {
+    float kj[4], Gj[4];
+#pragma unroll
+    for (int cc = 0; cc < 4; ++cc) {
+      kj[cc] = s.k[(4 * bj + cc) * kLdT + c];
+      Gj[cc] = s.G[(4 * bj + cc) * kLdT + c];
+    }
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int i = 4 * bi + r;
+      const float qi = s.q[i * kLdT + c], Gi = s.G[i * kLdT + c];
+#pragma unroll
+      for (int cc = 0; cc < 4; ++cc) {
+        if (4 * bj + cc <= i) acc[r][cc] += qi * kj[cc] * exp2f(Gi - Gj[cc]);
+      }
+    }
+  }
+}
+
+// scale * acc where the entry is on or below the diagonal, else 0.
+__device__ __forceinline__ float masked_entry(const float acc[4][4], int bi, int bj, int r, int cc,
+                                              float scale) {
+  return 4 * bj + cc <= 4 * bi + r ? scale * acc[r][cc] : 0.f;
+}
+
+// ---- forward ---------------------------------------------------------------------------
+
+template <class T>
+__global__ void __launch_bounds__(kThreads, kStateBlocks)
+    gla_fwd_state_kernel(const GlaFwdParams p) {
+  __shared__ float kf[kRows][kST + 1];
+  __shared__ float G[kRows][kST + 1];
+  __shared__ __align__(16) float vs[kRows][kST];
+  const int64_t NC = num_chunks(p.T, p.C);
+  const int64_t nK = (p.K + kST - 1) / kST, nV = (p.V + kST - 1) / kST;
+  const int64_t tile = blockIdx.x % (nK * nV), bh = blockIdx.x / (nK * nV);
+  const int64_t b = bh / p.H, h = bh % p.H;
+  const int k0 = static_cast<int>(tile / nV) * kST, v0 = static_cast<int>(tile % nV) * kST;
+  const int K = static_cast<int>(p.K), V = static_cast<int>(p.V);
+  const SeqIn<T> k = seq<T>(p.k, b, h), g = seq<T>(p.g, b, h), v = seq<T>(p.v, b, h);
+
+  // This thread's part of the state tile: key row kk, values vv .. vv + 3.
+  const int kk = threadIdx.x / 8, vv = (threadIdx.x % 8) * 4;
+  const bool row_in = k0 + kk < K;
+  const int64_t s_off = (bh * p.K + k0 + kk) * p.V + v0 + vv;
+  float S[4];
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    S[e] = p.h0 != nullptr && row_in && v0 + vv + e < V ? p.h0[s_off + e] : 0.f;
+  }
+
+  // The next chunk's k, g, v, fetched into registers while this one is computed.
+  // Each thread fetches column fc of rows fi, fi + kRowStep, ...
+  constexpr int kPer = kRows * kST / kThreads, kRowStep = kThreads / kST;
+  const int fi = threadIdx.x / kST, fc = threadIdx.x % kST;
+  float pk[kPer], pg[kPer], pv[kPer];
+  auto fetch = [&](int64_t n) {
+    const int64_t t0 = n * p.C;
+    const int L = static_cast<int>(p.C < p.T - t0 ? p.C : p.T - t0);
+    // Element e is row fi + e * kRowStep, column fc: three pointers walk down the rows.
+    const bool kin = k0 + fc < K, vin = v0 + fc < V;
+    const T* kp = k.p + (t0 + fi) * k.st + (k0 + fc) * k.sc;
+    const T* gp = g.p + (t0 + fi) * g.st + (k0 + fc) * g.sc;
+    const T* vp = v.p + (t0 + fi) * v.st + (v0 + fc) * v.sc;
+#pragma unroll
+    for (int e = 0; e < kPer; ++e) {
+      const bool row = fi + e * kRowStep < L;
+      pk[e] = row && kin ? to_f32(*kp) : 0.f;
+      pg[e] = row && kin ? to_f32(*gp) * kLog2e : 0.f;
+      pv[e] = row && vin ? to_f32(*vp) : 0.f;
+      kp += kRowStep * k.st;
+      gp += kRowStep * g.st;
+      vp += kRowStep * v.st;
+    }
+  };
+  if (NC > 0) fetch(0);
+  for (int64_t n = 0; n < NC; ++n) {
+    const int64_t t0 = n * p.C;
+    const int L = static_cast<int>(p.C < p.T - t0 ? p.C : p.T - t0);
+#pragma unroll
+    for (int e = 0; e < kPer; ++e) {
+      kf[fi + e * kRowStep][fc] = pk[e];
+      G[fi + e * kRowStep][fc] = pg[e];
+      vs[fi + e * kRowStep][fc] = pv[e];
+    }
+    if (row_in) {
+      float* out = p.states + (bh * NC + n) * p.K * p.V + (k0 + kk) * p.V + v0 + vv;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        if (v0 + vv + e < V) out[e] = S[e];
+      }
+    }
+    __syncthreads();
+    if (n + 1 < NC) fetch(n + 1);
+    // G, and k_i * exp(G_last - G_i)
+    column_scan<false>(&G[0][0], kST + 1,
+                       [&](int i, int c, float Gi, float Gl) { kf[i][c] *= exp2f(Gl - Gi); });
+    __syncthreads();
+    const float decay = exp2f(G[kRows - 1][kk]);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) S[e] *= decay;
+#pragma unroll 4
+    for (int i = 0; i < L; ++i) {
+      const float a = kf[i][kk];
+      const float4 w = ld4(&vs[i][vv]);
+      S[0] += a * w.x;
+      S[1] += a * w.y;
+      S[2] += a * w.z;
+      S[3] += a * w.w;
+    }
+    __syncthreads();
+  }
+  if (row_in) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      if (v0 + vv + e < V) p.S_T[s_off + e] = S[e];
+    }
+  }
+}
+
+template <class T>
+__global__ void __launch_bounds__(kThreads) gla_fwd_kernel(const GlaFwdParams p) {
+  extern __shared__ float4 smem4[];
+  float* smem = reinterpret_cast<float*>(smem4);
+  const int64_t NC = num_chunks(p.T, p.C);
+  const int64_t n = blockIdx.x % NC, bh = blockIdx.x / NC;
+  const int64_t b = bh / p.H, h = bh % p.H;
+  const int64_t t0 = n * p.C;
+  const int L = static_cast<int>(p.C < p.T - t0 ? p.C : p.T - t0);
+  const int K = static_cast<int>(p.K), V = static_cast<int>(p.V);
+  const int Kpad = (K + kKT - 1) / kKT * kKT;
+  const SeqIn<T> q = seq<T>(p.q, b, h), k = seq<T>(p.k, b, h), g = seq<T>(p.g, b, h);
+  const SeqIn<T> v = seq<T>(p.v, b, h);
+
+  const Tiles s = carve_tiles(smem);
+  float* QeT = smem + kTilesFloats;  // [Kpad][kRows]: q * exp(G), transposed
+  float* AT = QeT + Kpad * kRows;    // [kRows][kLd4]: A transposed, scale included
+  const int ti = threadIdx.x / 16, tj = threadIdx.x % 16;
+
+  float acc[4][4] = {};
+  for (int k0 = 0; k0 < K; k0 += kKT) {
+    load_chunk_tiles(q, k, g, t0, L, k0, K, s);
+    accumulate_A(s, ti, tj, acc);
+    for (int idx = threadIdx.x; idx < kKT * kRows; idx += kThreads) {
+      const int c = idx / kRows, i = idx % kRows;
+      QeT[(k0 + c) * kRows + i] = s.q[i * kLdT + c] * exp2f(s.G[i * kLdT + c]);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int cc = 0; cc < 4; ++cc) {
+    *reinterpret_cast<float4*>(&AT[(4 * tj + cc) * kLd4 + 4 * ti]) = make_float4(
+        masked_entry(acc, ti, tj, 0, cc, p.scale), masked_entry(acc, ti, tj, 1, cc, p.scale),
+        masked_entry(acc, ti, tj, 2, cc, p.scale), masked_entry(acc, ti, tj, 3, cc, p.scale));
+  }
+  __syncthreads();
+
+  // o rows 4 ti.., columns v0 + 4 tj..; the tiles' space now holds S0 and v tiles.
+  float* S0t = smem;              // [kKT][kLd4]
+  float* vt = smem + kKT * kLd4;  // [kRows][kLd4]
+  static_assert(kKT * kLd4 + kRows * kLd4 <= kTilesFloats, "S0 and v tiles fit in the tiles");
+  const float* S0 = p.states + (bh * NC + n) * p.K * p.V;
+  T* o = static_cast<T*>(p.o) + ((b * p.T + t0) * p.H + h) * p.V;
+  for (int v0 = 0; v0 < V; v0 += kVO) {
+    float out[4][4] = {};
+    for (int k0 = 0; k0 < K; k0 += kKT) {
+      for (int idx = threadIdx.x; idx < kKT * kVO; idx += kThreads) {
+        const int r = idx / kVO, c = idx % kVO;
+        S0t[r * kLd4 + c] = k0 + r < K && v0 + c < V ? S0[(k0 + r) * p.V + v0 + c] : 0.f;
+      }
+      __syncthreads();
+      for (int r = 0; r < kKT; ++r) {
+        const float4 a = ld4(&QeT[(k0 + r) * kRows + 4 * ti]);
+        const float4 w = ld4(&S0t[r * kLd4 + 4 * tj]);
+        const float av[4] = {a.x, a.y, a.z, a.w}, wv[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+#pragma unroll
+          for (int j = 0; j < 4; ++j) out[i][j] += av[i] * wv[j];
+        }
+      }
+      __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) out[i][j] *= p.scale;
+    }
+    for (int idx = threadIdx.x; idx < kRows * kVO; idx += kThreads) {
+      const int r = idx / kVO, c = idx % kVO;
+      vt[r * kLd4 + c] = r < L && v0 + c < V ? v.at(t0 + r, v0 + c) : 0.f;
+    }
+    __syncthreads();
+    const int jend = 4 * ti + 4 < L ? 4 * ti + 4 : L;
+    for (int j = 0; j < jend; ++j) {
+      const float4 a = ld4(&AT[j * kLd4 + 4 * ti]);
+      const float4 w = ld4(&vt[j * kLd4 + 4 * tj]);
+      const float av[4] = {a.x, a.y, a.z, a.w}, wv[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+#pragma unroll
+        for (int jj = 0; jj < 4; ++jj) out[i][jj] += av[i] * wv[jj];
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int row = 4 * ti + i;
+      if (row >= L) continue;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int col = v0 + 4 * tj + j;
+        if (col < V) o[row * p.H * p.V + col] = from_f32<T>(out[i][j]);
+      }
+    }
+    __syncthreads();
+  }
+}
+
+// ---- backward --------------------------------------------------------------------------
+
+// Scratch: the end-state gradients [B, H, NC, K, V], d_A [B, H, NC, 64, 64] (when d_q,
+// d_k or d_g is wanted), per-channel d_g [B, T, H, K] (per-head gate), each 256-byte aligned.
+struct BwdScratch {
+  float* d_states;
+  float* d_A;
+  float* d_g_channels;
+};
+constexpr size_t kAlign = 256;
+size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+size_t n_chunks_host(const GlaBwdParams& p) {
+  return p.T == 0 ? 0 : static_cast<size_t>((p.T + p.C - 1) / p.C);
+}
+bool wants_qkg(const GlaBwdParams& p) {
+  return p.d_q != nullptr || p.d_k != nullptr || p.d_g != nullptr;
+}
+size_t d_states_bytes(const GlaBwdParams& p) {
+  return align_up(sizeof(float) * p.B * p.H * n_chunks_host(p) * p.K * p.V);
+}
+size_t d_A_bytes(const GlaBwdParams& p) {
+  return wants_qkg(p) ? align_up(sizeof(float) * p.B * p.H * n_chunks_host(p) * kRows * kRows) : 0;
+}
+size_t d_g_channels_bytes(const GlaBwdParams& p) {
+  return p.scalar_gate && p.d_g != nullptr ? align_up(sizeof(float) * p.B * p.T * p.H * p.K) : 0;
+}
+BwdScratch carve_scratch(const GlaBwdParams& p) {
+  char* base = static_cast<char*>(p.scratch);
+  BwdScratch s;
+  s.d_states = reinterpret_cast<float*>(base);
+  s.d_A = d_A_bytes(p) ? reinterpret_cast<float*>(base + d_states_bytes(p)) : nullptr;
+  s.d_g_channels = d_g_channels_bytes(p)
+                       ? reinterpret_cast<float*>(base + d_states_bytes(p) + d_A_bytes(p))
+                       : nullptr;
+  return s;
+}
+
+template <class T>
+__global__ void __launch_bounds__(kThreads, kStateBlocks)
+    gla_bwd_state_kernel(const GlaBwdParams p, float* __restrict__ d_states) {
+  __shared__ float qe[kRows][kST + 1];
+  __shared__ float G[kRows][kST + 1];
+  __shared__ __align__(16) float dos[kRows][kST];
+  const int64_t NC = num_chunks(p.T, p.C);
+  const int64_t nK = (p.K + kST - 1) / kST, nV = (p.V + kST - 1) / kST;
+  const int64_t tile = blockIdx.x % (nK * nV), bh = blockIdx.x / (nK * nV);
+  const int64_t b = bh / p.H, h = bh % p.H;
+  const int k0 = static_cast<int>(tile / nV) * kST, v0 = static_cast<int>(tile % nV) * kST;
+  const int K = static_cast<int>(p.K), V = static_cast<int>(p.V);
+  const SeqIn<T> q = seq<T>(p.q, b, h), g = seq<T>(p.g, b, h), d_o = seq<T>(p.d_o, b, h);
+
+  const int kk = threadIdx.x / 8, vv = (threadIdx.x % 8) * 4;
+  const bool row_in = k0 + kk < K;
+  const int64_t s_off = (bh * p.K + k0 + kk) * p.V + v0 + vv;
+  float dS[4];
+#pragma unroll
+  for (int e = 0; e < 4; ++e) dS[e] = row_in && v0 + vv + e < V ? p.d_S_T[s_off + e] : 0.f;
+
+  constexpr int kPer = kRows * kST / kThreads, kRowStep = kThreads / kST;
+  const int fi = threadIdx.x / kST, fc = threadIdx.x % kST;
+  float pq[kPer], pg[kPer], pd[kPer];
+  auto fetch = [&](int64_t n) {
+    const int64_t t0 = n * p.C;
+    const int L = static_cast<int>(p.C < p.T - t0 ? p.C : p.T - t0);
+    const bool kin = k0 + fc < K, vin = v0 + fc < V;
+    const T* qp = q.p + (t0 + fi) * q.st + (k0 + fc) * q.sc;
+    const T* gp = g.p + (t0 + fi) * g.st + (k0 + fc) * g.sc;
+    const T* dp = d_o.p + (t0 + fi) * d_o.st + (v0 + fc) * d_o.sc;
+#pragma unroll
+    for (int e = 0; e < kPer; ++e) {
+      const bool row = fi + e * kRowStep < L;
+      pq[e] = row && kin ? to_f32(*qp) : 0.f;
+      pg[e] = row && kin ? to_f32(*gp) * kLog2e : 0.f;
+      pd[e] = row && vin ? to_f32(*dp) : 0.f;
+      qp += kRowStep * q.st;
+      gp += kRowStep * g.st;
+      dp += kRowStep * d_o.st;
+    }
+  };
+  if (NC > 0) fetch(NC - 1);
+  for (int64_t n = NC - 1; n >= 0; --n) {
+    const int64_t t0 = n * p.C;
+    const int L = static_cast<int>(p.C < p.T - t0 ? p.C : p.T - t0);
+    if (row_in) {
+      float* out = d_states + (bh * NC + n) * p.K * p.V + (k0 + kk) * p.V + v0 + vv;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        if (v0 + vv + e < V) out[e] = dS[e];
+      }
+    }
+    if (n == 0 && p.d_h0 == nullptr) break;  // the same for the whole block
+#pragma unroll
+    for (int e = 0; e < kPer; ++e) {
+      qe[fi + e * kRowStep][fc] = pq[e];
+      G[fi + e * kRowStep][fc] = pg[e];
+      dos[fi + e * kRowStep][fc] = pd[e];
+    }
+    __syncthreads();
+    if (n > 0) fetch(n - 1);
+    // G, and scale q_i * exp(G_i)
+    column_scan<false>(&G[0][0], kST + 1,
+                       [&](int i, int c, float Gi, float) { qe[i][c] *= exp2f(Gi) * p.scale; });
+    __syncthreads();
+    const float decay = exp2f(G[kRows - 1][kk]);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dS[e] *= decay;
+#pragma unroll 4
+    for (int i = 0; i < L; ++i) {
+      const float a = qe[i][kk];
+      const float4 w = ld4(&dos[i][vv]);
+      dS[0] += a * w.x;
+      dS[1] += a * w.y;
+      dS[2] += a * w.z;
+      dS[3] += a * w.w;
+    }
+    __syncthreads();
+  }
+  if (p.d_h0 != nullptr && row_in) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      if (v0 + vv + e < V) p.d_h0[s_off + e] = dS[e];
+    }
+  }
+}
+
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    gla_bwd_dv_kernel(const GlaBwdParams p, const float* __restrict__ d_states,
+                      float* __restrict__ d_A) {
+  extern __shared__ float4 smem4[];
+  float* smem = reinterpret_cast<float*>(smem4);
+  const int64_t NC = num_chunks(p.T, p.C);
+  const int64_t n = blockIdx.x % NC, bh = blockIdx.x / NC;
+  const int64_t b = bh / p.H, h = bh % p.H;
+  const int64_t t0 = n * p.C;
+  const int L = static_cast<int>(p.C < p.T - t0 ? p.C : p.T - t0);
+  const int K = static_cast<int>(p.K), V = static_cast<int>(p.V);
+  const SeqIn<T> q = seq<T>(p.q, b, h), k = seq<T>(p.k, b, h), g = seq<T>(p.g, b, h);
+  const SeqIn<T> v = seq<T>(p.v, b, h), d_o = seq<T>(p.d_o, b, h);
+  const bool want_dv = p.d_v != nullptr, want_dA = d_A != nullptr;
+
+  constexpr int kStage = 2 * kRows * kLd4 + kKT * kLd4;  // d_o, v^T and d_S tiles
+  constexpr int kUnion = kStage > kTilesFloats ? kStage : kTilesFloats;
+  static_assert(kUnion % 4 == 0, "16-byte aligned regions");
+  const Tiles s = carve_tiles(smem);
+  float* A = smem + kUnion;       // [kRows][kLd4], scale included
+  float* KFT = A + kRows * kLd4;  // [Kpad][kRows]: k * exp(G_last - G), transposed
+  const int ti = threadIdx.x / 16, tj = threadIdx.x % 16;
+
+  if (want_dv) {
+    float acc[4][4] = {};
+    for (int k0 = 0; k0 < K; k0 += kKT) {
+      load_chunk_tiles(q, k, g, t0, L, k0, K, s);
+      accumulate_A(s, ti, tj, acc);
+      for (int idx = threadIdx.x; idx < kKT * kRows; idx += kThreads) {
+        const int c = idx / kRows, i = idx % kRows;
+        KFT[(k0 + c) * kRows + i] =
+            s.k[i * kLdT + c] * exp2f(s.G[(kRows - 1) * kLdT + c] - s.G[i * kLdT + c]);
+      }
+      __syncthreads();
+    }
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      *reinterpret_cast<float4*>(&A[(4 * ti + r) * kLd4 + 4 * tj]) = make_float4(
+          masked_entry(acc, ti, tj, r, 0, p.scale), masked_entry(acc, ti, tj, r, 1, p.scale),
+          masked_entry(acc, ti, tj, r, 2, p.scale), masked_entry(acc, ti, tj, r, 3, p.scale));
+    }
+    __syncthreads();
+  }
+
+  float* dO = smem;                // [kRows][kLd4]
+  float* vT = dO + kRows * kLd4;   // [kVO][kLd4]: v transposed
+  float* dSt = vT + kRows * kLd4;  // [kKT][kLd4]
+  const float* dS = d_states + (bh * NC + n) * p.K * p.V;
+  T* dv = want_dv ? static_cast<T*>(p.d_v) + ((b * p.T + t0) * p.H + h) * p.V : nullptr;
+  float dA[4][4] = {};
+  for (int v0 = 0; v0 < V; v0 += kVO) {
+    for (int idx = threadIdx.x; idx < kRows * kVO; idx += kThreads) {
+      const int r = idx / kVO, c = idx % kVO;
+      const bool in = r < L && v0 + c < V;
+      dO[r * kLd4 + c] = in ? d_o.at(t0 + r, v0 + c) : 0.f;
+      if (want_dA) vT[c * kLd4 + r] = in ? v.at(t0 + r, v0 + c) : 0.f;
+    }
+    __syncthreads();
+    if (want_dA && tj <= ti) {
+      // d_A_ij += sum_c d_o_ic v_jc  (rows 4 ti.., columns 4 tj..)
+      for (int c = 0; c < kVO; ++c) {
+        float a[4];
+#pragma unroll
+        for (int r = 0; r < 4; ++r) a[r] = dO[(4 * ti + r) * kLd4 + c];
+        const float4 w = ld4(&vT[c * kLd4 + 4 * tj]);
+        const float wv[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+#pragma unroll
+          for (int cc = 0; cc < 4; ++cc) dA[r][cc] += a[r] * wv[cc];
+        }
+      }
+    }
+    if (want_dv) {
+      // d_v rows 4 ti.., columns v0 + 4 tj..:  sum_{i >= j} A_ij d_o_i + sum_c KF_jc d_S_c
+      float out[4][4] = {};
+      for (int i = 4 * ti; i < L; ++i) {
+        const float4 a = ld4(&A[i * kLd4 + 4 * ti]);
+        const float4 w = ld4(&dO[i * kLd4 + 4 * tj]);
+        const float av[4] = {a.x, a.y, a.z, a.w}, wv[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+#pragma unroll
+          for (int cc = 0; cc < 4; ++cc) out[r][cc] += av[r] * wv[cc];
+        }
+      }
+      for (int k0 = 0; k0 < K; k0 += kKT) {
+        for (int idx = threadIdx.x; idx < kKT * kVO; idx += kThreads) {
+          const int r = idx / kVO, c = idx % kVO;
+          dSt[r * kLd4 + c] = k0 + r < K && v0 + c < V ? dS[(k0 + r) * p.V + v0 + c] : 0.f;
+        }
+        __syncthreads();
+        for (int r = 0; r < kKT; ++r) {
+          const float4 a = ld4(&KFT[(k0 + r) * kRows + 4 * ti]);
+          const float4 w = ld4(&dSt[r * kLd4 + 4 * tj]);
+          const float av[4] = {a.x, a.y, a.z, a.w}, wv[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) out[i][j] += av[i] * wv[j];
+          }
+        }
+        __syncthreads();
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int row = 4 * ti + i;
+        if (row >= L) continue;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int col = v0 + 4 * tj + j;
+          if (col < V) dv[row * p.H * p.V + col] = from_f32<T>(out[i][j]);
+        }
+      }
+    }
+    __syncthreads();
+  }
+  if (want_dA) {
+    float* out = d_A + (bh * NC + n) * kRows * kRows;
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      *reinterpret_cast<float4*>(&out[(4 * ti + r) * kRows + 4 * tj]) = make_float4(
+          masked_entry(dA, ti, tj, r, 0, p.scale), masked_entry(dA, ti, tj, r, 1, p.scale),
+          masked_entry(dA, ti, tj, r, 2, p.scale), masked_entry(dA, ti, tj, r, 3, p.scale));
+    }
+  }
+}
+
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    gla_bwd_dqkg_kernel(const GlaBwdParams p, const float* __restrict__ d_states,
+                        const float* __restrict__ d_A_all, float* __restrict__ d_g_channels) {
+  extern __shared__ float4 smem4[];
+  float* smem = reinterpret_cast<float*>(smem4);
+  const int64_t NC = num_chunks(p.T, p.C);
+  const int64_t n = blockIdx.x % NC, bh = blockIdx.x / NC;
+  const int64_t b = bh / p.H, h = bh % p.H;
+  const int64_t t0 = n * p.C;
+  const int L = static_cast<int>(p.C < p.T - t0 ? p.C : p.T - t0);
+  const int K = static_cast<int>(p.K), V = static_cast<int>(p.V);
+  const int k0 = static_cast<int>(blockIdx.y) * kKT;
+  const SeqIn<T> q = seq<T>(p.q, b, h), k = seq<T>(p.k, b, h), g = seq<T>(p.g, b, h);
+  const SeqIn<T> v = seq<T>(p.v, b, h), d_o = seq<T>(p.d_o, b, h);
+
+  const Tiles s = carve_tiles(smem);
+  float* dA = smem + kTilesFloats;  // [kRows][kLd4]: d_A (scale included)
+  float* dAT = dA + kRows * kLd4;   // [kRows][kLd4]: transposed
+  float* doT = dAT + kRows * kLd4;  // [kVT][kLd4]: d_o tile transposed
+  float* vT = doT + kVT * kLd4;     // [kVT][kLd4]
+  float* S0T = vT + kVT * kLd4;     // [kVT][kLd2]: S0 tile transposed
+  float* dST = S0T + kVT * kLd2;    // [kVT][kLd2]
+  float* rs = dST + kVT * kLd2;     // [kKT]: rowsum(S0 * d_S) per key
+
+  const float* dA_g = d_A_all + (bh * NC + n) * kRows * kRows;
+  for (int idx = threadIdx.x; idx < kRows * kRows; idx += kThreads) {
+    const int i = idx / kRows, j = idx % kRows;
+    const float a = dA_g[idx];
+    dA[i * kLd4 + j] = a;
+    dAT[j * kLd4 + i] = a;
+  }
+  load_chunk_tiles(q, k, g, t0, L, k0, K, s);  // its first barrier orders the d_A copies
+
+  // This thread: rows 4 ti .. 4 ti + 3, channels 2 tc, 2 tc + 1 of the key tile.
+  const int ti = threadIdx.x / 16, tc = threadIdx.x % 16;
+  const float* S0 = p.states + (bh * NC + n) * p.K * p.V;
+  const float* dS = d_states + (bh * NC + n) * p.K * p.V;
+  float dq0[4][2] = {}, dk0[4][2] = {}, rsum[2] = {};
+  for (int v0 = 0; v0 < V; v0 += kVT) {
+    for (int idx = threadIdx.x; idx < kRows * kVT; idx += kThreads) {
+      const int r = idx / kVT, c = idx % kVT;
+      const bool in = r < L && v0 + c < V;
+      doT[c * kLd4 + r] = in ? d_o.at(t0 + r, v0 + c) : 0.f;
+      vT[c * kLd4 + r] = in ? v.at(t0 + r, v0 + c) : 0.f;
+    }
+    for (int idx = threadIdx.x; idx < kKT * kVT; idx += kThreads) {
+      const int r = idx / kVT, c = idx % kVT;
+      const bool in = k0 + r < K && v0 + c < V;
+      S0T[c * kLd2 + r] = in ? S0[(k0 + r) * p.V + v0 + c] : 0.f;
+      dST[c * kLd2 + r] = in ? dS[(k0 + r) * p.V + v0 + c] : 0.f;
+    }
+    __syncthreads();
+    for (int c = 0; c < kVT; ++c) {
+      const float4 a = ld4(&doT[c * kLd4 + 4 * ti]);
+      const float4 w = ld4(&vT[c * kLd4 + 4 * ti]);
+      const float2 s0 = ld2(&S0T[c * kLd2 + 2 * tc]);
+      const float2 ds = ld2(&dST[c * kLd2 + 2 * tc]);
+      const float av[4] = {a.x, a.y, a.z, a.w}, wv[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        dq0[r][0] += av[r] * s0.x;
+        dq0[r][1] += av[r] * s0.y;
+        dk0[r][0] += wv[r] * ds.x;
+        dk0[r][1] += wv[r] * ds.y;
+      }
+      rsum[0] += s0.x * ds.x;
+      rsum[1] += s0.y * ds.y;
+    }
+    __syncthreads();
+  }
+
+  // Intra-chunk parts through the sub-chunk references (see load_chunk_tiles), d_A zero
+  // above the diagonal:
+  //   d_q_ic = 2^(G_ic - G_{16I,c}) sum_{J<I} M_IJ,c sum_{j in J} d_A_ij Ks_jc
+  //            + sum_{j in I, j <= i} d_A_ij k_jc 2^(G_ic - G_jc)
+  //   d_k_jc = 2^(G_{16(J+1),c} - G_jc) sum_{I>J} M_IJ,c sum_{i in I} d_A_ij Qs_ic
+  //            + sum_{i in J, i >= j} d_A_ij q_ic 2^(G_ic - G_jc)
+  // where a factored sub-chunk's own sums are 2^(G_ic - G_{16I,c}) sum_j d_A_ij Kd_jc and
+  // 2^(G_{16J,c} - G_jc) sum_i d_A_ij Qs_ic.
+  const int S = ti / 4;  // the sub-chunk of this thread's rows
+  const bool factored = s.factored[S] != 0.f;
+  // dq, dk: the sums over other sub-chunks (and over this one when factored), before
+  // their row factors; dkd: the factored diagonal part of d_k.
+  float dq[4][2] = {}, dk[4][2] = {}, dkd[4][2] = {};
+  for (int J = 0; J <= S; ++J) {
+    if (J == S && !factored) break;
+    const float* Kt = J < S ? s.Ks : s.Kd;
+    float part[4][2] = {};
+    for (int j = J * kSub; j < (J + 1) * kSub; ++j) {
+      const float4 a = ld4(&dAT[j * kLd4 + 4 * ti]);  // d_A_ij for the thread's rows i
+      const float av[4] = {a.x, a.y, a.z, a.w};
+      const float k0v = Kt[j * kLdT + 2 * tc], k1v = Kt[j * kLdT + 2 * tc + 1];
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        part[r][0] += av[r] * k0v;
+        part[r][1] += av[r] * k1v;
+      }
+    }
+    const float* M = J < S ? s.M + pair_index(S, J) * kKT : nullptr;
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+#pragma unroll
+      for (int cc = 0; cc < 2; ++cc)
+        dq[r][cc] += (M != nullptr ? M[2 * tc + cc] : 1.f) * part[r][cc];
+    }
+  }
+  for (int I = factored ? S : S + 1; I < kRows / kSub; ++I) {
+    float part[4][2] = {};
+    for (int i = I * kSub; i < (I + 1) * kSub; ++i) {
+      const float4 a = ld4(&dA[i * kLd4 + 4 * ti]);  // d_A_ij for the thread's rows as j
+      const float av[4] = {a.x, a.y, a.z, a.w};
+      const float q0v = s.Qs[i * kLdT + 2 * tc], q1v = s.Qs[i * kLdT + 2 * tc + 1];
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        part[r][0] += av[r] * q0v;
+        part[r][1] += av[r] * q1v;
+      }
+    }
+    if (I == S) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        dkd[r][0] = part[r][0];
+        dkd[r][1] = part[r][1];
+      }
+      continue;
+    }
+    const float* M = s.M + pair_index(I, S) * kKT;
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+#pragma unroll
+      for (int cc = 0; cc < 2; ++cc) dk[r][cc] += M[2 * tc + cc] * part[r][cc];
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    const int i = 4 * ti + r;
+#pragma unroll
+    for (int cc = 0; cc < 2; ++cc) {
+      const int c = 2 * tc + cc;
+      const float Gi = s.G[i * kLdT + c], Gf = s.G[S * kSub * kLdT + c];
+      dq[r][cc] *= exp2f(Gi - Gf);
+      if (S + 1 < kRows / kSub) dk[r][cc] *= exp2f(s.G[(S + 1) * kSub * kLdT + c] - Gi);
+      if (factored) dk[r][cc] += dkd[r][cc] * exp2f(Gf - Gi);  // <= 2^kMaxSpread2
+    }
+  }
+  if (!factored) {
+    // Inside the sub-chunk, pair by pair.
+    for (int j = S * kSub; j < (S + 1) * kSub; ++j) {
+      const float4 a = ld4(&dAT[j * kLd4 + 4 * ti]);  // d_A_{i j} for the thread's rows i
+      const float4 w = ld4(&dA[j * kLd4 + 4 * ti]);   // d_A_{j i}: row j, the thread's columns
+      const float av[4] = {a.x, a.y, a.z, a.w}, wv[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+      for (int cc = 0; cc < 2; ++cc) {
+        const int c = 2 * tc + cc;
+        const float kj = s.k[j * kLdT + c], qj = s.q[j * kLdT + c], Gj = s.G[j * kLdT + c];
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          const int i = 4 * ti + r;
+          const float Gi = s.G[i * kLdT + c];
+          // d_q of row i from column j <= i; d_k of row i (as a column) from row j >= i.
+          if (j <= i) dq[r][cc] += av[r] * kj * exp2f(Gi - Gj);
+          if (j >= i) dk[r][cc] += wv[r] * qj * exp2f(Gj - Gi);
+        }
+      }
+    }
+  }
+
+  // Inter-chunk parts, then d_G = q d_q - k d_k and the last row's state terms.
+  float kdki[4][2], dG[4][2];
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    const int i = 4 * ti + r;
+#pragma unroll
+    for (int cc = 0; cc < 2; ++cc) {
+      const int c = 2 * tc + cc;
+      const float Gi = s.G[i * kLdT + c];
+      const float dki = dk0[r][cc] * exp2f(s.G[(kRows - 1) * kLdT + c] - Gi);
+      dq[r][cc] += p.scale * dq0[r][cc] * exp2f(Gi);
+      dk[r][cc] += dki;
+      const float qi = s.q[i * kLdT + c], ki = s.k[i * kLdT + c];
+      dG[r][cc] = qi * dq[r][cc] - ki * dk[r][cc];
+      kdki[r][cc] = ki * dki;
+    }
+  }
+  __syncthreads();  // everyone is done with Qs and Ks: they now hold d_G and k * d_k_inter
+  float* dGt = s.Qs;
+  float* kd = s.Ks;
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+#pragma unroll
+    for (int cc = 0; cc < 2; ++cc) {
+      dGt[(4 * ti + r) * kLdT + 2 * tc + cc] = dG[r][cc];
+      kd[(4 * ti + r) * kLdT + 2 * tc + cc] = kdki[r][cc];
+    }
+  }
+  if (ti == 0) {
+    rs[2 * tc] = rsum[0];
+    rs[2 * tc + 1] = rsum[1];
+  }
+  __syncthreads();
+  {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int c = warp; c < kKT; c += kThreads / 32) {
+      float x = kd[lane * kLdT + c] + kd[(lane + 32) * kLdT + c];
+#pragma unroll
+      for (int d = 16; d > 0; d >>= 1) x += __shfl_xor_sync(0xffffffffu, x, d);
+      if (lane == 0) {
+        dGt[(L - 1) * kLdT + c] += exp2f(s.G[(kRows - 1) * kLdT + c]) * rs[c] + x;
+      }
+    }
+  }
+  __syncthreads();
+  column_scan<true>(dGt, kLdT, NoOp{});
+  __syncthreads();
+
+  const int64_t row0 = (b * p.T + t0) * p.H + h;  // flat (b, t0, h)
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    const int i = 4 * ti + r;
+    if (i >= L) continue;
+#pragma unroll
+    for (int cc = 0; cc < 2; ++cc) {
+      const int c = k0 + 2 * tc + cc;
+      if (c >= K) continue;
+      const int64_t off = (row0 + static_cast<int64_t>(i) * p.H) * p.K + c;
+      if (p.d_q != nullptr) static_cast<T*>(p.d_q)[off] = from_f32<T>(dq[r][cc]);
+      if (p.d_k != nullptr) static_cast<T*>(p.d_k)[off] = from_f32<T>(dk[r][cc]);
+      const float dg = dGt[i * kLdT + 2 * tc + cc];
+      if (d_g_channels != nullptr) {
+        d_g_channels[off] = dg;
+      } else if (p.d_g != nullptr) {
+        static_cast<T*>(p.d_g)[off] = from_f32<T>(dg);
+      }
+    }
+  }
+}
+
+// d_g[b, t, h] = sum over channels of the per-channel d_g, in channel order.
+template <class T>
+__global__ void gla_bwd_gate_sum_kernel(int64_t rows, int64_t K, const float* __restrict__ d_g_ch,
+                                        T* __restrict__ d_g) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; r < rows;
+       r += stride) {
+    float acc = 0.f;
+    for (int64_t c = 0; c < K; ++c) acc += d_g_ch[r * K + c];
+    d_g[r] = from_f32<T>(acc);
+  }
+}
+
+// ---- launchers -------------------------------------------------------------------------
+
+const char* last_error() {
+  cudaError_t err = cudaGetLastError();
+  return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
+}
+
+constexpr int64_t kMaxGrid = 2147483647;
+
+int64_t k_pad(int64_t K) { return (K + kKT - 1) / kKT * kKT; }
+
+size_t fwd_smem_bytes(int64_t K) {
+  return sizeof(float) * (kTilesFloats + k_pad(K) * kRows + kRows * kLd4);
+}
+size_t dv_smem_bytes(int64_t K) {
+  constexpr int kStage = 2 * kRows * kLd4 + kKT * kLd4;
+  constexpr int kUnion = kStage > kTilesFloats ? kStage : kTilesFloats;
+  return sizeof(float) * (kUnion + kRows * kLd4 + k_pad(K) * kRows);
+}
+constexpr size_t kDqkgSmemBytes =
+    sizeof(float) * (kTilesFloats + 2 * kRows * kLd4 + 2 * kVT * kLd4 + 2 * kVT * kLd2 + kKT);
+
+// Sizes the kernels rely on; nullptr when they hold.
+const char* check_dims(int64_t B, int64_t T, int64_t H, int64_t K, int64_t V, int64_t C) {
+  if (C < 1 || C > kGlaMaxChunk) return "gla (CUDA): chunk must be in 1..64";
+  if (K < 1 || K > kGlaMaxK) return "gla (CUDA): K must be in 1..256";
+  if (V < 1 || V > (int64_t{1} << 30)) return "gla (CUDA): V must be in 1..2^30";
+  if (B < 0 || T < 0 || H < 0) return "gla (CUDA): negative size";
+  const int64_t NC = (T + C - 1) / C;
+  const int64_t tiles = ((K + kST - 1) / kST) * ((V + kST - 1) / kST);
+  if (B * H > 0 && (NC > kMaxGrid / (B * H) || tiles > kMaxGrid / (B * H))) {
+    return "gla (CUDA): too many blocks (B * H * chunks)";
+  }
+  return nullptr;
+}
+
+template <class Kernel>
+const char* allow_smem(Kernel kernel, size_t bytes) {
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(bytes));
+  return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
+}
+
+template <class T>
+const char* fwd_t(const GlaFwdParams& p, cudaStream_t s) {
+  const int64_t NC = (p.T + p.C - 1) / p.C;
+  const int64_t tiles = ((p.K + kST - 1) / kST) * ((p.V + kST - 1) / kST);
+  gla_fwd_state_kernel<T><<<static_cast<unsigned>(tiles * p.B * p.H), kThreads, 0, s>>>(p);
+  if (const char* e = last_error()) return e;
+  if (NC == 0) return nullptr;
+  const size_t smem = fwd_smem_bytes(p.K);
+  if (const char* e = allow_smem(gla_fwd_kernel<T>, smem)) return e;
+  gla_fwd_kernel<T><<<static_cast<unsigned>(NC * p.B * p.H), kThreads, smem, s>>>(p);
+  return last_error();
+}
+
+template <class T>
+const char* bwd_t(const GlaBwdParams& p, cudaStream_t s) {
+  const int64_t NC = (p.T + p.C - 1) / p.C;
+  const int64_t tiles = ((p.K + kST - 1) / kST) * ((p.V + kST - 1) / kST);
+  const BwdScratch sc = carve_scratch(p);
+  gla_bwd_state_kernel<T>
+      <<<static_cast<unsigned>(tiles * p.B * p.H), kThreads, 0, s>>>(p, sc.d_states);
+  if (const char* e = last_error()) return e;
+  if (NC == 0) return nullptr;
+  const unsigned blocks = static_cast<unsigned>(NC * p.B * p.H);
+  if (p.d_v != nullptr || sc.d_A != nullptr) {
+    const size_t smem = dv_smem_bytes(p.K);
+    if (const char* e = allow_smem(gla_bwd_dv_kernel<T>, smem)) return e;
+    gla_bwd_dv_kernel<T><<<blocks, kThreads, smem, s>>>(p, sc.d_states, sc.d_A);
+    if (const char* e = last_error()) return e;
+  }
+  if (sc.d_A != nullptr) {
+    if (const char* e = allow_smem(gla_bwd_dqkg_kernel<T>, kDqkgSmemBytes)) return e;
+    const dim3 grid(blocks, static_cast<unsigned>(k_pad(p.K) / kKT));
+    gla_bwd_dqkg_kernel<T>
+        <<<grid, kThreads, kDqkgSmemBytes, s>>>(p, sc.d_states, sc.d_A, sc.d_g_channels);
+    if (const char* e = last_error()) return e;
+  }
+  if (sc.d_g_channels != nullptr) {
+    const int64_t rows = p.B * p.T * p.H;
+    int64_t grid = (rows + 255) / 256;
+    if (grid > 65535) grid = 65535;
+    gla_bwd_gate_sum_kernel<T><<<static_cast<unsigned>(grid), 256, 0, s>>>(
+        rows, p.K, sc.d_g_channels, static_cast<T*>(p.d_g));
+    if (const char* e = last_error()) return e;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+const char* gla_fwd_cuda(const GlaFwdParams& p, void* stream) {
+  if (const char* e = check_dims(p.B, p.T, p.H, p.K, p.V, p.C)) return e;
+  if (p.B * p.H == 0) return nullptr;
+  auto s = static_cast<cudaStream_t>(stream);
+  switch (p.dtype) {
+    case KernelDType::kFloat32:
+      return fwd_t<float>(p, s);
+    case KernelDType::kBFloat16:
+      return fwd_t<__nv_bfloat16>(p, s);
+  }
+  return "gla_fwd_cuda: unknown dtype";
+}
+
+size_t gla_bwd_scratch_bytes(const GlaBwdParams& p) {
+  if (check_dims(p.B, p.T, p.H, p.K, p.V, p.C) != nullptr) return 0;
+  return d_states_bytes(p) + d_A_bytes(p) + d_g_channels_bytes(p);
+}
+
+const char* gla_bwd_cuda(const GlaBwdParams& p, void* stream) {
+  if (const char* e = check_dims(p.B, p.T, p.H, p.K, p.V, p.C)) return e;
+  if (p.B * p.H == 0) return nullptr;
+  if (p.scratch == nullptr) return "gla_bwd_cuda: scratch not given";
+  auto s = static_cast<cudaStream_t>(stream);
+  switch (p.dtype) {
+    case KernelDType::kFloat32:
+      return bwd_t<float>(p, s);
+    case KernelDType::kBFloat16:
+      return bwd_t<__nv_bfloat16>(p, s);
+  }
+  return "gla_bwd_cuda: unknown dtype";
+}
+
+}  // namespace resona::cuda

@@ -1,0 +1,87 @@
+// Chunked gated linear attention (ops/scan.h has the op's contract) on the GPU, behind
+// plain params (no CUDA or framework headers).
+//
+//   S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T      S: [K, V] per (b, h), S_{-1} = h0
+//   o_t = scale * S_t^T q_t
+//
+// Chunks of C <= 64 steps; inside chunk n (rows i < L, start state S0 = states[n]):
+//   G_i  = g_{t0} + ... + g_{t0+i}                      (kept in log2 units, exp2)
+//   o_i  = scale (q_i * exp(G_i))^T S0 + sum_{j<=i} A_ij v_j
+//   A_ij = scale sum_c q_ic k_jc exp(G_ic - G_jc)
+//   S_end = diag(exp(G_last)) S0 + (k * exp(G_last - G))^T v
+// A is formed so that no factor exceeds 1 whatever the decay: the chunk is cut into
+// sub-chunks of 16 rows; across sub-chunks (J < I) exp(G_i - G_j) is the product of
+// exp(G_i - G_{16I}), exp(G_{16I} - G_{16(J+1)}) and exp(G_{16(J+1)} - G_j), each <= 1;
+// inside a sub-chunk each pair takes exp(G_i - G_j) directly (FLA's secondary chunking).
+//
+// Forward: (1) per (b, h, key tile, value tile), walk the chunks carrying the state tile,
+// write each chunk's start state to `states` (float32, kept for backward) and S_T;
+// (2) per (b, h, chunk): A, then o.
+// Backward, with d_S the gradient of the chunk's end state:
+//   (1) per (b, h, key tile, value tile), chunks in reverse: d_S entering chunk n is saved,
+//       d_S <- diag(exp(G_last)) d_S + scale (q * exp(G))^T d_o;  d_h0 = d_S of chunk 0
+//   (2) per (b, h, chunk): A (again) and
+//       d_v  = A^T d_o + (k * exp(G_last - G)) d_S,   d_A = scale tril(d_o v^T)
+//   (3) per (b, h, chunk, key tile):
+//       d_q  = scale (d_o S0^T) * exp(G) + sum_{j<=i} d_A_ij k_j * exp(G_i - G_j)
+//       d_k  = (v d_S^T) * exp(G_last - G) + sum_{i>=j} d_A_ij q_i * exp(G_i - G_j)
+//       d_G  = q * d_q - k * d_k, plus on the last row exp(G_last) * rowsum(S0 * d_S)
+//              + colsum(k * (v d_S^T) * exp(G_last - G));  d_g = reverse cumsum of d_G
+//   (4) a per-head gate: d_g summed over the K channels in channel order.
+// Every sum has a fixed order (no atomics): results are bit-identical run to run.
+// float32 arithmetic and states for float32 and bfloat16 storage. Inputs may have any
+// element strides; outputs are contiguous and overwritten.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "cuda/elementwise.h"  // KernelDType
+
+namespace resona::cuda {
+
+inline constexpr int64_t kGlaMaxChunk = 64;  // C in 1..64
+inline constexpr int64_t kGlaMaxK = 256;     // key channels held per chunk in shared memory
+
+// One [B, T, H, N] input: element (b, t, h, c) at data + sum of index * stride. A per-head
+// gate [B, T, H] is passed with stride 0 along the channel dim.
+struct GlaInput {
+  const void* data;
+  int64_t strides[4];
+};
+
+struct GlaFwdParams {
+  KernelDType dtype;  // of q, k, v, g and o
+  int64_t B, T, H, K, V;
+  int64_t C;  // chunk length, 1..kGlaMaxChunk
+  float scale;
+  GlaInput q, k;    // [B, T, H, K]
+  GlaInput v;       // [B, T, H, V]
+  GlaInput g;       // [B, T, H, K] log decay (<= 0)
+  const float* h0;  // [B, H, K, V] contiguous, or nullptr for zeros
+  void* o;          // [B, T, H, V] contiguous
+  float* S_T;       // [B, H, K, V] contiguous
+  float* states;    // [B, H, NC, K, V], NC = ceil(T / C): the state entering each chunk
+};
+const char* gla_fwd_cuda(const GlaFwdParams& p, void* stream);
+
+struct GlaBwdParams {
+  KernelDType dtype;  // of q, k, v, g, d_o and d_q, d_k, d_v, d_g
+  int64_t B, T, H, K, V, C;
+  float scale;
+  bool scalar_gate;  // g (and d_g) is [B, T, H]
+  GlaInput q, k, v, g;
+  GlaInput d_o;         // [B, T, H, V]
+  const float* states;  // forward's [B, H, NC, K, V]
+  const float* d_S_T;   // [B, H, K, V] contiguous
+  void* d_q;            // [B, T, H, K] contiguous, or nullptr when not wanted
+  void* d_k;            // same
+  void* d_v;            // [B, T, H, V] contiguous, or nullptr
+  void* d_g;            // g's shape, contiguous, or nullptr
+  float* d_h0;          // [B, H, K, V] contiguous, or nullptr
+  void* scratch;        // gla_bwd_scratch_bytes(p) bytes
+};
+size_t gla_bwd_scratch_bytes(const GlaBwdParams& p);
+const char* gla_bwd_cuda(const GlaBwdParams& p, void* stream);
+
+}  // namespace resona::cuda
