@@ -1,5 +1,6 @@
 // Gated linear attention (GLA; with a per-head scalar gate also Mamba2/SSD and RetNet),
-// chunked as in FLA's chunk_gla (CPU, float32 and float64).
+// chunked as in FLA's chunk_gla (CPU: float32 and float64; CUDA: float32 and bfloat16,
+// see the end of this comment).
 //
 //   S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T        S: [K, V] per (b, h), S_{-1} = h0
 //   o_t = scale * S_t^T q_t
@@ -36,6 +37,14 @@
 // Saved for backward: q, k, v, g, h0 (the inputs, contiguous) and the options. The chunk
 // states are recomputed in backward, one sequence at a time (T/C states of [K, V]).
 // Gradients are fresh tensors; only the requested ones are computed.
+//
+// CUDA (kernels in cuda/gla.cu, the same algorithm): float32 and bfloat16 storage with
+// float32 arithmetic; the state S_T is float32 whatever the input dtype, and h0 may be
+// float32 or the inputs' dtype (d_h0 takes h0's dtype). Chunk 1..64, K up to 256. q, k,
+// v, g and d_o are read in place with their strides; a per-head gate is read as a
+// per-channel one with stride 0 along K and its gradient summed over K. Forward saves
+// the inputs (handles, not copies) and each chunk's starting state, float32
+// [B, H, ceil(T / C), K, V]; backward reads them instead of recomputing the states.
 #include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
@@ -43,6 +52,7 @@
 
 #include "autograd/function.h"
 #include "core/dispatch.h"
+#include "cuda/gla.h"
 #include "ops/device_util.h"
 #include "ops/scan.h"
 
@@ -75,6 +85,7 @@ using MMap = Eigen::Map<Mat<F>, Eigen::Unaligned, Eigen::OuterStride<>>;
 struct GlaDims {
   int64_t B = 0, T = 0, H = 0, K = 0, V = 0, C = 0;
   bool scalar_gate = false;  // g is [B, T, H]
+  bool cuda = false;         // the inputs are on a CUDA device
 };
 
 // One (b, h) sequence inside the [B, T, H, .] tensors: row t of q lies at q + t * sqk.
@@ -412,11 +423,25 @@ void gla_bwd_seq(const GlaSeq<F>& s, const GlaDims& d, F scale, const F* h0, con
 GlaDims check_gla_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
                          const Tensor& h0, const ChunkOptions& opt) {
   const char* op = "gla";
-  for (const Tensor* t : {&q, &k, &v, &g, &h0}) {
-    if (t->defined()) require_cpu(op, *t);
+  bool cuda = false;
+  for (const Tensor* t : {&q, &k, &v, &g, &h0})
+    cuda = cuda || (t->defined() && t->device().is_cuda());
+  if (cuda) {
+    check_same_device(op, {&q, &k, &v, &g, &h0});
+    check_floating(op, q);
+    check_same_dtype(op, {&q, &k, &v, &g});
+    RESONA_CHECK(q.dtype() == DType::kFloat32 || q.dtype() == DType::kBFloat16)
+        << "gla: CUDA supports float32 and bfloat16, got q " << q.describe();
+    RESONA_CHECK(!h0.defined() || h0.dtype() == DType::kFloat32 || h0.dtype() == q.dtype())
+        << "gla: h0 must be float32 (the state's dtype) or q's dtype on CUDA, got h0 "
+        << h0.describe() << " and q " << q.describe();
+  } else {
+    for (const Tensor* t : {&q, &k, &v, &g, &h0}) {
+      if (t->defined()) require_cpu(op, *t);
+    }
+    check_floating(op, q);
+    check_same_dtype(op, {&q, &k, &v, &g, &h0});
   }
-  check_floating(op, q);
-  check_same_dtype(op, {&q, &k, &v, &g, &h0});
   RESONA_CHECK(q.dim() == 4) << "gla: q must be [B, T, H, K], got " << q.describe();
   RESONA_CHECK(v.dim() == 4) << "gla: v must be [B, T, H, V], got " << v.describe();
   GlaDims d;
@@ -441,14 +466,35 @@ GlaDims check_gla_inputs(const Tensor& q, const Tensor& k, const Tensor& v, cons
       << "gla: K and V must be positive, got q " << q.describe() << " and v " << v.describe();
   RESONA_CHECK(opt.chunk >= 1) << "gla: chunk must be >= 1, got " << opt.chunk;
   RESONA_CHECK(std::isfinite(opt.scale)) << "gla: scale must be finite, got " << opt.scale;
+  if (cuda) {
+    RESONA_CHECK(opt.chunk <= cuda::kGlaMaxChunk)
+        << "gla: CUDA supports chunk 1.." << cuda::kGlaMaxChunk << ", got " << opt.chunk;
+    RESONA_CHECK(d.K <= cuda::kGlaMaxK)
+        << "gla: CUDA supports K up to " << cuda::kGlaMaxK << ", got q " << q.describe();
+  }
+  d.cuda = cuda;
   d.C = std::min(opt.chunk, std::max<int64_t>(d.T, 1));  // a chunk beyond T changes nothing
   return d;
+}
+
+cuda::KernelDType gla_cuda_dtype(const Tensor& t) {
+  return t.dtype() == DType::kBFloat16 ? cuda::KernelDType::kBFloat16 : cuda::KernelDType::kFloat32;
+}
+
+// A [B, T, H, N] tensor, or a per-head gate [B, T, H] read with stride 0 along N.
+cuda::GlaInput gla_cuda_input(const Tensor& t) {
+  cuda::GlaInput x{};
+  x.data = t.raw_data();
+  for (int64_t d = 0; d < 4; ++d) x.strides[d] = d < t.dim() ? t.strides()[d] : 0;
+  return x;
 }
 
 struct GlaOp {
   static constexpr const char* kName = "gla";
   struct Saved {
-    Tensor q, k, v, g, h0;  // contiguous
+    Tensor q, k, v, g, h0;  // contiguous (CUDA: as given, and no h0)
+    Tensor states;          // CUDA: float32 [B, H, NC, K, V], the state entering each chunk
+    DType h0_dtype = DType::kFloat32;  // CUDA: the dtype of d_h0
     GlaDims d;
     double scale = 0;
   };
@@ -458,6 +504,7 @@ struct GlaOp {
                                      const ChunkOptions& opt) {
     const GlaDims d = check_gla_inputs(q_in, k_in, v_in, g_in, h0_in, opt);
     const double scale = opt.scale != 0 ? opt.scale : 1.0 / std::sqrt(static_cast<double>(d.K));
+    if (d.cuda) return forward_cuda(ctx, q_in, k_in, v_in, g_in, h0_in, d, scale);
     Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
     Tensor g = g_in.contiguous();
     Tensor h0 = h0_in.defined() ? h0_in.contiguous() : Tensor();
@@ -475,12 +522,98 @@ struct GlaOp {
       }
     });
     if (ctx.requires_grad) {
-      ctx.saved = Saved{q, k, v, g, h0, d, scale};
+      ctx.saved = Saved{q, k, v, g, h0, Tensor(), DType::kFloat32, d, scale};
     }
     return {o, S};
   }
 
+  static std::vector<Tensor> forward_cuda(Ctx<Saved>& ctx, const Tensor& q, const Tensor& k,
+                                          const Tensor& v, const Tensor& g, const Tensor& h0,
+                                          const GlaDims& d, double scale) {
+    const Device dev = q.device();
+    const int64_t NC = (d.T + d.C - 1) / d.C;
+    Tensor o = empty({d.B, d.T, d.H, d.V}, q.dtype(), dev);
+    Tensor S = empty({d.B, d.H, d.K, d.V}, DType::kFloat32, dev);
+    Tensor states = empty({d.B, d.H, NC, d.K, d.V}, DType::kFloat32, dev);
+    Tensor h0f = h0.defined() ? copy_to(h0.contiguous(), DType::kFloat32, dev) : Tensor();
+    cuda::GlaFwdParams p{};
+    p.dtype = gla_cuda_dtype(q);
+    p.B = d.B;
+    p.T = d.T;
+    p.H = d.H;
+    p.K = d.K;
+    p.V = d.V;
+    p.C = d.C;
+    p.scale = static_cast<float>(scale);
+    p.q = gla_cuda_input(q);
+    p.k = gla_cuda_input(k);
+    p.v = gla_cuda_input(v);
+    p.g = gla_cuda_input(g);
+    p.h0 = h0f.defined() ? h0f.data<float>() : nullptr;
+    p.o = o.raw_data();
+    p.S_T = S.data<float>();
+    p.states = states.data<float>();
+    const char* err = cuda::gla_fwd_cuda(p, nullptr);
+    RESONA_CHECK(err == nullptr) << "gla on " << q.describe() << ": " << err;
+    if (ctx.requires_grad) {
+      ctx.saved = Saved{
+          q, k, v, g, Tensor(), states, h0.defined() ? h0.dtype() : DType::kFloat32, d, scale};
+    }
+    return {o, S};
+  }
+
+  static Grads backward_cuda(Ctx<Saved>& ctx, const std::vector<Tensor>& d_outs) {
+    const Saved& sv = ctx.saved;
+    const GlaDims& d = sv.d;
+    const Device dev = sv.q.device();
+    const Tensor& d_o_in = d_outs.at(0);
+    RESONA_CHECK(d_o_in.device() == dev && d_o_in.shape() == Shape({d.B, d.T, d.H, d.V}))
+        << "gla backward: gradient of o " << d_o_in.describe() << ", expected [" << d.B << ", "
+        << d.T << ", " << d.H << ", " << d.V << "] on " << sv.q.describe();
+    Tensor d_o = d_o_in.dtype() == sv.q.dtype() ? d_o_in : copy_to(d_o_in, sv.q.dtype(), dev);
+    Tensor d_ST = copy_to(d_outs.at(1).contiguous(), DType::kFloat32, dev);
+    RESONA_CHECK(d_ST.device() == dev && d_ST.shape() == Shape({d.B, d.H, d.K, d.V}))
+        << "gla backward: gradient of S_T " << d_outs[1].describe() << ", expected [" << d.B << ", "
+        << d.H << ", " << d.K << ", " << d.V << "] on " << sv.q.describe();
+    auto grad_like = [&](size_t i, const Tensor& t) {
+      return ctx.needs(i) ? empty(t.shape(), t.dtype(), dev) : Tensor();
+    };
+    Tensor dq = grad_like(0, sv.q), dk = grad_like(1, sv.k), dv = grad_like(2, sv.v);
+    Tensor dg = grad_like(3, sv.g);
+    Tensor dh0 = ctx.needs(4) ? empty({d.B, d.H, d.K, d.V}, DType::kFloat32, dev) : Tensor();
+    cuda::GlaBwdParams p{};
+    p.dtype = gla_cuda_dtype(sv.q);
+    p.B = d.B;
+    p.T = d.T;
+    p.H = d.H;
+    p.K = d.K;
+    p.V = d.V;
+    p.C = d.C;
+    p.scale = static_cast<float>(sv.scale);
+    p.scalar_gate = d.scalar_gate;
+    p.q = gla_cuda_input(sv.q);
+    p.k = gla_cuda_input(sv.k);
+    p.v = gla_cuda_input(sv.v);
+    p.g = gla_cuda_input(sv.g);
+    p.d_o = gla_cuda_input(d_o);
+    p.states = sv.states.data<float>();
+    p.d_S_T = d_ST.data<float>();
+    p.d_q = dq.defined() ? dq.raw_data() : nullptr;
+    p.d_k = dk.defined() ? dk.raw_data() : nullptr;
+    p.d_v = dv.defined() ? dv.raw_data() : nullptr;
+    p.d_g = dg.defined() ? dg.raw_data() : nullptr;
+    p.d_h0 = dh0.defined() ? dh0.data<float>() : nullptr;
+    const size_t bytes = cuda::gla_bwd_scratch_bytes(p);
+    Tensor scratch = empty({static_cast<int64_t>((bytes + 3) / 4)}, DType::kFloat32, dev);
+    p.scratch = scratch.raw_data();
+    const char* err = cuda::gla_bwd_cuda(p, nullptr);
+    RESONA_CHECK(err == nullptr) << "gla backward on " << sv.q.describe() << ": " << err;
+    if (dh0.defined() && sv.h0_dtype != DType::kFloat32) dh0 = copy_to(dh0, sv.h0_dtype, dev);
+    return {dq, dk, dv, dg, dh0};
+  }
+
   static Grads backward(Ctx<Saved>& ctx, const std::vector<Tensor>& d_outs) {
+    if (ctx.saved.d.cuda) return backward_cuda(ctx, d_outs);
     const Saved& sv = ctx.saved;
     const GlaDims& d = sv.d;
     require_cpu(kName, d_outs.at(0));
