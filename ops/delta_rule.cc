@@ -1,5 +1,5 @@
 // The delta rule (DeltaNet), chunked with the WY representation as in FLA's chunk_delta_rule
-// (CPU, float32 and float64).
+// (CPU: float32 and float64; CUDA: float32 and bfloat16, see the end of this comment).
 //
 //   S_t = (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T     S: [K, V] per (b, h)
 //       = S_{t-1} + k_t v'_t^T,   v'_t = beta_t (v_t - S_{t-1}^T k_t)
@@ -32,6 +32,19 @@
 // the chunk states are recomputed in backward, one sequence at a time (T/C states of
 // [K, V] and O(C^2 + C (K + V)) scratch). Gradients are fresh tensors; only the
 // requested ones are computed.
+//
+// CUDA (kernels in cuda/delta_rule.cu): q, k, v, beta in float32 or bfloat16 with any
+// strides, read in place; float32 arithmetic; chunk 1..64. States are float32 whatever
+// the inputs' dtype: S_T is float32, h0 may be float32 or the inputs' dtype (so the S_T
+// of one call feeds the next call's h0), and d_h0 takes h0's dtype. The forward saves
+// the inputs as given (handles, not copies) and every chunk's start state, float32
+// [B, H, T/C, K, V]; backward recomputes N, W and V' from them. The same algebra as
+// above, organised for parallelism: the per-chunk products run in parallel over
+// (b, h, chunk) and only the state recurrences (S forward, d_S backward, whose columns
+// are independent) run chunk after chunk, in parallel over (b, h, columns of V).
+// d_S_end of chunk n satisfies d_S0 = d_S_end + scale q^T d_o - W^T d_V', since
+// k^T d_R = k^T diag(beta) N^T d_V' = W^T d_V'. Sums run in a fixed order:
+// deterministic.
 #include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
@@ -39,6 +52,7 @@
 
 #include "autograd/function.h"
 #include "core/dispatch.h"
+#include "cuda/delta_rule.h"
 #include "ops/device_util.h"
 #include "ops/scan.h"
 
@@ -276,14 +290,38 @@ void delta_bwd_seq(const DeltaSeq<F>& s, const DeltaDims& d, F scale, const F* h
   if (dh0 != nullptr) Eigen::Map<Mat<F>>(dh0, K, V) = w.dS;
 }
 
-DeltaDims check_delta_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& beta,
-                             const Tensor& h0, const ChunkOptions& opt) {
-  const char* op = "delta_rule";
-  for (const Tensor* t : {&q, &k, &v, &beta, &h0}) {
-    if (t->defined()) require_cpu(op, *t);
+cuda::KernelDType delta_cuda_dtype(const Tensor& t) {
+  switch (t.dtype()) {
+    case DType::kFloat32:
+      return cuda::KernelDType::kFloat32;
+    case DType::kBFloat16:
+      return cuda::KernelDType::kBFloat16;
+    default:
+      break;
   }
-  check_floating(op, q);
-  check_same_dtype(op, {&q, &k, &v, &beta, &h0});
+  RESONA_FAIL() << "delta_rule: CUDA supports float32 and bfloat16, got " << t.describe();
+  return cuda::KernelDType::kFloat32;
+}
+
+DeltaDims check_delta_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& beta,
+                             const Tensor& h0, const ChunkOptions& opt, bool on_cuda) {
+  const char* op = "delta_rule";
+  if (on_cuda) {
+    check_same_device(op, {&q, &k, &v, &beta, &h0});
+    delta_cuda_dtype(q);
+    check_same_dtype(op, {&q, &k, &v, &beta});
+    if (h0.defined()) {
+      RESONA_CHECK(h0.dtype() == DType::kFloat32 || h0.dtype() == q.dtype())
+          << "delta_rule: h0 must be float32 (the state dtype) or q's dtype "
+          << dtype_name(q.dtype()) << ", got " << h0.describe();
+    }
+  } else {
+    for (const Tensor* t : {&q, &k, &v, &beta, &h0}) {
+      if (t->defined()) require_cpu(op, *t);
+    }
+    check_floating(op, q);
+    check_same_dtype(op, {&q, &k, &v, &beta, &h0});
+  }
   RESONA_CHECK(q.dim() == 4) << "delta_rule: q must be [B, T, H, K], got " << q.describe();
   RESONA_CHECK(v.dim() == 4) << "delta_rule: v must be [B, T, H, V], got " << v.describe();
   DeltaDims d;
@@ -301,22 +339,63 @@ DeltaDims check_delta_inputs(const Tensor& q, const Tensor& k, const Tensor& v, 
   RESONA_CHECK(opt.chunk >= 1) << "delta_rule: chunk must be >= 1, got " << opt.chunk;
   RESONA_CHECK(std::isfinite(opt.scale)) << "delta_rule: scale must be finite, got " << opt.scale;
   d.C = std::min(opt.chunk, std::max<int64_t>(d.T, 1));  // a chunk beyond T changes nothing
+  if (on_cuda) {
+    RESONA_CHECK(d.C <= cuda::kDeltaMaxChunk)
+        << "delta_rule: the CUDA path supports chunk 1.." << cuda::kDeltaMaxChunk
+        << " (or any chunk >= T), got chunk " << opt.chunk << " with T=" << d.T;
+  }
   return d;
+}
+
+// The kernels' view of the inputs: pointers and element strides as given.
+cuda::DeltaRuleInputs cuda_inputs(const DeltaDims& d, double scale, const Tensor& q,
+                                  const Tensor& k, const Tensor& v, const Tensor& beta,
+                                  const Tensor& h0) {
+  cuda::DeltaRuleInputs in{};
+  in.dtype = delta_cuda_dtype(q);
+  in.h0_dtype = h0.defined() ? delta_cuda_dtype(h0) : cuda::KernelDType::kFloat32;
+  in.B = d.B;
+  in.T = d.T;
+  in.H = d.H;
+  in.K = d.K;
+  in.V = d.V;
+  in.C = d.C;
+  in.scale = static_cast<float>(scale);
+  auto put = [](const Tensor& t, const void*& p, int64_t* strides) {
+    p = t.raw_data();
+    for (int64_t i = 0; i < t.dim(); ++i) strides[i] = t.strides()[i];
+  };
+  put(q, in.q, in.q_strides);
+  put(k, in.k, in.k_strides);
+  put(v, in.v, in.v_strides);
+  put(beta, in.beta, in.beta_strides);
+  if (h0.defined()) put(h0, in.h0, in.h0_strides);
+  return in;
+}
+
+// Float32 scratch of `bytes` bytes on `device` (undefined when none is needed).
+Tensor scratch_tensor(size_t bytes, Device device) {
+  if (bytes == 0) return Tensor();
+  return empty({static_cast<int64_t>((bytes + 3) / 4)}, DType::kFloat32, device);
 }
 
 struct DeltaRuleOp {
   static constexpr const char* kName = "delta_rule";
   struct Saved {
-    Tensor q, k, v, beta, h0;  // contiguous
+    Tensor q, k, v, beta, h0;  // CPU: contiguous; CUDA: as given
+    Tensor states;             // CUDA: float32 [B, H, NC, K, V], each chunk's start state
     DeltaDims d;
     double scale = 0;
+    bool cuda = false;
   };
 
   static std::vector<Tensor> forward(Ctx<Saved>& ctx, const Tensor& q_in, const Tensor& k_in,
                                      const Tensor& v_in, const Tensor& beta_in, const Tensor& h0_in,
                                      const ChunkOptions& opt) {
-    const DeltaDims d = check_delta_inputs(q_in, k_in, v_in, beta_in, h0_in, opt);
+    const bool on_cuda = q_in.device().is_cuda();
+    const DeltaDims d = check_delta_inputs(q_in, k_in, v_in, beta_in, h0_in, opt, on_cuda);
     const double scale = opt.scale != 0 ? opt.scale : 1.0 / std::sqrt(static_cast<double>(d.K));
+    if (on_cuda) return forward_cuda(ctx, q_in, k_in, v_in, beta_in, h0_in, d, scale);
     Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
     Tensor beta = beta_in.contiguous();
     Tensor h0 = h0_in.defined() ? h0_in.contiguous() : Tensor();
@@ -339,13 +418,78 @@ struct DeltaRuleOp {
         }
       }
     });
-    if (ctx.requires_grad) ctx.saved = Saved{q, k, v, beta, h0, d, scale};
+    if (ctx.requires_grad) ctx.saved = Saved{q, k, v, beta, h0, Tensor(), d, scale, false};
     return {o, S_T};
+  }
+
+  static std::vector<Tensor> forward_cuda(Ctx<Saved>& ctx, const Tensor& q, const Tensor& k,
+                                          const Tensor& v, const Tensor& beta, const Tensor& h0,
+                                          const DeltaDims& d, double scale) {
+    const Device dev = q.device();
+    const int64_t NC = (d.T + d.C - 1) / d.C;
+    Tensor o = empty({d.B, d.T, d.H, d.V}, q.dtype(), dev);
+    Tensor S_T = empty({d.B, d.H, d.K, d.V}, DType::kFloat32, dev);
+    Tensor states = empty({d.B, d.H, NC, d.K, d.V}, DType::kFloat32, dev);
+    cuda::DeltaRuleFwdParams p{};
+    p.in = cuda_inputs(d, scale, q, k, v, beta, h0);
+    p.o = o.raw_data();
+    p.S_T = S_T.data<float>();
+    p.states = states.data<float>();
+    Tensor scratch = scratch_tensor(cuda::delta_rule_fwd_scratch_bytes(p), dev);
+    p.scratch = scratch.defined() ? scratch.raw_data() : nullptr;
+    const char* err = cuda::delta_rule_fwd_cuda(p, nullptr);
+    RESONA_CHECK(err == nullptr) << "delta_rule on " << q.describe() << ": " << err;
+    if (ctx.requires_grad) {
+      ctx.saved = Saved{q, k, v, beta, h0, states, d, scale, true};
+    }
+    return {o, S_T};
+  }
+
+  static Grads backward_cuda(Ctx<Saved>& ctx, const std::vector<Tensor>& d_outs) {
+    const Saved& sv = ctx.saved;
+    const DeltaDims& d = sv.d;
+    const Device dev = sv.q.device();
+    for (const Tensor& g : d_outs) {
+      RESONA_CHECK(g.device() == dev) << "delta_rule backward: gradient " << g.describe()
+                                      << " is not on " << sv.q.describe() << "'s device";
+    }
+    RESONA_CHECK(d_outs.at(0).shape() == Shape({d.B, d.T, d.H, d.V}))
+        << "delta_rule backward: d_o " << d_outs[0].describe() << ", expected [" << d.B << ", "
+        << d.T << ", " << d.H << ", " << d.V << "]";
+    RESONA_CHECK(d_outs.at(1).shape() == Shape({d.B, d.H, d.K, d.V}))
+        << "delta_rule backward: d_S_T " << d_outs[1].describe() << ", expected [" << d.B << ", "
+        << d.H << ", " << d.K << ", " << d.V << "]";
+    // d_o is read with its strides; the state gradient in float32, contiguous.
+    Tensor d_o = copy_to(d_outs[0], sv.q.dtype(), dev);
+    Tensor d_ST = copy_to(d_outs[1], DType::kFloat32, dev).contiguous();
+    auto grad_like = [&](size_t i, const Tensor& t) {
+      return ctx.needs(i) ? empty(t.shape(), t.dtype(), dev) : Tensor();
+    };
+    Tensor dq = grad_like(0, sv.q), dk = grad_like(1, sv.k), dv = grad_like(2, sv.v);
+    Tensor dbeta = grad_like(3, sv.beta), dh0 = grad_like(4, sv.h0);
+    auto ptr = [](const Tensor& t) { return t.defined() ? t.raw_data() : nullptr; };
+    cuda::DeltaRuleBwdParams p{};
+    p.in = cuda_inputs(d, sv.scale, sv.q, sv.k, sv.v, sv.beta, sv.h0);
+    p.states = sv.states.data<float>();
+    p.d_o = d_o.raw_data();
+    for (int i = 0; i < 4; ++i) p.d_o_strides[i] = d_o.strides()[i];
+    p.d_S_T = d_ST.data<float>();
+    p.d_q = ptr(dq);
+    p.d_k = ptr(dk);
+    p.d_v = ptr(dv);
+    p.d_beta = ptr(dbeta);
+    p.d_h0 = ptr(dh0);
+    Tensor scratch = scratch_tensor(cuda::delta_rule_bwd_scratch_bytes(p), dev);
+    p.scratch = scratch.defined() ? scratch.raw_data() : nullptr;
+    const char* err = cuda::delta_rule_bwd_cuda(p, nullptr);
+    RESONA_CHECK(err == nullptr) << "delta_rule backward on " << d_o.describe() << ": " << err;
+    return {dq, dk, dv, dbeta, dh0};
   }
 
   static Grads backward(Ctx<Saved>& ctx, const std::vector<Tensor>& d_outs) {
     const Saved& sv = ctx.saved;
     const DeltaDims& d = sv.d;
+    if (sv.cuda) return backward_cuda(ctx, d_outs);
     require_cpu(kName, d_outs.at(0));
     require_cpu(kName, d_outs.at(1));
     Tensor d_o = d_outs[0].contiguous(), d_ST = d_outs[1].contiguous();
