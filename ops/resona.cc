@@ -8,6 +8,11 @@
 // ids (int32, contiguous) and the log-sum-exp of every (n, i, h) row (-inf for an empty
 // key set); backward recomputes each row's probabilities from it. d_k, d_v and d_bias are
 // scattered into float64 buffers in (n, i, h, key) order and rounded once.
+//
+// CUDA: q, k, v, bias and d_o are passed with their strides (saved as given, not
+// copied); idx is checked and converted to contiguous int32 on the device (by a kernel
+// that reads one word back when idx is on the GPU, on the host when it is on the CPU);
+// forward also saves the float32 log-sum-exp for backward.
 #include "ops/resona.h"
 
 #include <algorithm>
@@ -18,6 +23,7 @@
 
 #include "autograd/function.h"
 #include "core/dispatch.h"
+#include "cuda/resona.h"
 #include "ops/device_util.h"
 
 namespace resona {
@@ -109,6 +115,7 @@ struct AttnDims {
   int64_t B = 0, T = 0, H = 0, Dk = 0, Dv = 0, NQ = 0, kk = 0, NC = 0;
   int64_t c = 1, b = 1, w = 0;
   double scale = 1;
+  bool check_ids = true;
 };
 
 // Throws for the first entry of the int32 ids [B, NQ, kk] (contiguous, host) that is
@@ -183,6 +190,7 @@ AttnDims check_attention_inputs(const Tensor& q, const Tensor& k, const Tensor& 
         << bias.describe();
   }
   d.scale = opt.scale != 0 ? opt.scale : 1.0 / std::sqrt(static_cast<double>(d.Dk));
+  d.check_ids = opt.check_ids;
   return d;
 }
 
@@ -193,6 +201,85 @@ Tensor host_chunk_ids(const Tensor& idx, const AttnDims& d) {
     ids = ids.clone();  // a later in-place change of idx must not reach backward
   check_chunk_ids(ids.data<int32_t>(), d, idx);
   return ids;
+}
+
+// ---------------------------------------------------------------- CUDA helpers
+
+cuda::KernelDType cuda_dtype(const char* op, const Tensor& t) {
+  switch (t.dtype()) {
+    case DType::kFloat32:
+      return cuda::KernelDType::kFloat32;
+    case DType::kBFloat16:
+      return cuda::KernelDType::kBFloat16;
+    default:
+      break;
+  }
+  RESONA_FAIL() << op << ": CUDA supports float32 and bfloat16, got " << t.describe();
+  return cuda::KernelDType::kFloat32;
+}
+
+template <size_t N>
+void copy_strides(int64_t (&dst)[N], const Tensor& t) {
+  for (size_t x = 0; x < N; ++x) dst[x] = t.strides()[x];
+}
+
+Tensor chunk_search_cuda_path(const Tensor& query, const Tensor& chunk_emb,
+                              const ChunkSearchOptions& opt) {
+  const int64_t B = query.shape()[0], T = query.shape()[1], E = query.shape()[2];
+  const int64_t NQ = ceil_div(T, opt.query_block);
+  Tensor out = empty({B, NQ, opt.top_k}, DType::kInt32, query.device());
+  cuda::ChunkSearchParams p{};
+  p.dtype = cuda_dtype("chunk_search", query);
+  p.B = B;
+  p.T = T;
+  p.E = E;
+  p.NC = chunk_emb.shape()[1];
+  p.c = opt.chunk;
+  p.b = opt.query_block;
+  p.k = opt.top_k;
+  p.query = query.raw_data();
+  copy_strides(p.query_strides, query);
+  p.chunk_emb = chunk_emb.raw_data();
+  copy_strides(p.chunk_strides, chunk_emb);
+  p.out = out.data<int32_t>();
+  const size_t bytes = cuda::chunk_search_scratch_bytes(p);
+  Tensor scratch = empty({static_cast<int64_t>((bytes + 3) / 4)}, DType::kFloat32, query.device());
+  p.scratch = scratch.raw_data();
+  const char* err = cuda::chunk_search_cuda(p, nullptr);
+  RESONA_CHECK(err == nullptr) << "chunk_search on " << query.describe() << ": " << err;
+  return out;
+}
+
+// The checked ids as a contiguous int32 tensor [B, NQ, kk] on `device` (CUDA).
+Tensor device_chunk_ids(const Tensor& idx, const AttnDims& d, Device device, bool check) {
+  if (idx.device().is_cpu()) return copy_to(host_chunk_ids(idx, d), DType::kInt32, device);
+  RESONA_CHECK(idx.device() == device)
+      << "chunk_attention: idx " << idx.describe() << " is on another device than q";
+  const int64_t N = d.B * d.NQ * d.kk;
+  Tensor out = empty({d.B, d.NQ, d.kk}, DType::kInt32, device);
+  Tensor bad = empty({1}, DType::kInt64, device);
+  cuda::ChunkIdsCheckParams p{};
+  p.idx = idx.raw_data();
+  p.idx_int32 = idx.dtype() == DType::kInt32;
+  copy_strides(p.idx_strides, idx);
+  p.B = d.B;
+  p.NQ = d.NQ;
+  p.kk = d.kk;
+  p.NC = d.NC;
+  p.c = d.c;
+  p.b = d.b;
+  p.out = out.data<int32_t>();
+  p.bad_pos = bad.data<int64_t>();
+  const char* err = cuda::chunk_ids_check_cuda(p, nullptr);
+  RESONA_CHECK(err == nullptr) << "chunk_attention: checking idx " << idx.describe() << ": " << err;
+  if (!check) return out;
+  const int64_t pos = bad.item_int();  // one word back: a bad id raises here, by name
+  if (pos < N) {
+    host_chunk_ids(idx, d);  // throws, naming the sequence, block, slot and id
+    RESONA_FAIL() << "chunk_attention: idx " << idx.describe()
+                  << " holds a bad id at flat position " << pos;
+  }
+  return out;
 }
 
 // ---------------------------------------------------------------- chunk_attention (CPU)
@@ -237,7 +324,6 @@ struct ChunkAttentionOp {
     Tensor ids;      // int32 [B, NQ, kk], checked, contiguous, on the op's device
     Tensor bias;     // as given, or undefined
     Tensor lse;      // [B, T, H]: CPU in the input dtype, CUDA float32
-    Tensor o;        // CUDA only: the output, for D_i = d_o . o
     AttnDims d;
     bool cuda = false;
   };
@@ -245,7 +331,7 @@ struct ChunkAttentionOp {
   static Tensor forward(Ctx<Saved>& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
                         const Tensor& idx, const Tensor& bias, const ChunkAttentionOptions& opt) {
     const AttnDims d = check_attention_inputs(q, k, v, idx, bias, opt);
-    require_cpu(kName, q);
+    if (q.device().is_cuda()) return forward_cuda(ctx, q, k, v, idx, bias, d);
     Tensor ids = host_chunk_ids(idx, d);
     Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
     Tensor bc = bias.defined() ? bias.contiguous() : Tensor();
@@ -266,6 +352,106 @@ struct ChunkAttentionOp {
       ctx.saved.lse = lse;
     }
     return o;
+  }
+
+  static Tensor forward_cuda(Ctx<Saved>& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
+                             const Tensor& idx, const Tensor& bias, const AttnDims& d) {
+    const cuda::KernelDType dt = cuda_dtype(kName, q);
+    RESONA_CHECK(d.Dk <= cuda::kChunkAttnMaxHeadDim && d.Dv <= cuda::kChunkAttnMaxHeadDim)
+        << "chunk_attention on CUDA: head dims Dk = " << d.Dk << " and Dv = " << d.Dv
+        << " must be <= " << cuda::kChunkAttnMaxHeadDim << " (q " << q.describe() << ", v "
+        << v.describe() << ")";
+    Tensor ids = device_chunk_ids(idx, d, q.device(), d.check_ids);
+    Tensor o = empty({d.B, d.T, d.H, d.Dv}, q.dtype(), q.device());
+    Tensor lse = empty({d.B, d.T, d.H}, DType::kFloat32, q.device());
+    cuda::ChunkAttentionParams p = params(d, dt, q, k, v, ids, bias, lse, o);
+    const char* err = cuda::chunk_attention_fwd_cuda(p, nullptr);
+    RESONA_CHECK(err == nullptr) << "chunk_attention on " << q.describe() << ": " << err;
+    if (ctx.requires_grad) {
+      ctx.saved.d = d;
+      ctx.saved.cuda = true;
+      ctx.saved.q = q;
+      ctx.saved.k = k;
+      ctx.saved.v = v;
+      ctx.saved.ids = ids;
+      ctx.saved.bias = bias;
+      ctx.saved.lse = lse;
+    }
+    return o;
+  }
+
+  static cuda::ChunkAttentionParams params(const AttnDims& d, cuda::KernelDType dt, const Tensor& q,
+                                           const Tensor& k, const Tensor& v, const Tensor& ids,
+                                           const Tensor& bias, const Tensor& lse, const Tensor& o) {
+    cuda::ChunkAttentionParams p{};
+    p.dtype = dt;
+    p.B = d.B;
+    p.T = d.T;
+    p.H = d.H;
+    p.Dk = d.Dk;
+    p.Dv = d.Dv;
+    p.NQ = d.NQ;
+    p.kk = d.kk;
+    p.NC = d.NC;
+    p.c = d.c;
+    p.b = d.b;
+    p.w = d.w;
+    p.scale = static_cast<float>(d.scale);
+    p.q = q.raw_data();
+    copy_strides(p.q_strides, q);
+    p.k = k.raw_data();
+    copy_strides(p.k_strides, k);
+    p.v = v.raw_data();
+    copy_strides(p.v_strides, v);
+    p.ids = ids.data<int32_t>();
+    if (bias.defined()) {
+      p.bias = bias.raw_data();
+      copy_strides(p.bias_strides, bias);
+    }
+    p.lse = lse.data<float>();
+    p.o = o.defined() ? o.raw_data() : nullptr;
+    return p;
+  }
+
+  static Grads backward_cuda(Ctx<Saved>& ctx, const Tensor& d_o) {
+    const Saved& s = ctx.saved;
+    const AttnDims& d = s.d;
+    RESONA_CHECK(d_o.device() == s.q.device() && d_o.dtype() == s.q.dtype() &&
+                 d_o.shape() == Shape({d.B, d.T, d.H, d.Dv}))
+        << "chunk_attention backward: gradient " << d_o.describe() << ", expected [" << d.B << ", "
+        << d.T << ", " << d.H << ", " << d.Dv << "] " << dtype_name(s.q.dtype()) << " on "
+        << s.q.device().str();
+    const Device dev = d_o.device();
+    cuda::ChunkAttentionParams p =
+        params(d, cuda_dtype(kName, d_o), s.q, s.k, s.v, s.ids, s.bias, s.lse, Tensor());
+    p.d_o = d_o.raw_data();
+    copy_strides(p.d_o_strides, d_o);
+    Tensor d_q, d_k, d_v, d_bias;
+    if (ctx.needs(0)) {
+      d_q = empty({d.B, d.T, d.H, d.Dk}, d_o.dtype(), dev);
+      p.d_q = d_q.raw_data();
+    }
+    if (ctx.needs(1)) {
+      d_k = empty({d.B, d.T, d.H, d.Dk}, d_o.dtype(), dev);
+      p.d_k = d_k.raw_data();
+    }
+    if (ctx.needs(2)) {
+      d_v = empty({d.B, d.T, d.H, d.Dv}, d_o.dtype(), dev);
+      p.d_v = d_v.raw_data();
+    }
+    if (ctx.needs(4)) {
+      d_bias = empty({d.B, d.NQ, d.kk}, d_o.dtype(), dev);
+      p.d_bias = d_bias.raw_data();
+    }
+    const size_t bytes = cuda::chunk_attention_bwd_scratch_bytes(p);
+    Tensor scratch;
+    if (bytes > 0) {
+      scratch = empty({static_cast<int64_t>((bytes + 7) / 8)}, DType::kInt64, dev);
+      p.scratch = scratch.raw_data();
+    }
+    const char* err = cuda::chunk_attention_bwd_cuda(p, nullptr);
+    RESONA_CHECK(err == nullptr) << "chunk_attention backward on " << d_o.describe() << ": " << err;
+    return {d_q, d_k, d_v, Tensor(), d_bias};
   }
 
   template <class F>
@@ -316,6 +502,7 @@ struct ChunkAttentionOp {
   static Grads backward(Ctx<Saved>& ctx, const Tensor& d_o_in) {
     const Saved& s = ctx.saved;
     const AttnDims& d = s.d;
+    if (s.cuda) return backward_cuda(ctx, d_o_in);
     const bool want_q = ctx.needs(0), want_k = ctx.needs(1), want_v = ctx.needs(2),
                want_bias = ctx.needs(4);
     require_cpu(kName, d_o_in);
@@ -414,7 +601,8 @@ Tensor chunk_search(const Tensor& query, const Tensor& chunk_emb, const ChunkSea
   check_search_inputs(query, chunk_emb, opt);
   const int64_t B = query.shape()[0], T = query.shape()[1];
   const int64_t NQ = ceil_div(T, opt.query_block);
-  require_cpu("chunk_search", query);
+  if (query.device().is_cuda())
+    return chunk_search_cuda_path(query.detach(), chunk_emb.detach(), opt);
   Tensor qc = query.detach().contiguous(), ec = chunk_emb.detach().contiguous();
   Tensor out = empty({B, NQ, opt.top_k}, DType::kInt32);
   dispatch_floating("chunk_search", qc.dtype(), [&](auto tag) {

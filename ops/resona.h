@@ -52,6 +52,11 @@ struct ChunkAttentionOptions {
   int64_t query_block = 1;   // b >= 1
   int64_t local_window = 0;  // w >= 0
   double scale = 0;          // 0: Dk^-1/2
+  // CUDA with idx on the GPU: false skips reading the check's result back (no host
+  // synchronisation; for ids straight from chunk_search). Entries that are not eligible
+  // are then ignored (as -1) and a repeated id counts its chunk twice. The CPU and ids on
+  // the CPU are always checked.
+  bool check_ids = true;
 };
 
 // Knowledge-integration cross-attention over retrieved chunks (differentiable; listed in
@@ -71,8 +76,8 @@ struct ChunkAttentionOptions {
 // entry is -1 (an empty slot, anywhere in the row) or an id eligible for its block, and no
 // id appears twice in one block; a violation throws naming the sequence, block, slot and
 // id. On CUDA with idx on the GPU the check runs in a kernel and reads one word back (a
-// host synchronisation); the kernels themselves skip any entry that is not eligible, so
-// even unchecked ids could not read out of bounds.
+// host synchronisation, which check_ids = false skips); the kernels themselves skip any
+// entry that is not eligible, so even unchecked ids cannot read out of bounds.
 //
 // Backward: d_q, d_k, d_v and d_bias, only those needed, as fresh tensors (idx gets
 // none). With P = softmax, dP(i,p) = d_o[i] . v[p], D_i = sum_p P dP, dS = P (dP - D_i):
@@ -81,7 +86,7 @@ struct ChunkAttentionOptions {
 //                                            positions, heads and slot-s keys of dS
 // Memory is O(T (kk c + w)) at most: the key set of each position is enumerated, never a
 // dense T x T mask. Saved for backward: q, k, v, the checked idx, bias, the per-(n, i, h)
-// log-sum-exp of the logits (and o on CUDA, for D_i = d_o . o).
+// log-sum-exp of the logits.
 //
 // CPU: float32 and float64 (dot products in the input type; softmax sums and the scattered
 // d_k, d_v, d_bias accumulated in float64 and rounded once). CUDA: float32 and bfloat16

@@ -1,0 +1,764 @@
+// Resona retrieval kernels (maps and ordering in cuda/resona.h).
+//
+// chunk_inv_norm_kernel          warp per (n, j): inv|e[n, j]| (0 for a zero row)
+// chunk_search_rows_kernel       block per (n, q) row of a slab: the similarities of the
+//                                eligible chunks into the row's scratch slice (warp per
+//                                chunk, lanes over E), then k passes of a block argmax
+// chunk_ids_check_kernel         thread per idx entry: int32 copy and eligibility check
+// chunk_attention_fwd_kernel     warp per (n, i, h): online softmax over keys(i)
+// chunk_attention_bwd_dq_kernel  warp per (n, i, h): D_i, d_q, per-slot partials for d_bias
+// chunk_entry_keys_kernel +      the inverse lists: (chunk key, entry) pairs, stably
+//   cub radix sort +             sorted, and each key's [start, end) in the sorted order
+//   chunk_segments_kernel
+// chunk_attention_bwd_dkdv_kernel  warp per (n, p, h): d_k, d_v over the queries seeing p
+// chunk_attention_bwd_bias_kernel  thread per (n, q, s): d_bias from the partials
+//
+// Warp sums use the xor butterfly, which leaves the identical value in every lane
+// (float addition is commutative), so a logit recomputed in backward with the same lane
+// mapping equals the forward one bit for bit. ND = per-lane head dims (1, 2, 4 or 8).
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <climits>
+#include <cmath>
+#include <cub/cub.cuh>
+
+#include "cuda/resona.h"
+#include "cuda/row_reduce.cuh"
+
+namespace resona::cuda {
+namespace {
+
+const char* last_error() {
+  cudaError_t err = cudaGetLastError();
+  return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
+}
+
+constexpr int kSearchThreads = 256;
+constexpr int kWarpsPerBlock = 4;  // attention kernels: 128 threads, one row per warp
+constexpr int64_t kSlabFloats = int64_t{1} << 24;
+constexpr size_t kAlign = 256;
+size_t align_up(size_t b) { return (b + kAlign - 1) / kAlign * kAlign; }
+
+__host__ __device__ __forceinline__ bool eligible(int64_t j, int64_t q, int64_t c, int64_t b,
+                                                  int64_t NC) {
+  return j >= 0 && j < NC && (j + 1) * c - 1 <= q * b;
+}
+
+unsigned blocks_for(int64_t threads, int per_block) {
+  const int64_t n = (threads + per_block - 1) / per_block;
+  return static_cast<unsigned>(n < 1 ? 1 : n);
+}
+
+// ---------------------------------------------------------------- chunk_search
+
+template <class T>
+__global__ void chunk_inv_norm_kernel(const T* __restrict__ e, int64_t s0, int64_t s1, int64_t s2,
+                                      int64_t rows, int64_t NC, int64_t E,
+                                      float* __restrict__ inv_e) {
+  const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  if (row >= rows) return;
+  const T* er = e + (row / NC) * s0 + (row % NC) * s1;
+  float ss = 0.f;
+  for (int64_t d = lane; d < E; d += 32) {
+    const float x = load(er, d * s2);
+    ss += x * x;
+  }
+  ss = warp_sum(ss);
+  if (lane == 0) inv_e[row] = ss > 0.f ? 1.f / sqrtf(ss) : 0.f;
+}
+
+// A candidate id with its score; j < 0: none.
+struct Pick {
+  float s;
+  int32_t j;
+};
+// a ranks before b: higher score, then smaller id; any pick before none.
+__device__ __forceinline__ bool ranks_before(Pick a, Pick b) {
+  if (a.j < 0) return false;
+  if (b.j < 0) return true;
+  return a.s > b.s || (a.s == b.s && a.j < b.j);
+}
+__device__ __forceinline__ Pick warp_best(Pick p) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const Pick other{__shfl_xor_sync(0xffffffffu, p.s, o), __shfl_xor_sync(0xffffffffu, p.j, o)};
+    if (ranks_before(other, p)) p = other;
+  }
+  return p;
+}
+
+template <class T>
+__global__ void __launch_bounds__(kSearchThreads)
+    chunk_search_rows_kernel(ChunkSearchParams p, int64_t NQ, int64_t r0,
+                             const float* __restrict__ inv_e, float* __restrict__ slab) {
+  __shared__ float sh_sum[kSearchThreads / 32];
+  __shared__ Pick sh_pick[kSearchThreads / 32];
+  __shared__ Pick sh_best;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  constexpr int kWarps = kSearchThreads / 32;
+  const int64_t r = r0 + blockIdx.x, n = r / NQ, q = r % NQ;
+  const int64_t m = min(p.NC, (q * p.b + 1) / p.c);  // eligible: ids 0 .. m-1
+  const int64_t take = min(p.k, m);
+  int32_t* out = p.out + r * p.k;
+  for (int64_t s = take + tid; s < p.k; s += kSearchThreads) out[s] = -1;
+  if (take == 0) return;  // uniform over the block
+
+  const T* query = static_cast<const T*>(p.query);
+  const T* emb = static_cast<const T*>(p.chunk_emb);
+  const T* qr = query + n * p.query_strides[0] + q * p.b * p.query_strides[1];
+  float ss = 0.f;
+  for (int64_t d = tid; d < p.E; d += kSearchThreads) {
+    const float x = load(qr, d * p.query_strides[2]);
+    ss += x * x;
+  }
+  ss = warp_sum(ss);
+  if (lane == 0) sh_sum[warp] = ss;
+  __syncthreads();
+  float total = 0.f;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) total += sh_sum[w];
+  const float inv_q = total > 0.f ? 1.f / sqrtf(total) : 0.f;
+
+  float* sims = slab + static_cast<int64_t>(blockIdx.x) * p.NC;
+  for (int64_t j = warp; j < m; j += kWarps) {
+    const T* er = emb + n * p.chunk_strides[0] + j * p.chunk_strides[1];
+    float dot = 0.f;
+    for (int64_t d = lane; d < p.E; d += 32) {
+      dot += load(qr, d * p.query_strides[2]) * load(er, d * p.chunk_strides[2]);
+    }
+    dot = warp_sum(dot);
+    if (lane == 0) {
+      const float s = dot * inv_q * inv_e[n * p.NC + j];
+      sims[j] = isnan(s) ? -INFINITY : s;
+    }
+  }
+  __syncthreads();
+
+  // Pass t picks the best entry ranking strictly after pass t-1's pick.
+  Pick prev{INFINITY, -1};
+  for (int64_t t = 0; t < take; ++t) {
+    Pick best{0.f, -1};
+    for (int64_t j = tid; j < m; j += kSearchThreads) {
+      const float s = sims[j];
+      const bool after = prev.j < 0 ? true : (s < prev.s || (s == prev.s && j > prev.j));
+      const Pick cand{s, static_cast<int32_t>(j)};
+      if (after && ranks_before(cand, best)) best = cand;
+    }
+    best = warp_best(best);
+    if (lane == 0) sh_pick[warp] = best;
+    __syncthreads();
+    if (tid == 0) {
+      Pick b = sh_pick[0];
+      for (int w = 1; w < kWarps; ++w) {
+        if (ranks_before(sh_pick[w], b)) b = sh_pick[w];
+      }
+      sh_best = b;
+      out[t] = b.j;
+    }
+    __syncthreads();
+    prev = sh_best;
+  }
+}
+
+struct SearchPlan {
+  int64_t NQ = 0, rows = 0, slab_rows = 1;
+  size_t inv_off = 0, slab_off = 0, total = 0;
+};
+
+SearchPlan search_plan(const ChunkSearchParams& p) {
+  SearchPlan pl;
+  pl.NQ = (p.T + p.b - 1) / p.b;
+  pl.rows = p.B * pl.NQ;
+  const int64_t nc = p.NC > 0 ? p.NC : 1;
+  pl.slab_rows = kSlabFloats / nc;
+  if (pl.slab_rows > pl.rows) pl.slab_rows = pl.rows;
+  if (pl.slab_rows < 1) pl.slab_rows = 1;
+  pl.inv_off = 0;
+  pl.slab_off = align_up(sizeof(float) * static_cast<size_t>(p.B * nc));
+  pl.total = pl.slab_off + align_up(sizeof(float) * static_cast<size_t>(pl.slab_rows * nc));
+  return pl;
+}
+
+template <class T>
+const char* search_t(const ChunkSearchParams& p, cudaStream_t s) {
+  const SearchPlan pl = search_plan(p);
+  char* scratch = static_cast<char*>(p.scratch);
+  float* inv_e = reinterpret_cast<float*>(scratch + pl.inv_off);
+  float* slab = reinterpret_cast<float*>(scratch + pl.slab_off);
+  if (p.B * p.NC > 0) {
+    chunk_inv_norm_kernel<T><<<blocks_for(32 * p.B * p.NC, 256), 256, 0, s>>>(
+        static_cast<const T*>(p.chunk_emb), p.chunk_strides[0], p.chunk_strides[1],
+        p.chunk_strides[2], p.B * p.NC, p.NC, p.E, inv_e);
+  }
+  for (int64_t r0 = 0; r0 < pl.rows; r0 += pl.slab_rows) {
+    const int64_t n = pl.rows - r0 < pl.slab_rows ? pl.rows - r0 : pl.slab_rows;
+    chunk_search_rows_kernel<T>
+        <<<static_cast<unsigned>(n), kSearchThreads, 0, s>>>(p, pl.NQ, r0, inv_e, slab);
+  }
+  return last_error();
+}
+
+// ---------------------------------------------------------------- idx check
+
+__global__ void set_word_kernel(int64_t* word, int64_t value) { *word = value; }
+
+__global__ void chunk_ids_check_kernel(ChunkIdsCheckParams p) {
+  const int64_t N = p.B * p.NQ * p.kk;
+  const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= N) return;
+  const int64_t s = e % p.kk, q = (e / p.kk) % p.NQ, n = e / (p.kk * p.NQ);
+  auto read = [&](int64_t slot) -> int64_t {
+    const int64_t off = n * p.idx_strides[0] + q * p.idx_strides[1] + slot * p.idx_strides[2];
+    return p.idx_int32 ? static_cast<int64_t>(static_cast<const int32_t*>(p.idx)[off])
+                       : static_cast<const int64_t*>(p.idx)[off];
+  };
+  const int64_t v = read(s);
+  bool ok = v == -1 || eligible(v, q, p.c, p.b, p.NC);
+  for (int64_t t = 0; t < s && ok && v != -1; ++t) ok = read(t) != v;
+  // Out-of-range values become -2 (skipped by every kernel, like any ineligible id).
+  p.out[e] = (v >= INT_MIN && v <= INT_MAX) ? static_cast<int32_t>(v) : -2;
+  if (!ok) {
+    atomicMin(reinterpret_cast<unsigned long long*>(p.bad_pos), static_cast<unsigned long long>(e));
+  }
+}
+
+// ---------------------------------------------------------------- chunk_attention
+
+struct Row {
+  int64_t n, i, h;
+};
+__device__ __forceinline__ Row split_row(int64_t row, int64_t T, int64_t H) {
+  return {row / (T * H), (row / H) % T, row % H};
+}
+
+// True when chunk j is among block qb's eligible ids (the window skips those positions).
+__device__ __forceinline__ bool retrieved(const int32_t* ids_row, int64_t kk, int64_t j, int64_t qb,
+                                          const ChunkAttentionParams& p) {
+  if (!eligible(j, qb, p.c, p.b, p.NC)) return false;
+  for (int64_t s = 0; s < kk; ++s) {
+    if (ids_row[s] == j) return true;
+  }
+  return false;
+}
+
+template <class T>
+__device__ __forceinline__ float bias_at(const ChunkAttentionParams& p, int64_t n, int64_t qb,
+                                         int64_t s) {
+  if (p.bias == nullptr) return 0.f;
+  return load(static_cast<const T*>(p.bias),
+              n * p.bias_strides[0] + qb * p.bias_strides[1] + s * p.bias_strides[2]);
+}
+
+// Calls visit(pos, bias, slot) for every key of position i in the order of ops/resona.h:
+// the eligible slots' chunks, then the window positions whose chunk was not retrieved
+// (slot -1). visit is called by the whole warp (uniform control flow).
+template <class T, class Visit>
+__device__ __forceinline__ void for_each_key(const ChunkAttentionParams& p, int64_t n, int64_t i,
+                                             Visit&& visit) {
+  const int64_t qb = i / p.b;
+  const int32_t* ids_row = p.ids + (n * p.NQ + qb) * p.kk;
+  for (int64_t s = 0; s < p.kk; ++s) {
+    const int64_t j = ids_row[s];
+    if (!eligible(j, qb, p.c, p.b, p.NC)) continue;
+    const float bs = bias_at<T>(p, n, qb, s);
+    for (int64_t r = 0; r < p.c; ++r) visit(j * p.c + r, bs, s);
+  }
+  int64_t cur = -1;
+  bool cur_retrieved = false;
+  for (int64_t pos = i - p.w + 1 > 0 ? i - p.w + 1 : 0; pos <= i; ++pos) {
+    const int64_t j = pos / p.c;
+    if (j != cur) {
+      cur = j;
+      cur_retrieved = retrieved(ids_row, p.kk, j, qb, p);
+    }
+    if (!cur_retrieved) visit(pos, 0.f, int64_t{-1});
+  }
+}
+
+template <class T, int ND>
+__global__ void __launch_bounds__(32 * kWarpsPerBlock)
+    chunk_attention_fwd_kernel(const ChunkAttentionParams p) {
+  const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  if (row >= p.B * p.T * p.H) return;
+  const Row rw = split_row(row, p.T, p.H);
+  const T* qp = static_cast<const T*>(p.q) + rw.n * p.q_strides[0] + rw.i * p.q_strides[1] +
+                rw.h * p.q_strides[2];
+  const T* kb = static_cast<const T*>(p.k) + rw.n * p.k_strides[0] + rw.h * p.k_strides[2];
+  const T* vb = static_cast<const T*>(p.v) + rw.n * p.v_strides[0] + rw.h * p.v_strides[2];
+  float qs[ND], acc[ND];
+#pragma unroll
+  for (int m = 0; m < ND; ++m) {
+    const int64_t d = lane + 32 * m;
+    qs[m] = d < p.Dk ? load(qp, d * p.q_strides[3]) * p.scale : 0.f;
+    acc[m] = 0.f;
+  }
+  float mx = -INFINITY, l = 0.f;
+  for_each_key<T>(p, rw.n, rw.i, [&](int64_t pos, float bias, int64_t) {
+    const T* kp = kb + pos * p.k_strides[1];
+    float part = 0.f;
+#pragma unroll
+    for (int m = 0; m < ND; ++m) {
+      const int64_t d = lane + 32 * m;
+      if (d < p.Dk) part += qs[m] * load(kp, d * p.k_strides[3]);
+    }
+    const float logit = warp_sum(part) + bias;
+    const float mn = fmaxf(mx, logit);
+    const float corr = expf(mx - mn);  // 0 while nothing was seen (mx = -inf)
+    const float e = expf(logit - mn);
+    l = l * corr + e;
+    const T* vp = vb + pos * p.v_strides[1];
+#pragma unroll
+    for (int m = 0; m < ND; ++m) {
+      const int64_t d = lane + 32 * m;
+      if (d < p.Dv) acc[m] = acc[m] * corr + e * load(vp, d * p.v_strides[3]);
+    }
+    mx = mn;
+  });
+  T* orow = static_cast<T*>(p.o) + row * p.Dv;
+  const float inv = l > 0.f ? 1.f / l : 0.f;
+#pragma unroll
+  for (int m = 0; m < ND; ++m) {
+    const int64_t d = lane + 32 * m;
+    if (d < p.Dv) store(orow, d, acc[m] * inv);
+  }
+  if (lane == 0) p.lse[row] = l > 0.f ? mx + logf(l) : -INFINITY;
+}
+
+// With A = sum_p P dP k[p], Bk = sum_p P k[p] and D_i = sum_p P dP (all in one pass):
+//   d_q[i] = scale sum_p P (dP - D_i) k[p] = scale (A - D_i Bk).
+// Per slot s it stores (sum P dP, sum P) over the slot's keys; the d_bias kernel forms
+// sum dS = sum P dP - D_i sum P from them.
+template <class T, int ND>
+__global__ void __launch_bounds__(32 * kWarpsPerBlock)
+    chunk_attention_bwd_dq_kernel(const ChunkAttentionParams p, float* __restrict__ D_buf,
+                                  float* __restrict__ partial) {
+  const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  if (row >= p.B * p.T * p.H) return;
+  const Row rw = split_row(row, p.T, p.H);
+  const T* gp = static_cast<const T*>(p.d_o) + rw.n * p.d_o_strides[0] + rw.i * p.d_o_strides[1] +
+                rw.h * p.d_o_strides[2];
+  const T* qp = static_cast<const T*>(p.q) + rw.n * p.q_strides[0] + rw.i * p.q_strides[1] +
+                rw.h * p.q_strides[2];
+  const T* kb = static_cast<const T*>(p.k) + rw.n * p.k_strides[0] + rw.h * p.k_strides[2];
+  const T* vb = static_cast<const T*>(p.v) + rw.n * p.v_strides[0] + rw.h * p.v_strides[2];
+  float* part = partial ? partial + 2 * row * p.kk : nullptr;
+  if (part) {
+    for (int64_t s = lane; s < 2 * p.kk; s += 32) part[s] = 0.f;
+    __syncwarp();
+  }
+  const float lse = p.lse[row];
+  float qs[ND], go[ND], acc_a[ND], acc_b[ND];
+#pragma unroll
+  for (int m = 0; m < ND; ++m) {
+    const int64_t d = lane + 32 * m;
+    qs[m] = d < p.Dk ? load(qp, d * p.q_strides[3]) * p.scale : 0.f;
+    go[m] = d < p.Dv ? load(gp, d * p.d_o_strides[3]) : 0.f;
+    acc_a[m] = 0.f;
+    acc_b[m] = 0.f;
+  }
+  float D = 0.f, slot_pdp = 0.f, slot_p = 0.f;
+  int64_t cur_slot = -1;
+  // An empty key set (lse = -inf) visits nothing: d_q = 0, D = 0.
+  for_each_key<T>(p, rw.n, rw.i, [&](int64_t pos, float bias, int64_t slot) {
+    const T* kp = kb + pos * p.k_strides[1];
+    const T* vp = vb + pos * p.v_strides[1];
+    float kr[ND];
+    float part_l = 0.f, part_p = 0.f;
+#pragma unroll
+    for (int m = 0; m < ND; ++m) {
+      const int64_t d = lane + 32 * m;
+      kr[m] = d < p.Dk ? load(kp, d * p.k_strides[3]) : 0.f;
+      part_l += qs[m] * kr[m];
+      if (d < p.Dv) part_p += go[m] * load(vp, d * p.v_strides[3]);
+    }
+    const float P = expf(warp_sum(part_l) + bias - lse);
+    const float pdp = P * warp_sum(part_p);
+    D += pdp;
+#pragma unroll
+    for (int m = 0; m < ND; ++m) {
+      acc_a[m] += pdp * kr[m];
+      acc_b[m] += P * kr[m];
+    }
+    if (part && slot != cur_slot) {  // the keys of one slot are consecutive
+      if (cur_slot >= 0 && lane == 0) {
+        part[2 * cur_slot] = slot_pdp;
+        part[2 * cur_slot + 1] = slot_p;
+      }
+      cur_slot = slot;
+      slot_pdp = 0.f;
+      slot_p = 0.f;
+    }
+    slot_pdp += pdp;
+    slot_p += P;
+  });
+  if (part && cur_slot >= 0 && lane == 0) {
+    part[2 * cur_slot] = slot_pdp;
+    part[2 * cur_slot + 1] = slot_p;
+  }
+  if (lane == 0) D_buf[row] = D;
+  if (p.d_q) {
+    T* dq = static_cast<T*>(p.d_q) + row * p.Dk;
+#pragma unroll
+    for (int m = 0; m < ND; ++m) {
+      const int64_t d = lane + 32 * m;
+      if (d < p.Dk) store(dq, d, (acc_a[m] - D * acc_b[m]) * p.scale);
+    }
+  }
+}
+
+// Inverse lists: entry e = (n*NQ + q)*kk + s with an eligible id j gets key n*NC + j,
+// others the bound B*NC (sorted past every real key).
+__global__ void chunk_entry_keys_kernel(const ChunkAttentionParams p, uint32_t* __restrict__ keys,
+                                        int32_t* __restrict__ entries) {
+  const int64_t N = p.B * p.NQ * p.kk;
+  const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= N) return;
+  const int64_t q = (e / p.kk) % p.NQ, n = e / (p.kk * p.NQ);
+  const int64_t j = p.ids[e];
+  keys[e] = static_cast<uint32_t>(eligible(j, q, p.c, p.b, p.NC) ? n * p.NC + j : p.B * p.NC);
+  entries[e] = static_cast<int32_t>(e);
+}
+
+__global__ void chunk_segments_kernel(const uint32_t* __restrict__ keys, int64_t N, uint32_t bound,
+                                      int32_t* __restrict__ seg_start,
+                                      int32_t* __restrict__ seg_end) {
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= N) return;
+  const uint32_t key = keys[t];
+  if (key >= bound) return;
+  if (t == 0 || keys[t - 1] != key) seg_start[key] = static_cast<int32_t>(t);
+  if (t == N - 1 || keys[t + 1] != key) seg_end[key] = static_cast<int32_t>(t + 1);
+}
+
+template <class T, int ND>
+__global__ void __launch_bounds__(32 * kWarpsPerBlock)
+    chunk_attention_bwd_dkdv_kernel(const ChunkAttentionParams p, const float* __restrict__ D_buf,
+                                    const int32_t* __restrict__ seg_start,
+                                    const int32_t* __restrict__ seg_end,
+                                    const int32_t* __restrict__ entries) {
+  const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  if (row >= p.B * p.T * p.H) return;
+  const Row rw = split_row(row, p.T, p.H);  // (n, pos, h): the key position is rw.i
+  const int64_t pos = rw.i;
+  const T* kp = static_cast<const T*>(p.k) + rw.n * p.k_strides[0] + pos * p.k_strides[1] +
+                rw.h * p.k_strides[2];
+  const T* vp = static_cast<const T*>(p.v) + rw.n * p.v_strides[0] + pos * p.v_strides[1] +
+                rw.h * p.v_strides[2];
+  const T* qb_ptr = static_cast<const T*>(p.q) + rw.n * p.q_strides[0] + rw.h * p.q_strides[2];
+  const T* gb = static_cast<const T*>(p.d_o) + rw.n * p.d_o_strides[0] + rw.h * p.d_o_strides[2];
+  float kr[ND], vr[ND], acc_k[ND], acc_v[ND];
+#pragma unroll
+  for (int m = 0; m < ND; ++m) {
+    const int64_t d = lane + 32 * m;
+    kr[m] = d < p.Dk ? load(kp, d * p.k_strides[3]) : 0.f;
+    vr[m] = d < p.Dv ? load(vp, d * p.v_strides[3]) : 0.f;
+    acc_k[m] = 0.f;
+    acc_v[m] = 0.f;
+  }
+  // Query i's terms for this key, with the logit formed exactly as in forward.
+  auto contribute = [&](int64_t i, float bias) {
+    const int64_t qrow = (rw.n * p.T + i) * p.H + rw.h;
+    const float lse = p.lse[qrow];
+    const T* qp = qb_ptr + i * p.q_strides[1];
+    const T* gp = gb + i * p.d_o_strides[1];
+    float qs[ND], go[ND];
+    float part_l = 0.f, part_p = 0.f;
+#pragma unroll
+    for (int m = 0; m < ND; ++m) {
+      const int64_t d = lane + 32 * m;
+      qs[m] = d < p.Dk ? load(qp, d * p.q_strides[3]) * p.scale : 0.f;
+      go[m] = d < p.Dv ? load(gp, d * p.d_o_strides[3]) : 0.f;
+      part_l += qs[m] * kr[m];
+      part_p += go[m] * vr[m];
+    }
+    const float P = expf(warp_sum(part_l) + bias - lse);
+    const float ds = P * (warp_sum(part_p) - D_buf[qrow]);
+#pragma unroll
+    for (int m = 0; m < ND; ++m) {
+      acc_v[m] += P * go[m];
+      acc_k[m] += ds * qs[m];
+    }
+  };
+  const int64_t j = pos / p.c;
+  if (j < p.NC) {
+    const int64_t key = rw.n * p.NC + j;
+    for (int32_t t = seg_start[key]; t < seg_end[key]; ++t) {
+      const int64_t e = entries[t];
+      const int64_t s = e % p.kk, qb = (e / p.kk) % p.NQ;
+      const float bs = bias_at<T>(p, rw.n, qb, s);
+      const int64_t i1 = (qb + 1) * p.b < p.T ? (qb + 1) * p.b : p.T;
+      for (int64_t i = qb * p.b; i < i1; ++i) contribute(i, bs);
+    }
+  }
+  int64_t cur = -1;
+  bool cur_retrieved = false;
+  const int64_t i_end = pos + p.w < p.T ? pos + p.w : p.T;  // window queries pos .. pos+w-1
+  for (int64_t i = pos; i < i_end; ++i) {
+    const int64_t qb = i / p.b;
+    if (qb != cur) {
+      cur = qb;
+      cur_retrieved = retrieved(p.ids + (rw.n * p.NQ + qb) * p.kk, p.kk, j, qb, p);
+    }
+    if (!cur_retrieved) contribute(i, 0.f);
+  }
+  if (p.d_k) {
+    T* dk = static_cast<T*>(p.d_k) + row * p.Dk;
+#pragma unroll
+    for (int m = 0; m < ND; ++m) {
+      const int64_t d = lane + 32 * m;
+      if (d < p.Dk) store(dk, d, acc_k[m]);
+    }
+  }
+  if (p.d_v) {
+    T* dv = static_cast<T*>(p.d_v) + row * p.Dv;
+#pragma unroll
+    for (int m = 0; m < ND; ++m) {
+      const int64_t d = lane + 32 * m;
+      if (d < p.Dv) store(dv, d, acc_v[m]);
+    }
+  }
+}
+
+template <class T>
+__global__ void chunk_attention_bwd_bias_kernel(const ChunkAttentionParams p,
+                                                const float* __restrict__ D_buf,
+                                                const float* __restrict__ partial) {
+  const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= p.B * p.NQ * p.kk) return;
+  const int64_t s = e % p.kk, qb = (e / p.kk) % p.NQ, n = e / (p.kk * p.NQ);
+  const int64_t i1 = (qb + 1) * p.b < p.T ? (qb + 1) * p.b : p.T;
+  float acc = 0.f;
+  for (int64_t i = qb * p.b; i < i1; ++i) {
+    for (int64_t h = 0; h < p.H; ++h) {
+      const int64_t row = (n * p.T + i) * p.H + h;
+      const float* ps = partial + 2 * (row * p.kk + s);
+      acc += ps[0] - D_buf[row] * ps[1];  // sum over the slot's keys of P (dP - D_i)
+    }
+  }
+  store(static_cast<T*>(p.d_bias), e, acc);
+}
+
+// ---------------------------------------------------------------- launch plans
+
+int head_dims_per_lane(const ChunkAttentionParams& p) {
+  const int64_t d = p.Dk > p.Dv ? p.Dk : p.Dv;
+  return d <= 32 ? 1 : d <= 64 ? 2 : d <= 128 ? 4 : 8;
+}
+
+int sort_bits(uint64_t bound) {  // bits that hold every key in [0, bound]
+  int bits = 1;
+  while (bits < 32 && (uint64_t{1} << bits) <= bound) ++bits;
+  return bits;
+}
+
+struct BwdPlan {
+  int64_t rows = 0, entries = 0;
+  bool lists = false;  // d_k or d_v: the inverse lists are built
+  size_t cub_bytes = 0;
+  size_t D_off = 0, partial_off = 0, keys_in_off = 0, keys_out_off = 0, ent_in_off = 0,
+         ent_out_off = 0, start_off = 0, end_off = 0, cub_off = 0, total = 0;
+};
+
+BwdPlan bwd_plan(const ChunkAttentionParams& p) {
+  BwdPlan pl;
+  pl.rows = p.B * p.T * p.H;
+  pl.entries = p.B * p.NQ * p.kk;
+  pl.lists = (p.d_k || p.d_v) && pl.entries > 0 && p.NC > 0;
+  size_t off = 0;
+  pl.D_off = off;
+  off += align_up(sizeof(float) * static_cast<size_t>(pl.rows));
+  pl.partial_off = off;
+  if (p.d_bias) off += align_up(2 * sizeof(float) * static_cast<size_t>(pl.rows * p.kk));
+  if (pl.lists) {
+    const int num = static_cast<int>(pl.entries);
+    cub::DeviceRadixSort::SortPairs(
+        nullptr, pl.cub_bytes, static_cast<const uint32_t*>(nullptr),
+        static_cast<uint32_t*>(nullptr), static_cast<const int32_t*>(nullptr),
+        static_cast<int32_t*>(nullptr), num, 0, sort_bits(static_cast<uint64_t>(p.B * p.NC)));
+    const size_t nk = sizeof(uint32_t) * pl.entries, ne = sizeof(int32_t) * pl.entries;
+    const size_t ns = sizeof(int32_t) * static_cast<size_t>(p.B * p.NC);
+    pl.keys_in_off = off;
+    off += align_up(nk);
+    pl.keys_out_off = off;
+    off += align_up(nk);
+    pl.ent_in_off = off;
+    off += align_up(ne);
+    pl.ent_out_off = off;
+    off += align_up(ne);
+    pl.start_off = off;
+    off += align_up(ns);
+    pl.end_off = off;
+    off += align_up(ns);
+    pl.cub_off = off;
+    off += align_up(pl.cub_bytes);
+  }
+  pl.total = off;
+  return pl;
+}
+
+const char* check_sizes(const ChunkAttentionParams& p) {
+  if (p.Dk > kChunkAttnMaxHeadDim || p.Dv > kChunkAttnMaxHeadDim) {
+    return "chunk_attention on CUDA: Dk and Dv must be <= 256";
+  }
+  if (p.B * p.NQ * p.kk > INT_MAX) return "chunk_attention on CUDA: more than 2^31-1 idx entries";
+  if (p.B * p.NC >= (int64_t{1} << 32) - 1) return "chunk_attention on CUDA: B * NC >= 2^32 - 1";
+  return nullptr;
+}
+
+template <class T, int ND>
+const char* fwd_nd(const ChunkAttentionParams& p, cudaStream_t s) {
+  const int64_t rows = p.B * p.T * p.H;
+  chunk_attention_fwd_kernel<T, ND>
+      <<<blocks_for(32 * rows, 32 * kWarpsPerBlock), 32 * kWarpsPerBlock, 0, s>>>(p);
+  return last_error();
+}
+
+template <class T>
+const char* fwd_t(const ChunkAttentionParams& p, cudaStream_t s) {
+  switch (head_dims_per_lane(p)) {
+    case 1:
+      return fwd_nd<T, 1>(p, s);
+    case 2:
+      return fwd_nd<T, 2>(p, s);
+    case 4:
+      return fwd_nd<T, 4>(p, s);
+    case 8:
+      return fwd_nd<T, 8>(p, s);
+  }
+  return "chunk_attention_fwd_cuda: head dims above 256";
+}
+
+template <class T, int ND>
+const char* bwd_nd(const ChunkAttentionParams& p, cudaStream_t s) {
+  const BwdPlan pl = bwd_plan(p);
+  char* scratch = static_cast<char*>(p.scratch);
+  if (pl.total > 0 && scratch == nullptr) return "chunk_attention_bwd_cuda: scratch not given";
+  float* D_buf = reinterpret_cast<float*>(scratch + pl.D_off);
+  float* partial = p.d_bias ? reinterpret_cast<float*>(scratch + pl.partial_off) : nullptr;
+  const unsigned threads = 32 * kWarpsPerBlock;
+  chunk_attention_bwd_dq_kernel<T, ND>
+      <<<blocks_for(32 * pl.rows, threads), threads, 0, s>>>(p, D_buf, partial);
+  if (const char* e = last_error()) return e;
+  if (p.d_k || p.d_v) {
+    int32_t* seg_start = nullptr;
+    int32_t* seg_end = nullptr;
+    int32_t* ent_out = nullptr;
+    if (pl.lists) {
+      auto* keys_in = reinterpret_cast<uint32_t*>(scratch + pl.keys_in_off);
+      auto* keys_out = reinterpret_cast<uint32_t*>(scratch + pl.keys_out_off);
+      auto* ent_in = reinterpret_cast<int32_t*>(scratch + pl.ent_in_off);
+      ent_out = reinterpret_cast<int32_t*>(scratch + pl.ent_out_off);
+      seg_start = reinterpret_cast<int32_t*>(scratch + pl.start_off);
+      seg_end = reinterpret_cast<int32_t*>(scratch + pl.end_off);
+      chunk_entry_keys_kernel<<<blocks_for(pl.entries, 256), 256, 0, s>>>(p, keys_in, ent_in);
+      size_t cub_bytes = pl.cub_bytes;
+      cudaError_t err = cub::DeviceRadixSort::SortPairs(
+          scratch + pl.cub_off, cub_bytes, keys_in, keys_out, ent_in, ent_out,
+          static_cast<int>(pl.entries), 0, sort_bits(static_cast<uint64_t>(p.B * p.NC)), s);
+      if (err != cudaSuccess) return cudaGetErrorString(err);
+      const size_t ns = sizeof(int32_t) * static_cast<size_t>(p.B * p.NC);
+      err = cudaMemsetAsync(seg_start, 0, ns, s);
+      if (err == cudaSuccess) err = cudaMemsetAsync(seg_end, 0, ns, s);
+      if (err != cudaSuccess) return cudaGetErrorString(err);
+      chunk_segments_kernel<<<blocks_for(pl.entries, 256), 256, 0, s>>>(
+          keys_out, pl.entries, static_cast<uint32_t>(p.B * p.NC), seg_start, seg_end);
+    }
+    ChunkAttentionParams q = p;
+    if (!pl.lists) q.NC = 0;  // no chunk is ever retrieved: only the window terms
+    chunk_attention_bwd_dkdv_kernel<T, ND><<<blocks_for(32 * pl.rows, threads), threads, 0, s>>>(
+        q, D_buf, seg_start, seg_end, ent_out);
+    if (const char* e = last_error()) return e;
+  }
+  if (p.d_bias && pl.entries > 0) {
+    chunk_attention_bwd_bias_kernel<T>
+        <<<blocks_for(pl.entries, 256), 256, 0, s>>>(p, D_buf, partial);
+  }
+  return last_error();
+}
+
+template <class T>
+const char* bwd_t(const ChunkAttentionParams& p, cudaStream_t s) {
+  switch (head_dims_per_lane(p)) {
+    case 1:
+      return bwd_nd<T, 1>(p, s);
+    case 2:
+      return bwd_nd<T, 2>(p, s);
+    case 4:
+      return bwd_nd<T, 4>(p, s);
+    case 8:
+      return bwd_nd<T, 8>(p, s);
+  }
+  return "chunk_attention_bwd_cuda: head dims above 256";
+}
+
+}  // namespace
+
+size_t chunk_search_scratch_bytes(const ChunkSearchParams& p) { return search_plan(p).total; }
+
+const char* chunk_search_cuda(const ChunkSearchParams& p, void* stream) {
+  if (p.B * p.T == 0 || p.k == 0) return nullptr;
+  if (p.c < 1 || p.b < 1) return "chunk_search_cuda: chunk and query block must be >= 1";
+  if (p.scratch == nullptr) return "chunk_search_cuda: scratch not given";
+  auto s = static_cast<cudaStream_t>(stream);
+  switch (p.dtype) {
+    case KernelDType::kFloat32:
+      return search_t<float>(p, s);
+    case KernelDType::kBFloat16:
+      return search_t<__nv_bfloat16>(p, s);
+  }
+  return "chunk_search_cuda: unknown dtype";
+}
+
+const char* chunk_ids_check_cuda(const ChunkIdsCheckParams& p, void* stream) {
+  auto s = static_cast<cudaStream_t>(stream);
+  const int64_t N = p.B * p.NQ * p.kk;
+  set_word_kernel<<<1, 1, 0, s>>>(p.bad_pos, N);
+  if (N > 0) chunk_ids_check_kernel<<<blocks_for(N, 256), 256, 0, s>>>(p);
+  return last_error();
+}
+
+const char* chunk_attention_fwd_cuda(const ChunkAttentionParams& p, void* stream) {
+  if (const char* e = check_sizes(p)) return e;
+  if (p.B * p.T * p.H == 0) return nullptr;
+  auto s = static_cast<cudaStream_t>(stream);
+  switch (p.dtype) {
+    case KernelDType::kFloat32:
+      return fwd_t<float>(p, s);
+    case KernelDType::kBFloat16:
+      return fwd_t<__nv_bfloat16>(p, s);
+  }
+  return "chunk_attention_fwd_cuda: unknown dtype";
+}
+
+size_t chunk_attention_bwd_scratch_bytes(const ChunkAttentionParams& p) {
+  if (check_sizes(p) != nullptr) return 0;
+  return bwd_plan(p).total;
+}
+
+const char* chunk_attention_bwd_cuda(const ChunkAttentionParams& p, void* stream) {
+  if (const char* e = check_sizes(p)) return e;
+  auto s = static_cast<cudaStream_t>(stream);
+  if (p.B * p.T * p.H == 0) {
+    // No positions: d_bias (the only gradient with elements, if NQ * kk > 0) is zero.
+    if (p.d_bias && p.B * p.NQ * p.kk > 0) {
+      const size_t es = p.dtype == KernelDType::kFloat32 ? 4 : 2;
+      cudaError_t err = cudaMemsetAsync(p.d_bias, 0, es * p.B * p.NQ * p.kk, s);
+      if (err != cudaSuccess) return cudaGetErrorString(err);
+    }
+    return nullptr;
+  }
+  switch (p.dtype) {
+    case KernelDType::kFloat32:
+      return bwd_t<float>(p, s);
+    case KernelDType::kBFloat16:
+      return bwd_t<__nv_bfloat16>(p, s);
+  }
+  return "chunk_attention_bwd_cuda: unknown dtype";
+}
+
+}  // namespace resona::cuda
