@@ -12,9 +12,10 @@
 //
 // A chunk is held as a 64-row tile whatever C is (rows >= L are zeros, with g = 0 so the
 // cumulative gate stays flat). 256 threads; thread (tid / 16, tid % 16) owns a 4x4 block
-// of the [64, 64] matrices (A, d_A) and of each 64x64 output tile, or 4 rows x 2
-// channels of a [64, 32] key tile. Gates are converted to log2 units on load, so every
-// decay factor is one exp2f of a difference that is <= 0.
+// of each 64x64 output tile, or 4 rows x 2 channels of a [64, 32] key tile; the 4x4
+// blocks of the triangular [64, 64] matrices (A, d_A) go out by triangle_block. Gates are
+// converted to log2 units on load, so every decay factor is one exp2f of a difference
+// (<= 0, or at most kMaxSpread2 in a factored diagonal sub-chunk).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -86,7 +87,6 @@ __device__ __forceinline__ float2 ld2(const float* p) {
 // rows in registers; the 8 segments of a column sit in adjacent lanes and pass their
 // totals with width-8 shuffles. Then f(row, column, sum, column total) for each of the
 // thread's elements (the total is the sum down the whole column).
-constexpr int kScanCols = kThreads / 8;
 template <bool kReverse, class F>
 __device__ __forceinline__ void column_scan(float* x, int ld, F&& f) {
   const int seg = threadIdx.x & 7, col = threadIdx.x >> 3;
@@ -252,6 +252,23 @@ __device__ __forceinline__ float masked_entry(const float acc[4][4], int bi, int
   return 4 * bj + cc <= 4 * bi + r ? scale * acc[r][cc] : 0.f;
 }
 
+// The 4x4 block (bi, bj) of a [64, 64] lower-triangular matrix that thread t owns: the
+// 136 blocks on and below the diagonal go to threads 0..135 in row order (so warps 5..7
+// have none to compute), the 120 blocks above it to threads 136..255.
+__device__ __forceinline__ void triangle_block(int t, int& bi, int& bj) {
+  constexpr int kLower = 16 * 17 / 2;
+  if (t < kLower) {
+    bi = 0;
+    while ((bi + 1) * (bi + 2) / 2 <= t) ++bi;
+    bj = t - bi * (bi + 1) / 2;
+  } else {
+    const int u = t - kLower;  // u = bj (bj - 1) / 2 + bi with bi < bj
+    bj = 1;
+    while ((bj + 1) * bj / 2 <= u) ++bj;
+    bi = u - bj * (bj - 1) / 2;
+  }
+}
+
 // ---- forward ---------------------------------------------------------------------------
 
 template <class T>
@@ -365,11 +382,13 @@ __global__ void __launch_bounds__(kThreads) gla_fwd_kernel(const GlaFwdParams p)
   float* QeT = smem + kTilesFloats;  // [Kpad][kRows]: q * exp(G), transposed
   float* AT = QeT + Kpad * kRows;    // [kRows][kLd4]: A transposed, scale included
   const int ti = threadIdx.x / 16, tj = threadIdx.x % 16;
+  int bi, bj;  // this thread's block of A
+  triangle_block(threadIdx.x, bi, bj);
 
   float acc[4][4] = {};
   for (int k0 = 0; k0 < K; k0 += kKT) {
     load_chunk_tiles(q, k, g, t0, L, k0, K, s);
-    accumulate_A(s, ti, tj, acc);
+    accumulate_A(s, bi, bj, acc);
     for (int idx = threadIdx.x; idx < kKT * kRows; idx += kThreads) {
       const int c = idx / kRows, i = idx % kRows;
       QeT[(k0 + c) * kRows + i] = s.q[i * kLdT + c] * exp2f(s.G[i * kLdT + c]);
@@ -378,9 +397,9 @@ __global__ void __launch_bounds__(kThreads) gla_fwd_kernel(const GlaFwdParams p)
   }
 #pragma unroll
   for (int cc = 0; cc < 4; ++cc) {
-    *reinterpret_cast<float4*>(&AT[(4 * tj + cc) * kLd4 + 4 * ti]) = make_float4(
-        masked_entry(acc, ti, tj, 0, cc, p.scale), masked_entry(acc, ti, tj, 1, cc, p.scale),
-        masked_entry(acc, ti, tj, 2, cc, p.scale), masked_entry(acc, ti, tj, 3, cc, p.scale));
+    *reinterpret_cast<float4*>(&AT[(4 * bj + cc) * kLd4 + 4 * bi]) = make_float4(
+        masked_entry(acc, bi, bj, 0, cc, p.scale), masked_entry(acc, bi, bj, 1, cc, p.scale),
+        masked_entry(acc, bi, bj, 2, cc, p.scale), masked_entry(acc, bi, bj, 3, cc, p.scale));
   }
   __syncthreads();
 
@@ -592,13 +611,15 @@ __global__ void __launch_bounds__(kThreads)
   const Tiles s = carve_tiles(smem);
   float* A = smem + kUnion;       // [kRows][kLd4], scale included
   float* KFT = A + kRows * kLd4;  // [Kpad][kRows]: k * exp(G_last - G), transposed
-  const int ti = threadIdx.x / 16, tj = threadIdx.x % 16;
+  const int ti = threadIdx.x / 16, tj = threadIdx.x % 16;  // d_v: rows 4 ti.., columns 4 tj..
+  int bi, bj;                                              // A and d_A: block (bi, bj)
+  triangle_block(threadIdx.x, bi, bj);
 
   if (want_dv) {
     float acc[4][4] = {};
     for (int k0 = 0; k0 < K; k0 += kKT) {
       load_chunk_tiles(q, k, g, t0, L, k0, K, s);
-      accumulate_A(s, ti, tj, acc);
+      accumulate_A(s, bi, bj, acc);
       for (int idx = threadIdx.x; idx < kKT * kRows; idx += kThreads) {
         const int c = idx / kRows, i = idx % kRows;
         KFT[(k0 + c) * kRows + i] =
@@ -608,9 +629,9 @@ __global__ void __launch_bounds__(kThreads)
     }
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
-      *reinterpret_cast<float4*>(&A[(4 * ti + r) * kLd4 + 4 * tj]) = make_float4(
-          masked_entry(acc, ti, tj, r, 0, p.scale), masked_entry(acc, ti, tj, r, 1, p.scale),
-          masked_entry(acc, ti, tj, r, 2, p.scale), masked_entry(acc, ti, tj, r, 3, p.scale));
+      *reinterpret_cast<float4*>(&A[(4 * bi + r) * kLd4 + 4 * bj]) = make_float4(
+          masked_entry(acc, bi, bj, r, 0, p.scale), masked_entry(acc, bi, bj, r, 1, p.scale),
+          masked_entry(acc, bi, bj, r, 2, p.scale), masked_entry(acc, bi, bj, r, 3, p.scale));
     }
     __syncthreads();
   }
@@ -629,13 +650,13 @@ __global__ void __launch_bounds__(kThreads)
       if (want_dA) vT[c * kLd4 + r] = in ? v.at(t0 + r, v0 + c) : 0.f;
     }
     __syncthreads();
-    if (want_dA && tj <= ti) {
+    if (want_dA && bj <= bi) {
       // d_A_ij += sum_c d_o_ic v_jc  (rows 4 ti.., columns 4 tj..)
       for (int c = 0; c < kVO; ++c) {
         float a[4];
 #pragma unroll
-        for (int r = 0; r < 4; ++r) a[r] = dO[(4 * ti + r) * kLd4 + c];
-        const float4 w = ld4(&vT[c * kLd4 + 4 * tj]);
+        for (int r = 0; r < 4; ++r) a[r] = dO[(4 * bi + r) * kLd4 + c];
+        const float4 w = ld4(&vT[c * kLd4 + 4 * bj]);
         const float wv[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
         for (int r = 0; r < 4; ++r) {
@@ -692,9 +713,9 @@ __global__ void __launch_bounds__(kThreads)
     float* out = d_A + (bh * NC + n) * kRows * kRows;
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
-      *reinterpret_cast<float4*>(&out[(4 * ti + r) * kRows + 4 * tj]) = make_float4(
-          masked_entry(dA, ti, tj, r, 0, p.scale), masked_entry(dA, ti, tj, r, 1, p.scale),
-          masked_entry(dA, ti, tj, r, 2, p.scale), masked_entry(dA, ti, tj, r, 3, p.scale));
+      *reinterpret_cast<float4*>(&out[(4 * bi + r) * kRows + 4 * bj]) = make_float4(
+          masked_entry(dA, bi, bj, r, 0, p.scale), masked_entry(dA, bi, bj, r, 1, p.scale),
+          masked_entry(dA, bi, bj, r, 2, p.scale), masked_entry(dA, bi, bj, r, 3, p.scale));
     }
   }
 }

@@ -9,10 +9,12 @@
 //   o_i  = scale (q_i * exp(G_i))^T S0 + sum_{j<=i} A_ij v_j
 //   A_ij = scale sum_c q_ic k_jc exp(G_ic - G_jc)
 //   S_end = diag(exp(G_last)) S0 + (k * exp(G_last - G))^T v
-// A is formed so that no factor exceeds 1 whatever the decay: the chunk is cut into
+// A is formed so that no factor overflows whatever the decay: the chunk is cut into
 // sub-chunks of 16 rows; across sub-chunks (J < I) exp(G_i - G_j) is the product of
 // exp(G_i - G_{16I}), exp(G_{16I} - G_{16(J+1)}) and exp(G_{16(J+1)} - G_j), each <= 1;
-// inside a sub-chunk each pair takes exp(G_i - G_j) directly (FLA's secondary chunking).
+// inside a sub-chunk whose gates spread at most 40 over its rows (every channel) it is
+// exp(G_i - G_{16I}) exp(G_{16I} - G_j), the second factor <= e^40; inside any other
+// sub-chunk each pair takes exp(G_i - G_j) directly (FLA's secondary chunking).
 //
 // Forward: (1) per (b, h, key tile, value tile), walk the chunks carrying the state tile,
 // write each chunk's start state to `states` (float32, kept for backward) and S_T;
