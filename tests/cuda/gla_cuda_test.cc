@@ -392,53 +392,79 @@ RESONA_GPU_TEST("gla on CUDA refuses chunk > 64, K > 256, mixed devices and a fo
 }
 
 RESONA_GPU_TEST(
-    "gla CUDA timing at B=8,T=2048,H=4,K=75,V=150,chunk=64, bfloat16, GLA gates (runs only with "
+    "gla CUDA timing at B=8,T=2048,H=4,K=75,V=150,chunk=64, bfloat16, GLA gates, with the "
+    "backward split by the gradients asked for; also K=V=64 and K=128,V=256 (runs only with "
     "RESONA_TIME_GLA=1; prints milliseconds)") {
   const char* env = std::getenv("RESONA_TIME_GLA");
   if (env == nullptr || std::string(env) != "1") return;
   const Device cuda = Device::cuda();
+  DeviceBackend& dev = backend_for(cuda);
   struct Shape5 {
     int64_t B, T, H, K, V;
   };
+  // Which inputs ask for a gradient (q, k, v, g, h0): the backward runs only the kernels
+  // those need (d_h0: the state-gradient walk; d_v: that and A/d_v; d_q: that and d_A,
+  // then d_q/d_k/d_g).
+  struct Variant {
+    const char* name;
+    bool grad[5];
+  };
+  const Variant kForward{"forward", {false, false, false, false, false}};
+  const Variant kAll{"forward+backward (q, k, v, g)", {true, true, true, true, false}};
+  const std::vector<Variant> breakdown = {
+      kForward,
+      {"forward+backward (h0 only)", {false, false, false, false, true}},
+      {"forward+backward (v only)", {false, false, true, false, false}},
+      {"forward+backward (q only)", {true, false, false, false, false}},
+      kAll,
+  };
+  bool first = true;
   for (const Shape5 s :
        {Shape5{8, 2048, 4, 75, 150}, Shape5{8, 2048, 4, 64, 64}, Shape5{8, 2048, 4, 128, 256}}) {
     Generator gen(7);
-    auto leaf = [&](const Shape& shape, double lo, double hi) {
-      Tensor l = copy_to(gen.uniform(shape, lo, hi), DType::kBFloat16, cuda);
-      l.set_requires_grad(true);
-      return l;
+    auto input = [&](const Shape& shape, double lo, double hi, DType dt) {
+      return copy_to(gen.uniform(shape, lo, hi), dt, cuda);
     };
-    std::vector<Tensor> in = {leaf({s.B, s.T, s.H, s.K}, -1, 1), leaf({s.B, s.T, s.H, s.K}, -1, 1),
-                              leaf({s.B, s.T, s.H, s.V}, -1, 1),
-                              leaf({s.B, s.T, s.H, s.K}, -0.3, -0.003)};
-    const Tensor d_o = copy_to(gen.uniform({s.B, s.T, s.H, s.V}, -1, 1), DType::kBFloat16, cuda);
+    const std::vector<Tensor> base = {input({s.B, s.T, s.H, s.K}, -1, 1, DType::kBFloat16),
+                                      input({s.B, s.T, s.H, s.K}, -1, 1, DType::kBFloat16),
+                                      input({s.B, s.T, s.H, s.V}, -1, 1, DType::kBFloat16),
+                                      input({s.B, s.T, s.H, s.K}, -0.3, -0.003, DType::kBFloat16),
+                                      input({s.B, s.H, s.K, s.V}, -1, 1, DType::kFloat32)};
+    const Tensor d_o = input({s.B, s.T, s.H, s.V}, -1, 1, DType::kBFloat16);
     const Tensor d_S = zeros({s.B, s.H, s.K, s.V}, DType::kFloat32, cuda);
-    DeviceBackend& dev = backend_for(cuda);
-    auto fwd = [&] {
-      NoGradGuard no_grad;
-      gla(in[0], in[1], in[2], in[3]);
-    };
-    auto fwd_bwd = [&] {
-      RecurrentOutput r = gla(in[0], in[1], in[2], in[3]);
-      autograd::grad({r.out, r.final_state}, in, {d_o, d_S});
-    };
-    auto time_ms = [&](const auto& f) {
-      for (int i = 0; i < 3; ++i) f();
+    for (const Variant& var : first ? breakdown : std::vector<Variant>{kForward, kAll}) {
+      std::vector<Tensor> x, leaves;
+      for (int i = 0; i < 5; ++i) {
+        x.push_back(base[i].detach());
+        if (var.grad[i]) {
+          x.back().set_requires_grad(true);
+          leaves.push_back(x.back());
+        }
+      }
+      const bool with_h0 = var.grad[4];
+      auto step = [&] {
+        if (leaves.empty()) {
+          NoGradGuard no_grad;
+          gla(x[0], x[1], x[2], x[3], with_h0 ? x[4] : Tensor());
+          return;
+        }
+        RecurrentOutput r = gla(x[0], x[1], x[2], x[3], with_h0 ? x[4] : Tensor());
+        autograd::grad({r.out, r.final_state}, leaves, {d_o, d_S});
+      };
+      for (int i = 0; i < 3; ++i) step();
       dev.synchronize(0);
       constexpr int kIters = 20;
       const auto t0 = std::chrono::steady_clock::now();
-      for (int i = 0; i < kIters; ++i) f();
+      for (int i = 0; i < kIters; ++i) step();
       dev.synchronize(0);
       const auto t1 = std::chrono::steady_clock::now();
-      return std::chrono::duration<double, std::milli>(t1 - t0).count() / kIters;
-    };
-    const double f_ms = time_ms(fwd), fb_ms = time_ms(fwd_bwd);
-    std::printf(
-        "gla timing B=%lld T=%lld H=%lld K=%lld V=%lld bfloat16 on %s: forward %.3f ms, "
-        "forward+backward %.3f ms\n",
-        static_cast<long long>(s.B), static_cast<long long>(s.T), static_cast<long long>(s.H),
-        static_cast<long long>(s.K), static_cast<long long>(s.V), dev.device_name(0).c_str(), f_ms,
-        fb_ms);
+      const double ms = std::chrono::duration<double, std::milli>(t1 - t0).count() / kIters;
+      std::printf("gla timing B=%lld T=%lld H=%lld K=%lld V=%lld bfloat16 on %s: %s %.3f ms\n",
+                  static_cast<long long>(s.B), static_cast<long long>(s.T),
+                  static_cast<long long>(s.H), static_cast<long long>(s.K),
+                  static_cast<long long>(s.V), dev.device_name(0).c_str(), var.name, ms);
+    }
+    first = false;
   }
 }
 
