@@ -269,10 +269,13 @@ CausalLM::CausalLM(const ModelConfig& cfg, Generator& gen, const CausalLMLayout&
   name_parameters();
 }
 
-Tensor CausalLM::forward(const Tensor& ids, const Tensor& chunk_ids) const {
+Tensor CausalLM::hidden_states(const Tensor& ids, const Tensor& chunk_ids) const {
   RESONA_CHECK(ids.dim() == 2 && (ids.dtype() == DType::kInt64 || ids.dtype() == DType::kInt32))
       << cfg_.name << ": ids " << ids.describe() << " must be int32/int64 [B, T]";
-  Tensor h = backbone_.forward(ids, chunk_ids);
+  return backbone_.forward(ids, chunk_ids);
+}
+
+Tensor CausalLM::logits(const Tensor& h) const {
   return lm_head_ ? lm_head_->forward(h) : linear(h, backbone_.embeddings().weight());
 }
 

@@ -218,9 +218,8 @@ class CausalLM : public LanguageModel {
   // Draws the embedding, then every block in order, then (untied) lm_head from `gen`.
   CausalLM(const ModelConfig& cfg, Generator& gen, const CausalLMLayout& layout,
            const BlockFactory& make_block);
-  // ids [B, T] (int32/int64 in [0, vocab)) -> logits [B, T, vocab]
-  Tensor forward(const Tensor& ids) const override { return forward(ids, Tensor()); }
-  Tensor forward(const Tensor& ids, const Tensor& chunk_ids) const override;
+  Tensor hidden_states(const Tensor& ids, const Tensor& chunk_ids = Tensor()) const override;
+  Tensor logits(const Tensor& hidden) const override;
   const ModelConfig& config() const override { return cfg_; }
   const Backbone& backbone() const { return backbone_; }
 

@@ -20,15 +20,20 @@ namespace resona::models {
 
 class LanguageModel : public Module {
  public:
-  // ids [B, T] (int64 in [0, vocab)) -> logits [B, T, vocab]
-  virtual Tensor forward(const Tensor& ids) const = 0;
-  // The same with the Resona layers' retrieved chunk ids read offline (int32
-  // [B, NQ, top_k], model.resona.mask_source: offline); undefined: search online.
-  virtual Tensor forward(const Tensor& ids, const Tensor& chunk_ids) const {
-    RESONA_CHECK(!chunk_ids.defined()) << config().name << ": this model has no Resona layers";
-    return forward(ids);
-  }
+  // ids [B, T] (int32/int64 in [0, vocab)) -> the final normed hidden states [B, T, D].
+  // chunk_ids: the Resona layers' retrieved chunk ids read offline (int32 [B, NQ, top_k],
+  // model.resona.mask_source: offline); undefined: they search online.
+  virtual Tensor hidden_states(const Tensor& ids, const Tensor& chunk_ids = Tensor()) const = 0;
+  // hidden [..., D] -> logits [..., vocab] (the lm_head, or the tied embedding matrix).
+  // Applied to a subset of positions it gives their logits alone (task losses that label
+  // few positions need no [B, T, vocab] logits).
+  virtual Tensor logits(const Tensor& hidden) const = 0;
   virtual const ModelConfig& config() const = 0;
+
+  // ids [B, T] -> logits [B, T, vocab]
+  Tensor forward(const Tensor& ids, const Tensor& chunk_ids = Tensor()) const {
+    return logits(hidden_states(ids, chunk_ids));
+  }
 };
 
 // `cfg` with every "0: default" setting replaced by the value the backbone uses: norm_eps,

@@ -143,12 +143,14 @@ TinyLM::TinyLM(const ModelConfig& cfg, Generator& gen) : TinyLM(from_model_confi
   model_cfg_ = cfg;
 }
 
-Tensor TinyLM::forward(const Tensor& ids) const {
+Tensor TinyLM::hidden_states(const Tensor& ids, const Tensor& chunk_ids) const {
   RESONA_CHECK(ids.dim() == 2 && (ids.dtype() == DType::kInt64 || ids.dtype() == DType::kInt32))
       << "TinyLM: ids " << ids.describe() << " must be int32/int64 [B, T]";
-  // Tied lm_head: logits = h E^T.
-  return linear(model_.forward(ids), model_.embeddings().weight());
+  RESONA_CHECK(!chunk_ids.defined()) << "TinyLM: the tiny model has no Resona layers";
+  return model_.forward(ids);
 }
+
+Tensor TinyLM::logits(const Tensor& h) const { return linear(h, model_.embeddings().weight()); }
 
 Tensor TinyLM::loss(const Tensor& ids) const {
   RESONA_CHECK(ids.dim() == 2 && ids.size(1) >= 2)

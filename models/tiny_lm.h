@@ -93,8 +93,8 @@ class TinyLM : public LanguageModel {
   // From the run config's `model:` section (name "tiny").
   TinyLM(const ModelConfig& cfg, Generator& gen);
 
-  // ids [B, T] (int64 in [0, V)) -> logits [B, T, V]
-  Tensor forward(const Tensor& ids) const override;
+  Tensor hidden_states(const Tensor& ids, const Tensor& chunk_ids = Tensor()) const override;
+  Tensor logits(const Tensor& hidden) const override;  // tied: h E^T
   const ModelConfig& config() const override { return model_cfg_; }
   // Mean next-token cross-entropy: position t predicts ids[:, t+1]. ids [B, T], T >= 2.
   Tensor loss(const Tensor& ids) const;

@@ -98,20 +98,16 @@ RowsEvalResult evaluate_rows(const models::LanguageModel& model, BatchSource& ro
       max_batches > 0 ? std::min(max_batches, rows.steps_per_epoch()) : rows.steps_per_epoch();
   for (int64_t i = 0; i < steps; ++i) {
     const data::Batch b = rows.next();
-    const int64_t n = b.rows * b.seq_len;
-    std::vector<int64_t> ids(b.inputs.begin(), b.inputs.end());
-    std::vector<int64_t> labels(b.targets.begin(), b.targets.end());
-    Tensor logits =
-        model.forward(copy_to(from_vector(ids, {b.rows, b.seq_len}), DType::kInt64, device),
-                      batch_chunk_ids(masks, b, device));
-    Tensor flat = logits.reshape({n, logits.size(2)});
-    Tensor nll = cross_entropy(flat, copy_to(from_vector(labels, {n}), DType::kInt64, device),
-                               kIgnoreIndex, Reduction::kSum);
-    r.total_nll += nll.item();
-    const std::vector<int64_t> pred = argmax(flat, 1).to(Device::cpu()).to_vector<int64_t>();
-    const std::vector<int32_t> pred32(pred.begin(), pred.end());
-    meter.add(pred32.data(), b.targets.data(), b.rows, b.seq_len);
-    for (int32_t t : b.targets) r.tokens += t != kIgnoreIndex;
+    // Only the labelled positions count for the loss and the accuracy.
+    const BatchLogits bl = batch_logits(model, b, batch_chunk_ids(masks, b, device), device, true);
+    if (bl.positions.empty()) continue;
+    r.total_nll += cross_entropy(bl.logits, bl.labels, kIgnoreIndex, Reduction::kSum).item();
+    const std::vector<int64_t> pred = argmax(bl.logits, 1).to(Device::cpu()).to_vector<int64_t>();
+    std::vector<int32_t> pred_rows(b.targets.size(), -1);  // -1 matches no label
+    for (size_t i = 0; i < pred.size(); ++i)
+      pred_rows[bl.positions[i]] = static_cast<int32_t>(pred[i]);
+    meter.add(pred_rows.data(), b.targets.data(), b.rows, b.seq_len);
+    r.tokens += static_cast<int64_t>(bl.positions.size());
   }
   r.mean_nll = r.tokens > 0 ? r.total_nll / static_cast<double>(r.tokens) : 0.0;
   r.accuracy = meter.result();

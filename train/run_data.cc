@@ -4,6 +4,7 @@
 
 #include "data/hash.h"
 #include "data/task_loader.h"
+#include "ops/index.h"
 
 namespace resona::train {
 
@@ -154,6 +155,36 @@ Tensor batch_chunk_ids(const data::MaskFile* masks, const data::Batch& b, Device
     std::copy(masks->row(row), masks->row(row) + per_row, ids.begin() + j * per_row);
   }
   return from_vector(ids, {b.rows, h.query_blocks(), int64_t{h.top_k}}).to(device);
+}
+
+BatchLogits batch_logits(const models::LanguageModel& model, const data::Batch& b,
+                         const Tensor& chunk_ids, Device device, bool labelled_only) {
+  const int64_t n = b.rows * b.seq_len;
+  std::vector<int64_t> ids(b.inputs.begin(), b.inputs.end());
+  Tensor h = model.hidden_states(
+      copy_to(from_vector(ids, {b.rows, b.seq_len}), DType::kInt64, device), chunk_ids);
+  h = h.reshape({n, h.size(2)});
+  BatchLogits out;
+  std::vector<int64_t> labels;
+  if (labelled_only) {
+    for (int64_t i = 0; i < n; ++i) {
+      if (b.targets[i] == data::kIgnoreTarget) continue;
+      out.positions.push_back(i);
+      labels.push_back(b.targets[i]);
+    }
+    h = index_select(
+        h, 0,
+        copy_to(from_vector(out.positions, {static_cast<int64_t>(out.positions.size())}),
+                DType::kInt64, device));
+  } else {
+    out.positions.resize(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) out.positions[i] = i;
+    labels.assign(b.targets.begin(), b.targets.end());
+  }
+  out.logits = model.logits(h);
+  out.labels =
+      copy_to(from_vector(labels, {static_cast<int64_t>(labels.size())}), DType::kInt64, device);
+  return out;
 }
 
 }  // namespace resona::train

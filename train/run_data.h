@@ -23,6 +23,7 @@
 #include "data/loader.h"
 #include "data/masks.h"
 #include "data/mqar.h"
+#include "models/language_model.h"
 #include "train/run_config.h"
 
 namespace resona::train {
@@ -66,5 +67,17 @@ data::MaskHeader expected_mask_header(const RunConfig& cfg, const RunData& d, bo
 // undefined without masks. Batch rows are the global rows step * rows + j of an
 // unshuffled epoch.
 Tensor batch_chunk_ids(const data::MaskFile* masks, const data::Batch& b, Device device);
+
+// A batch's logits and labels as the loss sees them: [n, vocab] and int64 [n] on `device`.
+// Token batches (most positions labelled): every position, n = rows * T. Task batches
+// (labels at a few query positions): only the labelled positions, whose hidden states are
+// gathered before the lm_head, so no [rows, T, vocab] logits are formed; the summed loss
+// is the same. `positions` lists the flat row * T + t of each of the n rows.
+struct BatchLogits {
+  Tensor logits, labels;
+  std::vector<int64_t> positions;
+};
+BatchLogits batch_logits(const models::LanguageModel& model, const data::Batch& b,
+                         const Tensor& chunk_ids, Device device, bool labelled_only);
 
 }  // namespace resona::train

@@ -332,12 +332,9 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& opt) {
     optimizer.zero_grad();
     double loss_sum = 0;
     for (const data::Batch& b : batches) {
-      Tensor ids = to_int64_tensor(b.inputs, b.rows, b.seq_len, device);
-      Tensor labels = to_int64_tensor(b.targets, b.rows, b.seq_len, device);
-      Tensor logits = model->forward(ids, batch_chunk_ids(data.train_masks.get(), b, device));
-      const int64_t n = b.rows * b.seq_len;
-      Tensor loss = cross_entropy(logits.reshape({n, logits.size(2)}), labels.reshape({n}),
-                                  kIgnoreIndex, Reduction::kSum);
+      const BatchLogits bl = batch_logits(
+          *model, b, batch_chunk_ids(data.train_masks.get(), b, device), device, data.is_task());
+      Tensor loss = cross_entropy(bl.logits, bl.labels, kIgnoreIndex, Reduction::kSum);
       loss_sum += loss.item();
       if (tokens > 0) (loss * (1.0 / static_cast<double>(tokens))).backward();
     }

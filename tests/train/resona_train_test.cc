@@ -165,6 +165,9 @@ TEST_CASE("MQAR T=128, 16 pairs, d_model 64: GLA with Resona reaches 0.99 test a
   c.model.resona.num_heads = 1;
   c.model.resona.encoder = "lexical";
   c.model.resona.lexical_ngram = 1;
+  // 4096 buckets: a query key shares a bucket with one of the ~30 other context tokens in
+  // under 1% of queries (a tie the smaller chunk id would win).
+  c.model.resona.lexical_dim = 4096;
   c.data.source = "mqar";
   c.data.seq_len = 128;
   c.data.shuffle = false;
