@@ -19,12 +19,14 @@
 //                               64-column tiles of K
 //
 // Every product is one block-level tiled product in float32: 256 threads, each owning a
-// 4 x TN patch of a 64 x 16 TN output tile, the operands staged through shared memory
+// 4 x TN block of a 64 x 16 TN output tile, the operands staged through shared memory
 // 16 contraction steps at a time (the next step's loads are issued before the current
 // step's arithmetic). Operands are read through small accessors (strided inputs of
 // either dtype, float32 scratch, shared-memory matrices, transposes), so no layout needs
 // a copy. A block's sums always run in the same order and no two blocks add into one
-// value: the results are bit-identical from run to run.
+// value: the results are bit-identical from run to run. Each block first asks L2 for the
+// rows it is about to read (prefetch hints; the two recurrences one chunk ahead), since
+// the recurrences, with few blocks per SM, would otherwise wait on memory at every step.
 //
 // Rows past the chunk's length L and columns past V or K are never read or written; the
 // contraction bounds carry L, so chunk 1..64 and any K, V work unchanged.
@@ -66,13 +68,47 @@ __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) {
 
 __device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
 
-// Staging buffers of one contraction step, k-major. A row stride of 66 floats keeps the
-// k-fast stores conflict-free (consecutive k land two banks apart, the two rows of a
-// warp on the odd and even banks).
+// Staging buffers of one contraction step, k-major. Rows of 68 floats keep every row
+// 16-byte aligned, so a thread reads its 4 rows of A and TN columns of B with one vector
+// load each (the k-fast stores then meet at most 2-way bank conflicts).
 struct Stage {
-  float a[kBK][kBM + 2];
-  float b[kBK][kBM + 2];
+  float a[kBK][kBM + 4];
+  float b[kBK][kBM + 4];
 };
+
+// The thread's 4 consecutive rows of A, or TN consecutive columns of B, of one staged step.
+__device__ __forceinline__ void load4(const float* p, float (&v)[4]) {
+  const float4 t = *reinterpret_cast<const float4*>(p);
+  v[0] = t.x;
+  v[1] = t.y;
+  v[2] = t.z;
+  v[3] = t.w;
+}
+template <int TN>
+__device__ __forceinline__ void load_cols(const float* p, float (&v)[TN]) {
+  if constexpr (TN == 4) {
+    load4(p, v);
+  } else if constexpr (TN == 2) {
+    const float2 t = *reinterpret_cast<const float2*>(p);
+    v[0] = t.x;
+    v[1] = t.y;
+  } else {
+#pragma unroll
+    for (int c = 0; c < TN; ++c) v[c] = p[c];
+  }
+}
+
+// L2 prefetch of the cache lines of n bytes from p: a hint, no effect on results. Every
+// address handed to the prefetch lies inside [p, p + n).
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
+__device__ __forceinline__ void prefetch_bytes(const void* p, int64_t n, int tid, int threads) {
+  if (p == nullptr || n <= 0) return;
+  const char* c = static_cast<const char*>(p);
+  const int64_t lines = n / 128 + 1;
+  for (int64_t l = tid; l < lines; l += threads) prefetch_l2(c + (l * 128 < n ? l * 128 : n - 1));
+}
 
 // Rows of one (b, h) sequence from a chunk's first row: x(i, j) = p[i * rs + j * cs].
 template <class T>
@@ -83,6 +119,19 @@ struct RowsView {
     return to_f32(p[i * rs + j * cs]);
   }
 };
+
+// L2 prefetch of columns [c0, c0 + n) of rows [0, L) of a row view, when its columns are
+// contiguous (a hint; other layouts are simply not prefetched).
+template <class T>
+__device__ __forceinline__ void prefetch_rows(const RowsView<T>& x, int L, int c0, int n) {
+  if (x.cs != 1 || n <= 0) return;
+  const int64_t bytes = static_cast<int64_t>(n) * sizeof(T), lines = bytes / 128 + 1;
+  for (int64_t e = threadIdx.x; e < L * lines; e += blockDim.x) {
+    const int64_t i = e / lines, l = e % lines;
+    prefetch_l2(reinterpret_cast<const char*>(x.p + i * x.rs + c0) +
+                (l * 128 < bytes ? l * 128 : bytes - 1));
+  }
+}
 
 template <int TN>
 __device__ __forceinline__ void zero(float (&acc)[4][TN]) {
@@ -162,10 +211,8 @@ __device__ __forceinline__ void gemm_acc(float (&acc)[4][TN], int m0, int n0, in
 #pragma unroll
     for (int x = 0; x < kBK; ++x) {
       float av[4], bv[TN];
-#pragma unroll
-      for (int r = 0; r < 4; ++r) av[r] = st.a[x][ty + 16 * r];
-#pragma unroll
-      for (int c = 0; c < TN; ++c) bv[c] = st.b[x][tx + 16 * c];
+      load4(&st.a[x][4 * ty], av);
+      load_cols<TN>(&st.b[x][TN * tx], bv);
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
 #pragma unroll
@@ -185,7 +232,7 @@ __device__ __forceinline__ void for_each_out(const float (&acc)[4][TN], int m0, 
   for (int r = 0; r < 4; ++r) {
 #pragma unroll
     for (int c = 0; c < TN; ++c) {
-      const int i = m0 + ty + 16 * r, j = n0 + tx + 16 * c;
+      const int i = m0 + 4 * ty + r, j = n0 + TN * tx + c;
       if (i < M && j < N) f(i, j, acc[r][c]);
     }
   }
@@ -279,6 +326,10 @@ __global__ void __launch_bounds__(kThreads)
   const int L = c.L, K = static_cast<int>(in.K), V = static_cast<int>(in.V);
   const int tid = threadIdx.x;
   const RowsView<T> k = rows<T>(in.k, in.k_strides, c);
+  const RowsView<T> q = rows<T>(in.q, in.q_strides, c);
+  prefetch_rows(k, L, 0, K);
+  prefetch_rows(q, L, 0, K);
+  if (U != nullptr) prefetch_rows(rows<T>(in.v, in.v_strides, c), L, 0, V);
   const T* beta = static_cast<const T*>(in.beta) + c.b * in.beta_strides[0] +
                   c.t0 * in.beta_strides[1] + c.h * in.beta_strides[2];
   for (int i = tid; i < kC; i += kThreads)
@@ -332,7 +383,6 @@ __global__ void __launch_bounds__(kThreads)
                    [&](int i, int j, float u) { U[(chunk * C + i) * in.V + j] = u; });
     }
   }
-  const RowsView<T> q = rows<T>(in.q, in.q_strides, c);
   zero(acc);
   gemm_acc<4, true, false>(
       acc, 0, 0, L, L, K, q, [&](int x, int j) { return k(j, x); }, st);
@@ -370,12 +420,23 @@ __global__ void __launch_bounds__(kThreads)
     }
     S[e] = s;
   }
+  // The operands of chunk n (W, the tile of U, k) into L2, one chunk ahead.
+  auto prefetch_chunk = [&](int64_t n) {
+    if (n >= NC) return;
+    const ChunkAt c = chunk_at(in, bh, n);
+    const int64_t chunk = bh * NC + n;
+    prefetch_bytes(W + chunk * C * in.K, c.L * in.K * sizeof(float), tid, kThreads);
+    prefetch_rows(RowsView<float>{U + chunk * C * in.V, in.V, 1}, c.L, v0, vw);
+    prefetch_rows(rows<T>(in.k, in.k_strides, c), c.L, 0, K);
+  };
+  prefetch_chunk(0);
   __syncthreads();
   float acc[4][kStateTN];
   for (int64_t n = 0; n < NC; ++n) {
     const ChunkAt c = chunk_at(in, bh, n);
     const int L = c.L;
     const int64_t chunk = bh * NC + n;
+    prefetch_chunk(n + 1);
     float* s_n = states + chunk * KV;
     for (int e = tid; e < K * kStateCols; e += kThreads) {
       const int x = e / kStateCols, j = e % kStateCols;
@@ -428,6 +489,11 @@ __global__ void __launch_bounds__(kThreads)
   const float* Pn = P + chunk * C * C;
   const float* Vnn = Vn + chunk * C * in.V;
   const RowsView<T> q = rows<T>(in.q, in.q_strides, c);
+  const int vw = imin(kOutCols, V - v0);
+  prefetch_rows(q, L, 0, K);
+  prefetch_rows(RowsView<float>{S0, in.V, 1}, K, v0, vw);
+  prefetch_bytes(Pn, L * C * sizeof(float), threadIdx.x, kThreads);
+  prefetch_rows(RowsView<float>{Vnn, in.V, 1}, L, v0, vw);
   float acc[4][4];
   zero(acc);
   gemm_acc<4, true, true>(
@@ -470,12 +536,25 @@ __global__ void __launch_bounds__(kThreads)
     const int x = e / kStateCols, j = e % kStateCols;
     dS[e] = j < vw ? d_S_T[bh * KV + x * in.V + v0 + j] : 0.f;
   }
+  // The operands of chunk n (P, W, k, q, the tile of d_o) into L2, one chunk ahead.
+  auto prefetch_chunk = [&](int64_t n) {
+    if (n < 0) return;
+    const ChunkAt c = chunk_at(in, bh, n);
+    const int64_t chunk = bh * NC + n;
+    prefetch_bytes(P + chunk * C * C, c.L * C * sizeof(float), tid, kThreads);
+    prefetch_bytes(W + chunk * C * in.K, c.L * in.K * sizeof(float), tid, kThreads);
+    prefetch_rows(rows<T>(in.k, in.k_strides, c), c.L, 0, K);
+    prefetch_rows(rows<T>(in.q, in.q_strides, c), c.L, 0, K);
+    prefetch_rows(rows<T>(d_o.p, d_o.s, c), c.L, v0, vw);
+  };
+  prefetch_chunk(NC - 1);
   __syncthreads();
   float acc[4][kStateTN];
   for (int64_t n = NC - 1; n >= 0; --n) {
     const ChunkAt c = chunk_at(in, bh, n);
     const int L = c.L;
     const int64_t chunk = bh * NC + n;
+    prefetch_chunk(n - 1);
     float* ds_n = dstates + chunk * KV;
     for (int e = tid; e < K * kStateCols; e += kThreads) {
       const int x = e / kStateCols, j = e % kStateCols;
@@ -560,6 +639,17 @@ __global__ void __launch_bounds__(kThreads, 2)
   const RowsView<T> k = rows<T>(in.k, in.k_strides, c);
   const RowsView<T> v = rows<T>(in.v, in.v_strides, c);
   const RowsView<T> dO = rows<T>(d_o.p, d_o.s, c);
+  // This chunk's operands into L2: the start state and end-state gradient (K x V each),
+  // N, G, d_V' and the rows of v, k, q, d_o.
+  prefetch_bytes(S0, KV * sizeof(float), tid, kThreads);
+  prefetch_bytes(dS, KV * sizeof(float), tid, kThreads);
+  prefetch_bytes(Nn, L * C * sizeof(float), tid, kThreads);
+  prefetch_bytes(Gn, L * C * sizeof(float), tid, kThreads);
+  prefetch_bytes(dVnn, L * in.V * sizeof(float), tid, kThreads);
+  prefetch_rows(v, L, 0, V);
+  prefetch_rows(k, L, 0, K);
+  prefetch_rows(q, L, 0, K);
+  prefetch_rows(dO, L, 0, V);
   const T* beta = static_cast<const T*>(in.beta) + c.b * in.beta_strides[0] +
                   c.t0 * in.beta_strides[1] + c.h * in.beta_strides[2];
   for (int e = tid; e < L * L; e += kThreads) {
