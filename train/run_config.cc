@@ -18,9 +18,6 @@ void validate_run_config(const RunConfig& c) {
     fail("key 'train.precision': bf16 needs train.device cuda (or auto with a GPU)");
   }
   if (c.train.run_dir.empty()) fail("key 'train.run_dir': must not be empty");
-  if (c.data.source == "tokens" && c.data.train.empty()) {
-    fail("key 'data.train': the training dataset folder is required with data.source tokens");
-  }
   if (c.data.source == "npy" &&
       (c.data.npy.train_inputs.empty() || c.data.npy.train_labels.empty())) {
     fail("key 'data.npy.train_inputs': data.source npy needs train_inputs and train_labels");
