@@ -1,7 +1,9 @@
 #include "models/resona.h"
 
 #include <algorithm>
+#include <cmath>
 #include <set>
+#include <unordered_map>
 
 #include "models/blocks.h"
 #include "ops/ops.h"
@@ -27,11 +29,111 @@ Tensor chunk_means(const Tensor& x, int64_t c) {
   return mean(slice(x, 1, 0, NC * c).reshape({B, NC, c, E}), {2});
 }
 
-Tensor lexical_search(const Tensor& ids, const ResonaSection& r) {
-  Tensor query = lexical_features(ids, r.lexical_dim, r.lexical_ngram, 1);
-  Tensor chunks = chunk_means(lexical_features(ids, r.lexical_dim, r.lexical_ngram, r.chunk_size),
-                              r.chunk_size);
-  return chunk_search(query, chunks, search_options(r));
+namespace {
+
+// Hashed n-gram counts, sorted by bucket: the nonzeros of a lexical_features row.
+using SparseCounts = std::vector<std::pair<int64_t, double>>;
+
+// Adds the n-grams (n = 1..N) ending at t that start at or after `start` to `out`.
+void add_ngrams(const int64_t* tok, int64_t t, int64_t start, const ResonaSection& r,
+                std::vector<int64_t>& out) {
+  for (int64_t n = 1; n <= r.lexical_ngram && t - n + 1 >= start; ++n) {
+    out.push_back(static_cast<int64_t>(lexical_hash(tok + t - n + 1, n) %
+                                       static_cast<uint64_t>(r.lexical_dim)));
+  }
+}
+
+SparseCounts count_buckets(std::vector<int64_t>& buckets, double* norm) {
+  std::sort(buckets.begin(), buckets.end());
+  SparseCounts c;
+  for (int64_t b : buckets) {
+    if (!c.empty() && c.back().first == b) {
+      c.back().second += 1;
+    } else {
+      c.emplace_back(b, 1.0);
+    }
+  }
+  double n2 = 0;
+  for (const auto& [b, v] : c) n2 += v * v;
+  *norm = std::sqrt(n2);
+  return c;
+}
+
+}  // namespace
+
+// The lexical search without dense features: the same vectors as lexical_features (query
+// n-grams clipped at position 0, chunk n-grams inside the chunk), cosine from the sparse
+// counts in float64, then chunk_search's rule (eligible chunks only, descending cosine,
+// ties and zero cosines to the smaller id, -1 beyond the eligible ones). Chunks sharing
+// no bucket with the query have cosine 0; an inverted index (bucket -> chunks, in id
+// order) scores only the others, so a query costs its postings, not NC.
+Tensor lexical_search(const Tensor& ids_in, const ResonaSection& r) {
+  RESONA_CHECK(ids_in.dim() == 2 && ids_in.device().is_cpu() &&
+               (ids_in.dtype() == DType::kInt64 || ids_in.dtype() == DType::kInt32))
+      << "lexical_search: ids " << ids_in.describe() << " must be int32/int64 [B, T] on the CPU";
+  const Tensor ids = ids_in.to(DType::kInt64).contiguous();
+  const int64_t B = ids.size(0), T = ids.size(1), c = r.chunk_size, b = r.query_block, k = r.top_k;
+  const int64_t NC = T / c, NQ = (T + b - 1) / b;
+  Tensor out = empty({B, NQ, k}, DType::kInt32);
+  int32_t* po = out.data<int32_t>();
+  std::vector<int64_t> scratch;
+  std::vector<double> score(static_cast<size_t>(NC));
+  std::vector<int64_t> touched;
+  for (int64_t n = 0; n < B; ++n) {
+    const int64_t* tok = ids.data<int64_t>() + n * T;
+    // Chunk counts and the inverted index.
+    std::vector<double> chunk_norm(static_cast<size_t>(NC));
+    std::unordered_map<int64_t, std::vector<std::pair<int64_t, double>>> postings;
+    for (int64_t j = 0; j < NC; ++j) {
+      scratch.clear();
+      for (int64_t t = j * c; t < (j + 1) * c; ++t) add_ngrams(tok, t, j * c, r, scratch);
+      for (const auto& [bucket, v] : count_buckets(scratch, &chunk_norm[j]))
+        postings[bucket].emplace_back(j, v);
+    }
+    for (int64_t q = 0; q < NQ; ++q) {
+      int32_t* dst = po + (n * NQ + q) * k;
+      const int64_t pos = q * b;
+      const int64_t eligible = std::min(NC, (pos + 1) / c);  // (j+1) c - 1 <= pos
+      scratch.clear();
+      add_ngrams(tok, pos, 0, r, scratch);
+      double qn = 0;
+      const SparseCounts qc = count_buckets(scratch, &qn);
+      touched.clear();
+      for (const auto& [bucket, v] : qc) {
+        auto it = postings.find(bucket);
+        if (it == postings.end()) continue;
+        for (const auto& [j, cv] : it->second) {
+          if (j >= eligible) break;  // postings are in chunk order
+          if (score[j] == 0) touched.push_back(j);
+          score[j] += v * cv;
+        }
+      }
+      std::vector<std::pair<double, int64_t>> ranked;
+      for (int64_t j : touched) {
+        const double den = qn * chunk_norm[j];
+        ranked.emplace_back(den > 0 ? score[j] / den : 0.0, j);
+        score[j] = 0;
+      }
+      std::sort(ranked.begin(), ranked.end(), [](const auto& x, const auto& y) {
+        return x.first != y.first ? x.first > y.first : x.second < y.second;
+      });
+      // Chunks sharing a bucket have a positive cosine; then the zero-cosine ones in id
+      // order.
+      int64_t filled = 0;
+      for (const auto& e : ranked) {
+        if (filled == k) break;
+        dst[filled++] = static_cast<int32_t>(e.second);
+      }
+      const int64_t positive = filled;
+      for (int64_t j = 0; j < eligible && filled < k; ++j) {
+        if (std::find(dst, dst + positive, static_cast<int32_t>(j)) == dst + positive) {
+          dst[filled++] = static_cast<int32_t>(j);
+        }
+      }
+      for (; filled < k; ++filled) dst[filled] = -1;
+    }
+  }
+  return out;
 }
 
 Tensor embedding_search(const Tensor& emb, const ResonaSection& r) {

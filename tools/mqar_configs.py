@@ -47,7 +47,7 @@ def body(backbone, variant, d, T, kv):
             "    top_k: 1",
             "    encoder: lexical   # hashed token ids: the key query finds its pair's chunk",
             "    lexical_ngram: 1",
-            "    lexical_dim: 4096",
+            "    lexical_dim: 1048576  # sparse search: the size costs nothing",
             "    num_heads: 1",
         ]
     steps = 4000

@@ -13,6 +13,7 @@
 #include "models/resona.h"
 #include "ops/elementwise.h"
 #include "ops/reduce.h"
+#include "ops/resona.h"
 #include "tests/models/small_config.h"
 #include "tests/test_util.h"
 
@@ -168,6 +169,31 @@ TEST_CASE("resona: the lexical search retrieves the chunk holding the query's to
   CHECK(got[10] == 0);  // key 11 -> chunk 0
   CHECK(got[12] == 3);  // key 14 -> chunk 3
   CHECK(got[14] == 1);  // key 12 -> chunk 1
+}
+
+// lexical_search runs on sparse counts; it must retrieve what the dense features
+// (ops/resona.h lexical_features + chunk_search) retrieve.
+TEST_CASE("resona: the sparse lexical search equals chunk_search over the dense features") {
+  Generator gen(17);
+  for (int64_t block : {1, 4}) {
+    for (int64_t ngram : {1, 2}) {
+      ResonaSection r;
+      r.chunk_size = 3;
+      r.top_k = 3;
+      r.query_block = block;
+      r.lexical_ngram = ngram;
+      r.lexical_dim = 512;
+      CAPTURE(block);
+      CAPTURE(ngram);
+      Tensor ids = gen.randint({3, 41}, 0, 12);  // few ids: shared tokens, ties and zeros
+      Tensor q = lexical_features(ids, r.lexical_dim, r.lexical_ngram, 1);
+      Tensor ch = chunk_means(lexical_features(ids, r.lexical_dim, r.lexical_ngram, r.chunk_size),
+                              r.chunk_size);
+      const std::vector<int32_t> dense =
+          chunk_search(q, ch, {.chunk = 3, .top_k = 3, .query_block = block}).to_vector<int32_t>();
+      CHECK(lexical_search(ids, r).to_vector<int32_t>() == dense);
+    }
+  }
 }
 
 TEST_CASE("resona: config errors name the key") {
