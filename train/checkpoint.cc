@@ -80,6 +80,7 @@ json state_to_json(const TrainerState& s, const json& files) {
           {"model_name", s.model_name},
           {"num_parameters", s.num_parameters},
           {"config", s.config_yaml},
+          {"source_revision", s.source_revision},
           {"files", files}};
 }
 
@@ -196,6 +197,9 @@ Checkpoint load_checkpoint(const std::string& dir) {
   c.state.model_name = field<std::string>(j, "model_name", state_path);
   c.state.num_parameters = field<int64_t>(j, "num_parameters", state_path);
   c.state.config_yaml = field<std::string>(j, "config", state_path);
+  if (j.contains("source_revision")) {  // optional: older checkpoints lack it
+    c.state.source_revision = field<std::string>(j, "source_revision", state_path);
+  }
   const json files = field<json>(j, "files", state_path);
   c.model = load_checked(dir, kModelFile, files, state_path);
   c.optimizer = load_checked(dir, kOptimizerFile, files, state_path);

@@ -4,7 +4,8 @@
 //                                     optimizer.safetensors   "<param>.exp_avg", ...
 //                                     trainer_state.json      step, tokens, data-loader
 //                                         position, RNG states, resolved config, format
-//                                         version, size and hash64 of both files
+//                                         version, size and hash64 of both files, the
+//                                         source revision of the binary that wrote it
 //   RUN_DIR/checkpoints/latest        "step_00000100\n", replaced atomically
 //
 // Writing: the three files go to a temporary folder (.tmp-step_...), each fsync'd, the
@@ -14,7 +15,9 @@
 //
 // Loading validates everything before anything is used: the JSON and its format
 // version, both files' sizes and hashes, the safetensors headers. A checkpoint that
-// fails is refused with a message naming the file and the problem.
+// fails is refused with a message naming the file and the problem. Optional fields added
+// after format version 1 was fixed ("source_revision") may be absent: checkpoints
+// written before them load, with the field empty.
 #pragma once
 
 #include <cstdint>
@@ -37,7 +40,16 @@ struct TrainerState {
   std::string config_yaml;  // the resolved run config
   std::string model_name;
   int64_t num_parameters = 0;
+  // build_revision() of the binary that wrote the checkpoint; empty when read from a
+  // checkpoint written before the field existed.
+  std::string source_revision;
 };
+
+// The source revision this binary was built from: the git commit of the source tree
+// (40 hex digits, "-dirty" appended when tracked files had uncommitted changes), or
+// "unknown" when built outside a git checkout. Stamped at build time (train/BUILD:
+// revision, from tools/workspace_status.sh).
+const char* build_revision();
 
 // Writes step folder `step_<8 digits>` under run_dir/checkpoints, updates `latest` and
 // prunes; returns the folder's path.

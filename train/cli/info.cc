@@ -1,5 +1,6 @@
 // `resona info --config FILE [a.b.c=value ...]`: builds the configured model on the CPU
-// and prints
+// and prints, after a line naming the config and one with the binary's source revision
+// (`source revision: <git commit>`, train/checkpoint.h: build_revision()),
 //   1. the resolved `model:` section (defaults applied; only the chosen backbone's
 //      sub-section),
 //   2. the module tree: each module's name, type and parameter count, each parameter's
@@ -24,6 +25,7 @@
 
 #include "core/rng.h"
 #include "models/language_model.h"
+#include "train/checkpoint.h"
 #include "train/cli/command.h"
 #include "train/config.h"
 #include "train/run_config.h"
@@ -161,6 +163,7 @@ int run_info(const std::string& config_path, const std::vector<std::string>& ove
   models::validate_model_config(cfg);
 
   std::printf("resona info: %s\n", path.c_str());
+  std::printf("source revision: %s\n", train::build_revision());
   for (const std::string& o : overrides) std::printf("  override %s\n", o.c_str());
   std::printf("%s\n\n", model_yaml(cfg).c_str());
   std::fflush(stdout);

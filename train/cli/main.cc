@@ -1,9 +1,13 @@
 // resona: one binary, one subcommand per stage (see README.md and DESIGN.md).
+// `resona --version` prints "resona <source revision>" (train/checkpoint.h:
+// build_revision()).
 #include <cstdio>
 #include <exception>
 #include <memory>
+#include <string>
 
 #include "core/check.h"
+#include "train/checkpoint.h"
 #include "train/cli/command.h"
 
 namespace resona::cli {
@@ -27,6 +31,8 @@ const std::vector<Command>& commands() { return registry(); }
 int main(int argc, char** argv) {
   CLI::App app{"resona: train linear recurrent language models with Resona retrieval"};
   app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("resona ") + resona::train::build_revision(),
+                       "print the source revision this binary was built from and exit");
   std::function<int()> action;
   std::vector<std::pair<CLI::App*, std::function<int()>>> actions;
   for (const auto& c : resona::cli::commands()) {
