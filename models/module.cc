@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "autograd/grad_mode.h"
+#include "ops/elementwise.h"
 #include "ops/index.h"
 #include "ops/matmul.h"
 #include "ops/norm.h"
@@ -159,6 +160,77 @@ Tensor RMSNorm::forward(const Tensor& x) const { return rms_norm(x, weight_, eps
 
 void Module::to(Device device) {
   for (auto& [name, p] : named_parameters()) move_to_device_in_place(p, device);
+}
+
+// ---- mixed precision ----
+
+namespace {
+// Converts a leaf parameter's data to `dtype` in place (as core's move_to_device_in_place
+// moves it): every handle to it, the layer's member included, sees the new storage and
+// dtype. Its gradient, if any, is dropped.
+void convert_in_place(const Tensor& t, DType dtype) {
+  RESONA_CHECK(t.is_leaf()) << "MixedPrecision: parameter " << t.describe()
+                            << " has autograd history";
+  if (t.dtype() == dtype) return;
+  Tensor converted = empty(t.shape(), dtype, t.device());
+  copy_into(converted, t);
+  TensorImpl* impl = t.impl();
+  impl->storage_ = converted.storage();
+  impl->strides_ = converted.strides();
+  impl->offset_ = 0;
+  impl->dtype_ = dtype;
+  if (impl->autograd_) impl->autograd_->grad.reset();
+}
+}  // namespace
+
+MixedPrecision::MixedPrecision(Module& model, DType compute_dtype) : compute_dtype_(compute_dtype) {
+  RESONA_CHECK(is_floating(compute_dtype))
+      << "MixedPrecision: the compute dtype must be floating point, got "
+      << dtype_name(compute_dtype);
+  compute_ = model.named_parameters();
+  for (const auto& [name, p] : compute_) {
+    RESONA_CHECK(p.dtype() == DType::kFloat32)
+        << "MixedPrecision: master weights are float32, but parameter " << p.describe() << " is "
+        << dtype_name(p.dtype());
+    active_ = active_ || p.dtype() != compute_dtype;
+  }
+  if (!active_) {
+    masters_ = compute_;
+    return;
+  }
+  for (const auto& [name, p] : compute_) {
+    Tensor master = empty(p.shape(), DType::kFloat32, p.device());
+    copy_into(master, p);
+    master.set_requires_grad(true);
+    master.set_name(p.name().empty() ? name : p.name());
+    masters_.emplace_back(name, master);
+    convert_in_place(p, compute_dtype);
+  }
+}
+
+void MixedPrecision::accumulate_grads() {
+  if (!active_) return;
+  NoGradGuard no_grad;
+  for (size_t i = 0; i < compute_.size(); ++i) {
+    Tensor& p = compute_[i].second;
+    Tensor g = p.grad();
+    if (!g.defined()) continue;
+    Tensor& master = masters_[i].second;
+    Tensor g32 = empty(g.shape(), DType::kFloat32, g.device());
+    copy_into(g32, g);
+    Tensor mg = master.grad();
+    if (mg.defined()) {
+      mg.copy_(mg + g32);
+    } else {
+      master.set_grad(g32);
+    }
+    p.set_grad(Tensor());
+  }
+}
+
+void MixedPrecision::refresh() {
+  if (!active_) return;
+  for (size_t i = 0; i < compute_.size(); ++i) copy_into(compute_[i].second, masters_[i].second);
 }
 
 }  // namespace resona::models

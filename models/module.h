@@ -15,6 +15,9 @@
 //   Linear(in, out):     y = x W^T + b;   W [out, in] ~ normal(0, 0.02), b [out] = 0
 //   Embedding(V, D):     y = W[ids];      W [V, D] ~ normal(0, 0.02)
 //   RMSNorm(D):          y = x * rsqrt(mean(x^2) + eps) * w;   w [D] = 1
+//
+// Mixed precision (MixedPrecision, at the end of this file) is the one place that makes a
+// model compute in bfloat16 while float32 master weights train.
 #pragma once
 
 #include <memory>
@@ -159,6 +162,60 @@ class RMSNorm : public Module {
  private:
   double eps_;
   Tensor weight_;
+};
+
+// Mixed-precision training: float32 master weights and optimizer state, compute in a
+// lower precision (bfloat16 on CUDA: train.precision bf16).
+//
+// Every parameter exists twice:
+//   master   a float32 leaf held here, named as the model's parameter. The optimizer
+//            updates the masters, checkpoints store them (so a bf16 run's checkpoint is
+//            the same file as an fp32 run's), and their gradients are float32.
+//   compute  the model's own parameter, converted in place to the compute dtype at
+//            construction. Every layer reads its parameters through its own handles, so
+//            the whole forward computes in that dtype without any layer knowing: Linear
+//            and lm_head products run as bf16 cuBLAS GEMMs accumulating in float32,
+//            activations (and the saved ones) are bf16, and the kernels of the norms,
+//            softmax, scans and recurrences keep their sums and states in float32 as
+//            they do for any bf16 input; cross_entropy of bf16 logits returns a float32
+//            loss (ops/loss.h).
+//
+// One training step:
+//   forward + backward      gradients (in the compute dtype) reach the compute params
+//   accumulate_grads()      master.grad += float32(compute.grad); compute grads dropped
+//                           (once per micro-batch: the sum over micro-batches is float32)
+//   clip, optimizer step    on the masters
+//   refresh()               compute = round-to-nearest-even(master)
+// This is exactly the scheme "cast the float32 weights to bf16 inside the forward" (the
+// `cast` op's backward converts d_out back, as accumulate_grads does), with the cast
+// done once per step instead of at every use, and without changing any layer.
+//
+// With the compute dtype equal to the parameters' own (fp32 training) nothing is copied:
+// the masters are the model's parameters and accumulate_grads/refresh do nothing.
+// Construct it after Module::to(device); the model must not move afterwards.
+class MixedPrecision {
+ public:
+  MixedPrecision(Module& model, DType compute_dtype);
+
+  // The float32 masters, in the model's parameter order and with its names: what the
+  // optimizer, gradient clipping and checkpoints take.
+  const NamedTensors& master_parameters() const { return masters_; }
+  DType compute_dtype() const { return compute_dtype_; }
+  bool active() const { return active_; }  // false: compute == master
+
+  // Adds each compute parameter's gradient, converted to float32, into its master's
+  // gradient (created on first use) and drops the compute gradient. Call after every
+  // backward.
+  void accumulate_grads();
+  // Copies the masters into the compute parameters (rounded to the compute dtype). Call
+  // after every change of the masters: an optimizer step, loading a checkpoint.
+  void refresh();
+
+ private:
+  DType compute_dtype_;
+  bool active_ = false;
+  NamedTensors masters_;
+  NamedTensors compute_;  // the model's parameters (same order as masters_)
 };
 
 }  // namespace resona::models
