@@ -1,7 +1,10 @@
 #include "train/trainer.h"
 
+#include <signal.h>
+
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdarg>
 #include <cstdio>
 #include <filesystem>
@@ -13,6 +16,7 @@
 #include "data/dataset.h"
 #include "data/loader.h"
 #include "models/language_model.h"
+#include "models/module.h"
 #include "ops/determinism.h"
 #include "ops/loss.h"
 #include "train/checkpoint.h"
@@ -146,12 +150,48 @@ bool all_finite(const NamedTensors& params) {
   return true;
 }
 
-Tensor to_int64_tensor(const std::vector<int32_t>& v, int64_t rows, int64_t cols, Device dev) {
-  std::vector<int64_t> w(v.begin(), v.end());
-  return copy_to(from_vector(w, {rows, cols}), DType::kInt64, dev);
+// ---- graceful stop ----
+
+volatile std::sig_atomic_t g_stop_signal = 0;
+volatile std::sig_atomic_t g_stop_count = 0;
+
+// Async-signal-safe: two stores to volatile sig_atomic_t, nothing else.
+extern "C" void record_stop_signal(int sig) {
+  if (g_stop_signal == 0) g_stop_signal = sig;
+  g_stop_count = g_stop_count + 1;  // both signals are blocked while this runs
 }
 
+constexpr int kStopSignals[] = {SIGTERM, SIGINT};
+struct sigaction g_previous[2];
+bool g_installed = false;
+
 }  // namespace
+
+StopSignals::StopSignals() {
+  RESONA_CHECK(!g_installed) << "StopSignals: only one may live at a time";
+  g_stop_signal = 0;
+  g_stop_count = 0;
+  struct sigaction sa {};
+  sa.sa_handler = record_stop_signal;
+  sa.sa_flags = SA_RESTART;  // interrupted reads and writes (a checkpoint's) resume
+  sigemptyset(&sa.sa_mask);
+  for (int sig : kStopSignals) sigaddset(&sa.sa_mask, sig);
+  for (int i = 0; i < 2; ++i) {
+    RESONA_CHECK(::sigaction(kStopSignals[i], &sa, &g_previous[i]) == 0)
+        << "StopSignals: cannot install a handler for signal " << kStopSignals[i];
+  }
+  g_installed = true;
+}
+
+StopSignals::~StopSignals() {
+  for (int i = 0; i < 2; ++i) ::sigaction(kStopSignals[i], &g_previous[i], nullptr);
+  g_installed = false;
+  g_stop_signal = 0;  // a later train() in this process is not stopped by an old signal
+  g_stop_count = 0;
+}
+
+int StopSignals::received() { return g_stop_signal; }
+int StopSignals::count() { return g_stop_count; }
 
 TrainResult train(const RunConfig& cfg_in, const TrainOptions& opt) {
   RunConfig cfg = cfg_in;
@@ -161,9 +201,6 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& opt) {
   // ---- everything that can be refused, before anything is written ----
   const RunData data = open_run_data(cfg);
   const bool valid = data.has_valid();
-  RESONA_CHECK(cfg.train.precision == "fp32")
-      << "train.precision: bf16 mixed precision needs the CUDA backend's bf16 kernels, which "
-         "this build does not have yet; use fp32";
 
   std::string resume_dir;
   std::vector<std::string> warnings;
@@ -189,12 +226,19 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& opt) {
         << config_diff(ckpt.state.config_yaml, resolved);
   }
   const Device device = choose_device(cfg.train.device);
+  const bool bf16 = cfg.train.precision == "bf16";
+  RESONA_CHECK(!bf16 || device.is_cuda())
+      << "train.precision: bf16 needs a CUDA device, and no CUDA device is visible (the CPU "
+         "computes in float32 only; use precision fp32)";
 
   set_deterministic(cfg.train.deterministic);
   Generator init_gen(cfg.train.seed);
   std::unique_ptr<models::LanguageModel> model = models::build_model(cfg.model, init_gen);
   model->to(device);  // initialised on the CPU (the same weights on every device)
-  const NamedTensors params = model->named_parameters();
+  // fp32: the masters are the model's own parameters. bf16: the model's parameters become
+  // bf16 copies of float32 masters, which the optimizer and checkpoints use.
+  models::MixedPrecision mixed(*model, bf16 ? DType::kBFloat16 : DType::kFloat32);
+  const NamedTensors params = mixed.master_parameters();
   AdamWConfig acfg;
   acfg.lr = cfg.optimizer.lr;
   acfg.beta1 = cfg.optimizer.betas[0];
@@ -225,6 +269,7 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& opt) {
   st.model_name = cfg.model.name;
   st.num_parameters = model->num_parameters();
   st.config_yaml = resolved;
+  st.source_revision = build_revision();
   const std::string metrics_path = (fs::path(cfg.train.run_dir) / "metrics.jsonl").string();
   if (!resume_dir.empty()) {
     for (auto& [name, p] : params) {
@@ -246,6 +291,7 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& opt) {
     st.tokens_seen = ckpt.state.tokens_seen;
     st.skipped_steps = ckpt.state.skipped_steps;
   }
+  mixed.refresh();  // the compute weights from the (loaded) masters
 
   // ---- everything is validated: from here on the run folder is ours ----
   prepare_run_dir(cfg.train.run_dir);
@@ -258,19 +304,25 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& opt) {
   if (cfg.train.device == "auto" && device.is_cpu()) {
     log.line("no CUDA device found: training on the CPU");
   }
+  log.line(std::string("source revision ") + st.source_revision);
   if (!resume_dir.empty()) {
     truncate_metrics(metrics_path, st.step);
     log.line(format("resumed from %s at step %lld", resume_dir.c_str(), (long long)st.step));
+    if (ckpt.state.source_revision != st.source_revision) {
+      const std::string by =
+          ckpt.state.source_revision.empty() ? "(not recorded)" : ckpt.state.source_revision;
+      log.line("note: that checkpoint was written by source revision " + by);
+    }
   } else {
     std::ofstream(metrics_path, std::ios::trunc);
   }
   std::ofstream metrics(metrics_path, std::ios::app);
   RESONA_CHECK(metrics.good()) << "cannot write '" << metrics_path << "'";
 
-  log.line(format("model %s: %lld parameters; %lld steps of %lld x %lld tokens on %s",
+  log.line(format("model %s: %lld parameters; %lld steps of %lld x %lld tokens on %s, %s",
                   cfg.model.name.c_str(), (long long)st.num_parameters, (long long)cfg.train.steps,
                   (long long)cfg.train.batch_size, (long long)cfg.data.seq_len,
-                  device.str().c_str()));
+                  device.str().c_str(), bf16 ? "bf16 compute, float32 master weights" : "float32"));
 
   auto save = [&]() {
     RESONA_CHECK(all_finite(params))
@@ -321,7 +373,26 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& opt) {
   int64_t tokens_since = 0;
   const int64_t end_step =
       opt.stop_after > 0 ? std::min(cfg.train.steps, st.step + opt.stop_after) : cfg.train.steps;
-  while (st.step < end_step) {
+  auto stopped_by_signal = [&](int sig) {
+    result.stop_signal = sig;
+    std::string more;  // later signals only waited for the checkpoint
+    if (StopSignals::count() > 1) more = format(" (%d signals in all)", StopSignals::count());
+    log.line(format("stopped by signal %d at step %lld; resume with --resume auto%s", sig,
+                    (long long)st.step, more.c_str()));
+  };
+  int64_t saved_step = st.step;  // the step of the newest checkpoint (or of the start)
+  while (true) {
+    // A signal recorded during the last step (or before the first): checkpoint that step
+    // unless it just was, and stop. A finished run just ends.
+    if (const int sig = StopSignals::received(); sig != 0 && st.step < cfg.train.steps) {
+      if (st.step != saved_step) {
+        result.last_checkpoint = save();
+        log.line("checkpoint " + result.last_checkpoint);
+      }
+      stopped_by_signal(sig);
+      break;
+    }
+    if (st.step >= end_step) break;
     // Read the step's micro-batches first: the loss is normalised by all their tokens.
     std::vector<data::Batch> batches;
     int64_t tokens = 0;
@@ -337,6 +408,7 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& opt) {
       Tensor loss = cross_entropy(bl.logits, bl.labels, kIgnoreIndex, Reduction::kSum);
       loss_sum += loss.item();
       if (tokens > 0) (loss * (1.0 / static_cast<double>(tokens))).backward();
+      mixed.accumulate_grads();
     }
     const double mean_loss = tokens > 0 ? loss_sum / static_cast<double>(tokens) : 0.0;
     const double max_norm = cfg.optimizer.grad_clip > 0 ? cfg.optimizer.grad_clip : INFINITY;
@@ -359,6 +431,7 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& opt) {
     } else {
       optimizer.set_lr(lr);
       optimizer.step();
+      mixed.refresh();
     }
     ++st.step;
     st.tokens_seen += tokens;
@@ -392,6 +465,7 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& opt) {
     const bool stopping = st.step == end_step;  // also a stop requested by stop_after
     if (st.step % cfg.checkpoint.every == 0 || last || stopping) {
       result.last_checkpoint = save();
+      saved_step = st.step;
       log.line("checkpoint " + result.last_checkpoint);
     }
   }

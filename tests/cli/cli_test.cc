@@ -1,17 +1,20 @@
 // The `resona` binary end to end: bad input exits with code 2 and touches nothing;
 // training survives SIGKILL at random moments and ends with the weights of an
-// uninterrupted run.
+// uninterrupted run; SIGTERM and SIGINT stop it after a step with a checkpoint of that
+// step (exit codes 143 and 130); the source revision is printed and recorded.
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <regex>
 #include <thread>
 
 #include "tests/test_util.h"
@@ -64,7 +67,7 @@ int wait_exit(const Proc& p) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
-std::string slurp(const std::string& path) {
+std::string file_text(const std::string& path) {
   std::ifstream f(path);
   std::stringstream ss;
   ss << f.rdbuf();
@@ -80,7 +83,7 @@ Result run_resona(const std::vector<std::string>& args) {
   const std::string out = fresh_dir("cli-out") + "/out.txt";
   Proc p = spawn(args, out);
   int code = wait_exit(p);
-  return {code, slurp(out)};
+  return {code, file_text(out)};
 }
 
 std::string write_config(const std::string& path, const std::string& text) {
@@ -106,6 +109,49 @@ std::string tiny_yaml(const std::string& run_dir, int64_t steps, int64_t every) 
          std::to_string(every) +
          ", keep_last: 2}\n"
          "eval: {batches: 1}\n";
+}
+
+// The number of complete lines of a file (metrics.jsonl has one per step at log_every 1).
+int64_t complete_lines(const std::string& path) {
+  const std::string text = file_text(path);
+  return std::count(text.begin(), text.end(), '\n');
+}
+
+// Waits until run folder `run` logged step `step` (its metrics.jsonl has that many
+// lines), or the process ended; true when the step came while the process still ran.
+bool wait_for_step(const Proc& p, const std::string& run, int64_t step) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (complete_lines(run + "/metrics.jsonl") >= step) return true;
+    int status = 0;
+    if (waitpid(p.pid, &status, WNOHANG) != 0) return false;  // ended (and reaped)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return false;
+}
+
+// The step S of the line "stopped by signal <sig> at step S; resume with --resume auto"
+// in `text`, or -1.
+int64_t stopped_at(const std::string& text, int sig) {
+  std::smatch m;
+  const std::regex line("stopped by signal " + std::to_string(sig) +
+                        " at step ([0-9]+); resume with --resume auto");
+  return std::regex_search(text, m, line) ? std::stoll(m[1].str()) : -1;
+}
+
+// Byte-for-byte comparison of the latest checkpoints' weights of two runs.
+void check_same_final_weights(const std::string& run_a, const std::string& run_b) {
+  train::Checkpoint a = train::load_checkpoint(train::find_latest_checkpoint(run_a));
+  train::Checkpoint b = train::load_checkpoint(train::find_latest_checkpoint(run_b));
+  CHECK(a.state.step == b.state.step);
+  REQUIRE(a.model.tensors.size() == b.model.tensors.size());
+  for (size_t i = 0; i < a.model.tensors.size(); ++i) {
+    const Tensor& x = a.model.tensors[i].second;
+    const Tensor& y = b.model.tensors[i].second;
+    INFO(a.model.tensors[i].first);
+    CHECK(a.model.tensors[i].first == b.model.tensors[i].first);
+    CHECK(std::memcmp(x.raw_data(), y.raw_data(), x.nbytes()) == 0);
+  }
 }
 
 std::vector<std::pair<std::string, uintmax_t>> snapshot(const std::string& dir) {
@@ -242,6 +288,80 @@ TEST_CASE("resona train: 20 SIGKILLs at random moments, resumed each time, end a
     CHECK(std::memcmp(x.raw_data(), y.raw_data(), x.nbytes()) == 0);
   }
   MESSAGE("kills: " << kills << ", processes: " << runs);
+}
+
+TEST_CASE(
+    "resona train: SIGTERM, then SIGINT twice, stop after a step with its checkpoint; "
+    "resuming ends as one run") {
+  const std::string dir = fresh_dir("signals");
+  // Enough steps that the run is still going when a signal is sent a few steps in (the
+  // tiny model takes milliseconds per step); no periodic checkpoints, so a stop's
+  // checkpoint is the only one.
+  const int64_t steps = 300, every = 1000;
+  const std::string straight = dir + "/straight", stopped = dir + "/stopped";
+  const std::string straight_cfg =
+      write_config(dir + "/straight.yaml", tiny_yaml(straight, steps, every));
+  const std::string stopped_cfg =
+      write_config(dir + "/stopped.yaml", tiny_yaml(stopped, steps, every));
+  REQUIRE(run_resona({"train", "--config", straight_cfg, "--quiet"}).code == 0);
+
+  // Stops the run at least `after` steps past `from` with `sig` (sent `times` times in a
+  // row); checks the exit code, the message and the checkpoint; returns the stop step.
+  auto stop_with = [&](int sig, int times, int64_t from, int64_t after) {
+    Proc p = spawn({"train", "--config", stopped_cfg, "--resume", "auto"}, dir + "/out.txt");
+    REQUIRE(wait_for_step(p, stopped, from + after));
+    for (int i = 0; i < times; ++i) REQUIRE(::kill(p.pid, sig) == 0);
+    const int code = wait_exit(p);
+    const std::string out = file_text(p.out_path);
+    INFO("signal " << sig << ": exit " << code << ", output:\n" << out);
+    CHECK(code == 128 + sig);
+    const int64_t at = stopped_at(out, sig);
+    CHECK(at >= from + after);
+    CHECK(at < steps);
+    CHECK(stopped_at(file_text(stopped + "/train.log"), sig) == at);
+    // The checkpoint of the stop step is the latest, and it loads.
+    CHECK(train::find_latest_checkpoint(stopped) ==
+          train::checkpoints_dir(stopped) + "/" + train::step_folder_name(at));
+    train::Checkpoint c = train::load_checkpoint(train::find_latest_checkpoint(stopped));
+    CHECK(c.state.step == at);
+    return at;
+  };
+  const int64_t first = stop_with(SIGTERM, 1, 0, 3);
+  // A second SIGINT while the first is being handled changes nothing but the count.
+  const int64_t second = stop_with(SIGINT, 2, first, 2);
+  CHECK(second > first);
+  Result rest = run_resona({"train", "--config", stopped_cfg, "--resume", "auto", "--quiet"});
+  INFO(rest.output);
+  REQUIRE(rest.code == 0);
+  check_same_final_weights(straight, stopped);
+  MESSAGE("stopped at steps " << first << " (SIGTERM) and " << second << " (2 x SIGINT) of "
+                              << steps);
+}
+
+TEST_CASE("resona --version, resona info and every checkpoint name the source revision") {
+  Result v = run_resona({"--version"});
+  CHECK(v.code == 0);
+  std::smatch m;
+  const std::string out = v.output;
+  // A git checkout gives the commit (and -dirty with uncommitted changes); a build
+  // outside git, "unknown".
+  REQUIRE(std::regex_match(out, m, std::regex("resona (([0-9a-f]{40}(-dirty)?)|unknown)\n")));
+  const std::string rev = m[1].str();
+
+  const std::string dir = fresh_dir("revision");
+  const std::string cfg = write_config(dir + "/run.yaml", tiny_yaml(dir + "/run", 2, 1));
+  Result info = run_resona({"info", "--config", cfg});
+  CHECK(info.code == 0);
+  CHECK(info.output.find("source revision: " + rev + "\n") != std::string::npos);
+
+  REQUIRE(run_resona({"train", "--config", cfg, "--quiet"}).code == 0);
+  for (int64_t step : {1, 2}) {
+    const std::string ckpt =
+        train::checkpoints_dir(dir + "/run") + "/" + train::step_folder_name(step);
+    CHECK(train::load_checkpoint(ckpt).state.source_revision == rev);
+  }
+  CHECK(file_text(dir + "/run/train.log").find("source revision " + rev + "\n") !=
+        std::string::npos);
 }
 
 }  // namespace resona::testing

@@ -1,7 +1,11 @@
-// The training loop: exact resume, gradient accumulation, checkpoints, refusals.
+// The training loop: exact resume, gradient accumulation, checkpoints, refusals, the
+// source revision in checkpoints, a stop signal before the first step.
+#include <csignal>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "tests/test_util.h"
 #include "tests/train/train_fixture.h"
@@ -180,6 +184,65 @@ TEST_CASE("trainer: refuses bad runs before writing anything") {
   no_data.data.train = run + "/nonexistent";
   CHECK_THROWS_AS(train::train(no_data, quiet("auto")), Error);
   CHECK(snapshot() == before);
+}
+
+TEST_CASE("trainer: checkpoints record the source revision; older ones without it resume") {
+  const std::string run = fresh_dir("revision");
+  train::train(tiny_run(run), quiet("none", 3));
+  const std::string ckpt = train::checkpoints_dir(run) + "/step_00000003";
+  CHECK(train::load_checkpoint(ckpt).state.source_revision == train::build_revision());
+  CHECK(!std::string(train::build_revision()).empty());
+
+  // The same checkpoint as a build before the field existed wrote it: no source_revision
+  // in trainer_state.json (which no hash covers).
+  const std::string state_path = ckpt + "/trainer_state.json";
+  nlohmann::json j;
+  {
+    std::ifstream in(state_path);
+    in >> j;
+  }
+  REQUIRE(j.erase("source_revision") == 1);
+  std::ofstream(state_path, std::ios::trunc) << j.dump(2) << "\n";
+  train::Checkpoint old = train::load_checkpoint(ckpt);
+  CHECK(old.state.source_revision.empty());
+  CHECK(old.state.step == 3);
+
+  train::TrainResult r = train::train(tiny_run(run), quiet("auto"));
+  CHECK(r.steps_done == 8);
+  std::ifstream log(run + "/train.log");
+  std::stringstream text;
+  text << log.rdbuf();
+  CHECK(text.str().find("note: that checkpoint was written by source revision (not recorded)") !=
+        std::string::npos);
+  CHECK(train::load_checkpoint(train::find_latest_checkpoint(run)).state.source_revision ==
+        train::build_revision());
+}
+
+TEST_CASE("trainer: a stop signal recorded before the first step stops the run there") {
+  const std::string run = fresh_dir("signal-early");
+  train::TrainResult r;
+  {
+    train::StopSignals signals;
+    CHECK_THROWS_WITH_AS(train::StopSignals(), doctest::Contains("only one may live"), Error);
+    REQUIRE(std::raise(SIGTERM) == 0);  // recorded, not fatal
+    CHECK(train::StopSignals::received() == SIGTERM);
+    CHECK(train::StopSignals::count() == 1);
+    r = train::train(tiny_run(run), quiet());
+  }
+  CHECK(r.stop_signal == SIGTERM);
+  CHECK(r.steps_done == 0);
+  CHECK(r.losses.empty());
+  CHECK(train::find_latest_checkpoint(run).empty());  // no step: nothing new to save
+  std::ifstream log(run + "/train.log");
+  std::stringstream text;
+  text << log.rdbuf();
+  CHECK(text.str().find("stopped by signal 15 at step 0; resume with --resume auto") !=
+        std::string::npos);
+  // The record went with the object: the next run is not stopped by that signal.
+  CHECK(train::StopSignals::received() == 0);
+  train::TrainResult full = train::train(tiny_run(run), quiet("auto"));
+  CHECK(full.stop_signal == 0);
+  CHECK(full.steps_done == 8);
 }
 
 }  // namespace resona::testing
