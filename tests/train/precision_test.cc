@@ -246,7 +246,7 @@ train::TrainOptions quiet_opts(const std::string& resume = "none", int64_t stop_
 RESONA_GPU_TEST(
     "MixedPrecision bf16 on CUDA: rounded weights, one step's float32 gradients "
     "close to the float32 model's (tiny, GLA)") {
-  for (const char* name : {"tiny", "gla"}) {
+  for (const std::string name : {"tiny", "gla"}) {
     CAPTURE(name);
     models::ModelConfig cfg = small_model(name);
     cfg.gla.chunk_size = 16;
@@ -290,19 +290,20 @@ RESONA_GPU_TEST(
       }
     }
     // The whole gradient vector: bf16 activations and gradients through two layers give
-    // a few 2^-8 of relative error; 5e-2 leaves a margin of several times that.
+    // a few 2^-8 of relative error (measured on an H200: 0.0066 tiny, 0.0093 GLA); 3e-2
+    // leaves three times that.
     const double rel = std::sqrt(diff2 / ref2);
     MESSAGE(name << ": bf16 loss " << loss.item() << " vs fp32 " << loss_ref.item()
                  << "; gradient relative L2 error " << rel);
-    CHECK(rel < 5e-2);
+    CHECK(rel < 3e-2);
   }
 }
 
 RESONA_GPU_TEST("trainer bf16 on CUDA: the loss curve follows fp32's for 30 steps (tiny, GLA)") {
   const int64_t steps = 30;
-  for (const char* name : {"tiny", "gla"}) {
+  for (const std::string name : {"tiny", "gla"}) {
     CAPTURE(name);
-    const std::string dir = fresh_dir(std::string("bf16-curve-") + name);
+    const std::string dir = fresh_dir("bf16-curve-" + name);
     train::TrainResult fp32 =
         train::train(gpu_run(dir + "/fp32", name, "fp32", steps), quiet_opts());
     train::TrainResult bf16 =
@@ -320,13 +321,17 @@ RESONA_GPU_TEST("trainer bf16 on CUDA: the loss curve follows fp32's for 30 step
       any_differs = any_differs || a != b;
       curve << " " << i + 1 << ":" << a << "/" << b;
       INFO("step " << i + 1 << ": fp32 " << a << ", bf16 " << b);
-      // Step 1 sees the same weights and batch: only the bf16 roundings differ. Later
-      // steps also carry the bf16 gradients' effect on the updates, which compounds.
-      CHECK(rel < (i == 0 ? 2e-3 : 2e-2));
+      // Step 1 sees the same weights and batch: only the bf16 roundings differ, and the
+      // mean over 64 (GLA 256) tokens of a loss near log(32000) barely moves (measured on
+      // an H200: about 1e-5). Later steps also carry the bf16 gradients' effect on the
+      // updates, which compounds (measured: at most 7.8e-4 tiny, 7.4e-4 GLA over 30
+      // steps); the bounds leave more than five times that.
+      CHECK(rel < (i == 0 ? 1e-4 : 5e-3));
     }
     CHECK(any_differs);  // the bf16 run really computed in bf16
-    MESSAGE(name << ": largest relative loss difference over " << steps << " steps " << worst
-                 << "; fp32/bf16 per step:" << curve.str());
+    MESSAGE(name << ": relative loss difference at step 1 "
+                 << std::abs(bf16.losses[0] - fp32.losses[0]) / fp32.losses[0] << ", largest over "
+                 << steps << " steps " << worst << "; fp32/bf16 per step:" << curve.str());
     CHECK(read_text(dir + "/bf16/train.log").find("bf16 compute, float32 master weights") !=
           std::string::npos);
     // The checkpoint holds the float32 masters, as an fp32 run's does.
@@ -338,7 +343,7 @@ RESONA_GPU_TEST("trainer bf16 on CUDA: the loss curve follows fp32's for 30 step
 RESONA_GPU_TEST(
     "trainer bf16 on CUDA, deterministic: N+M straight equals N, resume, M bit for "
     "bit (tiny, GLA)") {
-  for (const char* name : {"tiny", "gla"}) {
+  for (const std::string name : {"tiny", "gla"}) {
     CAPTURE(name);
     auto run = [&](const std::string& dir) {
       train::RunConfig c = gpu_run(dir, name, "bf16", 8);
@@ -346,8 +351,8 @@ RESONA_GPU_TEST(
       c.checkpoint.every = 2;
       return c;
     };
-    const std::string straight = fresh_dir(std::string("bf16-straight-") + name);
-    const std::string split = fresh_dir(std::string("bf16-split-") + name);
+    const std::string straight = fresh_dir("bf16-straight-" + name);
+    const std::string split = fresh_dir("bf16-split-" + name);
     train::TrainResult a = train::train(run(straight), quiet_opts());
     train::TrainResult b1 = train::train(run(split), quiet_opts("none", 3));
     train::TrainResult b2 = train::train(run(split), quiet_opts("auto"));
