@@ -34,6 +34,7 @@
 #include <cuda_runtime.h>
 
 #include "cuda/delta_rule.h"
+#include "cuda/convert.cuh"
 
 namespace resona::cuda {
 namespace {
@@ -52,19 +53,6 @@ static_assert(kC == kBM, "one output tile covers the rows of a chunk");
 static_assert(kStateCols % 16 == 0 && kStateTN >= 1 && kStateTN <= 4, "16..64 state columns");
 static_assert(kGradCols % 16 == 0 && kGradTN >= 1 && kGradTN <= 4, "16..64 gradient columns");
 static_assert(kOutCols == 64, "the output kernel's tiles are 64 wide");
-
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <class T>
-__device__ __forceinline__ T from_f32(float v);
-template <>
-__device__ __forceinline__ float from_f32<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
 
 __device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
 

@@ -6,23 +6,11 @@
 #include <cuda_runtime.h>
 
 #include "cuda/dropout.h"
+#include "cuda/convert.cuh"
 #include "cuda/philox.cuh"
 
 namespace resona::cuda {
 namespace {
-
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <class T>
-__device__ __forceinline__ T from_f32(float v);
-template <>
-__device__ __forceinline__ float from_f32<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
 
 // The CPU's keep test: float((word >> 8) * 2^-24) >= p  <=>  (word >> 8) >= ceil(p * 2^24).
 __device__ __forceinline__ float apply(uint32_t word, uint32_t threshold, float scale, float v) {

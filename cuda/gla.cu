@@ -20,6 +20,7 @@
 #include <cuda_runtime.h>
 
 #include "cuda/gla.h"
+#include "cuda/convert.cuh"
 
 namespace resona::cuda {
 namespace {
@@ -43,19 +44,6 @@ static_assert(kGlaMaxChunk == kRows, "the chunk tile holds the largest chunk");
 static_assert(kRows == 4 * kSub && kSub == 16, "sub-chunk pairs and 4-row blocks assume 4 x 16");
 static_assert(kThreads == 256, "thread maps assume 16 x 16 threads");
 static_assert(kThreads / 8 == kKT && kKT == kST, "the column scan covers the 32 columns of a tile");
-
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <class T>
-__device__ __forceinline__ T from_f32(float v);
-template <>
-__device__ __forceinline__ float from_f32<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
 
 // One (b, h) sequence of a [B, T, H, N] input: element (t, c) at p[t * st + c * sc].
 template <class T>

@@ -20,22 +20,10 @@
 #include <cub/cub.cuh>
 
 #include "cuda/index.h"
+#include "cuda/convert.cuh"
 
 namespace resona::cuda {
 namespace {
-
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <class T>
-__device__ __forceinline__ T from_f32(float v);
-template <>
-__device__ __forceinline__ float from_f32<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
 
 // The out-shaped iteration space and the map to x offsets.
 struct Geom {

@@ -22,14 +22,10 @@
 #include <cuda_runtime.h>
 
 #include "cuda/scan.h"
+#include "cuda/convert.cuh"
 
 namespace resona::cuda {
 namespace {
-
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ void store(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 
 // h0 / d_h0 are float32 or the input dtype, chosen at run time.
 template <class T>

@@ -1,0 +1,27 @@
+// float32 <-> storage dtype (float32 or bfloat16) conversions shared by the kernels:
+// to_f32 widens a loaded value, from_f32<T> rounds a float32 result to T (round to
+// nearest even for bfloat16), store(p, v) writes v rounded to *p's type. Device code only;
+// included by .cu files.
+#pragma once
+
+#include <cuda_bf16.h>
+
+namespace resona::cuda {
+
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <class T>
+__device__ __forceinline__ T from_f32(float v);
+template <>
+__device__ __forceinline__ float from_f32<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+__device__ __forceinline__ void store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+
+}  // namespace resona::cuda
