@@ -12,6 +12,13 @@
 //   chunk_segments_kernel
 // chunk_attention_bwd_dkdv_kernel  warp per (n, p, h): d_k, d_v over the queries seeing p
 // chunk_attention_bwd_bias_kernel  thread per (n, q, s): d_bias from the partials
+// chunk_attention_block_fwd_kernel     block per (n, query tile, h): key steps of 32 in
+//                                      shared memory, 4 x 2 logits and 4 x Dv/16 outputs
+//                                      per thread, online softmax
+// chunk_attention_block_bwd_kernel     same blocks: D_i, then dS, d_q and per-tile partials
+//                                      of d_k, d_v, d_bias
+// chunk_attention_block_reduce_kernel  thread per (n, h, d, p): d_k, d_v from the partials
+// chunk_attention_block_bias_kernel    thread per (n, q, s): d_bias from the partials
 //
 // Warp sums use the xor butterfly, which leaves the identical value in every lane
 // (float addition is commutative), so a logit recomputed in backward with the same lane
@@ -543,6 +550,478 @@ __global__ void chunk_attention_bwd_bias_kernel(const ChunkAttentionParams p,
   store(static_cast<T*>(p.d_bias), e, acc);
 }
 
+// ---------------------------------------------------------------- chunk_attention, block kernels
+
+constexpr int kTileQ = 64;          // positions per query tile
+constexpr int kTileK = 32;          // keys per step
+constexpr int kKP = kTileK + 1;     // row stride of the [.][kTileK] shared tiles
+constexpr int kBlockThreads = 256;  // 16 x 16: thread (ty, tx) owns rows 4 ty .. 4 ty + 3
+constexpr int64_t kBlockMaxWindow = 256;
+
+// The tile's place and its key list (see cuda/resona.h).
+struct TileGeom {
+  int64_t n, qb, t, t0, t1, ws, nret, nkeys;
+  bool empty;
+};
+
+__device__ __forceinline__ TileGeom tile_geom(const ChunkAttentionParams& p, int64_t NT,
+                                              int64_t tile) {
+  TileGeom g;
+  g.t = tile % NT;
+  g.qb = (tile / NT) % p.NQ;
+  g.n = tile / (NT * p.NQ);
+  const int64_t q1 = min((g.qb + 1) * p.b, p.T);
+  g.t0 = g.qb * p.b + g.t * kTileQ;
+  g.t1 = min(g.t0 + kTileQ, q1);
+  g.empty = g.t0 >= g.t1;
+  g.ws = p.w > 0 ? max(int64_t{0}, g.t0 - p.w + 1) : g.t1;
+  g.nret = p.kk * p.c;
+  g.nkeys = g.nret + (g.t1 - g.ws);
+  return g;
+}
+
+// Per-step key metadata in shared memory: position (-1: masked), bias, window flag.
+struct KeyMeta {
+  int* pos;
+  float* bias;
+  int* win;
+};
+
+template <class T>
+__device__ __forceinline__ void load_key_meta(const ChunkAttentionParams& p, const TileGeom& g,
+                                              int64_t kx0, KeyMeta km) {
+  const int tid = threadIdx.x;
+  if (tid >= kTileK) return;
+  const int64_t kx = kx0 + tid;
+  const int32_t* ids_row = p.ids + (g.n * p.NQ + g.qb) * p.kk;
+  int pos = -1, win = 0;
+  float bs = 0.f;
+  if (kx < g.nret) {
+    const int64_t s = kx / p.c, j = ids_row[s];
+    if (eligible(j, g.qb, p.c, p.b, p.NC)) {
+      pos = static_cast<int>(j * p.c + kx % p.c);
+      bs = bias_at<T>(p, g.n, g.qb, s);
+    }
+  } else if (kx < g.nkeys) {
+    const int64_t ps = g.ws + (kx - g.nret);
+    if (!retrieved(ids_row, p.kk, ps / p.c, g.qb, p)) {
+      pos = static_cast<int>(ps);
+      win = 1;
+    }
+  }
+  km.pos[tid] = pos;
+  km.bias[tid] = bs;
+  km.win[tid] = win;
+}
+
+// dst[d * kKP + key] = src[pos(key)][d] for d < D (zero for masked keys): a key step
+// transposed, so that the lanes of a warp read consecutive keys.
+template <class T>
+__device__ __forceinline__ void load_keys_t(const T* base, const int64_t* st, int64_t D,
+                                            const int* kpos, float* dst) {
+  for (int64_t x = threadIdx.x; x < kTileK * D; x += kBlockThreads) {
+    const int64_t key = x / D, d = x % D;
+    const int pos = kpos[key];
+    dst[d * kKP + key] = pos >= 0 ? load(base, pos * st[1] + d * st[3]) : 0.f;
+  }
+}
+
+// dst[row * ld + d] = scale * src[t0 + row][d] for rows of the tile, zero elsewhere.
+template <class T>
+__device__ __forceinline__ void load_rows(const T* base, const int64_t* st, int64_t D, int64_t ld,
+                                          int64_t t0, int64_t t1, float scale, float* dst) {
+  for (int64_t x = threadIdx.x; x < kTileQ * D; x += kBlockThreads) {
+    const int64_t row = x / D, d = x % D, i = t0 + row;
+    dst[row * ld + d] = i < t1 ? load(base, i * st[1] + d * st[3]) * scale : 0.f;
+  }
+}
+
+__device__ __forceinline__ bool key_visible(int pos, int win, int64_t i, int64_t w) {
+  return pos >= 0 && (!win || (pos <= i && pos > i - w));
+}
+
+__device__ __forceinline__ float half_warp_max(float v) {
+#pragma unroll
+  for (int o = 8; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+__device__ __forceinline__ float half_warp_sum(float v) {
+#pragma unroll
+  for (int o = 8; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// out[r][c2] = sum_d A[(4 ty + r) * lda + d] * Bt[d * kKP + 2 tx + c2], d < D.
+__device__ __forceinline__ void tile_dot(const float* A, int64_t lda, const float* Bt, int64_t D,
+                                         int ty, int tx, float (&out)[4][2]) {
+#pragma unroll
+  for (int r = 0; r < 4; ++r) out[r][0] = out[r][1] = 0.f;
+  const float* a = A + 4 * ty * lda;
+  const float* bt = Bt + 2 * tx;
+#pragma unroll 4
+  for (int64_t d = 0; d < D; ++d) {
+    const float b0 = bt[d * kKP], b1 = bt[d * kKP + 1];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const float x = a[r * lda + d];
+      out[r][0] += x * b0;
+      out[r][1] += x * b1;
+    }
+  }
+}
+
+// Shared-memory floats of the block kernels (plus 4 * kTileK words of key metadata).
+int64_t fwd_smem_floats(const ChunkAttentionParams& p) {
+  return kTileQ * (p.Dk | 1) + p.Dk * kKP + kTileK * (p.Dv | 1) + kTileQ * kKP + 4 * kTileK;
+}
+int64_t bwd_smem_floats(const ChunkAttentionParams& p) {
+  return kTileQ * (p.Dk | 1) + kTileQ * (p.Dv | 1) + (p.Dk + p.Dv) * kKP + 2 * kTileQ * kKP +
+         4 * kTileK;
+}
+
+// NC: 16-column groups covering max(Dk, Dv).
+template <class T, int NC>
+__global__ void __launch_bounds__(kBlockThreads)
+    chunk_attention_block_fwd_kernel(const ChunkAttentionParams p, int64_t NT) {
+  extern __shared__ float sm[];
+  const int64_t h = blockIdx.y;
+  const TileGeom g = tile_geom(p, NT, blockIdx.x);
+  if (g.empty) return;
+  const int64_t ldq = p.Dk | 1, ldv = p.Dv | 1;  // odd: rows 4 apart fall in other banks
+  float* Qs = sm;                                // [kTileQ][ldq], scaled
+  float* Kt = Qs + kTileQ * ldq;                 // [Dk][kKP]
+  float* Vs = Kt + p.Dk * kKP;                   // [kTileK][ldv]
+  float* Ps = Vs + kTileK * ldv;                 // [kTileQ][kKP]
+  KeyMeta km{reinterpret_cast<int*>(Ps + kTileQ * kKP), Ps + kTileQ * kKP + kTileK,
+             reinterpret_cast<int*>(Ps + kTileQ * kKP + 2 * kTileK)};
+  const int tid = threadIdx.x, ty = tid >> 4, tx = tid & 15;
+  const T* qb_ = static_cast<const T*>(p.q) + g.n * p.q_strides[0] + h * p.q_strides[2];
+  const T* kb = static_cast<const T*>(p.k) + g.n * p.k_strides[0] + h * p.k_strides[2];
+  const T* vb = static_cast<const T*>(p.v) + g.n * p.v_strides[0] + h * p.v_strides[2];
+  load_rows(qb_, p.q_strides, p.Dk, ldq, g.t0, g.t1, p.scale, Qs);
+  float m[4], l[4], acc[4][NC];
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    m[r] = -INFINITY;
+    l[r] = 0.f;
+#pragma unroll
+    for (int c = 0; c < NC; ++c) acc[r][c] = 0.f;
+  }
+  for (int64_t kx0 = 0; kx0 < g.nkeys; kx0 += kTileK) {
+    __syncthreads();  // the previous step's tiles are consumed
+    load_key_meta<T>(p, g, kx0, km);
+    __syncthreads();
+    load_keys_t(kb, p.k_strides, p.Dk, km.pos, Kt);
+    for (int64_t x = tid; x < kTileK * p.Dv; x += kBlockThreads) {
+      const int64_t key = x / p.Dv, d = x % p.Dv;
+      const int pos = km.pos[key];
+      Vs[key * ldv + d] = pos >= 0 ? load(vb, pos * p.v_strides[1] + d * p.v_strides[3]) : 0.f;
+    }
+    __syncthreads();
+    float s[4][2];
+    tile_dot(Qs, ldq, Kt, p.Dk, ty, tx, s);
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int64_t i = g.t0 + 4 * ty + r;
+#pragma unroll
+      for (int c2 = 0; c2 < 2; ++c2) {
+        const int key = 2 * tx + c2;
+        s[r][c2] =
+            key_visible(km.pos[key], km.win[key], i, p.w) ? s[r][c2] + km.bias[key] : -INFINITY;
+      }
+      const float mn = fmaxf(m[r], half_warp_max(fmaxf(s[r][0], s[r][1])));
+      const float mu = mn == -INFINITY ? 0.f : mn;
+      const float corr = expf(m[r] - mu);  // 0 while nothing was seen
+      const float p0 = expf(s[r][0] - mu), p1 = expf(s[r][1] - mu);
+      l[r] = l[r] * corr + half_warp_sum(p0 + p1);
+      m[r] = mn;
+      Ps[(4 * ty + r) * kKP + 2 * tx] = p0;
+      Ps[(4 * ty + r) * kKP + 2 * tx + 1] = p1;
+#pragma unroll
+      for (int c = 0; c < NC; ++c) acc[r][c] *= corr;
+    }
+    __syncthreads();
+    for (int key = 0; key < kTileK; ++key) {
+      float vr[NC];
+#pragma unroll
+      for (int c = 0; c < NC; ++c) {
+        const int d = tx + 16 * c;
+        vr[c] = d < p.Dv ? Vs[key * ldv + d] : 0.f;
+      }
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const float pr = Ps[(4 * ty + r) * kKP + key];
+#pragma unroll
+        for (int c = 0; c < NC; ++c) acc[r][c] += pr * vr[c];
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    const int64_t i = g.t0 + 4 * ty + r;
+    if (i >= g.t1) continue;
+    const int64_t row = (g.n * p.T + i) * p.H + h;
+    T* orow = static_cast<T*>(p.o) + row * p.Dv;
+    const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
+#pragma unroll
+    for (int c = 0; c < NC; ++c) {
+      const int d = tx + 16 * c;
+      if (d < p.Dv) store(orow, d, acc[r][c] * inv);
+    }
+    if (tx == 0) p.lse[row] = l[r] > 0.f ? m[r] + logf(l[r]) : -INFINITY;
+  }
+}
+
+// Partial sums of one tile and head: part + tile_h * (Dk + Dv) * LK holds d_k rows
+// [Dk][LK] then d_v rows [Dv][LK] (index d * LK + key list index); bias_part + tile_h * kk
+// holds the per-slot sums of dS.
+template <class T, int NC>
+__global__ void __launch_bounds__(kBlockThreads)
+    chunk_attention_block_bwd_kernel(const ChunkAttentionParams p, int64_t NT, int64_t LK,
+                                     float* __restrict__ part, float* __restrict__ bias_part) {
+  extern __shared__ float sm[];
+  const int64_t h = blockIdx.y;
+  const TileGeom g = tile_geom(p, NT, blockIdx.x);
+  if (g.empty) return;
+  const int64_t ldq = p.Dk | 1, ldv = p.Dv | 1;
+  float* Qs = sm;                  // [kTileQ][ldq], scaled
+  float* Gs = Qs + kTileQ * ldq;   // [kTileQ][ldv]: d_o
+  float* Kt = Gs + kTileQ * ldv;   // [Dk][kKP]
+  float* Vt = Kt + p.Dk * kKP;     // [Dv][kKP]
+  float* Ps = Vt + p.Dv * kKP;     // [kTileQ][kKP]
+  float* dSs = Ps + kTileQ * kKP;  // [kTileQ][kKP]
+  float* meta = dSs + kTileQ * kKP;
+  KeyMeta km{reinterpret_cast<int*>(meta), meta + kTileK,
+             reinterpret_cast<int*>(meta + 2 * kTileK)};
+  float* colsum = meta + 3 * kTileK;
+  const int tid = threadIdx.x, ty = tid >> 4, tx = tid & 15, lane = tid & 31, warp = tid >> 5;
+  const T* qb_ = static_cast<const T*>(p.q) + g.n * p.q_strides[0] + h * p.q_strides[2];
+  const T* gb = static_cast<const T*>(p.d_o) + g.n * p.d_o_strides[0] + h * p.d_o_strides[2];
+  const T* kb = static_cast<const T*>(p.k) + g.n * p.k_strides[0] + h * p.k_strides[2];
+  const T* vb = static_cast<const T*>(p.v) + g.n * p.v_strides[0] + h * p.v_strides[2];
+  load_rows(qb_, p.q_strides, p.Dk, ldq, g.t0, g.t1, p.scale, Qs);
+  load_rows(gb, p.d_o_strides, p.Dv, ldv, g.t0, g.t1, 1.f, Gs);
+  const int64_t tile_h = static_cast<int64_t>(blockIdx.x) * p.H + h;
+  float lse[4], D[4];
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    const int64_t i = g.t0 + 4 * ty + r;
+    lse[r] = i < g.t1 ? p.lse[(g.n * p.T + i) * p.H + h] : -INFINITY;
+    D[r] = 0.f;
+  }
+  // One key step: metadata, K and V transposed, then P and dP of the thread's 4 x 2 cells.
+  auto step = [&](int64_t kx0, float(&P)[4][2], float(&dP)[4][2]) {
+    __syncthreads();
+    load_key_meta<T>(p, g, kx0, km);
+    __syncthreads();
+    load_keys_t(kb, p.k_strides, p.Dk, km.pos, Kt);
+    load_keys_t(vb, p.v_strides, p.Dv, km.pos, Vt);
+    __syncthreads();
+    tile_dot(Qs, ldq, Kt, p.Dk, ty, tx, P);
+    tile_dot(Gs, ldv, Vt, p.Dv, ty, tx, dP);
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int64_t i = g.t0 + 4 * ty + r;
+#pragma unroll
+      for (int c2 = 0; c2 < 2; ++c2) {
+        const int key = 2 * tx + c2;
+        P[r][c2] = key_visible(km.pos[key], km.win[key], i, p.w) && lse[r] != -INFINITY
+                       ? expf(P[r][c2] + km.bias[key] - lse[r])
+                       : 0.f;
+      }
+    }
+  };
+  // Pass 1: D_i = sum_p P dP.
+  for (int64_t kx0 = 0; kx0 < g.nkeys; kx0 += kTileK) {
+    float P[4][2], dP[4][2];
+    step(kx0, P, dP);
+#pragma unroll
+    for (int r = 0; r < 4; ++r) D[r] += P[r][0] * dP[r][0] + P[r][1] * dP[r][1];
+  }
+#pragma unroll
+  for (int r = 0; r < 4; ++r) D[r] = half_warp_sum(D[r]);
+  // Pass 2: dS, d_q, the partials.
+  float dq[4][NC];
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+#pragma unroll
+    for (int c = 0; c < NC; ++c) dq[r][c] = 0.f;
+  }
+  const bool want_kv = p.d_k != nullptr || p.d_v != nullptr;
+  float* pk = part ? part + tile_h * (p.Dk + p.Dv) * LK : nullptr;
+  float* pv = pk ? pk + p.Dk * LK : nullptr;
+  int64_t cur_slot = -1;
+  float slot_sum = 0.f;  // thread 0: the current slot's dS sum
+  for (int64_t kx0 = 0; kx0 < g.nkeys; kx0 += kTileK) {
+    float P[4][2], dP[4][2];
+    step(kx0, P, dP);
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+#pragma unroll
+      for (int c2 = 0; c2 < 2; ++c2) {
+        Ps[(4 * ty + r) * kKP + 2 * tx + c2] = P[r][c2];
+        dSs[(4 * ty + r) * kKP + 2 * tx + c2] = P[r][c2] * (dP[r][c2] - D[r]);
+      }
+    }
+    __syncthreads();
+    if (p.d_q) {
+      for (int key = 0; key < kTileK; ++key) {
+        float kr[NC];
+#pragma unroll
+        for (int c = 0; c < NC; ++c) {
+          const int d = tx + 16 * c;
+          kr[c] = d < p.Dk ? Kt[d * kKP + key] : 0.f;
+        }
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          const float ds = dSs[(4 * ty + r) * kKP + key];
+#pragma unroll
+          for (int c = 0; c < NC; ++c) dq[r][c] += ds * kr[c];
+        }
+      }
+    }
+    const int64_t kx = kx0 + lane;  // lanes over keys, warps over head dims
+    if (want_kv) {
+      float a[2 * NC];
+#pragma unroll
+      for (int c = 0; c < 2 * NC; ++c) a[c] = 0.f;
+      for (int row = 0; row < kTileQ; ++row) {
+        const float ds = dSs[row * kKP + lane];
+#pragma unroll
+        for (int c = 0; c < 2 * NC; ++c) {
+          const int d = warp + 8 * c;
+          if (d < p.Dk) a[c] += ds * Qs[row * ldq + d];
+        }
+      }
+      if (kx < g.nkeys) {
+#pragma unroll
+        for (int c = 0; c < 2 * NC; ++c) {
+          const int d = warp + 8 * c;
+          if (d < p.Dk) pk[d * LK + kx] = a[c];
+        }
+      }
+#pragma unroll
+      for (int c = 0; c < 2 * NC; ++c) a[c] = 0.f;
+      for (int row = 0; row < kTileQ; ++row) {
+        const float pr = Ps[row * kKP + lane];
+#pragma unroll
+        for (int c = 0; c < 2 * NC; ++c) {
+          const int d = warp + 8 * c;
+          if (d < p.Dv) a[c] += pr * Gs[row * ldv + d];
+        }
+      }
+      if (kx < g.nkeys) {
+#pragma unroll
+        for (int c = 0; c < 2 * NC; ++c) {
+          const int d = warp + 8 * c;
+          if (d < p.Dv) pv[d * LK + kx] = a[c];
+        }
+      }
+    }
+    if (bias_part && kx0 < g.nret) {
+      if (warp == 0) {
+        float cs = 0.f;
+        for (int row = 0; row < kTileQ; ++row) cs += dSs[row * kKP + lane];
+        colsum[lane] = cs;
+      }
+      __syncthreads();
+      if (tid == 0) {
+        for (int key = 0; key < kTileK && kx0 + key < g.nret; ++key) {
+          const int64_t s = (kx0 + key) / p.c;
+          if (s != cur_slot) {
+            if (cur_slot >= 0) bias_part[tile_h * p.kk + cur_slot] = slot_sum;
+            cur_slot = s;
+            slot_sum = 0.f;
+          }
+          slot_sum += colsum[key];
+        }
+      }
+    }
+  }
+  if (bias_part && tid == 0 && cur_slot >= 0) bias_part[tile_h * p.kk + cur_slot] = slot_sum;
+  if (p.d_q) {
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int64_t i = g.t0 + 4 * ty + r;
+      if (i >= g.t1) continue;
+      T* dqrow = static_cast<T*>(p.d_q) + ((g.n * p.T + i) * p.H + h) * p.Dk;
+#pragma unroll
+      for (int c = 0; c < NC; ++c) {
+        const int d = tx + 16 * c;
+        if (d < p.Dk) store(dqrow, d, dq[r][c] * p.scale);
+      }
+    }
+  }
+}
+
+// Thread per (n, h, d, pos), pos fastest: d_k[n, pos, h, d] and d_v[n, pos, h, d] summed
+// over the partial rows of the tiles that hold pos, in a fixed order.
+__global__ void chunk_attention_block_reduce_kernel(const ChunkAttentionParams p, int64_t NT,
+                                                    int64_t LK, const float* __restrict__ part,
+                                                    const int32_t* __restrict__ seg_start,
+                                                    const int32_t* __restrict__ seg_end,
+                                                    const int32_t* __restrict__ entries, void* d_k,
+                                                    void* d_v, bool bf16) {
+  const int64_t Dm = p.Dk > p.Dv ? p.Dk : p.Dv;
+  const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= p.B * p.H * Dm * p.T) return;
+  const int64_t pos = e % p.T, d = (e / p.T) % Dm, h = (e / (p.T * Dm)) % p.H,
+                n = e / (p.T * Dm * p.H);
+  const bool do_k = d_k != nullptr && d < p.Dk, do_v = d_v != nullptr && d < p.Dv;
+  float ak = 0.f, av = 0.f;
+  auto add = [&](int64_t qb, int64_t t, int64_t kx) {
+    const float* base = part + (((n * p.NQ + qb) * NT + t) * p.H + h) * (p.Dk + p.Dv) * LK;
+    if (do_k) ak += base[d * LK + kx];
+    if (do_v) av += base[(p.Dk + d) * LK + kx];
+  };
+  const int64_t j = pos / p.c;
+  if (j < p.NC && seg_start != nullptr) {
+    const int64_t key = n * p.NC + j;
+    for (int32_t t = seg_start[key]; t < seg_end[key]; ++t) {
+      const int64_t en = entries[t];
+      const int64_t s = en % p.kk, qb = (en / p.kk) % p.NQ;
+      const int64_t len = min((qb + 1) * p.b, p.T) - qb * p.b;
+      for (int64_t tt = 0; tt * kTileQ < len; ++tt) add(qb, tt, s * p.c + pos % p.c);
+    }
+  }
+  if (p.w > 0) {
+    const int64_t i_hi = min(pos + p.w - 1, p.T - 1);
+    for (int64_t qb = pos / p.b; qb <= i_hi / p.b; ++qb) {
+      if (retrieved(p.ids + (n * p.NQ + qb) * p.kk, p.kk, j, qb, p)) continue;
+      const int64_t q1 = min((qb + 1) * p.b, p.T);
+      for (int64_t tt = 0; qb * p.b + tt * kTileQ < q1; ++tt) {
+        const int64_t t0 = qb * p.b + tt * kTileQ, t1 = min(t0 + kTileQ, q1);
+        if (t0 > i_hi || t1 - 1 < pos) continue;
+        const int64_t ws = max(int64_t{0}, t0 - p.w + 1);
+        add(qb, tt, p.kk * p.c + pos - ws);
+      }
+    }
+  }
+  const int64_t o = ((n * p.T + pos) * p.H + h);
+  if (bf16) {
+    if (do_k) store(static_cast<__nv_bfloat16*>(d_k), o * p.Dk + d, ak);
+    if (do_v) store(static_cast<__nv_bfloat16*>(d_v), o * p.Dv + d, av);
+  } else {
+    if (do_k) static_cast<float*>(d_k)[o * p.Dk + d] = ak;
+    if (do_v) static_cast<float*>(d_v)[o * p.Dv + d] = av;
+  }
+}
+
+// Thread per (n, q, s): d_bias from the per-tile partials, tiles then heads in order.
+template <class T>
+__global__ void chunk_attention_block_bias_kernel(const ChunkAttentionParams p, int64_t NT,
+                                                  const float* __restrict__ bias_part) {
+  const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= p.B * p.NQ * p.kk) return;
+  const int64_t s = e % p.kk, nq = e / p.kk, qb = nq % p.NQ;
+  const int64_t len = min((qb + 1) * p.b, p.T) - qb * p.b;
+  float acc = 0.f;
+  for (int64_t tt = 0; tt * kTileQ < len; ++tt) {
+    for (int64_t h = 0; h < p.H; ++h) acc += bias_part[((nq * NT + tt) * p.H + h) * p.kk + s];
+  }
+  store(static_cast<T*>(p.d_bias), e, acc);
+}
+
 // ---------------------------------------------------------------- launch plans
 
 int head_dims_per_lane(const ChunkAttentionParams& p) {
@@ -556,8 +1035,31 @@ int sort_bits(uint64_t bound) {  // bits that hold every key in [0, bound]
   return bits;
 }
 
+// The block kernels run for this call (cuda/resona.h: kAuto takes them for b >= 16 and
+// w <= 256).
+bool use_block_kernels(const ChunkAttentionParams& p) {
+  if (p.kernel == ChunkAttnKernel::kWarp) return false;
+  if (p.kernel == ChunkAttnKernel::kBlock) return true;
+  return p.b >= 16 && p.w <= kBlockMaxWindow;
+}
+
+// Query tiles per block (NT) and the length of each tile's key list (LK).
+struct TilePlan {
+  int64_t NT = 1, LK = 0, tiles = 0;
+};
+TilePlan tile_plan(const ChunkAttentionParams& p) {
+  TilePlan t;
+  t.NT = (p.b + kTileQ - 1) / kTileQ;
+  const int64_t tq = p.b < kTileQ ? p.b : kTileQ;
+  t.LK = p.kk * p.c + (p.w > 0 ? tq + p.w - 1 : 0);
+  t.tiles = p.B * p.NQ * t.NT;
+  return t;
+}
+
 struct BwdPlan {
   int64_t rows = 0, entries = 0;
+  bool block = false;  // the block kernels: partials instead of D and the per-row partials
+  size_t part_off = 0, bias_part_off = 0;
   bool lists = false;  // d_k or d_v: the inverse lists are built
   size_t cub_bytes = 0;
   size_t D_off = 0, partial_off = 0, keys_in_off = 0, keys_out_off = 0, ent_in_off = 0,
@@ -569,11 +1071,21 @@ BwdPlan bwd_plan(const ChunkAttentionParams& p) {
   pl.rows = p.B * p.T * p.H;
   pl.entries = p.B * p.NQ * p.kk;
   pl.lists = (p.d_k || p.d_v) && pl.entries > 0 && p.NC > 0;
+  pl.block = use_block_kernels(p);
   size_t off = 0;
-  pl.D_off = off;
-  off += align_up(sizeof(float) * static_cast<size_t>(pl.rows));
-  pl.partial_off = off;
-  if (p.d_bias) off += align_up(2 * sizeof(float) * static_cast<size_t>(pl.rows * p.kk));
+  if (pl.block) {
+    const TilePlan tp = tile_plan(p);
+    const size_t th = static_cast<size_t>(tp.tiles * p.H);
+    pl.part_off = off;
+    if (p.d_k || p.d_v) off += align_up(sizeof(float) * th * (p.Dk + p.Dv) * tp.LK);
+    pl.bias_part_off = off;
+    if (p.d_bias) off += align_up(sizeof(float) * th * p.kk);
+  } else {
+    pl.D_off = off;
+    off += align_up(sizeof(float) * static_cast<size_t>(pl.rows));
+    pl.partial_off = off;
+    if (p.d_bias) off += align_up(2 * sizeof(float) * static_cast<size_t>(pl.rows * p.kk));
+  }
   if (pl.lists) {
     const int num = static_cast<int>(pl.entries);
     cub::DeviceRadixSort::SortPairs(
@@ -610,6 +1122,9 @@ const char* check_sizes(const ChunkAttentionParams& p) {
   return nullptr;
 }
 
+template <class T, bool kBwd>
+const char* block_t(const ChunkAttentionParams& p, cudaStream_t s);
+
 template <class T, int ND>
 const char* fwd_nd(const ChunkAttentionParams& p, cudaStream_t s) {
   const int64_t rows = p.B * p.T * p.H;
@@ -620,6 +1135,7 @@ const char* fwd_nd(const ChunkAttentionParams& p, cudaStream_t s) {
 
 template <class T>
 const char* fwd_t(const ChunkAttentionParams& p, cudaStream_t s) {
+  if (use_block_kernels(p)) return block_t<T, false>(p, s);
   switch (head_dims_per_lane(p)) {
     case 1:
       return fwd_nd<T, 1>(p, s);
@@ -631,6 +1147,106 @@ const char* fwd_t(const ChunkAttentionParams& p, cudaStream_t s) {
       return fwd_nd<T, 8>(p, s);
   }
   return "chunk_attention_fwd_cuda: head dims above 256";
+}
+
+// Builds the inverse lists in the scratch (pl.lists): the sorted entries and each chunk
+// key's [start, end) among them.
+const char* build_lists(const ChunkAttentionParams& p, const BwdPlan& pl, char* scratch,
+                        cudaStream_t s, int32_t** seg_start, int32_t** seg_end, int32_t** ent_out) {
+  auto* keys_in = reinterpret_cast<uint32_t*>(scratch + pl.keys_in_off);
+  auto* keys_out = reinterpret_cast<uint32_t*>(scratch + pl.keys_out_off);
+  auto* ent_in = reinterpret_cast<int32_t*>(scratch + pl.ent_in_off);
+  *ent_out = reinterpret_cast<int32_t*>(scratch + pl.ent_out_off);
+  *seg_start = reinterpret_cast<int32_t*>(scratch + pl.start_off);
+  *seg_end = reinterpret_cast<int32_t*>(scratch + pl.end_off);
+  chunk_entry_keys_kernel<<<blocks_for(pl.entries, 256), 256, 0, s>>>(p, keys_in, ent_in);
+  size_t cub_bytes = pl.cub_bytes;
+  cudaError_t err = cub::DeviceRadixSort::SortPairs(
+      scratch + pl.cub_off, cub_bytes, keys_in, keys_out, ent_in, *ent_out,
+      static_cast<int>(pl.entries), 0, sort_bits(static_cast<uint64_t>(p.B * p.NC)), s);
+  if (err != cudaSuccess) return cudaGetErrorString(err);
+  const size_t ns = sizeof(int32_t) * static_cast<size_t>(p.B * p.NC);
+  err = cudaMemsetAsync(*seg_start, 0, ns, s);
+  if (err == cudaSuccess) err = cudaMemsetAsync(*seg_end, 0, ns, s);
+  if (err != cudaSuccess) return cudaGetErrorString(err);
+  chunk_segments_kernel<<<blocks_for(pl.entries, 256), 256, 0, s>>>(
+      keys_out, pl.entries, static_cast<uint32_t>(p.B * p.NC), *seg_start, *seg_end);
+  return last_error();
+}
+
+// 16-column groups covering max(Dk, Dv) for the block kernels.
+int block_col_groups(const ChunkAttentionParams& p) {
+  const int64_t d = p.Dk > p.Dv ? p.Dk : p.Dv;
+  return d <= 32 ? 2 : d <= 64 ? 4 : d <= 128 ? 8 : d <= 160 ? 10 : 16;
+}
+
+template <class T, int NC>
+const char* block_fwd_nc(const ChunkAttentionParams& p, cudaStream_t s) {
+  const TilePlan tp = tile_plan(p);
+  const size_t smem = sizeof(float) * static_cast<size_t>(fwd_smem_floats(p));
+  auto kernel = chunk_attention_block_fwd_kernel<T, NC>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(smem));
+  if (err != cudaSuccess) return cudaGetErrorString(err);
+  kernel<<<dim3(static_cast<unsigned>(tp.tiles), static_cast<unsigned>(p.H)), kBlockThreads, smem,
+           s>>>(p, tp.NT);
+  return last_error();
+}
+
+template <class T, int NC>
+const char* block_bwd_nc(const ChunkAttentionParams& p, cudaStream_t s) {
+  const BwdPlan pl = bwd_plan(p);
+  const TilePlan tp = tile_plan(p);
+  char* scratch = static_cast<char*>(p.scratch);
+  if (pl.total > 0 && scratch == nullptr) return "chunk_attention_bwd_cuda: scratch not given";
+  const bool kv = p.d_k || p.d_v;
+  float* part = kv ? reinterpret_cast<float*>(scratch + pl.part_off) : nullptr;
+  float* bias_part = p.d_bias ? reinterpret_cast<float*>(scratch + pl.bias_part_off) : nullptr;
+  if (p.d_q || kv || p.d_bias) {
+    const size_t smem = sizeof(float) * static_cast<size_t>(bwd_smem_floats(p));
+    auto kernel = chunk_attention_block_bwd_kernel<T, NC>;
+    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(smem));
+    if (err != cudaSuccess) return cudaGetErrorString(err);
+    kernel<<<dim3(static_cast<unsigned>(tp.tiles), static_cast<unsigned>(p.H)), kBlockThreads, smem,
+             s>>>(p, tp.NT, tp.LK, part, bias_part);
+    if (const char* e = last_error()) return e;
+  }
+  if (kv) {
+    int32_t *seg_start = nullptr, *seg_end = nullptr, *ent_out = nullptr;
+    if (pl.lists) {
+      if (const char* e = build_lists(p, pl, scratch, s, &seg_start, &seg_end, &ent_out)) return e;
+    }
+    ChunkAttentionParams q = p;
+    if (!pl.lists) q.NC = 0;  // no chunk is ever retrieved: only the window terms
+    const int64_t Dm = p.Dk > p.Dv ? p.Dk : p.Dv;
+    chunk_attention_block_reduce_kernel<<<blocks_for(p.B * p.H * Dm * p.T, 256), 256, 0, s>>>(
+        q, tp.NT, tp.LK, part, seg_start, seg_end, ent_out, p.d_k, p.d_v,
+        p.dtype == KernelDType::kBFloat16);
+    if (const char* e = last_error()) return e;
+  }
+  if (p.d_bias && pl.entries > 0) {
+    chunk_attention_block_bias_kernel<T>
+        <<<blocks_for(pl.entries, 256), 256, 0, s>>>(p, tp.NT, bias_part);
+  }
+  return last_error();
+}
+
+template <class T, bool kBwd>
+const char* block_t(const ChunkAttentionParams& p, cudaStream_t s) {
+  switch (block_col_groups(p)) {
+    case 2:
+      return kBwd ? block_bwd_nc<T, 2>(p, s) : block_fwd_nc<T, 2>(p, s);
+    case 4:
+      return kBwd ? block_bwd_nc<T, 4>(p, s) : block_fwd_nc<T, 4>(p, s);
+    case 8:
+      return kBwd ? block_bwd_nc<T, 8>(p, s) : block_fwd_nc<T, 8>(p, s);
+    case 10:
+      return kBwd ? block_bwd_nc<T, 10>(p, s) : block_fwd_nc<T, 10>(p, s);
+    case 16:
+      return kBwd ? block_bwd_nc<T, 16>(p, s) : block_fwd_nc<T, 16>(p, s);
+  }
+  return "chunk_attention block kernels: head dims above 256";
 }
 
 template <class T, int ND>
@@ -649,24 +1265,7 @@ const char* bwd_nd(const ChunkAttentionParams& p, cudaStream_t s) {
     int32_t* seg_end = nullptr;
     int32_t* ent_out = nullptr;
     if (pl.lists) {
-      auto* keys_in = reinterpret_cast<uint32_t*>(scratch + pl.keys_in_off);
-      auto* keys_out = reinterpret_cast<uint32_t*>(scratch + pl.keys_out_off);
-      auto* ent_in = reinterpret_cast<int32_t*>(scratch + pl.ent_in_off);
-      ent_out = reinterpret_cast<int32_t*>(scratch + pl.ent_out_off);
-      seg_start = reinterpret_cast<int32_t*>(scratch + pl.start_off);
-      seg_end = reinterpret_cast<int32_t*>(scratch + pl.end_off);
-      chunk_entry_keys_kernel<<<blocks_for(pl.entries, 256), 256, 0, s>>>(p, keys_in, ent_in);
-      size_t cub_bytes = pl.cub_bytes;
-      cudaError_t err = cub::DeviceRadixSort::SortPairs(
-          scratch + pl.cub_off, cub_bytes, keys_in, keys_out, ent_in, ent_out,
-          static_cast<int>(pl.entries), 0, sort_bits(static_cast<uint64_t>(p.B * p.NC)), s);
-      if (err != cudaSuccess) return cudaGetErrorString(err);
-      const size_t ns = sizeof(int32_t) * static_cast<size_t>(p.B * p.NC);
-      err = cudaMemsetAsync(seg_start, 0, ns, s);
-      if (err == cudaSuccess) err = cudaMemsetAsync(seg_end, 0, ns, s);
-      if (err != cudaSuccess) return cudaGetErrorString(err);
-      chunk_segments_kernel<<<blocks_for(pl.entries, 256), 256, 0, s>>>(
-          keys_out, pl.entries, static_cast<uint32_t>(p.B * p.NC), seg_start, seg_end);
+      if (const char* e = build_lists(p, pl, scratch, s, &seg_start, &seg_end, &ent_out)) return e;
     }
     ChunkAttentionParams q = p;
     if (!pl.lists) q.NC = 0;  // no chunk is ever retrieved: only the window terms
@@ -683,6 +1282,7 @@ const char* bwd_nd(const ChunkAttentionParams& p, cudaStream_t s) {
 
 template <class T>
 const char* bwd_t(const ChunkAttentionParams& p, cudaStream_t s) {
+  if (use_block_kernels(p)) return block_t<T, true>(p, s);
   switch (head_dims_per_lane(p)) {
     case 1:
       return bwd_nd<T, 1>(p, s);

@@ -29,7 +29,25 @@
 //   4. thread per (n, q, s): d_bias = sum over the block's positions and heads, in order,
 //      of (sum P dP - D_i sum P).
 // No float atomics: every gradient is bit-identical run to run. Gradients are contiguous
-// in the input dtype and overwritten. Entries of ids that are not eligible for their block
+// in the input dtype and overwritten.
+//
+// Block kernels (ChunkAttnKernel::kBlock; kAuto picks them for b >= 16 and w <= 256, where
+// a query block's positions share their kk c retrieved keys). One thread block per (n,
+// query tile, h), a query tile being up to 64 consecutive positions of one query block. The
+// tile's key list is the kk c retrieved positions (slot s, offset r at list index s c + r;
+// slots without an eligible id masked) followed by the window candidates
+// [max(0, t0 - w + 1), t1) whose chunk was not retrieved, each visible to position i iff
+// i - w < p <= i. Keys are staged in shared memory 32 at a time (float32); the tile's
+// logits S = scale Q K^T and the products with V are float32 register tiles.
+//   forward: online softmax over the key steps; o and lse as above.
+//   backward: pass 1 forms D_i = sum_p P dP over the keys, pass 2 forms dS = P (dP - D_i),
+//     d_q (complete within the tile), and per-tile partial sums of d_k, d_v (one row per
+//     key of the list) and d_bias (one per slot) into the scratch, float32; a reduction
+//     kernel then sums each key position's partials in a fixed order (the tiles of the
+//     blocks that retrieved its chunk, by the inverse lists above, then the tiles whose
+//     window holds it), and d_bias over tiles and heads in order.
+// Same contract and determinism as the warp kernels; the results differ from theirs only by
+// float32 rounding. Entries of ids that are not eligible for their block
 // are skipped by every kernel (treated as -1), so unchecked ids cannot read out of bounds.
 #pragma once
 
@@ -68,8 +86,13 @@ struct ChunkIdsCheckParams {
 };
 const char* chunk_ids_check_cuda(const ChunkIdsCheckParams& p, void* stream);
 
+// Which chunk_attention kernels run: kAuto chooses (see above), the others force one set
+// (both handle every case; forcing is for tests and timing).
+enum class ChunkAttnKernel { kAuto, kWarp, kBlock };
+
 struct ChunkAttentionParams {
   KernelDType dtype;  // of q, k, v, bias, o, d_o and the gradients
+  ChunkAttnKernel kernel;
   int64_t B, T, H, Dk, Dv, NQ, kk, NC, c, b, w;
   float scale;
   const void* q;

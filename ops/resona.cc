@@ -12,11 +12,14 @@
 // CUDA: q, k, v, bias and d_o are passed with their strides (saved as given, not
 // copied); idx is checked and converted to contiguous int32 on the device (by a kernel
 // that reads one word back when idx is on the GPU, on the host when it is on the CPU);
-// forward also saves the float32 log-sum-exp for backward.
+// forward also saves the float32 log-sum-exp for backward. The kernels choose between
+// their warp-per-row and block-per-tile sets (cuda/resona.h); RESONA_CHUNK_ATTENTION_KERNEL
+// = warp or block forces one.
 #include "ops/resona.h"
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -250,6 +253,20 @@ Tensor chunk_search_cuda_path(const Tensor& query, const Tensor& chunk_emb,
   return out;
 }
 
+// The CUDA kernels for chunk_attention: chosen by the kernels (auto) unless the environment
+// variable RESONA_CHUNK_ATTENTION_KERNEL is "warp" or "block" (tests and timing force one
+// set; both compute the same op).
+cuda::ChunkAttnKernel cuda_attention_kernel() {
+  const char* env = std::getenv("RESONA_CHUNK_ATTENTION_KERNEL");
+  if (env == nullptr || *env == 0 || std::strcmp(env, "auto") == 0)
+    return cuda::ChunkAttnKernel::kAuto;
+  if (std::strcmp(env, "warp") == 0) return cuda::ChunkAttnKernel::kWarp;
+  RESONA_CHECK(std::strcmp(env, "block") == 0)
+      << "chunk_attention: RESONA_CHUNK_ATTENTION_KERNEL must be auto, warp or block, got '" << env
+      << "'";
+  return cuda::ChunkAttnKernel::kBlock;
+}
+
 // The checked ids as a contiguous int32 tensor [B, NQ, kk] on `device` (CUDA).
 Tensor device_chunk_ids(const Tensor& idx, const AttnDims& d, Device device, bool check) {
   if (idx.device().is_cpu()) return copy_to(host_chunk_ids(idx, d), DType::kInt32, device);
@@ -385,6 +402,7 @@ struct ChunkAttentionOp {
                                            const Tensor& bias, const Tensor& lse, const Tensor& o) {
     cuda::ChunkAttentionParams p{};
     p.dtype = dt;
+    p.kernel = cuda_attention_kernel();
     p.B = d.B;
     p.T = d.T;
     p.H = d.H;

@@ -8,7 +8,8 @@
 //   Dk/Dv up to 160 (8 head dims per lane), b = 1 and 4, windows 0 and 5 (overlapping the
 //   retrieved chunks), -1 slots, bias or not, float32 and bfloat16, contiguous and strided
 //   q, k, v, d_o, idx on the GPU or on the CPU; gradients bit-identical over reruns; the
-//   eligibility check on device ids.
+//   eligibility check on device ids. The same comparisons with the block kernels forced
+//   (b = 16, 64, 100, odd T, D = 150 and 64, kk = 1..4, c = 2, 16, 64, windows 0, 5, 70).
 //
 // References: the CPU ops in float64 on the same values (bf16-rounded for bfloat16), so
 // every tolerance is the GPU's own error.
@@ -297,6 +298,32 @@ void check_attention(const AttnCase& a, DType dt, int layout, bool idx_on_cpu, u
   if (a.bias) CHECK_MESSAGE(bits(again.d_bias) == bits(g.d_bias), name, " d_bias rerun");
 }
 
+// Sets RESONA_CHUNK_ATTENTION_KERNEL (which CUDA kernels chunk_attention runs) for its
+// lifetime, then restores the previous value.
+class ForceAttentionKernel {
+ public:
+  explicit ForceAttentionKernel(const char* kernel) {
+    const char* old = std::getenv(kVar);
+    had_ = old != nullptr;
+    if (had_) old_ = old;
+    setenv(kVar, kernel, 1);
+  }
+  ~ForceAttentionKernel() {
+    if (had_) {
+      setenv(kVar, old_.c_str(), 1);
+    } else {
+      unsetenv(kVar);
+    }
+  }
+  ForceAttentionKernel(const ForceAttentionKernel&) = delete;
+  ForceAttentionKernel& operator=(const ForceAttentionKernel&) = delete;
+
+ private:
+  static constexpr const char* kVar = "RESONA_CHUNK_ATTENTION_KERNEL";
+  bool had_ = false;
+  std::string old_;
+};
+
 }  // namespace
 
 RESONA_GPU_TEST(
@@ -335,6 +362,46 @@ RESONA_OP_GPU_TEST(chunk_attention, values,
     for (DType dt : {DType::kFloat32, DType::kBFloat16}) {
       for (int layout : {0, 1, 2}) check_attention(a, dt, layout, layout == 2, seed++);
     }
+  }
+}
+
+// The block kernels (a thread block per query tile, keys staged in shared memory, per-tile
+// partial sums of d_k, d_v, d_bias reduced in a fixed order), forced, against the float64
+// CPU op. Cases: b = 16, 64 and 100 (two query tiles per block), odd T, head dims 150, 64,
+// 20/32 and 160/200 (every register-tile width), kk = 1..4, c = 2, 16 and 64, windows 0, 5
+// and 70 (wider than a tile, over chunks retrieved or not), bias or not, T < c; and the
+// warp kernels' cases (b = 1 and 4) through the block kernels. The tolerances of
+// check_attention hold for the same reasons: float32 arithmetic on the same values, each
+// logit a dot of at most 200 terms, each output, d_q and D_i a sum over at most
+// kk c + w = 256 keys, d_k and d_v at most ~300 queries' terms, each partial rounded once
+// to float32 before the fixed-order sum: a few hundred u = ~2e-5 relative to the tensor's
+// largest entry at worst, below the 1e-4 bound and far below one wrong or missing key.
+RESONA_OP_GPU_TEST(
+    chunk_attention, values,
+    "chunk_attention CUDA block kernels vs CPU fwd+bwd (b=16/64/100, odd T, D=150/64, "
+    "kk=1..4, c=2/16/64, w=0/5/70, bias or not; float32, bfloat16)") {
+  ForceAttentionKernel force("block");
+  const AttnCase cases[] = {
+      // B, T, H, Dk, Dv, c, b, w, kk, bias
+      {2, 257, 2, 150, 150, 64, 64, 0, 4, true}, {1, 257, 2, 150, 150, 64, 64, 70, 3, false},
+      {2, 129, 2, 64, 64, 2, 16, 0, 2, true},    {2, 129, 2, 64, 48, 2, 16, 5, 1, true},
+      {1, 301, 2, 64, 64, 2, 100, 9, 3, true},   {1, 200, 3, 20, 32, 16, 64, 5, 4, true},
+      {1, 129, 1, 160, 200, 16, 16, 3, 2, true}, {1, 193, 2, 150, 150, 64, 16, 5, 1, true},
+      {1, 10, 2, 32, 32, 16, 16, 3, 2, true},  // T < c: window only
+  };
+  uint64_t seed = 2000;
+  for (const AttnCase& a : cases) {
+    for (DType dt : {DType::kFloat32, DType::kBFloat16}) {
+      for (int layout : {0, 2}) check_attention(a, dt, layout, layout == 2, seed++);
+    }
+  }
+  const AttnCase warp_cases[] = {
+      {2, 129, 2, 32, 32, 2, 1, 5, 3, true},
+      {1, 129, 3, 20, 20, 2, 4, 5, 3, true},
+      {1, 129, 2, 128, 100, 2, 4, 5, 2, true},
+  };
+  for (const AttnCase& a : warp_cases) {
+    for (DType dt : {DType::kFloat32, DType::kBFloat16}) check_attention(a, dt, 1, false, seed++);
   }
 }
 
@@ -441,6 +508,54 @@ RESONA_GPU_TEST(
         static_cast<long long>(s.D), static_cast<long long>(s.c), static_cast<long long>(s.kk),
         static_cast<long long>(s.b), static_cast<long long>(s.w), dev.device_name(0).c_str(),
         search_ms, f_ms, fb_ms);
+  }
+}
+
+RESONA_GPU_TEST(
+    "chunk_attention CUDA timing, warp vs block kernels at B=8, T=2048, H=4, D=150, c=64, kk=4, "
+    "b=64 (runs only with RESONA_TIME_RESONA=1; prints milliseconds)") {
+  const char* env = std::getenv("RESONA_TIME_RESONA");
+  if (env == nullptr || std::string(env) != "1") return;
+  const Device cuda = Device::cuda();
+  DeviceBackend& dev = backend_for(cuda);
+  auto time_ms = [&](const auto& f) {
+    for (int i = 0; i < 2; ++i) f();
+    dev.synchronize(0);
+    constexpr int kIters = 10;
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < kIters; ++i) f();
+    dev.synchronize(0);
+    const auto t1 = std::chrono::steady_clock::now();
+    return std::chrono::duration<double, std::milli>(t1 - t0).count() / kIters;
+  };
+  const int64_t B = 8, T = 2048, H = 4, D = 150, c = 64, kk = 4, b = 64;
+  for (DType dt : {DType::kBFloat16, DType::kFloat32}) {
+    for (int64_t w : {int64_t{0}, int64_t{64}}) {
+      Generator gen(12);
+      auto leaf = [&](const Shape& shape) {
+        return as_leaf(copy_to(gen.uniform(shape, -1, 1), dt, cuda));
+      };
+      Tensor q = leaf({B, T, H, D}), k = leaf({B, T, H, D}), v = leaf({B, T, H, D});
+      Tensor d_o = copy_to(gen.uniform({B, T, H, D}, -1, 1), dt, cuda);
+      Tensor emb = copy_to(gen.uniform({B, T, D}, -1, 1), dt, cuda);
+      Tensor chunks = copy_to(gen.uniform({B, T / c, D}, -1, 1), dt, cuda);
+      Tensor idx = chunk_search(emb, chunks, {.chunk = c, .top_k = kk, .query_block = b});
+      const ChunkAttentionOptions opt{.chunk = c, .query_block = b, .local_window = w};
+      for (const char* kernel : {"warp", "block"}) {
+        ForceAttentionKernel force(kernel);
+        const double f_ms = time_ms([&] {
+          NoGradGuard no_grad;
+          chunk_attention(q, k, v, idx, Tensor(), opt);
+        });
+        const double fb_ms =
+            time_ms([&] { chunk_attention(q, k, v, idx, Tensor(), opt).backward(d_o); });
+        std::printf(
+            "chunk_attention timing B=8 T=2048 H=4 D=150 c=64 kk=4 b=64 w=%lld %s, %s kernels on "
+            "%s: forward %.3f ms, forward+backward %.3f ms\n",
+            static_cast<long long>(w), dtype_name(dt), kernel, dev.device_name(0).c_str(), f_ms,
+            fb_ms);
+      }
+    }
   }
 }
 
