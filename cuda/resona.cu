@@ -555,6 +555,7 @@ __global__ void chunk_attention_bwd_bias_kernel(const ChunkAttentionParams p,
 constexpr int kTileQ = 64;          // positions per query tile
 constexpr int kTileK = 32;          // keys per step
 constexpr int kKP = kTileK + 1;     // row stride of the [.][kTileK] shared tiles
+constexpr int kLDT = kTileQ + 4;    // row stride of the [.][kTileQ] shared tiles
 constexpr int kBlockThreads = 256;  // 16 x 16: thread (ty, tx) owns rows 4 ty .. 4 ty + 3
 constexpr int64_t kBlockMaxWindow = 256;
 
@@ -626,13 +627,14 @@ __device__ __forceinline__ void load_keys_t(const T* base, const int64_t* st, in
   }
 }
 
-// dst[row * ld + d] = scale * src[t0 + row][d] for rows of the tile, zero elsewhere.
+// dst[d * kLDT + row] = scale * src[t0 + row][d] for rows of the tile, zero elsewhere
+// (transposed: a thread reads its 4 rows with one vector load).
 template <class T>
-__device__ __forceinline__ void load_rows(const T* base, const int64_t* st, int64_t D, int64_t ld,
-                                          int64_t t0, int64_t t1, float scale, float* dst) {
+__device__ __forceinline__ void load_rows_t(const T* base, const int64_t* st, int64_t D, int64_t t0,
+                                            int64_t t1, float scale, float* dst) {
   for (int64_t x = threadIdx.x; x < kTileQ * D; x += kBlockThreads) {
     const int64_t row = x / D, d = x % D, i = t0 + row;
-    dst[row * ld + d] = i < t1 ? load(base, i * st[1] + d * st[3]) * scale : 0.f;
+    dst[d * kLDT + row] = i < t1 ? load(base, i * st[1] + d * st[3]) * scale : 0.f;
   }
 }
 
@@ -651,32 +653,34 @@ __device__ __forceinline__ float half_warp_sum(float v) {
   return v;
 }
 
-// out[r][c2] = sum_d A[(4 ty + r) * lda + d] * Bt[d * kKP + 2 tx + c2], d < D.
-__device__ __forceinline__ void tile_dot(const float* A, int64_t lda, const float* Bt, int64_t D,
-                                         int ty, int tx, float (&out)[4][2]) {
+// out[r][c2] = sum_d At[d * kLDT + 4 ty + r] * Bt[d * kKP + 2 tx + c2], d < D.
+__device__ __forceinline__ void tile_dot(const float* At, const float* Bt, int64_t D, int ty,
+                                         int tx, float (&out)[4][2]) {
 #pragma unroll
   for (int r = 0; r < 4; ++r) out[r][0] = out[r][1] = 0.f;
-  const float* a = A + 4 * ty * lda;
+  const float* a = At + 4 * ty;
   const float* bt = Bt + 2 * tx;
 #pragma unroll 4
   for (int64_t d = 0; d < D; ++d) {
+    const float4 x = *reinterpret_cast<const float4*>(a + d * kLDT);
     const float b0 = bt[d * kKP], b1 = bt[d * kKP + 1];
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const float x = a[r * lda + d];
-      out[r][0] += x * b0;
-      out[r][1] += x * b1;
-    }
+    out[0][0] += x.x * b0;
+    out[0][1] += x.x * b1;
+    out[1][0] += x.y * b0;
+    out[1][1] += x.y * b1;
+    out[2][0] += x.z * b0;
+    out[2][1] += x.z * b1;
+    out[3][0] += x.w * b0;
+    out[3][1] += x.w * b1;
   }
 }
 
 // Shared-memory floats of the block kernels (plus 4 * kTileK words of key metadata).
 int64_t fwd_smem_floats(const ChunkAttentionParams& p) {
-  return kTileQ * (p.Dk | 1) + p.Dk * kKP + kTileK * (p.Dv | 1) + kTileQ * kKP + 4 * kTileK;
+  return p.Dk * kLDT + p.Dk * kKP + kTileK * (p.Dv | 1) + kTileQ * kKP + 4 * kTileK;
 }
 int64_t bwd_smem_floats(const ChunkAttentionParams& p) {
-  return kTileQ * (p.Dk | 1) + kTileQ * (p.Dv | 1) + (p.Dk + p.Dv) * kKP + 2 * kTileQ * kKP +
-         4 * kTileK;
+  return (p.Dk + p.Dv) * kLDT + (p.Dk + p.Dv) * kKP + 2 * kTileQ * kKP + 4 * kTileK;
 }
 
 // NC: 16-column groups covering max(Dk, Dv).
@@ -687,18 +691,18 @@ __global__ void __launch_bounds__(kBlockThreads)
   const int64_t h = blockIdx.y;
   const TileGeom g = tile_geom(p, NT, blockIdx.x);
   if (g.empty) return;
-  const int64_t ldq = p.Dk | 1, ldv = p.Dv | 1;  // odd: rows 4 apart fall in other banks
-  float* Qs = sm;                                // [kTileQ][ldq], scaled
-  float* Kt = Qs + kTileQ * ldq;                 // [Dk][kKP]
-  float* Vs = Kt + p.Dk * kKP;                   // [kTileK][ldv]
-  float* Ps = Vs + kTileK * ldv;                 // [kTileQ][kKP]
+  const int64_t ldv = p.Dv | 1;   // odd: the rows of a warp's reads fall in other banks
+  float* Qs = sm;                 // [Dk][kLDT], transposed, scaled
+  float* Kt = Qs + p.Dk * kLDT;   // [Dk][kKP]
+  float* Vs = Kt + p.Dk * kKP;    // [kTileK][ldv]
+  float* Ps = Vs + kTileK * ldv;  // [kTileQ][kKP]
   KeyMeta km{reinterpret_cast<int*>(Ps + kTileQ * kKP), Ps + kTileQ * kKP + kTileK,
              reinterpret_cast<int*>(Ps + kTileQ * kKP + 2 * kTileK)};
   const int tid = threadIdx.x, ty = tid >> 4, tx = tid & 15;
   const T* qb_ = static_cast<const T*>(p.q) + g.n * p.q_strides[0] + h * p.q_strides[2];
   const T* kb = static_cast<const T*>(p.k) + g.n * p.k_strides[0] + h * p.k_strides[2];
   const T* vb = static_cast<const T*>(p.v) + g.n * p.v_strides[0] + h * p.v_strides[2];
-  load_rows(qb_, p.q_strides, p.Dk, ldq, g.t0, g.t1, p.scale, Qs);
+  load_rows_t(qb_, p.q_strides, p.Dk, g.t0, g.t1, p.scale, Qs);
   float m[4], l[4], acc[4][NC];
 #pragma unroll
   for (int r = 0; r < 4; ++r) {
@@ -719,7 +723,7 @@ __global__ void __launch_bounds__(kBlockThreads)
     }
     __syncthreads();
     float s[4][2];
-    tile_dot(Qs, ldq, Kt, p.Dk, ty, tx, s);
+    tile_dot(Qs, Kt, p.Dk, ty, tx, s);
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
       const int64_t i = g.t0 + 4 * ty + r;
@@ -783,10 +787,9 @@ __global__ void __launch_bounds__(kBlockThreads)
   const int64_t h = blockIdx.y;
   const TileGeom g = tile_geom(p, NT, blockIdx.x);
   if (g.empty) return;
-  const int64_t ldq = p.Dk | 1, ldv = p.Dv | 1;
-  float* Qs = sm;                  // [kTileQ][ldq], scaled
-  float* Gs = Qs + kTileQ * ldq;   // [kTileQ][ldv]: d_o
-  float* Kt = Gs + kTileQ * ldv;   // [Dk][kKP]
+  float* Qs = sm;                  // [Dk][kLDT], transposed, scaled
+  float* Gs = Qs + p.Dk * kLDT;    // [Dv][kLDT], transposed: d_o
+  float* Kt = Gs + p.Dv * kLDT;    // [Dk][kKP]
   float* Vt = Kt + p.Dk * kKP;     // [Dv][kKP]
   float* Ps = Vt + p.Dv * kKP;     // [kTileQ][kKP]
   float* dSs = Ps + kTileQ * kKP;  // [kTileQ][kKP]
@@ -799,8 +802,8 @@ __global__ void __launch_bounds__(kBlockThreads)
   const T* gb = static_cast<const T*>(p.d_o) + g.n * p.d_o_strides[0] + h * p.d_o_strides[2];
   const T* kb = static_cast<const T*>(p.k) + g.n * p.k_strides[0] + h * p.k_strides[2];
   const T* vb = static_cast<const T*>(p.v) + g.n * p.v_strides[0] + h * p.v_strides[2];
-  load_rows(qb_, p.q_strides, p.Dk, ldq, g.t0, g.t1, p.scale, Qs);
-  load_rows(gb, p.d_o_strides, p.Dv, ldv, g.t0, g.t1, 1.f, Gs);
+  load_rows_t(qb_, p.q_strides, p.Dk, g.t0, g.t1, p.scale, Qs);
+  load_rows_t(gb, p.d_o_strides, p.Dv, g.t0, g.t1, 1.f, Gs);
   const int64_t tile_h = static_cast<int64_t>(blockIdx.x) * p.H + h;
   float lse[4], D[4];
 #pragma unroll
@@ -817,8 +820,8 @@ __global__ void __launch_bounds__(kBlockThreads)
     load_keys_t(kb, p.k_strides, p.Dk, km.pos, Kt);
     load_keys_t(vb, p.v_strides, p.Dv, km.pos, Vt);
     __syncthreads();
-    tile_dot(Qs, ldq, Kt, p.Dk, ty, tx, P);
-    tile_dot(Gs, ldv, Vt, p.Dv, ty, tx, dP);
+    tile_dot(Qs, Kt, p.Dk, ty, tx, P);
+    tile_dot(Gs, Vt, p.Dv, ty, tx, dP);
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
       const int64_t i = g.t0 + 4 * ty + r;
@@ -880,43 +883,45 @@ __global__ void __launch_bounds__(kBlockThreads)
         }
       }
     }
-    const int64_t kx = kx0 + lane;  // lanes over keys, warps over head dims
+    // Thread (kg, dg): keys kg + 8 u (u < 4) by head dims dg + 32 m (m < NC / 2).
+    const int kg = tid & 7, dg = tid >> 3;
+    constexpr int MD = NC / 2;
+    auto partial = [&](const float* W, const float* Xt, int64_t D, float* out) {
+      float a[4][MD];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+#pragma unroll
+        for (int c = 0; c < MD; ++c) a[u][c] = 0.f;
+      }
+      for (int row = 0; row < kTileQ; ++row) {
+        float wv[4], xv[MD];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) wv[u] = W[row * kKP + kg + 8 * u];
+#pragma unroll
+        for (int c = 0; c < MD; ++c) {
+          const int d = dg + 32 * c;
+          xv[c] = d < D ? Xt[d * kLDT + row] : 0.f;
+        }
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+#pragma unroll
+          for (int c = 0; c < MD; ++c) a[u][c] += wv[u] * xv[c];
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int64_t kx = kx0 + kg + 8 * u;
+        if (kx >= g.nkeys) continue;
+#pragma unroll
+        for (int c = 0; c < MD; ++c) {
+          const int d = dg + 32 * c;
+          if (d < D) out[d * LK + kx] = a[u][c];
+        }
+      }
+    };
     if (want_kv) {
-      float a[2 * NC];
-#pragma unroll
-      for (int c = 0; c < 2 * NC; ++c) a[c] = 0.f;
-      for (int row = 0; row < kTileQ; ++row) {
-        const float ds = dSs[row * kKP + lane];
-#pragma unroll
-        for (int c = 0; c < 2 * NC; ++c) {
-          const int d = warp + 8 * c;
-          if (d < p.Dk) a[c] += ds * Qs[row * ldq + d];
-        }
-      }
-      if (kx < g.nkeys) {
-#pragma unroll
-        for (int c = 0; c < 2 * NC; ++c) {
-          const int d = warp + 8 * c;
-          if (d < p.Dk) pk[d * LK + kx] = a[c];
-        }
-      }
-#pragma unroll
-      for (int c = 0; c < 2 * NC; ++c) a[c] = 0.f;
-      for (int row = 0; row < kTileQ; ++row) {
-        const float pr = Ps[row * kKP + lane];
-#pragma unroll
-        for (int c = 0; c < 2 * NC; ++c) {
-          const int d = warp + 8 * c;
-          if (d < p.Dv) a[c] += pr * Gs[row * ldv + d];
-        }
-      }
-      if (kx < g.nkeys) {
-#pragma unroll
-        for (int c = 0; c < 2 * NC; ++c) {
-          const int d = warp + 8 * c;
-          if (d < p.Dv) pv[d * LK + kx] = a[c];
-        }
-      }
+      partial(dSs, Qs, p.Dk, pk);  // d_k rows: sum_i dS(i, key) scale q[i]
+      partial(Ps, Gs, p.Dv, pv);   // d_v rows: sum_i P(i, key) d_o[i]
     }
     if (bias_part && kx0 < g.nret) {
       if (warp == 0) {
