@@ -50,19 +50,6 @@ Tensor transpose_weight(const Tensor& weight) {
   return w_t;
 }
 
-cuda::KernelDType conv_cuda_dtype(const Tensor& t) {
-  switch (t.dtype()) {
-    case DType::kFloat32:
-      return cuda::KernelDType::kFloat32;
-    case DType::kBFloat16:
-      return cuda::KernelDType::kBFloat16;
-    default:
-      break;
-  }
-  RESONA_FAIL() << "causal_conv1d: CUDA supports float32 and bfloat16, got " << t.describe();
-  return cuda::KernelDType::kFloat32;
-}
-
 struct CausalConv1dOp {
   static constexpr const char* kName = "causal_conv1d";
   struct Saved {
@@ -78,7 +65,7 @@ struct CausalConv1dOp {
     const bool on_cuda = x.device().is_cuda();
     if (on_cuda) {
       check_same_device(kName, {&x, &weight, &bias});
-      conv_cuda_dtype(x);
+      cuda_kernel_dtype("causal_conv1d", x);
     } else {
       require_cpu(kName, x);
       require_cpu(kName, weight);
@@ -145,7 +132,7 @@ struct CausalConv1dOp {
     Tensor y = empty({B, T, D}, x.dtype(), x.device());
     Tensor w_t = empty({W, D}, x.dtype(), x.device());
     cuda::CausalConv1dFwdParams p{};
-    p.dtype = conv_cuda_dtype(x);
+    p.dtype = cuda_kernel_dtype("causal_conv1d", x);
     p.B = B;
     p.T = T;
     p.D = D;
@@ -180,7 +167,7 @@ struct CausalConv1dOp {
         << s.T << ", " << s.D << "] on CUDA";
     const bool want_x = ctx.needs(0), want_w = ctx.needs(1), want_b = ctx.needs(2);
     cuda::CausalConv1dBwdParams p{};
-    p.dtype = conv_cuda_dtype(d_y);
+    p.dtype = cuda_kernel_dtype("causal_conv1d", d_y);
     p.B = s.B;
     p.T = s.T;
     p.D = s.D;

@@ -290,25 +290,12 @@ void delta_bwd_seq(const DeltaSeq<F>& s, const DeltaDims& d, F scale, const F* h
   if (dh0 != nullptr) Eigen::Map<Mat<F>>(dh0, K, V) = w.dS;
 }
 
-cuda::KernelDType delta_cuda_dtype(const Tensor& t) {
-  switch (t.dtype()) {
-    case DType::kFloat32:
-      return cuda::KernelDType::kFloat32;
-    case DType::kBFloat16:
-      return cuda::KernelDType::kBFloat16;
-    default:
-      break;
-  }
-  RESONA_FAIL() << "delta_rule: CUDA supports float32 and bfloat16, got " << t.describe();
-  return cuda::KernelDType::kFloat32;
-}
-
 DeltaDims check_delta_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& beta,
                              const Tensor& h0, const ChunkOptions& opt, bool on_cuda) {
   const char* op = "delta_rule";
   if (on_cuda) {
     check_same_device(op, {&q, &k, &v, &beta, &h0});
-    delta_cuda_dtype(q);
+    cuda_kernel_dtype("delta_rule", q);
     check_same_dtype(op, {&q, &k, &v, &beta});
     if (h0.defined()) {
       RESONA_CHECK(h0.dtype() == DType::kFloat32 || h0.dtype() == q.dtype())
@@ -352,8 +339,8 @@ cuda::DeltaRuleInputs cuda_inputs(const DeltaDims& d, double scale, const Tensor
                                   const Tensor& k, const Tensor& v, const Tensor& beta,
                                   const Tensor& h0) {
   cuda::DeltaRuleInputs in{};
-  in.dtype = delta_cuda_dtype(q);
-  in.h0_dtype = h0.defined() ? delta_cuda_dtype(h0) : cuda::KernelDType::kFloat32;
+  in.dtype = cuda_kernel_dtype("delta_rule", q);
+  in.h0_dtype = h0.defined() ? cuda_kernel_dtype("delta_rule", h0) : cuda::KernelDType::kFloat32;
   in.B = d.B;
   in.T = d.T;
   in.H = d.H;

@@ -8,6 +8,7 @@
 #include "core/dispatch.h"
 #include "core/strided_loop.h"
 #include "cuda/elementwise.h"
+#include "ops/device_util.h"
 #include "ops/reduce.h"
 
 namespace resona {
@@ -119,19 +120,6 @@ RESONA_SAME_UNARY_(kMulScalar);
 RESONA_SAME_UNARY_(kPowScalar);
 #undef RESONA_SAME_UNARY_
 
-cuda::KernelDType kernel_dtype(const char* op, const Tensor& t) {
-  switch (t.dtype()) {
-    case DType::kFloat32:
-      return cuda::KernelDType::kFloat32;
-    case DType::kBFloat16:
-      return cuda::KernelDType::kBFloat16;
-    default:
-      break;
-  }
-  RESONA_FAIL() << op << ": CUDA supports float32 and bfloat16, got " << t.describe();
-  return cuda::KernelDType::kFloat32;
-}
-
 // The kernel's view of K operands of one shape (operand 0 the output), or an error
 // naming the op and `t` when more than cuda::kMaxDims dims remain after merging.
 template <int K>
@@ -171,7 +159,7 @@ Tensor binary_forward(const Tensor& a, const Tensor& b) {
   if (a.device().is_cuda()) {
     cuda::BinaryParams p;
     p.kind = static_cast<cuda::BinaryKernelKind>(K);
-    p.dtype = kernel_dtype(op, a);
+    p.dtype = cuda_kernel_dtype(op, a);
     p.n = out.numel();
     p.dims = kernel_dims<3>(
         op, out, shape, {out.strides(), broadcast_strides(a, shape), broadcast_strides(b, shape)});
@@ -357,7 +345,7 @@ struct UnaryOp {
     if (x.device().is_cuda()) {
       cuda::UnaryParams p;
       p.kind = static_cast<cuda::UnaryKernelKind>(K);
-      p.dtype = kernel_dtype(kName, x);
+      p.dtype = cuda_kernel_dtype(kName, x);
       p.s = static_cast<float>(s);
       p.n = y.numel();
       p.dims = kernel_dims<2>(kName, x, x.shape(), {y.strides(), x.strides()});
@@ -408,7 +396,7 @@ struct UnaryOp {
       Tensor dx = empty(dy_in.shape(), dy_in.dtype(), dy_in.device());
       cuda::UnaryBwdParams p;
       p.kind = static_cast<cuda::UnaryKernelKind>(K);
-      p.dtype = kernel_dtype(kName, dy_in);
+      p.dtype = cuda_kernel_dtype(kName, dy_in);
       p.s = static_cast<float>(sv.s);
       p.n = dx.numel();
       p.dims = kernel_dims<3>(kName, dy_in, dy_in.shape(),
@@ -510,7 +498,7 @@ Tensor& add_(Tensor& dst, const Tensor& src, double alpha) {
     check_writable("add_", dst);
     cuda::BinaryParams p;
     p.kind = cuda::BinaryKernelKind::kAdd;
-    p.dtype = kernel_dtype("add_", dst);
+    p.dtype = cuda_kernel_dtype("add_", dst);
     p.alpha = static_cast<float>(alpha);
     p.n = dst.numel();
     p.dims = kernel_dims<3>("add_", dst, dst.shape(),
@@ -541,7 +529,7 @@ Tensor& mul_(Tensor& dst, double s) {
     check_writable("mul_", dst);
     cuda::UnaryParams p;
     p.kind = cuda::UnaryKernelKind::kMulScalar;
-    p.dtype = kernel_dtype("mul_", dst);
+    p.dtype = cuda_kernel_dtype("mul_", dst);
     p.s = static_cast<float>(s);
     p.n = dst.numel();
     p.dims = kernel_dims<2>("mul_", dst, dst.shape(), {dst.strides(), dst.strides()});

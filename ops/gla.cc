@@ -477,10 +477,6 @@ GlaDims check_gla_inputs(const Tensor& q, const Tensor& k, const Tensor& v, cons
   return d;
 }
 
-cuda::KernelDType gla_cuda_dtype(const Tensor& t) {
-  return t.dtype() == DType::kBFloat16 ? cuda::KernelDType::kBFloat16 : cuda::KernelDType::kFloat32;
-}
-
 // A [B, T, H, N] tensor, or a per-head gate [B, T, H] read with stride 0 along N.
 cuda::GlaInput gla_cuda_input(const Tensor& t) {
   cuda::GlaInput x{};
@@ -537,7 +533,7 @@ struct GlaOp {
     Tensor states = empty({d.B, d.H, NC, d.K, d.V}, DType::kFloat32, dev);
     Tensor h0f = h0.defined() ? copy_to(h0.contiguous(), DType::kFloat32, dev) : Tensor();
     cuda::GlaFwdParams p{};
-    p.dtype = gla_cuda_dtype(q);
+    p.dtype = cuda_kernel_dtype("gla", q);
     p.B = d.B;
     p.T = d.T;
     p.H = d.H;
@@ -582,7 +578,7 @@ struct GlaOp {
     Tensor dg = grad_like(3, sv.g);
     Tensor dh0 = ctx.needs(4) ? empty({d.B, d.H, d.K, d.V}, DType::kFloat32, dev) : Tensor();
     cuda::GlaBwdParams p{};
-    p.dtype = gla_cuda_dtype(sv.q);
+    p.dtype = cuda_kernel_dtype("gla", sv.q);
     p.B = d.B;
     p.T = d.T;
     p.H = d.H;

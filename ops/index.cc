@@ -82,19 +82,6 @@ Split3 split_at(const Shape& shape, int64_t dim) {
 
 // ---------------------------------------------------------------- CUDA helpers
 
-cuda::KernelDType cuda_dtype(const char* op, const Tensor& t) {
-  switch (t.dtype()) {
-    case DType::kFloat32:
-      return cuda::KernelDType::kFloat32;
-    case DType::kBFloat16:
-      return cuda::KernelDType::kBFloat16;
-    default:
-      break;
-  }
-  RESONA_FAIL() << op << ": CUDA supports float32 and bfloat16, got " << t.describe();
-  return cuda::KernelDType::kFloat32;
-}
-
 void check_cuda_rank(const char* op, const Tensor& t) {
   RESONA_CHECK(t.dim() <= cuda::kIndexMaxDims)
       << op << " on CUDA: at most " << cuda::kIndexMaxDims << " dims, got " << t.describe();
@@ -159,7 +146,7 @@ void fill_geometry(cuda::IndexGatherParams& p, const Shape& out_shape, const Sha
 Tensor gather_cuda(const char* op, const Tensor& x, const Tensor& idx, const Shape& out_shape,
                    const Shape& kernel_out_shape, int64_t dim, bool per_element) {
   cuda::IndexGatherParams p{};
-  p.dtype = cuda_dtype(op, x);
+  p.dtype = cuda_kernel_dtype(op, x);
   fill_geometry(p, kernel_out_shape, x.shape(), dim, per_element, idx);
   for (int64_t d = 0; d < x.dim(); ++d) p.x_strides[d] = x.strides()[d];
   Tensor out = empty(out_shape, x.dtype(), x.device());
@@ -177,7 +164,7 @@ Tensor scatter_cuda(const char* op, const Tensor& d_y_in, const Tensor& idx, con
       << op << " backward: the gradient " << d_y_in.describe() << " is not on "
       << idx.device().str() << " with the forward's indices";
   cuda::IndexGatherParams p{};
-  p.dtype = cuda_dtype(op, d_y_in);
+  p.dtype = cuda_kernel_dtype(op, d_y_in);
   Tensor d_y = d_y_in.contiguous();
   fill_geometry(p, kernel_out_shape, x_shape, dim, per_element, idx);
   Tensor d_x = empty(x_shape, d_y.dtype(), d_y.device());
@@ -237,7 +224,7 @@ struct EmbeddingOp {
   }
 
   static Tensor forward_cuda(Ctx<Saved>& ctx, const Tensor& weight, const Tensor& ids) {
-    cuda_dtype(kName, weight);
+    cuda_kernel_dtype(kName, weight);
     RESONA_CHECK(weight.dim() == 2)
         << "embedding: weight must be [V, D], got " << weight.describe();
     const int64_t V = weight.shape()[0], D = weight.shape()[1];
@@ -316,7 +303,7 @@ struct IndexSelectOp {
   }
 
   static Tensor forward_cuda(Ctx<Saved>& ctx, const Tensor& x, int64_t dim, const Tensor& index) {
-    cuda_dtype(kName, x);
+    cuda_kernel_dtype(kName, x);
     RESONA_CHECK(x.dim() >= 1) << "index_select: x must have at least one dim, got "
                                << x.describe();
     check_cuda_rank(kName, x);
@@ -396,7 +383,7 @@ struct GatherOp {
     check_floating(kName, x);
     const bool on_cuda = x.device().is_cuda();
     if (on_cuda) {
-      cuda_dtype(kName, x);
+      cuda_kernel_dtype(kName, x);
       check_cuda_rank(kName, x);
       RESONA_CHECK(index.dtype() == DType::kInt32 || index.dtype() == DType::kInt64)
           << kName << ": index must be int32 or int64, got " << index.describe();

@@ -29,6 +29,7 @@
 // Saved for backward: a and b (x and w), each only when the other's gradient is needed.
 // Gradients are fresh tensors; none is accumulated into an existing buffer.
 #include "ops/matmul.h"
+#include "ops/device_util.h"
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -264,19 +265,6 @@ Tensor grad_buffer(const Shape& shape, const Shape& batch, DType dtype, Device d
 
 // ---- CUDA ----
 
-cuda::KernelDType cuda_dtype(const char* op, const Tensor& t) {
-  switch (t.dtype()) {
-    case DType::kFloat32:
-      return cuda::KernelDType::kFloat32;
-    case DType::kBFloat16:
-      return cuda::KernelDType::kBFloat16;
-    default:
-      break;
-  }
-  RESONA_FAIL() << op << ": CUDA supports float32 and bfloat16, got " << t.describe();
-  return cuda::KernelDType::kFloat32;
-}
-
 bool gemm_ok(const Mat& m) { return cuda::gemm_operand_ok(m.rows, m.cols, m.rs, m.cs); }
 
 // last_two / rows_of for a CUDA operand: a copy only when cuBLAS cannot read the matrix
@@ -295,7 +283,7 @@ void run_gemm(const char* op, int64_t batch, const Mat& c, int64_t c_bs, int64_t
               bool accumulate) {
   const size_t es = c.t.element_size();
   cuda::GemmParams p;
-  p.dtype = cuda_dtype(op, c.t);
+  p.dtype = cuda_kernel_dtype(op, c.t);
   p.device = c.t.device().index;
   p.batch = batch;
   p.m = c.rows;
@@ -385,8 +373,9 @@ void batched_gemm_cuda(const char* op, const Shape& batch, const Mat& c, const M
 // out [R, N] += bias [N] on the GPU.
 void bias_add_cuda(const char* op, const Tensor& out, const Tensor& bias) {
   const Tensor bc = bias.contiguous();
-  cuda::BiasAddParams p{cuda_dtype(op, out), out.numel() / std::max<int64_t>(out.size(-1), 1),
-                        out.size(-1), out.raw_data(), bc.raw_data()};
+  cuda::BiasAddParams p{cuda_kernel_dtype(op, out),
+                        out.numel() / std::max<int64_t>(out.size(-1), 1), out.size(-1),
+                        out.raw_data(), bc.raw_data()};
   const char* err = cuda::bias_add_fwd_cuda(p, nullptr);
   RESONA_CHECK(err == nullptr) << op << ": bias add of " << bias.describe() << " on CUDA: " << err;
 }
@@ -395,8 +384,9 @@ void bias_add_cuda(const char* op, const Tensor& out, const Tensor& bias) {
 Tensor gpu_column_sum(const char* op, const Mat& m) {
   Tensor out = empty({m.cols}, m.t.dtype(), m.t.device());
   Tensor partial = empty({cuda::column_sum_chunks(m.rows), m.cols}, DType::kFloat32, m.t.device());
-  cuda::ColumnSumParams p{cuda_dtype(op, m.t),   m.rows,        m.cols, m.t.raw_data(), m.rs, m.cs,
-                          partial.data<float>(), out.raw_data()};
+  cuda::ColumnSumParams p{
+      cuda_kernel_dtype(op, m.t), m.rows,        m.cols, m.t.raw_data(), m.rs, m.cs,
+      partial.data<float>(),      out.raw_data()};
   const char* err = cuda::column_sum_cuda(p, nullptr);
   RESONA_CHECK(err == nullptr) << op << ": column sum of " << m.t.describe() << " on CUDA: " << err;
   return out;
@@ -406,7 +396,7 @@ void check_operands(const char* op, std::initializer_list<const Tensor*> ts) {
   for (const Tensor* t : ts) {
     if (!t->defined()) continue;
     check_floating(op, *t);
-    if (t->device().is_cuda()) cuda_dtype(op, *t);
+    if (t->device().is_cuda()) cuda_kernel_dtype(op, *t);
   }
   check_same_device(op, ts);
   check_same_dtype(op, ts);

@@ -15,6 +15,7 @@
 // in x's dtype on the CPU and in float32 on CUDA. Only the requested gradients are
 // computed; they are fresh tensors.
 #include "ops/norm.h"
+#include "ops/device_util.h"
 
 #include <cmath>
 #include <vector>
@@ -123,19 +124,6 @@ Tensor contiguous_or_undefined(const Tensor& t) { return t.defined() ? t.contigu
 
 // ---- CUDA ----
 
-cuda::KernelDType cuda_dtype(const char* op, const Tensor& t) {
-  switch (t.dtype()) {
-    case DType::kFloat32:
-      return cuda::KernelDType::kFloat32;
-    case DType::kBFloat16:
-      return cuda::KernelDType::kBFloat16;
-    default:
-      break;
-  }
-  RESONA_FAIL() << op << ": CUDA supports float32 and bfloat16, got " << t.describe();
-  return cuda::KernelDType::kFloat32;
-}
-
 // `t` contiguous (undefined stays undefined), or an error naming the op and the tensor
 // when the CUDA copy it needs is not available.
 Tensor contiguous_on_gpu(const char* op, const Tensor& t) {
@@ -158,7 +146,7 @@ Tensor norm_forward(const char* op, Ctx<NormSaved>& ctx, const Tensor& x, const 
   const int64_t D = check_norm_inputs(op, x, weight, bias, eps);
   const int64_t R = x.numel() / D;
   if (x.device().is_cuda()) {
-    const cuda::KernelDType kd = cuda_dtype(op, x);
+    const cuda::KernelDType kd = cuda_kernel_dtype(op, x);
     const Tensor xc = contiguous_on_gpu(op, x);
     const Tensor wc = contiguous_on_gpu(op, weight);
     const Tensor bc = contiguous_on_gpu(op, bias);
@@ -214,7 +202,7 @@ Grads norm_backward(const char* op, const Ctx<NormSaved>& ctx, const Tensor& d) 
                          ? empty({2, cuda::norm_column_chunks(R), D}, DType::kFloat32, dev)
                          : Tensor();
     auto ptr = [](const Tensor& t) { return t.defined() ? t.raw_data() : nullptr; };
-    cuda::NormBwdParams p{cuda_dtype(op, s.x),
+    cuda::NormBwdParams p{cuda_kernel_dtype(op, s.x),
                           kLayer,
                           R,
                           D,

@@ -8,6 +8,7 @@
 #include "autograd/function.h"
 #include "core/dispatch.h"
 #include "cuda/reduce.h"
+#include "ops/device_util.h"
 #include "ops/elementwise.h"
 
 namespace resona {
@@ -115,26 +116,13 @@ CudaRows cuda_rows(const char* op, const Tensor& x, const ReducePlan& p) {
   return r;
 }
 
-cuda::KernelDType cuda_dtype(const char* op, const Tensor& t) {
-  switch (t.dtype()) {
-    case DType::kFloat32:
-      return cuda::KernelDType::kFloat32;
-    case DType::kBFloat16:
-      return cuda::KernelDType::kBFloat16;
-    default:
-      break;
-  }
-  RESONA_FAIL() << op << ": CUDA supports float32 and bfloat16, got " << t.describe();
-  return cuda::KernelDType::kFloat32;
-}
-
 // Runs the reduction kernel: values of x's dtype (unless `values` is false) and, when
 // `index` is given, the first maximising position along R (kMax), both of `out_shape`.
 Tensor reduce_cuda(const char* op, cuda::ReduceKernelKind kind, const Tensor& x, const CudaRows& r,
                    const Shape& out_shape, bool values = true, Tensor* index = nullptr) {
   cuda::ReduceParams prm;
   prm.kind = kind;
-  prm.dtype = cuda_dtype(op, x);
+  prm.dtype = cuda_kernel_dtype(op, x);
   prm.A = r.A;
   prm.R = r.R;
   prm.C = r.C;
@@ -353,7 +341,7 @@ Grads MaxOp::backward(Ctx<Saved>& ctx, const Tensor& d) {
     Tensor dc = d.contiguous();
     Tensor g = empty(l.permuted ? Shape{l.A, l.R} : s.in_shape, d.dtype(), d.device());
     cuda::MaxBwdParams prm;
-    prm.dtype = cuda_dtype("max backward", d);
+    prm.dtype = cuda_kernel_dtype("max backward", d);
     prm.A = l.A;
     prm.R = l.R;
     prm.C = l.C;

@@ -92,23 +92,9 @@ struct LinearScanOp {
     return h;
   }
 
-  // The kernels' storage dtype: float32 or bfloat16.
-  static cuda::KernelDType cuda_dtype(const Tensor& t) {
-    switch (t.dtype()) {
-      case DType::kFloat32:
-        return cuda::KernelDType::kFloat32;
-      case DType::kBFloat16:
-        return cuda::KernelDType::kBFloat16;
-      default:
-        break;
-    }
-    RESONA_FAIL() << "linear_scan: CUDA supports float32 and bfloat16, got " << t.describe();
-    return cuda::KernelDType::kFloat32;
-  }
-
   // On CUDA, h0 is float32 (a state) or a's dtype.
   static void check_cuda_state_dtype(const Tensor& h0, const Tensor& a) {
-    cuda_dtype(a);
+    cuda_kernel_dtype(kName, a);
     RESONA_CHECK(!h0.defined() || h0.dtype() == a.dtype() || h0.dtype() == DType::kFloat32)
         << "linear_scan: h0 " << h0.describe() << " must be float32 or a's dtype "
         << dtype_name(a.dtype());
@@ -126,7 +112,7 @@ struct LinearScanOp {
     Tensor h = empty({B, T, D}, a.dtype(), a.device());
     Tensor scratch = scratch_for(B, T, D, a.device());
     cuda::LinearScanFwdParams p{};
-    p.dtype = cuda_dtype(a);
+    p.dtype = cuda_kernel_dtype(kName, a);
     p.B = B;
     p.T = T;
     p.D = D;
@@ -169,7 +155,7 @@ struct LinearScanOp {
         ctx.needs(2) ? empty({B, D}, s.h0_float32 ? DType::kFloat32 : dt, d_h.device()) : Tensor();
     Tensor scratch = scratch_for(B, T, D, d_h.device());
     cuda::LinearScanBwdParams p{};
-    p.dtype = cuda_dtype(d_h);
+    p.dtype = cuda_kernel_dtype(kName, d_h);
     p.B = B;
     p.T = T;
     p.D = D;

@@ -226,7 +226,7 @@ struct SelectiveScanOp {
     if (!on_cuda) require_cpu(kName, x);  // all on x's device
     check_floating(kName, x);
     if (on_cuda) {
-      cuda_dtype(x);
+      cuda_kernel_dtype(kName, x);
       check_same_dtype(kName, {&x, &delta, &A, &B, &C, &D_skip});
       RESONA_CHECK(!h0.defined() || h0.dtype() == x.dtype() || h0.dtype() == DType::kFloat32)
           << "selective_scan: h0 " << h0.describe() << " must be float32 or x's dtype "
@@ -270,20 +270,6 @@ struct SelectiveScanOp {
     return {y, hT};
   }
 
-  // The kernels' storage dtype: float32 or bfloat16.
-  static cuda::KernelDType cuda_dtype(const Tensor& t) {
-    switch (t.dtype()) {
-      case DType::kFloat32:
-        return cuda::KernelDType::kFloat32;
-      case DType::kBFloat16:
-        return cuda::KernelDType::kBFloat16;
-      default:
-        break;
-    }
-    RESONA_FAIL() << "selective_scan: CUDA supports float32 and bfloat16, got " << t.describe();
-    return cuda::KernelDType::kFloat32;
-  }
-
   static Tensor scratch_tensor(size_t bytes, Device device) {
     return empty({static_cast<int64_t>((bytes + 3) / 4)}, DType::kFloat32, device);
   }
@@ -313,7 +299,7 @@ struct SelectiveScanOp {
     Tensor y = empty({d.B, d.T, d.D}, x.dtype(), dev);
     Tensor hT = empty({d.B, d.D, d.N}, DType::kFloat32, dev);
     cuda::SelectiveScanFwdParams p{};
-    p.dtype = cuda_dtype(x);
+    p.dtype = cuda_kernel_dtype(kName, x);
     p.B = d.B;
     p.T = d.T;
     p.D = d.D;
@@ -365,7 +351,7 @@ struct SelectiveScanOp {
     Tensor dh0 = maybe(6, {d.B, d.D, d.N}, s.h0_float32 ? DType::kFloat32 : dt);
     auto ptr = [](const Tensor& t) { return t.defined() ? t.raw_data() : nullptr; };
     cuda::SelectiveScanBwdParams p{};
-    p.dtype = cuda_dtype(s.x);
+    p.dtype = cuda_kernel_dtype(kName, s.x);
     p.B = d.B;
     p.T = d.T;
     p.D = d.D;
