@@ -33,8 +33,8 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
-#include "cuda/delta_rule.h"
 #include "cuda/convert.cuh"
+#include "cuda/delta_rule.h"
 
 namespace resona::cuda {
 namespace {

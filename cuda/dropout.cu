@@ -5,8 +5,8 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
-#include "cuda/dropout.h"
 #include "cuda/convert.cuh"
+#include "cuda/dropout.h"
 #include "cuda/philox.cuh"
 
 namespace resona::cuda {

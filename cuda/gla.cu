@@ -19,8 +19,8 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
-#include "cuda/gla.h"
 #include "cuda/convert.cuh"
+#include "cuda/gla.h"
 
 namespace resona::cuda {
 namespace {

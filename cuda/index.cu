@@ -19,8 +19,8 @@
 #include <climits>
 #include <cub/cub.cuh>
 
-#include "cuda/index.h"
 #include "cuda/convert.cuh"
+#include "cuda/index.h"
 
 namespace resona::cuda {
 namespace {

@@ -21,8 +21,8 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
-#include "cuda/scan.h"
 #include "cuda/convert.cuh"
+#include "cuda/scan.h"
 
 namespace resona::cuda {
 namespace {

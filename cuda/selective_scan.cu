@@ -32,8 +32,8 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
-#include "cuda/selective_scan.h"
 #include "cuda/convert.cuh"
+#include "cuda/selective_scan.h"
 
 namespace resona::cuda {
 namespace {
