@@ -28,7 +28,7 @@ PrecomputeResult precompute_masks(const RunConfig& cfg_in, const PrecomputeOptio
   const int64_t total = rows->steps_per_epoch();
   RESONA_CHECK(total > 0) << "precompute-masks: the " << (opt.valid ? "evaluation" : "training")
                           << " split has no rows of " << cfg.data.seq_len << " tokens";
-  data::MaskHeader h = expected_mask_header(cfg, d, opt.valid);
+  data::MaskHeader h = expected_mask_header(cfg, *rows);
   h.rows = static_cast<uint32_t>(total);
   h.encoder = opt.encoder;
   h.encoder_dim =

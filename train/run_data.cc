@@ -46,7 +46,8 @@ std::shared_ptr<const data::TaskExamples> checked_task(data::TaskExamples ex, co
 std::shared_ptr<const data::MaskFile> open_masks(const RunConfig& cfg, const RunData& d,
                                                  const std::string& path, bool valid) {
   auto m = std::make_shared<const data::MaskFile>(data::read_masks(path));
-  const data::MaskHeader want = expected_mask_header(cfg, d, valid);
+  const auto rows = make_batch_source(cfg, d, 1, valid);  // one row per step: the row count
+  const data::MaskHeader want = expected_mask_header(cfg, *rows);
   const data::MaskHeader& got = m->header;
   RESONA_CHECK(got.chunk == want.chunk && got.top_k == want.top_k &&
                got.query_block == want.query_block && got.seq_len == want.seq_len)
@@ -57,7 +58,6 @@ std::shared_ptr<const data::MaskFile> open_masks(const RunConfig& cfg, const Run
       << path << ": computed from other rows (source hash " << std::hex << got.source_hash
       << ", these rows " << want.source_hash << std::dec
       << "); rerun resona precompute-masks with this config";
-  auto rows = make_batch_source(cfg, d, 1, valid);
   RESONA_CHECK(int64_t{got.rows} >= rows->steps_per_epoch())
       << path << ": " << got.rows << " rows, the data has " << rows->steps_per_epoch();
   return m;
@@ -124,22 +124,18 @@ std::unique_ptr<BatchSource> make_batch_source(const RunConfig& cfg, const RunDa
   return std::make_unique<LoaderSource<data::DataLoader>>(ds, l);
 }
 
-uint64_t rows_source_hash(const RunConfig& cfg, const RunData& d, bool valid) {
-  const data::LoaderState s = make_batch_source(cfg, d, 1, valid)->state();
+data::MaskHeader expected_mask_header(const RunConfig& cfg, const BatchSource& rows) {
+  const data::LoaderState s = rows.state();
   const std::string shape = std::to_string(s.dataset_fingerprint) + "|" +
                             std::to_string(cfg.data.seq_len) + "|" + s.mode + "|" +
                             std::to_string(s.add_bos) + std::to_string(s.add_eos);
-  return data::hash64(shape);
-}
-
-data::MaskHeader expected_mask_header(const RunConfig& cfg, const RunData& d, bool valid) {
   const models::ResonaSection& r = cfg.model.resona;
   data::MaskHeader h;
   h.chunk = static_cast<uint32_t>(r.chunk_size);
   h.top_k = static_cast<uint32_t>(r.top_k);
   h.query_block = static_cast<uint32_t>(r.query_block);
   h.seq_len = static_cast<uint32_t>(cfg.data.seq_len);
-  h.source_hash = rows_source_hash(cfg, d, valid);
+  h.source_hash = data::hash64(shape);
   return h;
 }
 

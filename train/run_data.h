@@ -56,12 +56,10 @@ class BatchSource {
 std::unique_ptr<BatchSource> make_batch_source(const RunConfig& cfg, const RunData& d, int64_t rows,
                                                bool valid);
 
-// The hash a mask file records for the rows of a split: the dataset or task fingerprint
-// and the settings that shape the rows.
-uint64_t rows_source_hash(const RunConfig& cfg, const RunData& d, bool valid);
-
-// The mask header a model with cfg.model.resona expects for a split (rows left 0).
-data::MaskHeader expected_mask_header(const RunConfig& cfg, const RunData& d, bool valid);
+// The mask header a model with cfg.model.resona expects for the rows of `rows` (a source
+// from make_batch_source; rows left 0). Its source hash is the dataset or task
+// fingerprint and the settings that shape the rows, read from the source's state.
+data::MaskHeader expected_mask_header(const RunConfig& cfg, const BatchSource& rows);
 
 // The chunk ids of a batch's rows from `masks` (int32 [rows, NQ, top_k] on `device`), or
 // undefined without masks. Batch rows are the global rows step * rows + j of an
