@@ -8,10 +8,11 @@
 // count as zero. Forward and backward of each op are in ops/scan.cc, ops/selective_scan.cc,
 // ops/gla.cc and ops/delta_rule.cc, each with its backward formulas in its header comment.
 //
-// On CUDA, linear_scan and selective_scan take float32 or bfloat16 inputs and compute in
-// float32 with float32 states. Outputs come back in the input dtype, except selective_scan's
-// final state h_T, which is float32 whatever the input dtype; h0 may be float32 or the
-// input dtype (d_h0 takes h0's dtype), so a final state seeds the next call unrounded.
+// On CUDA, all four ops take float32 or bfloat16 inputs and compute in float32 with
+// float32 states. Outputs come back in the input dtype, except the final states (h_T of
+// selective_scan, S_T of gla and delta_rule), which are float32 whatever the input dtype;
+// h0 may be float32 or the input dtype (d_h0 takes h0's dtype), so a final state seeds the
+// next call unrounded.
 // linear_scan has no separate final state: under bfloat16, h[:, T-1] is the rounded output,
 // so running in pieces matches one run up to that rounding.
 //
