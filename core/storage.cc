@@ -79,6 +79,13 @@ StorageImpl::StorageImpl(size_t nbytes, Device device) : nbytes_(nbytes), device
 StorageImpl::StorageImpl(void* data, size_t nbytes, Device device, std::function<void()> release)
     : data_(data), nbytes_(nbytes), device_(device), release_(std::move(release)) {}
 
+Storage host_staging_storage(size_t nbytes, Device device) {
+  if (!device.is_cpu() && backend_available(device.type)) {
+    if (Storage s = backend_for(device).pinned_host_storage(nbytes)) return s;
+  }
+  return std::make_shared<StorageImpl>(nbytes, Device::cpu());
+}
+
 StorageImpl::~StorageImpl() {
   if (release_) {
     release_();

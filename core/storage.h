@@ -14,6 +14,9 @@
 
 namespace resona {
 
+class StorageImpl;
+using Storage = std::shared_ptr<StorageImpl>;
+
 // What core needs from a device. The CUDA backend registers its implementation at
 // static-initialisation time, so a binary that links cuda/ can create CUDA tensors.
 class DeviceBackend {
@@ -29,6 +32,10 @@ class DeviceBackend {
   virtual int device_count() = 0;
   // The device's marketing name ("NVIDIA H100 80GB HBM3"), for logs and peak-FLOP tables.
   virtual std::string device_name(int device_index) = 0;
+  // Optional: a CPU Storage of `nbytes` in page-locked memory from which copy() uploads to
+  // this device without the host waiting (the backend keeps the memory until the upload
+  // has read it). nullptr: not offered.
+  virtual Storage pinned_host_storage(size_t nbytes) { return nullptr; }
 
   // Optional kernels on strided views of this device's memory: `dst` and `src` point at
   // element [0, ..., 0], strides are in elements (0 along broadcast dims of a source).
@@ -77,6 +84,9 @@ class StorageImpl {
   std::function<void()> release_;  // empty: owned by the backend
 };
 
-using Storage = std::shared_ptr<StorageImpl>;
+// A CPU Storage of `nbytes` to stage data on its way to `device`: the backend's page-locked
+// memory where it offers it (uploads from it do not make the host wait), else ordinary
+// CPU memory (a CPU device, or no GPU).
+Storage host_staging_storage(size_t nbytes, Device device);
 
 }  // namespace resona

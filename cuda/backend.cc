@@ -1,11 +1,15 @@
-// The CUDA device backend for core: device memory (through the caching allocator),
-// copies (contiguous ones through cudaMemcpy; strided and converting ones, and fills,
-// through cuda/copy.h's kernels on the default stream) and the device count. Linked
-// into every binary (//cuda:backend); with no GPU or no driver, device_count() is 0 and
-// CUDA tensors are refused with a message saying so.
+// The CUDA device backend for core: device memory (through the caching allocator, in the
+// pool of the current stream), copies (contiguous ones through cudaMemcpyAsync on the
+// current stream, the host waiting only where it needs the result or the source is
+// pageable; strided and converting ones, and fills, through cuda/copy.h's kernels on the
+// current stream), pinned host memory (the pinned pool) and the device count; and the
+// Stream, StreamGuard and Event of backend.h. Linked into every binary (//cuda:backend);
+// with no GPU or no driver, device_count() is 0 and CUDA tensors are refused with a
+// message saying so.
 #include <cuda_runtime_api.h>
 
 #include <cstring>
+#include <memory>
 
 #include "core/check.h"
 #include "core/dispatch.h"
@@ -34,24 +38,48 @@ constexpr const char* kTooManyDims =
     "more than 8 dims remain after merging the contiguous ones (cuda::kMaxDims)";
 static_assert(kMaxDims == 8, "kTooManyDims names the limit");
 
+thread_local void* t_current_stream = nullptr;
+
+cudaStream_t cur() { return static_cast<cudaStream_t>(t_current_stream); }
+
+Storage make_pinned_storage(size_t nbytes) {
+  PinnedHostPool& pool = pinned_host_pool();
+  void* p = nbytes == 0 ? nullptr : pool.allocate(nbytes);
+  return std::make_shared<StorageImpl>(p, nbytes, Device::cpu(), [p, &pool] { pool.free(p); });
+}
+
 class CudaBackend final : public DeviceBackend {
  public:
   void* allocate(size_t nbytes, int device_index) override {
     if (nbytes == 0) return nullptr;
-    return device_allocator().allocate(nbytes, device_index);
+    return device_allocator().allocate(nbytes, device_index, t_current_stream);
   }
   void deallocate(void* ptr, size_t, int) override { device_allocator().free(ptr); }
   void copy(void* dst, Device dst_dev, const void* src, Device src_dev, size_t n) override {
     if (n == 0) return;
+    cudaStream_t s = cur();
+    if (src_dev.is_cpu() && pinned_host_pool().record_stream(src, s)) {
+      // Upload from the pinned pool: queued; the pool keeps the buffer until s has read it.
+      check_cuda(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, s), "cudaMemcpyAsync");
+      return;
+    }
     cudaMemcpyKind kind = dst_dev.is_cpu()   ? cudaMemcpyDeviceToHost
                           : src_dev.is_cpu() ? cudaMemcpyHostToDevice
                                              : cudaMemcpyDeviceToDevice;
-    check_cuda(cudaMemcpy(dst, src, n, kind), "cudaMemcpy");
+    check_cuda(cudaMemcpyAsync(dst, src, n, kind, s), "cudaMemcpyAsync");
+    // The caller reads a host destination on return. A pageable host source has been
+    // staged when cudaMemcpyAsync returns; device to device stays queued.
+    if (kind == cudaMemcpyDeviceToHost)
+      check_cuda(cudaStreamSynchronize(s), "cudaStreamSynchronize");
   }
   void memset_zero(void* ptr, size_t n, int device_index) override {
     if (n == 0) return;
     check_cuda(cudaSetDevice(device_index), "cudaSetDevice");
-    check_cuda(cudaMemset(ptr, 0, n), "cudaMemset");
+    check_cuda(cudaMemsetAsync(ptr, 0, n, cur()), "cudaMemsetAsync");
+  }
+  Storage pinned_host_storage(size_t nbytes) override {
+    if (device_count() == 0) return nullptr;
+    return make_pinned_storage(nbytes);
   }
   void synchronize(int device_index) override {
     check_cuda(cudaSetDevice(device_index), "cudaSetDevice");
@@ -74,7 +102,7 @@ class CudaBackend final : public DeviceBackend {
     p.dst = dst;
     p.src = src;
     if (cudaSetDevice(device_index) != cudaSuccess) return "cudaSetDevice failed";
-    return copy_fwd_cuda(p, nullptr);
+    return copy_fwd_cuda(p, t_current_stream);
   }
   const char* strided_fill(const std::vector<int64_t>& shape, void* dst, DType dtype,
                            const std::vector<int64_t>& strides, double value,
@@ -95,7 +123,7 @@ class CudaBackend final : public DeviceBackend {
     }
     p.dst = dst;
     if (cudaSetDevice(device_index) != cudaSuccess) return "cudaSetDevice failed";
-    return fill_fwd_cuda(p, nullptr);
+    return fill_fwd_cuda(p, t_current_stream);
   }
   int device_count() override {
     static const int count = [] {
@@ -121,6 +149,132 @@ class CudaBackend final : public DeviceBackend {
 void register_cuda_backend() {
   static CudaBackend backend;
   register_backend(DeviceType::kCUDA, &backend);
+}
+
+// ---- streams and events ----
+
+Stream::Stream(int device, bool non_blocking) : device_(device) {
+  check_cuda(cudaSetDevice(device), "cudaSetDevice");
+  cudaStream_t s = nullptr;
+  check_cuda(
+      cudaStreamCreateWithFlags(&s, non_blocking ? cudaStreamNonBlocking : cudaStreamDefault),
+      "cudaStreamCreateWithFlags");
+  stream_ = s;
+}
+
+Stream::~Stream() {
+  auto s = static_cast<cudaStream_t>(stream_);
+  cudaStreamSynchronize(s);  // no throw from a destructor; errors surface at the next call
+  cudaStreamDestroy(s);
+}
+
+void Stream::synchronize() const {
+  check_cuda(cudaStreamSynchronize(static_cast<cudaStream_t>(stream_)), "cudaStreamSynchronize");
+}
+
+bool Stream::query() const {
+  cudaError_t err = cudaStreamQuery(static_cast<cudaStream_t>(stream_));
+  if (err == cudaErrorNotReady) return false;
+  check_cuda(err, "cudaStreamQuery");
+  return true;
+}
+
+void* current_stream() { return t_current_stream; }
+
+StreamGuard::StreamGuard(const Stream& stream) : previous_(t_current_stream) {
+  check_cuda(cudaGetDevice(&previous_device_), "cudaGetDevice");
+  check_cuda(cudaSetDevice(stream.device()), "cudaSetDevice");
+  t_current_stream = stream.handle();
+}
+
+StreamGuard::~StreamGuard() {
+  t_current_stream = previous_;
+  cudaSetDevice(previous_device_);
+}
+
+Event::Event(bool timing) : timing_(timing) {
+  cudaEvent_t ev = nullptr;
+  check_cuda(cudaEventCreateWithFlags(&ev, timing ? cudaEventDefault : cudaEventDisableTiming),
+             "cudaEventCreateWithFlags");
+  event_ = ev;
+}
+
+Event::~Event() { cudaEventDestroy(static_cast<cudaEvent_t>(event_)); }
+
+void Event::record(void* stream) {
+  check_cuda(cudaEventRecord(static_cast<cudaEvent_t>(event_), static_cast<cudaStream_t>(stream)),
+             "cudaEventRecord");
+  recorded_ = true;
+}
+
+void Event::wait(void* stream) const {
+  RESONA_CHECK(recorded_) << "Event::wait on an event that was never recorded";
+  check_cuda(
+      cudaStreamWaitEvent(static_cast<cudaStream_t>(stream), static_cast<cudaEvent_t>(event_), 0),
+      "cudaStreamWaitEvent");
+}
+
+void Event::synchronize() const {
+  check_cuda(cudaEventSynchronize(static_cast<cudaEvent_t>(event_)), "cudaEventSynchronize");
+}
+
+bool Event::query() const {
+  cudaError_t err = cudaEventQuery(static_cast<cudaEvent_t>(event_));
+  if (err == cudaErrorNotReady) return false;
+  check_cuda(err, "cudaEventQuery");
+  return true;
+}
+
+float Event::elapsed_ms(const Event& end) const {
+  RESONA_CHECK(timing_ && end.timing_) << "Event::elapsed_ms needs two events created with timing";
+  RESONA_CHECK(recorded_ && end.recorded_) << "Event::elapsed_ms on an event never recorded";
+  float ms = 0;
+  check_cuda(cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(event_),
+                                  static_cast<cudaEvent_t>(end.event_)),
+             "cudaEventElapsedTime");
+  return ms;
+}
+
+void record_stream(const Tensor& t, void* stream) {
+  RESONA_CHECK(t.device().is_cuda())
+      << "record_stream: " << t.describe() << " is not on a CUDA device";
+  device_allocator().record_stream(t.storage()->data(), stream);
+}
+
+Tensor pinned_empty(const Shape& shape, DType dtype) {
+  const size_t nbytes = shape_numel(shape) * dtype_size(dtype);
+  return Tensor(std::make_shared<TensorImpl>(make_pinned_storage(nbytes), shape,
+                                             contiguous_strides(shape), 0, dtype));
+}
+
+void copy_async(const Tensor& dst, const Tensor& src, void* stream) {
+  RESONA_CHECK(dst.shape() == src.shape() && dst.dtype() == src.dtype())
+      << "copy_async: destination " << dst.describe() << " and source " << src.describe()
+      << " differ in shape or dtype";
+  RESONA_CHECK(dst.is_contiguous() && src.is_contiguous())
+      << "copy_async: " << dst.describe() << " and " << src.describe() << " must be contiguous";
+  const bool dst_cpu = dst.device().is_cpu(), src_cpu = src.device().is_cpu();
+  RESONA_CHECK(!(dst_cpu && src_cpu))
+      << "copy_async: " << src.describe() << " -> " << dst.describe() << " has no CUDA side";
+  RESONA_CHECK(dst_cpu || src_cpu || dst.device() == src.device())
+      << "copy_async: " << src.describe() << " -> " << dst.describe()
+      << " crosses two CUDA devices";
+  if (dst.numel() == 0) return;
+  auto s = static_cast<cudaStream_t>(stream);
+  for (const Tensor* t : {&dst, &src}) {
+    if (t->device().is_cpu()) {
+      RESONA_CHECK(pinned_host_pool().record_stream(t->raw_data(), s))
+          << "copy_async: host tensor " << t->describe()
+          << " is not in pinned memory (make it with cuda::pinned_empty)";
+    } else {
+      device_allocator().record_stream(t->storage()->data(), s);
+    }
+  }
+  const cudaMemcpyKind kind = dst_cpu   ? cudaMemcpyDeviceToHost
+                              : src_cpu ? cudaMemcpyHostToDevice
+                                        : cudaMemcpyDeviceToDevice;
+  check_cuda(cudaMemcpyAsync(dst.raw_data(), src.raw_data(), dst.nbytes(), kind, s),
+             "cudaMemcpyAsync");
 }
 
 }  // namespace resona::cuda

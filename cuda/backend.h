@@ -1,10 +1,114 @@
-// Registers the CUDA device backend with core (idempotent). Linking //cuda:backend
-// registers it during static initialisation; code that runs during static
-// initialisation itself (e.g. test registration) calls this first.
+// The CUDA device backend for core, and the streams, events and pinned host memory that
+// host code uses to overlap copies with compute.
+//
+// Registers the backend with core (idempotent). Linking //cuda:backend registers it
+// during static initialisation; code that runs during static initialisation itself
+// (e.g. test registration) calls register_cuda_backend() first.
+//
+// Streams. Each thread has a current stream, the legacy default stream (nullptr) unless
+// a StreamGuard says otherwise. The backend's own work goes to it: device allocations
+// (the caching allocator keeps a pool per stream), copies, fills and memsets. The ops'
+// kernel launchers still receive the null stream, i.e. the legacy default stream; a
+// Stream is therefore created blocking by default, so that the legacy stream and it
+// stay ordered with each other (CUDA's implicit synchronisation) and ops stay correct
+// whatever stream is current. Non-blocking streams are for code that orders its work
+// with events itself (and launches no op while one is current).
+//
+// Handles are opaque (void* = cudaStream_t / cudaEvent_t) so that this header includes
+// no CUDA header.
 #pragma once
+
+#include <cstddef>
+
+#include "core/storage.h"
+#include "core/tensor.h"
+#include "cuda/allocator.h"
 
 namespace resona::cuda {
 
 void register_cuda_backend();
+
+class Stream {
+ public:
+  // A new stream on `device`. non_blocking: no implicit ordering with the legacy
+  // default stream (cudaStreamNonBlocking).
+  explicit Stream(int device = 0, bool non_blocking = false);
+  // Waits for the stream's work first, so that no allocator pool keyed by this handle
+  // can be reused by a later stream that happens to get the same handle.
+  ~Stream();
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+
+  void* handle() const { return stream_; }
+  int device() const { return device_; }
+  void synchronize() const;
+  bool query() const;  // true when all work queued so far has completed
+
+ private:
+  void* stream_ = nullptr;
+  int device_ = 0;
+};
+
+// This thread's current stream (nullptr: the legacy default stream).
+void* current_stream();
+
+// Makes `stream` current for this thread (and its device the current device) until the
+// guard goes out of scope; guards nest.
+class StreamGuard {
+ public:
+  explicit StreamGuard(const Stream& stream);
+  ~StreamGuard();
+  StreamGuard(const StreamGuard&) = delete;
+  StreamGuard& operator=(const StreamGuard&) = delete;
+
+ private:
+  void* previous_;
+  int previous_device_;
+};
+
+class Event {
+ public:
+  // timing: the event can be used with elapsed_ms (slightly costlier to record).
+  explicit Event(bool timing = false);
+  ~Event();
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+
+  // Captures the work queued on `stream` so far (nullptr: the legacy default stream).
+  void record(void* stream);
+  void record(const Stream& s) { record(s.handle()); }
+  void record() { record(current_stream()); }
+  // Work queued on `stream` after this call starts only once the recorded work is done
+  // (the host does not wait).
+  void wait(void* stream) const;
+  void wait(const Stream& s) const { wait(s.handle()); }
+  void synchronize() const;  // the host waits for the recorded work
+  bool query() const;        // true when the recorded work has completed
+  // Milliseconds from this event to `end` (both recorded with timing = true, `end`
+  // completed).
+  float elapsed_ms(const Event& end) const;
+  void* handle() const { return event_; }
+
+ private:
+  void* event_ = nullptr;
+  bool timing_;
+  bool recorded_ = false;
+};
+
+// The device memory behind `t` is also used by work queued on `stream`: its block is not
+// handed out again after `t`'s storage is freed until `stream` has passed that work.
+void record_stream(const Tensor& t, void* stream);
+
+// A CPU tensor in page-locked host memory from the pinned pool (contiguous). Its uploads
+// to a CUDA device through copy_to/to(device) do not make the host wait: they are queued
+// on the current stream, and the buffer returns to the pool only after that copy.
+Tensor pinned_empty(const Shape& shape, DType dtype);
+
+// Copies `src` into `dst` (same shape and dtype, both contiguous, one on the CPU and one
+// on a CUDA device, or both on one device) on `stream` without the host waiting. A
+// CPU side must be pinned (pinned_empty); it is kept from reuse until the copy is done.
+// The caller keeps `src` and `dst` alive and untouched until the copy has completed
+// (an event or a stream synchronize), as with cudaMemcpyAsync.
+void copy_async(const Tensor& dst, const Tensor& src, void* stream);
 
 }  // namespace resona::cuda

@@ -1,5 +1,6 @@
 #include "train/run_data.h"
 
+#include <cstring>
 #include <string>
 
 #include "data/hash.h"
@@ -9,6 +10,21 @@
 namespace resona::train {
 
 namespace {
+
+// `values` as a [shape] tensor on `device`. For a GPU they are staged in page-locked host
+// memory, so the upload is queued on the current stream and the host goes on building
+// the step while the GPU finishes the work before it (a pageable copy would wait for
+// that work first); the bytes are the same either way.
+template <class T>
+Tensor upload(const std::vector<T>& values, const Shape& shape, Device device) {
+  if (device.is_cpu()) return from_vector(values, shape);
+  const size_t nbytes = values.size() * sizeof(T);
+  Storage staging = host_staging_storage(nbytes, device);
+  if (nbytes != 0) std::memcpy(staging->data(), values.data(), nbytes);
+  Tensor host(std::make_shared<TensorImpl>(std::move(staging), shape, contiguous_strides(shape), 0,
+                                           DTypeOf<T>::value));
+  return host.to(device);
+}
 
 data::LoaderConfig loader_config(const RunConfig& cfg, int64_t rows, bool valid) {
   data::LoaderConfig l;
@@ -150,15 +166,14 @@ Tensor batch_chunk_ids(const data::MaskFile* masks, const data::Batch& b, Device
         << "retrieval masks: row " << row << " requested, the mask file has " << h.rows;
     std::copy(masks->row(row), masks->row(row) + per_row, ids.begin() + j * per_row);
   }
-  return from_vector(ids, {b.rows, h.query_blocks(), int64_t{h.top_k}}).to(device);
+  return upload(ids, {b.rows, h.query_blocks(), int64_t{h.top_k}}, device);
 }
 
 BatchLogits batch_logits(const models::LanguageModel& model, const data::Batch& b,
                          const Tensor& chunk_ids, Device device, bool labelled_only) {
   const int64_t n = b.rows * b.seq_len;
   std::vector<int64_t> ids(b.inputs.begin(), b.inputs.end());
-  Tensor h = model.hidden_states(
-      copy_to(from_vector(ids, {b.rows, b.seq_len}), DType::kInt64, device), chunk_ids);
+  Tensor h = model.hidden_states(upload(ids, {b.rows, b.seq_len}, device), chunk_ids);
   h = h.reshape({n, h.size(2)});
   BatchLogits out;
   std::vector<int64_t> labels;
@@ -168,18 +183,15 @@ BatchLogits batch_logits(const models::LanguageModel& model, const data::Batch& 
       out.positions.push_back(i);
       labels.push_back(b.targets[i]);
     }
-    h = index_select(
-        h, 0,
-        copy_to(from_vector(out.positions, {static_cast<int64_t>(out.positions.size())}),
-                DType::kInt64, device));
+    h = index_select(h, 0,
+                     upload(out.positions, {static_cast<int64_t>(out.positions.size())}, device));
   } else {
     out.positions.resize(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) out.positions[i] = i;
     labels.assign(b.targets.begin(), b.targets.end());
   }
   out.logits = model.logits(h);
-  out.labels =
-      copy_to(from_vector(labels, {static_cast<int64_t>(labels.size())}), DType::kInt64, device);
+  out.labels = upload(labels, {static_cast<int64_t>(labels.size())}, device);
   return out;
 }
 
