@@ -3,21 +3,36 @@
 // gla_fwd_state_kernel   block (b, h, 32-key x 32-value state tile): chunks in order,
 //                        writes states[n] and S_T
 // gla_fwd_kernel         block (b, h, chunk): A [64, 64] from 32-channel key tiles, then
-//                        o in 64-column value tiles
+//                        o in 64-column value tiles (tensor cores)
 // gla_bwd_state_kernel   block (b, h, state tile): chunks in reverse, writes the end-state
 //                        gradients d_states[n] and d_h0
-// gla_bwd_dv_kernel      block (b, h, chunk): A again, d_v, and d_A (to scratch)
-// gla_bwd_dqkg_kernel    block (b, h, chunk, 32-channel key tile): d_q, d_k, d_g
+// gla_bwd_dv_kernel      block (b, h, chunk): A again, then d_v and d_A (to scratch) on
+//                        tensor cores
+// gla_bwd_dqkg_kernel    block (b, h, chunk, 32-channel key tile): d_q, d_k, d_g (the
+//                        state terms d_o S0^T and v d_S^T on tensor cores)
 // gla_bwd_gate_sum_kernel  thread (b, t, h): d_g of a per-head gate, channels in order
 //
 // A chunk is held as a 64-row tile whatever C is (rows >= L are zeros, with g = 0 so the
-// cumulative gate stays flat). 256 threads; thread (tid / 16, tid % 16) owns a 4x4 block
-// of each 64x64 output tile, or 4 rows x 2 channels of a [64, 32] key tile; the 4x4
-// blocks of the triangular [64, 64] matrices (A, d_A) go out by triangle_block. Gates are
-// converted to log2 units on load, so every decay factor is one exp2f of a difference
-// (<= 0, or at most kMaxSpread2 in a factored diagonal sub-chunk).
+// cumulative gate stays flat). 256 threads; for the CUDA-core parts thread (tid / 16,
+// tid % 16) owns a 4x4 block of each 64x64 output tile, or 4 rows x 2 channels of a
+// [64, 32] key tile; the 4x4 blocks of A go out by triangle_block. Gates are converted to
+// log2 units on load, so every decay factor is one exp2f of a difference (<= 0, or at
+// most kMaxSpread2 in a factored diagonal sub-chunk).
+//
+// Dense chunk products (o = scale (q * exp(G)) S0 + A v; d_A = d_o v^T; d_v = A^T d_o +
+// (k * exp(G_last - G)) d_S; d_o S0^T and v d_S^T) run on tensor cores: each warp owns
+// 16 x 16 output tiles (wmma m16n16k8) whose operands are float32 tiles in shared memory,
+// rounded to TF32 (10-bit mantissa, float32's exponent range) as they are loaded, with
+// float32 accumulation. Both storage dtypes take TF32: the operands are float32 values
+// formed on chip (inputs times decay factors, A, d_A, the float32 states), and rounding
+// them to bfloat16 for bf16 MMA would add an error of the size of the storage rounding
+// itself (2^-8 against TF32's 2^-11), to the states too. The sub-chunk-factored A and the
+// intra-chunk parts of d_q and d_k stay float32 FMA.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#include <mma.h>
+
+#include <type_traits>
 
 #include "cuda/convert.cuh"
 #include "cuda/gla.h"
@@ -35,9 +50,10 @@ constexpr int kLd4 = 68;         // row stride of 64-wide tiles read as float4: 
                                  // 4 (16-byte rows) whose rows 4 apart fall in other banks
 constexpr int kVO = 64;          // value columns per tile in gla_fwd_kernel / gla_bwd_dv_kernel
 constexpr int kVT = 32;          // value columns per tile in gla_bwd_dqkg_kernel
-constexpr int kLd2 = kKT + 2;    // row stride of [kVT][kKT] tiles read as float2
+constexpr int kLdS = kKT + 4;    // row stride of [kVT][kKT] state tiles (wmma: multiple of 4)
 constexpr int kST = 32;          // state tile: kST keys x kST values
 constexpr int kStateBlocks = 4;  // resident blocks per SM the state kernels are built for
+constexpr int kChunkBlocks = 2;  // ... and gla_fwd_kernel / gla_bwd_dv_kernel (~95 KB smem each)
 constexpr int kPairs = 6;        // sub-chunk pairs J < I of a 64-row tile
 constexpr float kLog2e = 1.4426950408889634f;
 static_assert(kGlaMaxChunk == kRows, "the chunk tile holds the largest chunk");
@@ -66,8 +82,39 @@ __device__ __forceinline__ int64_t num_chunks(int64_t T, int64_t C) { return (T 
 __device__ __forceinline__ float4 ld4(const float* p) {
   return *reinterpret_cast<const float4*>(p);
 }
-__device__ __forceinline__ float2 ld2(const float* p) {
-  return *reinterpret_cast<const float2*>(p);
+
+// ---- tensor-core tile products -------------------------------------------------------
+
+namespace wmma = nvcuda::wmma;
+constexpr int kTK = 8;  // inner length of one TF32 MMA step (m16n16k8)
+template <class Layout>
+using FragA = wmma::fragment<wmma::matrix_a, 16, 16, kTK, wmma::precision::tf32, Layout>;
+template <class Layout>
+using FragB = wmma::fragment<wmma::matrix_b, 16, 16, kTK, wmma::precision::tf32, Layout>;
+using FragC = wmma::fragment<wmma::accumulator, 16, 16, kTK, float>;
+using wmma::col_major;
+using wmma::row_major;
+
+// acc += X Y for a 16 x 16 tile, X: 16 x (steps kTK), Y: (steps kTK) x 16, from float32 in
+// shared memory rounded to TF32 (round to nearest) on load. row_major X has element (r, c)
+// at x[r * ldx + c], col_major at x[c * ldx + r]; the same for Y with (c, r). Called by a
+// whole warp; pointers 32-byte aligned, leading dimensions multiples of 4.
+template <class LX, class LY>
+__device__ __forceinline__ void mma_tf32(FragC& acc, const float* x, int ldx, const float* y,
+                                         int ldy, int steps) {
+  const int x_step = std::is_same<LX, row_major>::value ? kTK : kTK * ldx;
+  const int y_step = std::is_same<LY, row_major>::value ? kTK * ldy : kTK;
+  FragA<LX> a;
+  FragB<LY> b;
+  for (int st = 0; st < steps; ++st) {
+    wmma::load_matrix_sync(a, x + st * x_step, ldx);
+    wmma::load_matrix_sync(b, y + st * y_step, ldy);
+#pragma unroll
+    for (int e = 0; e < a.num_elements; ++e) a.x[e] = wmma::__float_to_tf32(a.x[e]);
+#pragma unroll
+    for (int e = 0; e < b.num_elements; ++e) b.x[e] = wmma::__float_to_tf32(b.x[e]);
+    wmma::mma_sync(acc, a, b, acc);
+  }
 }
 
 // In place, down the 32 columns of a [kRows][ld] tile: inclusive prefix sums (kReverse:
@@ -129,8 +176,8 @@ struct Tiles {
   float *q, *k, *G, *Qs, *Ks, *Kd, *M, *factored;
 };
 constexpr int kTileFloats = kRows * kLdT;
-constexpr int kTilesFloats = 6 * kTileFloats + kPairs * kKT + kRows / kSub;
-static_assert(kTilesFloats % 4 == 0, "float4 regions after the tiles stay 16-byte aligned");
+// Rounded up to 8 floats: the regions after the tiles stay 32-byte aligned (wmma tiles).
+constexpr int kTilesFloats = (6 * kTileFloats + kPairs * kKT + kRows / kSub + 7) / 8 * 8;
 // 40 in natural-log units, as ops/gla.cc's kMaxSpread: Kd factors up to e^40 keep the
 // masked products above the diagonal (never used) finite, and no factor is subnormal.
 constexpr float kMaxSpread2 = 40.f * kLog2e;
@@ -353,8 +400,8 @@ __global__ void __launch_bounds__(kThreads, kStateBlocks)
 }
 
 template <class T>
-__global__ void __launch_bounds__(kThreads) gla_fwd_kernel(const GlaFwdParams p) {
-  extern __shared__ float4 smem4[];
+__global__ void __launch_bounds__(kThreads, kChunkBlocks) gla_fwd_kernel(const GlaFwdParams p) {
+  extern __shared__ __align__(128) float4 smem4[];
   float* smem = reinterpret_cast<float*>(smem4);
   const int64_t NC = num_chunks(p.T, p.C);
   const int64_t n = blockIdx.x % NC, bh = blockIdx.x / NC;
@@ -367,10 +414,9 @@ __global__ void __launch_bounds__(kThreads) gla_fwd_kernel(const GlaFwdParams p)
   const SeqIn<T> v = seq<T>(p.v, b, h);
 
   const Tiles s = carve_tiles(smem);
-  float* QeT = smem + kTilesFloats;  // [Kpad][kRows]: q * exp(G), transposed
-  float* AT = QeT + Kpad * kRows;    // [kRows][kLd4]: A transposed, scale included
-  const int ti = threadIdx.x / 16, tj = threadIdx.x % 16;
-  int bi, bj;  // this thread's block of A
+  float* QeT = smem + kTilesFloats;  // [Kpad][kLd4]: scale q * exp(G), transposed
+  float* AT = QeT + Kpad * kLd4;     // [kRows][kLd4]: A transposed, scale included
+  int bi, bj;                        // this thread's block of A
   triangle_block(threadIdx.x, bi, bj);
 
   float acc[4][4] = {};
@@ -379,7 +425,7 @@ __global__ void __launch_bounds__(kThreads) gla_fwd_kernel(const GlaFwdParams p)
     accumulate_A(s, bi, bj, acc);
     for (int idx = threadIdx.x; idx < kKT * kRows; idx += kThreads) {
       const int c = idx / kRows, i = idx % kRows;
-      QeT[(k0 + c) * kRows + i] = s.q[i * kLdT + c] * exp2f(s.G[i * kLdT + c]);
+      QeT[(k0 + c) * kLd4 + i] = p.scale * s.q[i * kLdT + c] * exp2f(s.G[i * kLdT + c]);
     }
     __syncthreads();
   }
@@ -391,62 +437,54 @@ __global__ void __launch_bounds__(kThreads) gla_fwd_kernel(const GlaFwdParams p)
   }
   __syncthreads();
 
-  // o rows 4 ti.., columns v0 + 4 tj..; the tiles' space now holds S0 and v tiles.
+  // o = (scale q * exp(G)) S0 + A v per 64-column value tile: warp w owns the 16 x 16
+  // output tiles (rows 16 I, columns 16 (2 (w % 2) + e)), I = w / 2, e = 0, 1. The tiles'
+  // space now holds S0 and v tiles; vt then stages the finished o tile for the stores.
   float* S0t = smem;              // [kKT][kLd4]
   float* vt = smem + kKT * kLd4;  // [kRows][kLd4]
   static_assert(kKT * kLd4 + kRows * kLd4 <= kTilesFloats, "S0 and v tiles fit in the tiles");
+  static_assert(kThreads / 32 == 2 * (kRows / 16) && kVO == 64, "8 warps x 2 tiles = 64 x 64");
+  const int warp = threadIdx.x / 32, I = warp / 2, jt = 2 * (warp % 2);
   const float* S0 = p.states + (bh * NC + n) * p.K * p.V;
   T* o = static_cast<T*>(p.o) + ((b * p.T + t0) * p.H + h) * p.V;
   for (int v0 = 0; v0 < V; v0 += kVO) {
-    float out[4][4] = {};
+    FragC out[2];
+    wmma::fill_fragment(out[0], 0.f);
+    wmma::fill_fragment(out[1], 0.f);
     for (int k0 = 0; k0 < K; k0 += kKT) {
       for (int idx = threadIdx.x; idx < kKT * kVO; idx += kThreads) {
         const int r = idx / kVO, c = idx % kVO;
         S0t[r * kLd4 + c] = k0 + r < K && v0 + c < V ? S0[(k0 + r) * p.V + v0 + c] : 0.f;
       }
       __syncthreads();
-      for (int r = 0; r < kKT; ++r) {
-        const float4 a = ld4(&QeT[(k0 + r) * kRows + 4 * ti]);
-        const float4 w = ld4(&S0t[r * kLd4 + 4 * tj]);
-        const float av[4] = {a.x, a.y, a.z, a.w}, wv[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-#pragma unroll
-          for (int j = 0; j < 4; ++j) out[i][j] += av[i] * wv[j];
-        }
+      for (int e = 0; e < 2; ++e) {
+        mma_tf32<col_major, row_major>(out[e], QeT + k0 * kLd4 + 16 * I, kLd4, S0t + 16 * (jt + e),
+                                       kLd4, kKT / kTK);
       }
       __syncthreads();
-    }
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-#pragma unroll
-      for (int j = 0; j < 4; ++j) out[i][j] *= p.scale;
     }
     for (int idx = threadIdx.x; idx < kRows * kVO; idx += kThreads) {
       const int r = idx / kVO, c = idx % kVO;
       vt[r * kLd4 + c] = r < L && v0 + c < V ? v.at(t0 + r, v0 + c) : 0.f;
     }
     __syncthreads();
-    const int jend = 4 * ti + 4 < L ? 4 * ti + 4 : L;
-    for (int j = 0; j < jend; ++j) {
-      const float4 a = ld4(&AT[j * kLd4 + 4 * ti]);
-      const float4 w = ld4(&vt[j * kLd4 + 4 * tj]);
-      const float av[4] = {a.x, a.y, a.z, a.w}, wv[4] = {w.x, w.y, w.z, w.w};
+    // A is zero above the diagonal: rows 16 I.. take columns j < 16 (I + 1) only.
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-#pragma unroll
-        for (int jj = 0; jj < 4; ++jj) out[i][jj] += av[i] * wv[jj];
-      }
+    for (int e = 0; e < 2; ++e) {
+      mma_tf32<col_major, row_major>(out[e], AT + 16 * I, kLd4, vt + 16 * (jt + e), kLd4,
+                                     2 * (I + 1));
     }
+    __syncthreads();  // every warp is done with vt
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int row = 4 * ti + i;
-      if (row >= L) continue;
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int col = v0 + 4 * tj + j;
-        if (col < V) o[row * p.H * p.V + col] = from_f32<T>(out[i][j]);
-      }
+    for (int e = 0; e < 2; ++e) {
+      wmma::store_matrix_sync(vt + 16 * I * kLd4 + 16 * (jt + e), out[e], kLd4,
+                              wmma::mem_row_major);
+    }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < kRows * kVO; idx += kThreads) {
+      const int r = idx / kVO, c = idx % kVO;
+      if (r < L && v0 + c < V) o[r * p.H * p.V + v0 + c] = from_f32<T>(vt[r * kLd4 + c]);
     }
     __syncthreads();
   }
@@ -578,10 +616,10 @@ __global__ void __launch_bounds__(kThreads, kStateBlocks)
 }
 
 template <class T>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kChunkBlocks)
     gla_bwd_dv_kernel(const GlaBwdParams p, const float* __restrict__ d_states,
                       float* __restrict__ d_A) {
-  extern __shared__ float4 smem4[];
+  extern __shared__ __align__(128) float4 smem4[];
   float* smem = reinterpret_cast<float*>(smem4);
   const int64_t NC = num_chunks(p.T, p.C);
   const int64_t n = blockIdx.x % NC, bh = blockIdx.x / NC;
@@ -593,14 +631,13 @@ __global__ void __launch_bounds__(kThreads)
   const SeqIn<T> v = seq<T>(p.v, b, h), d_o = seq<T>(p.d_o, b, h);
   const bool want_dv = p.d_v != nullptr, want_dA = d_A != nullptr;
 
-  constexpr int kStage = 2 * kRows * kLd4 + kKT * kLd4;  // d_o, v^T and d_S tiles
+  constexpr int kStage = 2 * kRows * kLd4 + kKT * kLd4;  // d_o, v and d_S tiles
   constexpr int kUnion = kStage > kTilesFloats ? kStage : kTilesFloats;
-  static_assert(kUnion % 4 == 0, "16-byte aligned regions");
+  static_assert(kUnion % 8 == 0, "32-byte aligned regions");
   const Tiles s = carve_tiles(smem);
   float* A = smem + kUnion;       // [kRows][kLd4], scale included
-  float* KFT = A + kRows * kLd4;  // [Kpad][kRows]: k * exp(G_last - G), transposed
-  const int ti = threadIdx.x / 16, tj = threadIdx.x % 16;  // d_v: rows 4 ti.., columns 4 tj..
-  int bi, bj;                                              // A and d_A: block (bi, bj)
+  float* KFT = A + kRows * kLd4;  // [Kpad][kLd4]: k * exp(G_last - G), transposed
+  int bi, bj;                     // this thread's block of A
   triangle_block(threadIdx.x, bi, bj);
 
   if (want_dv) {
@@ -610,7 +647,7 @@ __global__ void __launch_bounds__(kThreads)
       accumulate_A(s, bi, bj, acc);
       for (int idx = threadIdx.x; idx < kKT * kRows; idx += kThreads) {
         const int c = idx / kRows, i = idx % kRows;
-        KFT[(k0 + c) * kRows + i] =
+        KFT[(k0 + c) * kLd4 + i] =
             s.k[i * kLdT + c] * exp2f(s.G[(kRows - 1) * kLdT + c] - s.G[i * kLdT + c]);
       }
       __syncthreads();
@@ -624,47 +661,61 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
   }
 
+  // Per 64-column value tile: d_A += d_o v^T (the 10 lower-triangular 16 x 16 tiles: warp
+  // w owns tile w and, for w < 2, tile w + 8, in row order (0,0), (1,0), (1,1), (2,0), ...)
+  // and d_v = A^T d_o + KF d_S (warp w owns rows 16 (w / 2), columns 16 (2 (w % 2) + e),
+  // e = 0, 1). vt then stages the finished d_v tile for the stores, dO the final d_A.
   float* dO = smem;                // [kRows][kLd4]
-  float* vT = dO + kRows * kLd4;   // [kVO][kLd4]: v transposed
-  float* dSt = vT + kRows * kLd4;  // [kKT][kLd4]
+  float* vt = dO + kRows * kLd4;   // [kRows][kLd4]
+  float* dSt = vt + kRows * kLd4;  // [kKT][kLd4]
+  static_assert(kThreads / 32 == 2 * (kRows / 16) && kVO == 64, "8 warps x 2 tiles = 64 x 64");
+  constexpr int kLowerTiles = (kRows / 16) * (kRows / 16 + 1) / 2;
+  const int warp = threadIdx.x / 32, Jt = warp / 2, jt = 2 * (warp % 2);
+  int aI[2], aJ[2];  // the warp's d_A tiles (aI = -1: none)
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    const int t = warp + e * (kThreads / 32);
+    aI[e] = -1;
+    aJ[e] = 0;
+    if (t < kLowerTiles) {
+      aI[e] = 0;
+      while ((aI[e] + 1) * (aI[e] + 2) / 2 <= t) ++aI[e];
+      aJ[e] = t - aI[e] * (aI[e] + 1) / 2;
+    }
+  }
   const float* dS = d_states + (bh * NC + n) * p.K * p.V;
   T* dv = want_dv ? static_cast<T*>(p.d_v) + ((b * p.T + t0) * p.H + h) * p.V : nullptr;
-  float dA[4][4] = {};
+  FragC dA[2];
+  wmma::fill_fragment(dA[0], 0.f);
+  wmma::fill_fragment(dA[1], 0.f);
   for (int v0 = 0; v0 < V; v0 += kVO) {
     for (int idx = threadIdx.x; idx < kRows * kVO; idx += kThreads) {
       const int r = idx / kVO, c = idx % kVO;
       const bool in = r < L && v0 + c < V;
       dO[r * kLd4 + c] = in ? d_o.at(t0 + r, v0 + c) : 0.f;
-      if (want_dA) vT[c * kLd4 + r] = in ? v.at(t0 + r, v0 + c) : 0.f;
+      if (want_dA) vt[r * kLd4 + c] = in ? v.at(t0 + r, v0 + c) : 0.f;
     }
     __syncthreads();
-    if (want_dA && bj <= bi) {
-      // d_A_ij += sum_c d_o_ic v_jc  (rows 4 ti.., columns 4 tj..)
-      for (int c = 0; c < kVO; ++c) {
-        float a[4];
+    if (want_dA) {
+      // d_A_ij += sum_c d_o_ic v_jc: X = d_o rows 16 I, Y = v^T (v rows 16 J read col-major).
 #pragma unroll
-        for (int r = 0; r < 4; ++r) a[r] = dO[(4 * bi + r) * kLd4 + c];
-        const float4 w = ld4(&vT[c * kLd4 + 4 * bj]);
-        const float wv[4] = {w.x, w.y, w.z, w.w};
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {
-#pragma unroll
-          for (int cc = 0; cc < 4; ++cc) dA[r][cc] += a[r] * wv[cc];
-        }
+      for (int e = 0; e < 2; ++e) {
+        if (aI[e] < 0) continue;
+        mma_tf32<row_major, col_major>(dA[e], dO + 16 * aI[e] * kLd4, kLd4, vt + 16 * aJ[e] * kLd4,
+                                       kLd4, kVO / kTK);
       }
     }
     if (want_dv) {
-      // d_v rows 4 ti.., columns v0 + 4 tj..:  sum_{i >= j} A_ij d_o_i + sum_c KF_jc d_S_c
-      float out[4][4] = {};
-      for (int i = 4 * ti; i < L; ++i) {
-        const float4 a = ld4(&A[i * kLd4 + 4 * ti]);
-        const float4 w = ld4(&dO[i * kLd4 + 4 * tj]);
-        const float av[4] = {a.x, a.y, a.z, a.w}, wv[4] = {w.x, w.y, w.z, w.w};
+      // d_v rows 16 Jt..: sum_{i >= 16 Jt} A_ij d_o_i (A^T read col-major from A; A is zero
+      // for i < j) + sum_c KF_jc d_S_c.
+      FragC out[2];
+      wmma::fill_fragment(out[0], 0.f);
+      wmma::fill_fragment(out[1], 0.f);
 #pragma unroll
-        for (int r = 0; r < 4; ++r) {
-#pragma unroll
-          for (int cc = 0; cc < 4; ++cc) out[r][cc] += av[r] * wv[cc];
-        }
+      for (int e = 0; e < 2; ++e) {
+        mma_tf32<col_major, row_major>(out[e], A + 16 * Jt * kLd4 + 16 * Jt, kLd4,
+                                       dO + 16 * Jt * kLd4 + 16 * (jt + e), kLd4,
+                                       (kRows - 16 * Jt) / kTK);
       }
       for (int k0 = 0; k0 < K; k0 += kKT) {
         for (int idx = threadIdx.x; idx < kKT * kVO; idx += kThreads) {
@@ -672,38 +723,40 @@ __global__ void __launch_bounds__(kThreads)
           dSt[r * kLd4 + c] = k0 + r < K && v0 + c < V ? dS[(k0 + r) * p.V + v0 + c] : 0.f;
         }
         __syncthreads();
-        for (int r = 0; r < kKT; ++r) {
-          const float4 a = ld4(&KFT[(k0 + r) * kRows + 4 * ti]);
-          const float4 w = ld4(&dSt[r * kLd4 + 4 * tj]);
-          const float av[4] = {a.x, a.y, a.z, a.w}, wv[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
-          for (int i = 0; i < 4; ++i) {
-#pragma unroll
-            for (int j = 0; j < 4; ++j) out[i][j] += av[i] * wv[j];
-          }
+        for (int e = 0; e < 2; ++e) {
+          mma_tf32<col_major, row_major>(out[e], KFT + k0 * kLd4 + 16 * Jt, kLd4,
+                                         dSt + 16 * (jt + e), kLd4, kKT / kTK);
         }
-        __syncthreads();
+        __syncthreads();  // also: every warp is done with vt (d_A) and dO
       }
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int row = 4 * ti + i;
-        if (row >= L) continue;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int col = v0 + 4 * tj + j;
-          if (col < V) dv[row * p.H * p.V + col] = from_f32<T>(out[i][j]);
-        }
+      for (int e = 0; e < 2; ++e) {
+        wmma::store_matrix_sync(vt + 16 * Jt * kLd4 + 16 * (jt + e), out[e], kLd4,
+                                wmma::mem_row_major);
+      }
+      __syncthreads();
+      for (int idx = threadIdx.x; idx < kRows * kVO; idx += kThreads) {
+        const int r = idx / kVO, c = idx % kVO;
+        if (r < L && v0 + c < V) dv[r * p.H * p.V + v0 + c] = from_f32<T>(vt[r * kLd4 + c]);
       }
     }
     __syncthreads();
   }
   if (want_dA) {
-    float* out = d_A + (bh * NC + n) * kRows * kRows;
+    // The lower tiles through dO (free after the last barrier); entries above the
+    // diagonal (all of the upper tiles, part of the diagonal ones) are written as 0.
 #pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      *reinterpret_cast<float4*>(&out[(4 * bi + r) * kRows + 4 * bj]) = make_float4(
-          masked_entry(dA, bi, bj, r, 0, p.scale), masked_entry(dA, bi, bj, r, 1, p.scale),
-          masked_entry(dA, bi, bj, r, 2, p.scale), masked_entry(dA, bi, bj, r, 3, p.scale));
+    for (int e = 0; e < 2; ++e) {
+      if (aI[e] < 0) continue;
+      wmma::store_matrix_sync(dO + 16 * aI[e] * kLd4 + 16 * aJ[e], dA[e], kLd4,
+                              wmma::mem_row_major);
+    }
+    __syncthreads();
+    float* out = d_A + (bh * NC + n) * kRows * kRows;
+    for (int idx = threadIdx.x; idx < kRows * kRows; idx += kThreads) {
+      const int i = idx / kRows, j = idx % kRows;
+      out[idx] = j <= i ? p.scale * dO[i * kLd4 + j] : 0.f;
     }
   }
 }
@@ -712,7 +765,7 @@ template <class T>
 __global__ void __launch_bounds__(kThreads)
     gla_bwd_dqkg_kernel(const GlaBwdParams p, const float* __restrict__ d_states,
                         const float* __restrict__ d_A_all, float* __restrict__ d_g_channels) {
-  extern __shared__ float4 smem4[];
+  extern __shared__ __align__(128) float4 smem4[];
   float* smem = reinterpret_cast<float*>(smem4);
   const int64_t NC = num_chunks(p.T, p.C);
   const int64_t n = blockIdx.x % NC, bh = blockIdx.x / NC;
@@ -727,11 +780,11 @@ __global__ void __launch_bounds__(kThreads)
   const Tiles s = carve_tiles(smem);
   float* dA = smem + kTilesFloats;  // [kRows][kLd4]: d_A (scale included)
   float* dAT = dA + kRows * kLd4;   // [kRows][kLd4]: transposed
-  float* doT = dAT + kRows * kLd4;  // [kVT][kLd4]: d_o tile transposed
-  float* vT = doT + kVT * kLd4;     // [kVT][kLd4]
-  float* S0T = vT + kVT * kLd4;     // [kVT][kLd2]: S0 tile transposed
-  float* dST = S0T + kVT * kLd2;    // [kVT][kLd2]
-  float* rs = dST + kVT * kLd2;     // [kKT]: rowsum(S0 * d_S) per key
+  float* dot = dAT + kRows * kLd4;  // [kRows][kLdS]: d_o tile
+  float* vt = dot + kRows * kLdS;   // [kRows][kLdS]: v tile
+  float* S0t = vt + kRows * kLdS;   // [kKT][kLdS]: S0 tile (keys x values)
+  float* dSt = S0t + kKT * kLdS;    // [kKT][kLdS]
+  float* rs = dSt + kKT * kLdS;     // [kKT]: rowsum(S0 * d_S) per key
 
   const float* dA_g = d_A_all + (bh * NC + n) * kRows * kRows;
   for (int idx = threadIdx.x; idx < kRows * kRows; idx += kThreads) {
@@ -742,42 +795,73 @@ __global__ void __launch_bounds__(kThreads)
   }
   load_chunk_tiles(q, k, g, t0, L, k0, K, s);  // its first barrier orders the d_A copies
 
-  // This thread: rows 4 ti .. 4 ti + 3, channels 2 tc, 2 tc + 1 of the key tile.
-  const int ti = threadIdx.x / 16, tc = threadIdx.x % 16;
+  // The state terms dq0 = d_o S0^T and dk0 = v d_S^T ([64, 32] each, this key tile) on
+  // tensor cores: warp w owns rows 16 (w % 4) and both 16-key column tiles of dq0 (w < 4)
+  // or dk0 (w >= 4); threads 0..15 sum rowsum(S0 * d_S) for keys 2 tid, 2 tid + 1.
+  static_assert(kThreads / 32 == 2 * (kRows / 16) && kKT == 32 && kVT % kTK == 0,
+                "8 warps x 2 tiles = two [64, 32] products");
   const float* S0 = p.states + (bh * NC + n) * p.K * p.V;
   const float* dS = d_states + (bh * NC + n) * p.K * p.V;
-  float dq0[4][2] = {}, dk0[4][2] = {}, rsum[2] = {};
-  for (int v0 = 0; v0 < V; v0 += kVT) {
-    for (int idx = threadIdx.x; idx < kRows * kVT; idx += kThreads) {
-      const int r = idx / kVT, c = idx % kVT;
-      const bool in = r < L && v0 + c < V;
-      doT[c * kLd4 + r] = in ? d_o.at(t0 + r, v0 + c) : 0.f;
-      vT[c * kLd4 + r] = in ? v.at(t0 + r, v0 + c) : 0.f;
-    }
-    for (int idx = threadIdx.x; idx < kKT * kVT; idx += kThreads) {
-      const int r = idx / kVT, c = idx % kVT;
-      const bool in = k0 + r < K && v0 + c < V;
-      S0T[c * kLd2 + r] = in ? S0[(k0 + r) * p.V + v0 + c] : 0.f;
-      dST[c * kLd2 + r] = in ? dS[(k0 + r) * p.V + v0 + c] : 0.f;
-    }
-    __syncthreads();
-    for (int c = 0; c < kVT; ++c) {
-      const float4 a = ld4(&doT[c * kLd4 + 4 * ti]);
-      const float4 w = ld4(&vT[c * kLd4 + 4 * ti]);
-      const float2 s0 = ld2(&S0T[c * kLd2 + 2 * tc]);
-      const float2 ds = ld2(&dST[c * kLd2 + 2 * tc]);
-      const float av[4] = {a.x, a.y, a.z, a.w}, wv[4] = {w.x, w.y, w.z, w.w};
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        dq0[r][0] += av[r] * s0.x;
-        dq0[r][1] += av[r] * s0.y;
-        dk0[r][0] += wv[r] * ds.x;
-        dk0[r][1] += wv[r] * ds.y;
+  {
+    const int warp = threadIdx.x / 32, rt = warp % 4;
+    const float* X = warp < 4 ? dot : vt;
+    const float* Y = warp < 4 ? S0t : dSt;
+    FragC acc0[2];
+    wmma::fill_fragment(acc0[0], 0.f);
+    wmma::fill_fragment(acc0[1], 0.f);
+    float rsum[2] = {};
+    for (int v0 = 0; v0 < V; v0 += kVT) {
+      for (int idx = threadIdx.x; idx < kRows * kVT; idx += kThreads) {
+        const int r = idx / kVT, c = idx % kVT;
+        const bool in = r < L && v0 + c < V;
+        dot[r * kLdS + c] = in ? d_o.at(t0 + r, v0 + c) : 0.f;
+        vt[r * kLdS + c] = in ? v.at(t0 + r, v0 + c) : 0.f;
       }
-      rsum[0] += s0.x * ds.x;
-      rsum[1] += s0.y * ds.y;
+      for (int idx = threadIdx.x; idx < kKT * kVT; idx += kThreads) {
+        const int r = idx / kVT, c = idx % kVT;
+        const bool in = k0 + r < K && v0 + c < V;
+        S0t[r * kLdS + c] = in ? S0[(k0 + r) * p.V + v0 + c] : 0.f;
+        dSt[r * kLdS + c] = in ? dS[(k0 + r) * p.V + v0 + c] : 0.f;
+      }
+      __syncthreads();
+      // X rows 16 rt (row-major) times Y^T (keys 16 e.., read col-major).
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        mma_tf32<row_major, col_major>(acc0[e], X + 16 * rt * kLdS, kLdS, Y + 16 * e * kLdS, kLdS,
+                                       kVT / kTK);
+      }
+      if (threadIdx.x < kKT / 2) {
+#pragma unroll
+        for (int cc = 0; cc < 2; ++cc) {
+          const int key = 2 * threadIdx.x + cc;
+          for (int c = 0; c < kVT; ++c) rsum[cc] += S0t[key * kLdS + c] * dSt[key * kLdS + c];
+        }
+      }
+      __syncthreads();
+    }
+    // Stage dq0 in dot and dk0 in vt (both [kRows][kLdS]), free after the last barrier.
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      wmma::store_matrix_sync((warp < 4 ? dot : vt) + 16 * rt * kLdS + 16 * e, acc0[e], kLdS,
+                              wmma::mem_row_major);
+    }
+    if (threadIdx.x < kKT / 2) {
+      rs[2 * threadIdx.x] = rsum[0];
+      rs[2 * threadIdx.x + 1] = rsum[1];
     }
     __syncthreads();
+  }
+
+  // This thread: rows 4 ti .. 4 ti + 3, channels 2 tc, 2 tc + 1 of the key tile.
+  const int ti = threadIdx.x / 16, tc = threadIdx.x % 16;
+  float dq0[4][2], dk0[4][2];
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+#pragma unroll
+    for (int cc = 0; cc < 2; ++cc) {
+      dq0[r][cc] = dot[(4 * ti + r) * kLdS + 2 * tc + cc];
+      dk0[r][cc] = vt[(4 * ti + r) * kLdS + 2 * tc + cc];
+    }
   }
 
   // Intra-chunk parts through the sub-chunk references (see load_chunk_tiles), d_A zero
@@ -904,10 +988,6 @@ __global__ void __launch_bounds__(kThreads)
       kd[(4 * ti + r) * kLdT + 2 * tc + cc] = kdki[r][cc];
     }
   }
-  if (ti == 0) {
-    rs[2 * tc] = rsum[0];
-    rs[2 * tc + 1] = rsum[1];
-  }
   __syncthreads();
   {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -971,15 +1051,15 @@ constexpr int64_t kMaxGrid = 2147483647;
 int64_t k_pad(int64_t K) { return (K + kKT - 1) / kKT * kKT; }
 
 size_t fwd_smem_bytes(int64_t K) {
-  return sizeof(float) * (kTilesFloats + k_pad(K) * kRows + kRows * kLd4);
+  return sizeof(float) * (kTilesFloats + k_pad(K) * kLd4 + kRows * kLd4);
 }
 size_t dv_smem_bytes(int64_t K) {
   constexpr int kStage = 2 * kRows * kLd4 + kKT * kLd4;
   constexpr int kUnion = kStage > kTilesFloats ? kStage : kTilesFloats;
-  return sizeof(float) * (kUnion + kRows * kLd4 + k_pad(K) * kRows);
+  return sizeof(float) * (kUnion + kRows * kLd4 + k_pad(K) * kLd4);
 }
 constexpr size_t kDqkgSmemBytes =
-    sizeof(float) * (kTilesFloats + 2 * kRows * kLd4 + 2 * kVT * kLd4 + 2 * kVT * kLd2 + kKT);
+    sizeof(float) * (kTilesFloats + 2 * kRows * kLd4 + 2 * kRows * kLdS + 2 * kKT * kLdS + kKT);
 
 // Sizes the kernels rely on; nullptr when they hold.
 const char* check_dims(int64_t B, int64_t T, int64_t H, int64_t K, int64_t V, int64_t C) {
