@@ -7,7 +7,8 @@
 // x's last dim is contiguous; each row's coordinates are decoded once.
 //
 // index_prepare_kernel          index (int32/int64, strided) -> int64, bound check
-// index_gather_fwd_kernel       out[c] = x[x_off(c)]
+// index_gather_rows_kernel      out[row, :] = a contiguous row of x (see copy_row)
+// index_gather_fwd_kernel       out[c] = x[x_off(c)]   (any other case)
 // index_scatter_atomic_kernel   acc[x_off(c)] += d_y[c]         (float32 atomics)
 // index_rows_segment_kernel     deterministic rows: d_x[o, v, r] = sum over the sorted
 //                               run of positions i with idx[i] = v of d_y[o, i, r]
@@ -139,10 +140,72 @@ __global__ void index_gather_fwd_kernel(Geom g, const int64_t* __restrict__ idx,
   }
 }
 
+// Row copies (index_select and embedding along a dim other than the last, x's last dim
+// contiguous): every out row is one contiguous row of x. A warp per row; where source and
+// destination sit at the same offset from a 16-byte boundary (the whole row, when x's
+// row stride and the row length are multiples of 16 bytes and both bases are aligned),
+// the row moves in 16-byte vectors (kUnroll per lane in flight) between a scalar head
+// and tail; otherwise element by element.
+constexpr int kRowWarps = 8;  // rows (warps) per block
+
+template <class T>
+__device__ __forceinline__ void copy_row(const T* __restrict__ src, T* __restrict__ dst, int64_t n,
+                                         int lane) {
+  constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+  constexpr int kUnroll = 4;
+  const uintptr_t s = reinterpret_cast<uintptr_t>(src), d = reinterpret_cast<uintptr_t>(dst);
+  if (((s ^ d) & 15u) != 0) {
+    for (int64_t j = lane; j < n; j += 32) dst[j] = src[j];
+    return;
+  }
+  const int64_t mis = static_cast<int64_t>(d & 15u) / static_cast<int64_t>(sizeof(T));
+  int64_t head = mis == 0 ? 0 : kVec - mis;
+  if (head > n) head = n;
+  if (lane < head) dst[lane] = src[lane];
+  const int64_t nv = (n - head) / kVec;
+  const uint4* vs = reinterpret_cast<const uint4*>(src + head);
+  uint4* vd = reinterpret_cast<uint4*>(dst + head);
+  for (int64_t v0 = lane; v0 < nv; v0 += kUnroll * 32) {
+    uint4 r[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (v0 + u * 32 < nv) r[u] = vs[v0 + u * 32];
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (v0 + u * 32 < nv) vd[v0 + u * 32] = r[u];
+    }
+  }
+  const int64_t done = head + nv * kVec;
+  if (lane < n - done) dst[done + lane] = src[done + lane];
+}
+
+template <class T>
+__global__ void __launch_bounds__(kRowWarps * 32)
+    index_gather_rows_kernel(Geom g, const int64_t* __restrict__ idx, const T* __restrict__ x,
+                             T* __restrict__ out) {
+  const int lane = threadIdx.x & 31;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * kRowWarps;
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * kRowWarps + threadIdx.x / 32; row < g.rows;
+       row += step) {
+    const RowBase rb = decode_row(g, row);
+    const T* src = x + rb.base + idx[rb.cdim] * g.strides[g.dim];
+    copy_row(src, out + row * g.cols, g.cols, lane);
+  }
+}
+
 template <class T>
 const char* launch_fwd(const IndexGatherParams& p, cudaStream_t stream) {
   const Geom g = make_geom(p, /*contiguous_x=*/false);
   if (g.rows * g.cols == 0) return nullptr;
+  const int last = g.ndim - 1;
+  if (!g.per_element && g.dim != last && (g.strides[last] == 1 || g.cols == 1)) {
+    int64_t blocks = (g.rows + kRowWarps - 1) / kRowWarps;
+    if (blocks > (1 << 20)) blocks = 1 << 20;  // grid-stride beyond
+    index_gather_rows_kernel<T><<<static_cast<unsigned>(blocks), kRowWarps * 32, 0, stream>>>(
+        g, p.idx, static_cast<const T*>(p.src), static_cast<T*>(p.dst));
+    return last_error();
+  }
   const dim3 block = block_for(g.cols);
   index_gather_fwd_kernel<T><<<grid_for(g.rows, block.y), block, 0, stream>>>(
       g, p.idx, static_cast<const T*>(p.src), static_cast<T*>(p.dst));

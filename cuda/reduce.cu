@@ -1,4 +1,5 @@
-// reduce_fwd_kernel and max_bwd_kernel (see cuda/reduce.h).
+// reduce_fwd_kernel (any [A, R, C]), reduce_rows_kernel (contiguous rows), max_bwd_kernel
+// and the sum/mean backward's broadcast (see cuda/reduce.h).
 //
 // A State carries what every kind needs: v (the sum, the maximum, or logsumexp's running
 // maximum m), s (logsumexp's sum of exp(x - m)) and idx (max's position along R). push()
@@ -159,6 +160,152 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// ---- contiguous rows (C = 1)
+
+// One 16-byte access: 4 float32 or 8 bfloat16.
+template <class T>
+struct Vec {
+  static constexpr int kN = 16 / static_cast<int>(sizeof(T));
+};
+
+// Elements before the first 16-byte boundary of `row` (0 when aligned), at most n.
+template <class T>
+__device__ __forceinline__ int64_t head_elems(const T* row, int64_t n) {
+  const int64_t mis = static_cast<int64_t>(reinterpret_cast<uintptr_t>(row) & 15u) / sizeof(T);
+  const int64_t head = mis == 0 ? 0 : Vec<T>::kN - mis;
+  return head < n ? head : n;
+}
+
+__device__ __forceinline__ State shfl_xor(const State& st, int o) {
+  State r;
+  r.v = __shfl_xor_sync(0xffffffffu, st.v, o);
+  r.s = __shfl_xor_sync(0xffffffffu, st.s, o);
+  r.idx = __shfl_xor_sync(0xffffffffu, st.idx, o);
+  return r;
+}
+
+template <ReduceKernelKind K>
+__device__ __forceinline__ State warp_combine(State st) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    State other;
+    if constexpr (K == ReduceKernelKind::kSum || K == ReduceKernelKind::kMean) {
+      other.v = __shfl_xor_sync(0xffffffffu, st.v, o);  // s and idx are unused
+    } else {
+      other = shfl_xor(st, o);
+    }
+    combine<K>(st, other);
+  }
+  return st;
+}
+
+// Folds row[0..n) into the state of thread `lane` of kRowThreads: the unaligned head
+// (one element per lane), the aligned body in 16-byte vectors (vector v to lane
+// v % kRowThreads, kUnroll loads in flight per lane), then the tail.
+template <ReduceKernelKind K, class T, int kRowThreads>
+__device__ __forceinline__ State fold_row(const T* __restrict__ row, int64_t n, int lane) {
+  constexpr int kVec = Vec<T>::kN;
+  constexpr int kUnroll = 4;
+  State st = identity<K>();
+  const int64_t head = head_elems(row, n);
+  if (lane < head) push<K>(st, to_f(row[lane]), lane);
+  const int64_t nv = (n - head) / kVec;
+  const uint4* body = reinterpret_cast<const uint4*>(row + head);
+  for (int64_t v0 = lane; v0 < nv; v0 += kUnroll * kRowThreads) {
+    uint4 raw[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t v = v0 + u * kRowThreads;
+      if (v < nv) raw[u] = body[v];
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t v = v0 + u * kRowThreads;
+      if (v < nv) {
+        const T* e = reinterpret_cast<const T*>(&raw[u]);
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) push<K>(st, to_f(e[j]), head + v * kVec + j);
+      }
+    }
+  }
+  const int64_t done = head + nv * kVec;
+  if (lane < n - done) push<K>(st, to_f(row[done + lane]), done + lane);
+  return st;
+}
+
+// x: contiguous [A, R]; row a reduced by kRowThreads threads (a warp, kThreads / 32 rows
+// per block; or the whole block).
+template <ReduceKernelKind K, class T, int kRowThreads>
+__global__ void __launch_bounds__(kThreads)
+    reduce_rows_kernel(const T* __restrict__ x, OutSink<T> sink, int64_t A, int64_t R) {
+  static_assert(kRowThreads == 32 || kRowThreads == kThreads, "a warp or the block per row");
+  constexpr int kRowsPerBlock = kThreads / kRowThreads;
+  __shared__ State sh[kThreads / 32];
+  const int lane = threadIdx.x % kRowThreads;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * kRowsPerBlock;
+  // The loop bound is uniform over a warp (warp per row) or the block (block per row).
+  for (int64_t a = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kRowThreads;
+       a < A; a += step) {
+    State st = fold_row<K, T, kRowThreads>(x + a * R, R, lane);
+    st = warp_combine<K>(st);
+    if constexpr (kRowThreads > 32) {
+      const int wl = threadIdx.x & 31, warp = threadIdx.x >> 5;
+      if (wl == 0) sh[warp] = st;
+      __syncthreads();
+      st = wl < kRowThreads / 32 ? sh[wl] : identity<K>();
+      st = warp_combine<K>(st);
+      __syncthreads();  // sh is reused by the next row
+    }
+    if (lane == 0) sink.template put<K>(a, 0, 0, 1, st);
+  }
+}
+
+// ---- sum / mean backward
+
+// Rows of d_x of L elements, a warp each: row q of d_x is scale * d_out[a] (C = 1, L = R,
+// a = q) or scale * d_out[a, 0..C) (C > 1, L = C, a = q / R). Unaligned head and tail
+// elements are stored one by one, the body in 16-byte vectors.
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    sum_bwd_rows_kernel(const T* __restrict__ d_out, T* __restrict__ d_x, int64_t rows, int64_t L,
+                        int64_t R, int64_t C, float scale) {
+  constexpr int kVec = Vec<T>::kN;
+  const int lane = threadIdx.x & 31;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * (kThreads / 32);
+  for (int64_t q = static_cast<int64_t>(blockIdx.x) * (kThreads / 32) + threadIdx.x / 32; q < rows;
+       q += step) {
+    T* out = d_x + q * L;
+    const bool bcast = C == 1;
+    const T* src = bcast ? d_out + q : d_out + (q / R) * C;
+    const float one = bcast ? to_f(src[0]) * scale : 0.f;
+    auto value = [&](int64_t j) { return bcast ? one : to_f(src[j]) * scale; };
+    const int64_t head = head_elems(out, L);
+    if (lane < head) store(out + lane, value(lane));
+    const int64_t nv = (L - head) / kVec;
+    uint4* body = reinterpret_cast<uint4*>(out + head);
+    for (int64_t v = lane; v < nv; v += 32) {
+      alignas(16) T e[kVec];
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) store(e + j, value(head + v * kVec + j));
+      body[v] = *reinterpret_cast<const uint4*>(e);
+    }
+    const int64_t done = head + nv * kVec;
+    if (lane < L - done) store(out + done + lane, value(done + lane));
+  }
+}
+
+// Any [A, R, C], one element per thread (rows of d_x shorter than a warp).
+template <class T>
+__global__ void sum_bwd_flat_kernel(const T* __restrict__ d_out, T* __restrict__ d_x, int64_t n,
+                                    int64_t R, int64_t C, float scale) {
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
+    const int64_t c = i % C;
+    const int64_t a = i / C / R;
+    store(d_x + i, to_f(d_out[a * C + c]) * scale);
+  }
+}
+
 template <class T>
 __global__ void max_bwd_kernel(int64_t n, int64_t R, int64_t C, const T* d_out,
                                const int64_t* index, T* d_x) {
@@ -189,6 +336,20 @@ const char* launch_reduce(const ReduceParams& p, cudaStream_t stream) {
   const dim3 block(s.bx, s.by);
   const OutSink<T> out{static_cast<T*>(p.out), p.index, p.R};
   const ValueSrc<T> values{static_cast<const T*>(p.x)};
+  const int32_t row_threads = reduce_row_threads(p.A, p.R, p.C);
+  if (row_threads == 32) {
+    constexpr int64_t kRowsPerBlock = kThreads / 32;
+    reduce_rows_kernel<K, T, 32>
+        <<<grid_for((p.A + kRowsPerBlock - 1) / kRowsPerBlock), kThreads, 0, stream>>>(
+            static_cast<const T*>(p.x), out, p.A, p.R);
+    return last_error();
+  }
+  if (row_threads == kThreads) {
+    reduce_rows_kernel<K, T, kThreads>
+        <<<grid_for(p.A), kThreads, 0, stream>>>(static_cast<const T*>(p.x), out, p.A, p.R);
+    return last_error();
+  }
+  if (row_threads != 0) return "reduce: unsupported threads per row";
   if (s.chunks == 1) {
     reduce_fwd_kernel<K><<<grid_for(p.A * s.col_tiles), block, 0, stream>>>(
         values, out, p.A, p.R, p.C, s.col_tiles, int64_t{1}, s.chunk_rows);
@@ -228,6 +389,26 @@ const char* launch_max_bwd(const MaxBwdParams& p, cudaStream_t stream) {
   return last_error();
 }
 
+template <class T>
+const char* launch_sum_bwd(const SumBwdParams& p, cudaStream_t stream) {
+  const T* d_out = static_cast<const T*>(p.d_out);
+  T* d_x = static_cast<T*>(p.d_x);
+  // Rows of d_x that d_out fills: whole rows of R for C = 1, rows of C otherwise.
+  const int64_t L = p.C == 1 ? p.R : p.C;
+  const int64_t rows = p.C == 1 ? p.A : p.A * p.R;
+  if (L >= 32) {
+    constexpr int64_t kRowsPerBlock = kThreads / 32;
+    sum_bwd_rows_kernel<T>
+        <<<grid_for((rows + kRowsPerBlock - 1) / kRowsPerBlock), kThreads, 0, stream>>>(
+            d_out, d_x, rows, L, p.R, p.C, p.scale);
+  } else {
+    const int64_t n = p.A * p.R * p.C;
+    sum_bwd_flat_kernel<T><<<grid_for((n + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
+        d_out, d_x, n, p.R, p.C, p.scale);
+  }
+  return last_error();
+}
+
 }  // namespace
 
 const char* reduce_fwd_cuda(const ReduceParams& p, void* stream_v) {
@@ -253,6 +434,19 @@ const char* max_bwd_cuda(const MaxBwdParams& p, void* stream_v) {
       return launch_max_bwd<__nv_bfloat16>(p, stream);
   }
   return "max backward: unknown dtype (float32 and bfloat16 are supported)";
+}
+
+const char* sum_bwd_cuda(const SumBwdParams& p, void* stream_v) {
+  if (p.A < 0 || p.R < 0 || p.C < 0) return "sum backward: negative extent";
+  if (p.A * p.R * p.C == 0) return nullptr;
+  auto stream = static_cast<cudaStream_t>(stream_v);
+  switch (p.dtype) {
+    case KernelDType::kFloat32:
+      return launch_sum_bwd<float>(p, stream);
+    case KernelDType::kBFloat16:
+      return launch_sum_bwd<__nv_bfloat16>(p, stream);
+  }
+  return "sum backward: unknown dtype (float32 and bfloat16 are supported)";
 }
 
 }  // namespace resona::cuda

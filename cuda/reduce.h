@@ -17,7 +17,15 @@
 // partial states go to a workspace and are reduced by a second launch of the same
 // kernel; the split depends only on (A, R, C), never on the device. No atomics.
 //
+// Contiguous rows (C = 1) that are not split into chunks take a faster kernel: each row
+// is reduced by reduce_row_threads(A, R, C) threads (one warp, or a block of 256), with
+// 16-byte loads of the row's 16-byte-aligned body and scalar loads of its unaligned head
+// and tail; the threads' partial states are combined by warp shuffles (and, for a block,
+// once more across its warps) in a fixed order.
+//
 // max_bwd:  d_x[a, r, c] = (r == index[a, c]) ? d_out[a, c] : 0   (every element written)
+// sum_bwd:  d_x[a, r, c] = scale * d_out[a, c]   (sum: scale 1, mean: 1 / R; every element
+//           written; rows of d_x of >= 32 elements take 16-byte stores)
 #pragma once
 
 #include <cstdint>
@@ -60,6 +68,14 @@ inline ReduceShape reduce_shape(int64_t A, int64_t R, int64_t C) {
   return s;
 }
 
+// Threads per row of the contiguous-rows kernel for [A, R, C], 0 where the general kernel
+// runs (C > 1, or R split into chunks): a warp per row when there are many rows or the
+// rows are short, else a block of 256 per row.
+inline int32_t reduce_row_threads(int64_t A, int64_t R, int64_t C) {
+  if (C != 1 || reduce_shape(A, R, C).chunks > 1) return 0;
+  return (A >= 2048 || R <= 1024) ? 32 : 256;
+}
+
 // Bytes of workspace reduce_fwd_cuda needs for [A, R, C] (0: none).
 inline int64_t reduce_workspace_bytes(int64_t A, int64_t R, int64_t C) {
   const ReduceShape s = reduce_shape(A, R, C);
@@ -85,9 +101,18 @@ struct MaxBwdParams {
   void* d_x = nullptr;             // contiguous [A, R, C], fully overwritten
 };
 
+struct SumBwdParams {
+  KernelDType dtype;
+  int64_t A = 1, R = 1, C = 1;
+  float scale = 1.f;            // d_x = scale * d_out, computed in float32
+  const void* d_out = nullptr;  // contiguous [A, C]
+  void* d_x = nullptr;          // contiguous [A, R, C], fully overwritten
+};
+
 // Launch on `stream` (a cudaStream_t; null = the current device's default stream).
 // Return nullptr on success, else a message naming what is unsupported or failed.
 const char* reduce_fwd_cuda(const ReduceParams& p, void* stream);
 const char* max_bwd_cuda(const MaxBwdParams& p, void* stream);
+const char* sum_bwd_cuda(const SumBwdParams& p, void* stream);
 
 }  // namespace resona::cuda

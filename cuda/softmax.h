@@ -5,8 +5,12 @@
 //              softmax y_j = exp(x_j - m) / s,  log_softmax y_j = x_j - (m + log s)
 //   backward:  softmax d_x = y * (d_y - sum(d_y * y)),  log_softmax d_x = d_y - exp(y) sum(d_y)
 //
-// float32 arithmetic for bfloat16 storage. One warp per row up to 1024 columns, one block
-// per row beyond; each row's sums run in a fixed order (deterministic).
+// float32 arithmetic for bfloat16 storage; each row's sums run in a fixed order
+// (deterministic). When the pointers of a call sit at the same offset from a 16-byte
+// boundary, rows take 16-byte accesses: a warp per row up to 1024 elements and a block
+// of 256 up to 8192, the row held in registers (read once, written once); a block of
+// 512 per longer row (read twice). Otherwise a warp or block per row with scalar
+// accesses.
 #pragma once
 
 #include <cstdint>

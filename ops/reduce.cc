@@ -185,6 +185,39 @@ Tensor finish(Tensor out, const ReducePlan& p, bool keepdim) {
 // d_out seen with the reduced dims as size 1, so it broadcasts against the input.
 Tensor keep(const Tensor& d, const ReduceSaved& s) { return d.reshape(s.keep_shape); }
 
+// sum / mean backward on CUDA: d_x = scale * d_out broadcast over the reduced dims, written
+// by one kernel when those dims (size-1 dims aside) are one block of the input's shape,
+// i.e. d_x is [A, R, C] and d_out [A, C]. Returns an undefined tensor otherwise.
+Tensor sum_bwd_cuda(const char* op, const Tensor& d, const ReduceSaved& s, double scale) {
+  int64_t A = 1, R = 1, C = 1;
+  int phase = 0;  // 0: kept dims before the reduced block, 1: in it, 2: after it
+  for (size_t i = 0; i < s.in_shape.size(); ++i) {
+    const int64_t n = s.in_shape[i];
+    if (n == 1) continue;
+    if (s.keep_shape[i] == 1) {
+      if (phase == 2) return Tensor();
+      phase = 1;
+      R *= n;
+    } else {
+      if (phase == 1) phase = 2;
+      (phase == 0 ? A : C) *= n;
+    }
+  }
+  const Tensor dc = d.contiguous();
+  Tensor d_x = empty(s.in_shape, d.dtype(), d.device());
+  cuda::SumBwdParams prm;
+  prm.dtype = cuda_kernel_dtype(op, d);
+  prm.A = A;
+  prm.R = R;
+  prm.C = C;
+  prm.scale = static_cast<float>(scale);
+  prm.d_out = dc.raw_data();
+  prm.d_x = d_x.raw_data();
+  const char* err = cuda::sum_bwd_cuda(prm, nullptr);
+  RESONA_CHECK(err == nullptr) << op << " backward on CUDA (" << d.describe() << "): " << err;
+  return d_x;
+}
+
 struct SumOp {
   static constexpr const char* kName = "sum";
   using Saved = ReduceSaved;
@@ -209,6 +242,10 @@ struct SumOp {
     return finish(out, p, keepdim);
   }
   static Grads backward(Ctx<Saved>& ctx, const Tensor& d) {
+    if (d.device().is_cuda()) {
+      Tensor d_x = sum_bwd_cuda(kName, d, ctx.saved, 1.0);
+      if (d_x.defined()) return {d_x};
+    }
     return {keep(d, ctx.saved).expand(ctx.saved.in_shape).contiguous()};
   }
 };
@@ -239,6 +276,10 @@ struct MeanOp {
     return finish(out, p, keepdim);
   }
   static Grads backward(Ctx<Saved>& ctx, const Tensor& d) {
+    if (d.device().is_cuda()) {
+      Tensor d_x = sum_bwd_cuda(kName, d, ctx.saved, 1.0 / static_cast<double>(ctx.saved.count));
+      if (d_x.defined()) return {d_x};
+    }
     Tensor g = mul(keep(d, ctx.saved), 1.0 / static_cast<double>(ctx.saved.count));
     return {g.expand(ctx.saved.in_shape).contiguous()};
   }

@@ -275,6 +275,47 @@ RESONA_GPU_TEST(
   }
 }
 
+RESONA_GPU_TEST(
+    "embedding and index_select forward as row copies CUDA vs CPU, exact (weight [1000,D] "
+    "D=600,75,9,1 ids=[333]; x [40,3,130] dim 0 and 1; each contiguous, as columns 0..D of "
+    "a wider buffer (rows off 16-byte boundaries) and columns 1..D+1 (base misaligned too); "
+    "float32, bfloat16)") {
+  Generator gen(71);
+  // variant 0: contiguous; 1: x[..., 0:L] of a buffer one column wider; 2: x[..., 1:L+1].
+  auto view_of = [](const Tensor& buf, int variant, int64_t L) {
+    if (variant == 0) return buf;
+    return buf.slice(-1, variant - 1, variant - 1 + L);
+  };
+  auto buffer_shape = [](Shape shape, int variant) {
+    if (variant > 0) shape.back() += 1;
+    return shape;
+  };
+  for (DType dt : {DType::kFloat32, DType::kBFloat16}) {
+    for (int variant = 0; variant < 3; ++variant) {
+      for (int64_t D : {600, 75, 9, 1}) {
+        const std::string label = "embedding(V=1000,D=" + std::to_string(D) + ",variant " +
+                                  std::to_string(variant) + "," + dtype_name(dt) + ")";
+        Tensor buf = round_to_bf16(gen.normal(buffer_shape({1000, D}, variant)));
+        Tensor ids = random_index(gen, {333}, 1000);
+        const Tensor want = embedding(view_of(buf, variant, D), ids);
+        const Tensor got = embedding(view_of(copy_to(buf, dt, Device::cuda()), variant, D), ids);
+        check_exact(got, copy_to(want, dt, Device::cpu()), label);
+      }
+      for (int64_t dim : {0, 1}) {
+        const std::string label = "index_select(x=[40,3,130],dim=" + std::to_string(dim) +
+                                  ",variant " + std::to_string(variant) + "," + dtype_name(dt) +
+                                  ")";
+        Tensor buf = round_to_bf16(gen.normal(buffer_shape({40, 3, 130}, variant)));
+        Tensor index = random_index(gen, {57}, dim == 0 ? 40 : 3);
+        const Tensor want = index_select(view_of(buf, variant, 130), dim, index);
+        const Tensor got =
+            index_select(view_of(copy_to(buf, dt, Device::cuda()), variant, 130), dim, index);
+        check_exact(got, copy_to(want, dt, Device::cpu()), label);
+      }
+    }
+  }
+}
+
 RESONA_GPU_TEST("indexing ops on CUDA refuse bad ids and float64, naming the op and tensor") {
   Tensor w = zeros({10, 4}, DType::kFloat32, Device::cuda());
   // ids on the GPU: the device check reports the first bad position and its value.

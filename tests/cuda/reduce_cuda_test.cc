@@ -3,8 +3,10 @@
 // computed on the GPU against the CPU's), on fresh random inputs in float32 and
 // bfloat16: odd sizes (1, 7, 4097, 1,000,003), rows (the reduced dims last), the outer
 // dim of [R, C] and a middle block of [A, R, C] (reduced without a transpose), reductions
-// split into chunks (a second pass over partial states), dims that are not one block and
-// non-contiguous inputs (transposed, sliced with a step, expanded).
+// split into chunks (a second pass over partial states), contiguous rows (a warp or a
+// block per row, 16-byte loads; row lengths off the vector width, misaligned bases),
+// dims that are not one block and non-contiguous inputs (transposed, sliced with a step,
+// expanded).
 //
 // Values and gradients are checked against the CPU's float64 path on the same values
 // (the float32 CPU path's own sequential rounding, up to ~1e-4 relative over a million
@@ -52,7 +54,9 @@ void check_bound(const std::string& what, const Tensor& got, const Tensor& want,
 
 Tensor f64(const Tensor& t) { return host(t, DType::kFloat64); }
 
-enum class View { kPlain, kTranspose, kStep, kExpand };
+// kOffset: a contiguous view one element into a flat buffer, so that x's base (and for
+// some row lengths every row) is not 16-byte aligned.
+enum class View { kPlain, kTranspose, kStep, kExpand, kOffset };
 
 struct ReduceCase {
   Shape shape;  // of the reduced tensor
@@ -62,7 +66,7 @@ struct ReduceCase {
 };
 
 std::string case_str(const char* op, const ReduceCase& c) {
-  static const char* views[] = {"", " transposed", " step2", " expanded"};
+  static const char* views[] = {"", " transposed", " step2", " expanded", " offset1"};
   return std::string(op) + "(x=" + shape_str(c.shape) + views[static_cast<int>(c.view)] +
          ", dims=" + shape_str(c.dims) + ", keepdim=" + (c.keepdim ? "true" : "false") + ")";
 }
@@ -81,6 +85,11 @@ Shape leaf_shape(const ReduceCase& c) {
     case View::kExpand:
       s[0] = 1;
       break;
+    case View::kOffset: {
+      int64_t n = 1;
+      for (int64_t e : c.shape) n *= e;
+      return Shape{n + 1};
+    }
   }
   return s;
 }
@@ -95,14 +104,21 @@ Tensor apply_view(const Tensor& leaf, const ReduceCase& c) {
       return leaf.slice(-1, 1, 2 * c.shape.back() + 1, 2);
     case View::kExpand:
       return leaf.expand(c.shape);
+    case View::kOffset:
+      return leaf.slice(0, 1, leaf.size(0)).reshape(c.shape);
   }
   return leaf;
 }
 
 // The longest chain of float32 additions (or combines) an element goes through in
 // cuda/reduce.cu for [A, R, C]: its thread's sequential run, the block's tree over `by`
-// threads, and, when split into chunks, the same again over the chunks' states.
+// threads, and, when split into chunks, the same again over the chunks' states. The
+// contiguous-rows kernel (rt threads per row): a thread's head and tail elements and
+// ceil(body vectors / rt) vectors of <= 8 elements (<= R / rt + 10 terms), then 5
+// shuffle levels per warp and 5 more across the warps of a block.
 int64_t chain_length(int64_t A, int64_t R, int64_t C) {
+  const int64_t rt = cuda::reduce_row_threads(A, R, C);
+  if (rt > 0) return (R + rt - 1) / rt + 10 + (rt > 32 ? 10 : 5);
   const cuda::ReduceShape s = cuda::reduce_shape(A, R, C);
   const int64_t tree = static_cast<int64_t>(std::ceil(std::log2(static_cast<double>(s.by))));
   int64_t d = (s.chunk_rows + s.by - 1) / s.by + tree;
@@ -153,6 +169,15 @@ const std::vector<ReduceCase>& cases() {
       {{50, 200}, View::kStep, {0, 1}, false},
       {{40, 300}, View::kExpand, {0}, false},
       {{40, 300}, View::kExpand, {1}, true},
+      // Contiguous rows (cuda::reduce_row_threads): a warp per row (short rows, or many
+      // rows), a block per row (few long rows), row lengths that are not a multiple of
+      // the vector width (rows start off 16-byte boundaries), misaligned bases.
+      {{2500, 77}, View::kPlain, {1}, false},
+      {{3, 4097}, View::kPlain, {1}, true},
+      {{2100, 1029}, View::kPlain, {-1}, false},
+      {{5, 1000}, View::kOffset, {1}, false},
+      {{2200, 33}, View::kOffset, {1}, true},
+      {{3, 5000}, View::kOffset, {-1}, false},
   };
   return list;
 }
@@ -282,8 +307,9 @@ RESONA_GPU_TEST(
     "[1] all, [7] all, [4097] 0 keep, [1000003] all, [4097,7] 1 keep, [4097,7] 0, "
     "[100000,3] 0, [3,1000,33] 1, [2,50000,40] 1 keep, [3,1000,33] 0,2, [3,1000,33] -1 "
     "keep, [2,3,4,5] 1,3 keep, [2,3,4,5] 1,2, [129,64]T 1, [129,64]T 0 keep, [50,200]step2 "
-    "1, [50,200]step2 all, [40,300]expanded 0, [40,300]expanded 1 keep; float32, "
-    "bfloat16)") {
+    "1, [50,200]step2 all, [40,300]expanded 0, [40,300]expanded 1 keep, [2500,77] 1, "
+    "[3,4097] 1 keep, [2100,1029] -1, [5,1000]offset1 1, [2200,33]offset1 1 keep, "
+    "[3,5000]offset1 -1; float32, bfloat16)") {
   uint64_t seed = 700;
   for (Op op : {Op::kSum, Op::kMean, Op::kMax, Op::kLogsumexp}) {
     for (const ReduceCase& c : cases()) {
@@ -294,7 +320,8 @@ RESONA_GPU_TEST(
 
 RESONA_GPU_TEST(
     "argmax CUDA vs CPU: the first maximum (x = [4097,7] dim 0 and 1, [3,1000,33] dim 1, "
-    "[129,64] transposed dim 0, [1000003] dim 0, bf16-rounded values with many ties, and "
+    "[129,64] transposed dim 0, [1000003] dim 0, [2100,100] dim 1, [5,3000] dim 1, bf16-rounded "
+    "values with many ties, and "
     "all-equal rows; float32, bfloat16)") {
   Generator gen(42);
   struct ArgCase {
@@ -302,11 +329,9 @@ RESONA_GPU_TEST(
     bool transpose;
     int64_t dim;
   };
-  const ArgCase list[] = {{{4097, 7}, false, 0},
-                          {{4097, 7}, false, 1},
-                          {{3, 1000, 33}, false, 1},
-                          {{129, 64}, true, 0},
-                          {{1000003}, false, 0}};
+  const ArgCase list[] = {{{4097, 7}, false, 0}, {{4097, 7}, false, 1}, {{3, 1000, 33}, false, 1},
+                          {{129, 64}, true, 0},  {{1000003}, false, 0}, {{2100, 100}, false, 1},
+                          {{5, 3000}, false, 1}};
   for (DType dt : {DType::kFloat32, DType::kBFloat16}) {
     for (const ArgCase& c : list) {
       for (bool keepdim : {false, true}) {
@@ -337,9 +362,10 @@ RESONA_GPU_TEST(
 
 RESONA_GPU_TEST(
     "reductions on CUDA are deterministic: bit-identical repeats ([1000003] all, "
-    "[2,50000,40] dim 1; sum, logsumexp; float32)") {
+    "[2,50000,40] dim 1, [2100,1029] dim 1, [3,5000] dim 1; sum, logsumexp; float32)") {
   Generator gen(77);
-  for (const Shape& shape : {Shape{1000003}, Shape{2, 50000, 40}}) {
+  for (const Shape& shape :
+       {Shape{1000003}, Shape{2, 50000, 40}, Shape{2100, 1029}, Shape{3, 5000}}) {
     Tensor x = copy_to(gen.uniform(shape, -2, 2), DType::kFloat32, Device::cuda());
     const std::vector<int64_t> dims =
         shape.size() == 1 ? std::vector<int64_t>{} : std::vector<int64_t>{1};

@@ -1,9 +1,11 @@
 // CUDA against CPU for softmax and log_softmax (ops/softmax.h, kernels in
 // cuda/softmax.cu): forward and backward (the GPU's gradient from the autograd engine
 // against the CPU's), on fresh random inputs in [-4, 4), float32 and bfloat16, row
-// lengths n = 1, 7, 75, 1029, 5000, 32000 (one warp per row up to 1024, blocks of 256 and
-// 512 threads beyond), rows R = 1, 7, 150, and dims other than the last (moved last by
-// a transpose and a strided copy, then back).
+// lengths n = 1, 7, 75, 1029, 5000, 32000, rows R = 1, 7, 150, and dims other than the
+// last (moved last by a transpose and a strided copy, then back); then row lengths at
+// each bound of the vector kernels (a warp per row with 1, 2, 4, 8 vectors per lane, a
+// block of 256 with 2, 4, 8, the streaming block beyond), misaligned x and d_y (the
+// scalar kernels), and bit-identical repeats.
 //
 // Reference: the CPU path in float64 on the same values (bf16-rounded for bfloat16),
 // so every tolerance below is the GPU's own error; each is derived where it is set.
@@ -26,7 +28,24 @@ struct Rows {
   int64_t at(int64_t o, int64_t j, int64_t i) const { return (o * n + j) * inner + i; }
 };
 
-void check_softmax(bool log, const Shape& shape, int64_t dim, DType dtype, uint64_t seed) {
+// `t` (CPU) on the GPU as `dtype`, as a contiguous view one element into a flat buffer
+// (a base 4 or 2 bytes off a 16-byte boundary) when `offset`; `leaf` gets the buffer.
+Tensor on_cuda(const Tensor& t, DType dtype, bool offset, Tensor* leaf) {
+  if (!offset) {
+    *leaf = copy_to(t, dtype, Device::cuda());
+    return *leaf;
+  }
+  std::vector<float> v(1, 0.f);
+  for (double e : values_of(t)) v.push_back(static_cast<float>(e));
+  const int64_t n = t.numel();
+  *leaf = copy_to(from_vector(v, {n + 1}), dtype, Device::cuda());
+  return leaf->slice(0, 1, n + 1).reshape(t.shape());
+}
+
+// offset: x and d_y misaligned views while y and d_x are fresh (aligned) tensors, so
+// their pointers sit at different offsets from a 16-byte boundary (the scalar kernels).
+void check_softmax(bool log, const Shape& shape, int64_t dim, DType dtype, uint64_t seed,
+                   bool offset = false) {
   Generator gen(seed);
   Tensor x = gen.uniform(shape, -4.0, 4.0);
   Tensor dy = gen.uniform(shape, -1.0, 1.0);
@@ -39,9 +58,14 @@ void check_softmax(bool log, const Shape& shape, int64_t dim, DType dtype, uint6
   Tensor x64 = copy_to(x, DType::kFloat64, Device::cpu()).set_requires_grad(true);
   Tensor y64 = fn(x64);
   y64.backward(copy_to(dy, DType::kFloat64, Device::cpu()));
-  Tensor xg = copy_to(x, dtype, Device::cuda()).set_requires_grad(true);
+  Tensor xg_leaf, dy_leaf;
+  on_cuda(x, dtype, offset, &xg_leaf);
+  xg_leaf.set_requires_grad(true);
+  const Tensor xg = offset ? xg_leaf.slice(0, 1, xg_leaf.size(0)).reshape(shape) : xg_leaf;
   Tensor yg = fn(xg);
-  yg.backward(copy_to(dy, dtype, Device::cuda()));
+  yg.backward(on_cuda(dy, dtype, offset, &dy_leaf));
+  const Tensor xg_grad =
+      offset ? xg_leaf.grad().slice(0, 1, xg_leaf.size(0)).reshape(shape) : xg_leaf.grad();
   REQUIRE(yg.device().is_cuda());
   REQUIRE(yg.dtype() == dtype);
   REQUIRE(yg.shape() == shape);
@@ -98,9 +122,10 @@ void check_softmax(bool log, const Shape& shape, int64_t dim, DType dtype, uint6
     }
   }
   const std::string name = std::string(log ? "log_softmax" : "softmax") + "(x=" + shape_str(shape) +
-                           ",dim=" + std::to_string(dim) + "," + dtype_name(dtype) + ")";
+                           (offset ? " offset1" : "") + ",dim=" + std::to_string(dim) + "," +
+                           dtype_name(dtype) + ")";
   check_bound(name + " y", yg, y, y_bound);
-  check_bound(name + " d_x", xg.grad(), dx, dx_bound);
+  check_bound(name + " d_x", xg_grad, dx, dx_bound);
 }
 
 }  // namespace
@@ -129,6 +154,45 @@ RESONA_GPU_TEST(
       check_softmax(log, {3, 1029, 2}, 1, dt, seed++);
       check_softmax(log, {7}, 0, dt, seed++);
     }
+  }
+}
+
+RESONA_GPU_TEST(
+    "softmax and log_softmax CUDA vs CPU at the vector kernels' bounds (R=3; float32 n=128, "
+    "129, 256, 1024, 1025, 4096, 8192, 8193, 20000; bfloat16 n=256, 257, 1024, 1025, 4096, "
+    "8192, 8193; with x and d_y misaligned views for n=1024, 4096: the scalar kernels)") {
+  uint64_t seed = 900;
+  for (bool log : {false, true}) {
+    for (int64_t n : {128, 129, 256, 1024, 1025, 4096, 8192, 8193, 20000}) {
+      check_softmax(log, {3, n}, -1, DType::kFloat32, seed++);
+    }
+    for (int64_t n : {256, 257, 1024, 1025, 4096, 8192, 8193}) {
+      check_softmax(log, {3, n}, -1, DType::kBFloat16, seed++);
+    }
+    for (DType dt : {DType::kFloat32, DType::kBFloat16}) {
+      for (int64_t n : {1024, 4096}) check_softmax(log, {3, n}, -1, dt, seed++, /*offset=*/true);
+    }
+  }
+}
+
+RESONA_GPU_TEST(
+    "softmax on CUDA is deterministic: bit-identical repeats, forward and backward (x = "
+    "[64,4096], [5,20000], [300,75]; float32)") {
+  Generator gen(31);
+  for (const Shape& shape : {Shape{64, 4096}, Shape{5, 20000}, Shape{300, 75}}) {
+    INFO("x=" << shape_str(shape));
+    Tensor x = copy_to(gen.uniform(shape, -4, 4), DType::kFloat32, Device::cuda());
+    Tensor dy = copy_to(gen.uniform(shape, -1, 1), DType::kFloat32, Device::cuda());
+    auto run = [&] {
+      Tensor leaf = x.detach().set_requires_grad(true);
+      Tensor y = softmax(leaf, -1);
+      y.backward(dy);
+      std::vector<double> v = values_of(y), g = values_of(leaf.grad());
+      v.insert(v.end(), g.begin(), g.end());
+      return v;
+    };
+    const std::vector<double> first = run();
+    for (int rep = 0; rep < 2; ++rep) CHECK(run() == first);
   }
 }
 
