@@ -9,11 +9,22 @@
 //
 // Blocks: 128 threads over d; grid.x over D / 128, grid.y over B * chunks. The width W
 // is a template parameter (2..8) so the windows live in registers.
+//
+// Channel-group path (x and d_y with unit channel stride, D and the other strides
+// multiples of 4, pointers aligned to 4 elements): each thread owns 4 adjacent channels
+// (one 16-byte float32 or 8-byte bfloat16 access per time step) of one (b, time chunk):
+// causal_conv1d_fwd_vec_kernel       32 steps, kStep loads in flight, window in registers
+// causal_conv1d_bwd_vec_kernel       one pass over the dw time chunk reading d_y and x once:
+//                                    d_x from the window of the next W d_y values, and the
+//                                    chunk's d_w / d_bias partials from the window of the
+//                                    last W x values (same partial layout as above)
+// Threads are numbered channel group fastest, so a warp reads 32 x 4 adjacent channels.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include "cuda/conv.h"
 #include "cuda/convert.cuh"
+#include "cuda/vec_io.cuh"
 
 namespace resona::cuda {
 namespace {
@@ -165,24 +176,236 @@ __global__ void causal_conv1d_bwd_dw_kernel(int64_t B, int64_t T_len, int64_t D,
   }
 }
 
+constexpr int kFinalLanes = 8;
+
+// Block (32 columns x kFinalLanes lanes) over the (W + 1) * D partial columns: lane y adds
+// partials y, y + kFinalLanes, ... in order, then lane 0 adds the lanes in order.
 template <class T>
 __global__ void causal_conv1d_bwd_dw_final_kernel(int64_t P, int64_t D, int64_t W,
                                                   const float* __restrict__ partial,
                                                   T* __restrict__ d_w, T* __restrict__ d_bias) {
+  __shared__ float sh[kFinalLanes][33];
   const int64_t n = (W + 1) * D;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += stride) {
-    const int64_t j = i / D, d = i % D;
-    if (j < W ? d_w == nullptr : d_bias == nullptr) continue;
-    float acc = 0.f;
-    for (int64_t c = 0; c < P; ++c) acc += partial[c * n + i];
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * 32 + threadIdx.x;
+  const int64_t j = i / D, d = i % D;
+  const bool wanted = i < n && (j < W ? d_w != nullptr : d_bias != nullptr);
+  float acc = 0.f;
+  if (wanted) {
+    for (int64_t c = threadIdx.y; c < P; c += kFinalLanes) acc += partial[c * n + i];
+  }
+  sh[threadIdx.y][threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.y == 0 && wanted) {
+    float t = 0.f;
+#pragma unroll
+    for (int q = 0; q < kFinalLanes; ++q) t += sh[q][threadIdx.x];
     if (j < W) {
-      d_w[d * W + j] = from_f32<T>(acc);
+      d_w[d * W + j] = from_f32<T>(t);
     } else {
-      d_bias[d] = from_f32<T>(acc);
+      d_bias[d] = from_f32<T>(t);
     }
   }
+}
+
+// ---- channel-group path ----
+
+constexpr int kGroup = 4;             // channels per thread
+constexpr int64_t kVecFwdChunk = 32;  // time steps per thread in the forward
+constexpr int kStep = 4;              // time steps loaded ahead
+
+// Register caps (launch bounds): 6 forward / 3 backward blocks per SM resident.
+template <class T, int W>
+__global__ void __launch_bounds__(kThreads, 6)
+    causal_conv1d_fwd_vec_kernel(int64_t B, int64_t T_len, int64_t D, const T* __restrict__ x,
+                                 int64_t xs0, int64_t xs1, const T* __restrict__ w_t,
+                                 const T* __restrict__ bias, T* __restrict__ y) {
+  const int64_t groups = D / kGroup;
+  const int64_t chunks = (T_len + kVecFwdChunk - 1) / kVecFwdChunk;
+  const int64_t total = B * chunks * groups;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t d0 = (idx % groups) * kGroup;
+    const int64_t bc = idx / groups;
+    const int64_t b = bc / chunks, t0 = (bc % chunks) * kVecFwdChunk;
+    const int64_t t1 = t0 + kVecFwdChunk < T_len ? t0 + kVecFwdChunk : T_len;
+    float w[W][kGroup], b0[kGroup], win[W][kGroup];
+#pragma unroll
+    for (int j = 0; j < W; ++j) load4(w_t + j * D + d0, w[j]);
+    if (bias) {
+      load4(bias + d0, b0);
+    } else {
+#pragma unroll
+      for (int c = 0; c < kGroup; ++c) b0[c] = 0.f;
+    }
+    const T* xb = x + b * xs0 + d0;
+    T* yb = y + b * T_len * D + d0;
+    // win[j] = x[t - (W-1) + j]; slots 1..W-1 start with x[t0 - W + 1 .. t0 - 1].
+#pragma unroll
+    for (int j = 1; j < W; ++j) {
+      const int64_t s = t0 - W + j;
+      if (s >= 0) {
+        load4(xb + s * xs1, win[j]);
+      } else {
+#pragma unroll
+        for (int c = 0; c < kGroup; ++c) win[j][c] = 0.f;
+      }
+    }
+    for (int64_t t = t0; t < t1; t += kStep) {
+      float in[kStep][kGroup];
+#pragma unroll
+      for (int u = 0; u < kStep; ++u) {
+        if (t + u < t1) load4(xb + (t + u) * xs1, in[u]);
+      }
+#pragma unroll
+      for (int u = 0; u < kStep; ++u) {
+        if (t + u < t1) {
+#pragma unroll
+          for (int c = 0; c < kGroup; ++c) {
+#pragma unroll
+            for (int j = 0; j < W - 1; ++j) win[j][c] = win[j + 1][c];
+            win[W - 1][c] = in[u][c];
+          }
+          float acc[kGroup];
+#pragma unroll
+          for (int c = 0; c < kGroup; ++c) {
+            acc[c] = b0[c];
+#pragma unroll
+            for (int j = 0; j < W; ++j) acc[c] += w[j][c] * win[j][c];
+          }
+          store4(yb + (t + u) * D, acc);
+        }
+      }
+    }
+  }
+}
+
+// Thread (b, dw chunk c, channel group): d_x over the chunk's steps (when d_x is wanted)
+// and partial[(b * per_b + c) * (W+1) + j][d] for taps j < W, slot W the bias (when
+// `partial` is given).
+template <class T, int W>
+__global__ void __launch_bounds__(kThreads, 3)
+    causal_conv1d_bwd_vec_kernel(int64_t B, int64_t T_len, int64_t D, int64_t per_b, int64_t len,
+                                 const T* __restrict__ d_y, int64_t gs0, int64_t gs1,
+                                 const T* __restrict__ x, int64_t xs0, int64_t xs1,
+                                 const T* __restrict__ w_t, T* __restrict__ d_x,
+                                 float* __restrict__ partial) {
+  const int64_t groups = D / kGroup;
+  const int64_t total = B * per_b * groups;
+  const bool want_w = partial != nullptr;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t d0 = (idx % groups) * kGroup;
+    const int64_t bc = idx / groups;
+    const int64_t b = bc / per_b, t0 = (bc % per_b) * len;
+    const int64_t t1 = t0 + len < T_len ? t0 + len : T_len;
+    float w[W][kGroup];
+    if (d_x) {
+#pragma unroll
+      for (int j = 0; j < W; ++j) load4(w_t + j * D + d0, w[j]);
+    }
+    const T* xb = x + b * xs0 + d0;
+    const T* gb = d_y + b * gs0 + d0;
+    T* dxb = d_x ? d_x + b * T_len * D + d0 : nullptr;
+    // At step s: xw[j] = x[s - (W-1) + j], gw[k] = d_y[s + k] (zero outside [0, T)).
+    float xw[W][kGroup], gw[W][kGroup], acc[W + 1][kGroup];
+#pragma unroll
+    for (int j = 0; j <= W; ++j) {
+#pragma unroll
+      for (int c = 0; c < kGroup; ++c) acc[j][c] = 0.f;
+    }
+#pragma unroll
+    for (int j = 1; j < W; ++j) {
+      const int64_t s = t0 - W + j;
+      if (want_w && s >= 0) {
+        load4(xb + s * xs1, xw[j]);
+      } else {
+#pragma unroll
+        for (int c = 0; c < kGroup; ++c) xw[j][c] = 0.f;
+      }
+      const int64_t t = t0 + j - 1;
+      if (t < T_len) {
+        load4(gb + t * gs1, gw[j]);
+      } else {
+#pragma unroll
+        for (int c = 0; c < kGroup; ++c) gw[j][c] = 0.f;
+      }
+    }
+    for (int64_t s = t0; s < t1; s += kStep) {
+      float in_x[kStep][kGroup], in_g[kStep][kGroup];
+#pragma unroll
+      for (int u = 0; u < kStep; ++u) {
+        if (want_w && s + u < t1) load4(xb + (s + u) * xs1, in_x[u]);
+        const int64_t t = s + u + W - 1;
+        if (s + u < t1 && t < T_len) {
+          load4(gb + t * gs1, in_g[u]);
+        } else {
+#pragma unroll
+          for (int c = 0; c < kGroup; ++c) in_g[u][c] = 0.f;
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kStep; ++u) {
+        if (s + u < t1) {
+#pragma unroll
+          for (int c = 0; c < kGroup; ++c) {
+#pragma unroll
+            for (int j = 0; j < W - 1; ++j) {
+              xw[j][c] = xw[j + 1][c];
+              gw[j][c] = gw[j + 1][c];
+            }
+            xw[W - 1][c] = want_w ? in_x[u][c] : 0.f;
+            gw[W - 1][c] = in_g[u][c];
+          }
+          if (dxb) {
+            // d_x[s] = sum_j w[j] d_y[s + (W-1) - j] = sum_j w[j] gw[W-1-j]
+            float out[kGroup];
+#pragma unroll
+            for (int c = 0; c < kGroup; ++c) {
+              out[c] = 0.f;
+#pragma unroll
+              for (int j = 0; j < W; ++j) out[c] += w[j][c] * gw[W - 1 - j][c];
+            }
+            store4(dxb + (s + u) * D, out);
+          }
+#pragma unroll
+          for (int c = 0; c < kGroup; ++c) {
+            const float g = gw[0][c];  // d_y[s]
+#pragma unroll
+            for (int j = 0; j < W; ++j) acc[j][c] += g * xw[j][c];
+            acc[W][c] += g;
+          }
+        }
+      }
+    }
+    if (want_w) {
+      float* out = partial + bc * (W + 1) * D + d0;
+#pragma unroll
+      for (int j = 0; j <= W; ++j) {
+        *reinterpret_cast<float4*>(out + j * D) =
+            make_float4(acc[j][0], acc[j][1], acc[j][2], acc[j][3]);
+      }
+    }
+  }
+}
+
+// Whether the channel-group path applies to these strides and pointers.
+bool group_path(int64_t D, const int64_t* strides, std::initializer_list<const void*> ptrs,
+                size_t elem) {
+  if (D % kGroup != 0 || strides[2] != 1 || strides[1] % kGroup != 0 || strides[0] % kGroup != 0) {
+    return false;
+  }
+  for (const void* p : ptrs) {
+    if (p != nullptr && reinterpret_cast<uintptr_t>(p) % (kGroup * elem) != 0) return false;
+  }
+  return true;
+}
+
+unsigned grid_flat_final(int64_t columns) { return static_cast<unsigned>((columns + 31) / 32); }
+
+unsigned grid_flat(int64_t threads) {
+  int64_t b = (threads + kThreads - 1) / kThreads;
+  if (b > (int64_t{1} << 31) - 1) b = (int64_t{1} << 31) - 1;
+  return static_cast<unsigned>(b < 1 ? 1 : b);
 }
 
 unsigned grid_y(int64_t n) { return static_cast<unsigned>(n > 65535 ? 65535 : (n < 1 ? 1 : n)); }
@@ -194,6 +417,15 @@ unsigned grid_1d(int64_t n) {
 
 template <class T, int W>
 const char* fwd_w(const CausalConv1dFwdParams& p, cudaStream_t s) {
+  if (group_path(p.D, p.x_strides, {p.x, p.w_t, p.y, p.bias}, sizeof(T)) &&
+      (p.bias == nullptr || p.bias_stride == 1)) {
+    const int64_t chunks = (p.T + kVecFwdChunk - 1) / kVecFwdChunk;
+    causal_conv1d_fwd_vec_kernel<T, W>
+        <<<grid_flat(p.B * chunks * (p.D / kGroup)), kThreads, 0, s>>>(
+            p.B, p.T, p.D, static_cast<const T*>(p.x), p.x_strides[0], p.x_strides[1],
+            static_cast<const T*>(p.w_t), static_cast<const T*>(p.bias), static_cast<T*>(p.y));
+    return last_error();
+  }
   const int64_t chunks = (p.T + kFwdChunk - 1) / kFwdChunk;
   const dim3 grid(static_cast<unsigned>((p.D + kThreads - 1) / kThreads), grid_y(p.B * chunks));
   causal_conv1d_fwd_kernel<T, W><<<grid, kThreads, 0, s>>>(
@@ -205,6 +437,23 @@ const char* fwd_w(const CausalConv1dFwdParams& p, cudaStream_t s) {
 
 template <class T, int W>
 const char* bwd_w(const CausalConv1dBwdParams& p, cudaStream_t s) {
+  const bool want_w = p.d_w || p.d_bias;
+  if (group_path(p.D, p.d_y_strides, {p.d_y, p.w_t, p.d_x}, sizeof(T)) &&
+      (!want_w || (group_path(p.D, p.x_strides, {p.x}, sizeof(T)) && aligned16(p.scratch)))) {
+    const DwChunks ch = dw_chunks(p.B, p.T);
+    float* partial = want_w ? static_cast<float*>(p.scratch) : nullptr;
+    causal_conv1d_bwd_vec_kernel<T, W>
+        <<<grid_flat(p.B * ch.per_b * (p.D / kGroup)), kThreads, 0, s>>>(
+            p.B, p.T, p.D, ch.per_b, ch.len, static_cast<const T*>(p.d_y), p.d_y_strides[0],
+            p.d_y_strides[1], static_cast<const T*>(p.x), p.x_strides[0], p.x_strides[1],
+            static_cast<const T*>(p.w_t), static_cast<T*>(p.d_x), partial);
+    if (want_w) {
+      causal_conv1d_bwd_dw_final_kernel<T>
+          <<<grid_flat_final((p.W + 1) * p.D), dim3(32, kFinalLanes), 0, s>>>(
+              p.B * ch.per_b, p.D, p.W, partial, static_cast<T*>(p.d_w), static_cast<T*>(p.d_bias));
+    }
+    return last_error();
+  }
   const unsigned gx = static_cast<unsigned>((p.D + kThreads - 1) / kThreads);
   if (p.d_x) {
     const int64_t chunks = (p.T + kFwdChunk - 1) / kFwdChunk;
@@ -219,8 +468,9 @@ const char* bwd_w(const CausalConv1dBwdParams& p, cudaStream_t s) {
         p.B, p.T, p.D, ch.per_b, ch.len, static_cast<const T*>(p.d_y), p.d_y_strides[0],
         p.d_y_strides[1], p.d_y_strides[2], static_cast<const T*>(p.x), p.x_strides[0],
         p.x_strides[1], p.x_strides[2], p.d_w != nullptr, partial);
-    causal_conv1d_bwd_dw_final_kernel<T><<<grid_1d((p.W + 1) * p.D), 256, 0, s>>>(
-        p.B * ch.per_b, p.D, p.W, partial, static_cast<T*>(p.d_w), static_cast<T*>(p.d_bias));
+    causal_conv1d_bwd_dw_final_kernel<T>
+        <<<grid_flat_final((p.W + 1) * p.D), dim3(32, kFinalLanes), 0, s>>>(
+            p.B * ch.per_b, p.D, p.W, partial, static_cast<T*>(p.d_w), static_cast<T*>(p.d_bias));
   }
   return last_error();
 }

@@ -2,8 +2,14 @@
 // see cuda/loss.h for what each computes.
 //
 // Rows go one per warp (V <= 1024, four rows per block) or one per block (256 or 512
-// threads). Each thread walks its row with stride kThreads keeping an online (max, sum)
-// pair; the pairs are combined by shuffles and shared memory in a fixed order. The
+// threads). The forward reads each logit once: each thread walks its row in 16-byte
+// vectors (four in flight), with stride kThreads, keeping an online (max, sum) pair that
+// is rescaled once per vector; the row's elements before the first 16-byte boundary and
+// after the last whole vector are taken one by one, so any row offset and any V work.
+// The pairs are combined by shuffles and shared memory in a fixed order. The backward
+// reads the logits and writes d_logits in the same vectors (when the two rows sit at the
+// same offset within 16 bytes, else element by element); no float32 probabilities are
+// stored. The
 // finalize kernel is a single block: thread i sums rows i, i + 1024, ... in order (in
 // float64, like the CPU path), then a shared-memory tree combines the threads, so the
 // mean is bit-for-bit reproducible without atomics.
@@ -15,6 +21,7 @@
 
 #include "cuda/loss.h"
 #include "cuda/row_reduce.cuh"
+#include "cuda/vec_io.cuh"
 
 namespace resona::cuda {
 namespace {
@@ -23,9 +30,37 @@ __device__ __forceinline__ bool counted(int64_t t, int64_t ignore_index, int64_t
   return t != ignore_index && t >= 0 && t < v;
 }
 
+// Elements of the row at `p` before its first 16-byte boundary, at most v.
+template <class T>
+__device__ __forceinline__ int64_t head_len(const T* p, int64_t v) {
+  const unsigned a = static_cast<unsigned>(reinterpret_cast<uintptr_t>(p) & 15u);
+  const int64_t h = a == 0 ? 0 : static_cast<int64_t>((16u - a) / sizeof(T));
+  return h < v ? h : v;
+}
+
+// Folds the values e[0..n) into the running (max, sum): the max is raised once for the
+// group, then each term added. -inf logits add nothing; a NaN makes the sum NaN.
+template <int n>
+__device__ __forceinline__ void add_group(MaxSum& ms, const float (&e)[n]) {
+  float m = e[0];
+#pragma unroll
+  for (int i = 1; i < n; ++i) m = fmaxf(m, e[i]);
+  if (m > ms.m) {
+    ms.s *= expf(ms.m - m);  // 0 while ms is empty (ms.m = -inf)
+    ms.m = m;
+  }
+#pragma unroll
+  for (int i = 0; i < n; ++i) ms.s += e[i] == -INFINITY ? 0.f : expf(e[i] - ms.m);
+}
+
+constexpr int kUnroll = 4;  // 16-byte loads in flight per thread
+
 template <class T, class I, int kThreads>
-__global__ void cross_entropy_fwd_kernel(int64_t n, int64_t v, const T* x, const I* targets,
-                                         int64_t ignore_index, float* lse, float* loss) {
+__global__ void __launch_bounds__(block_threads<kThreads>())
+    cross_entropy_fwd_kernel(int64_t n, int64_t v, const T* __restrict__ x,
+                             const I* __restrict__ targets, int64_t ignore_index,
+                             float* __restrict__ lse, float* __restrict__ loss) {
+  constexpr int kN = Vec16<T>::kN;
   __shared__ float sh[64];
   constexpr int kRowsPerBlock = block_threads<kThreads>() / kThreads;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kThreads;
@@ -40,15 +75,29 @@ __global__ void cross_entropy_fwd_kernel(int64_t n, int64_t v, const T* x, const
     return;
   }
   const T* xr = x + row * v;
+  // Scalar head up to the first 16-byte boundary and tail after the last whole vector;
+  // 16-byte vectors in between.
+  const int64_t head = head_len(xr, v);
+  const int64_t nvec = (v - head) / kN;
+  const int64_t body_end = head + nvec * kN;
   MaxSum ms{-INFINITY, 0.f};
-  for (int64_t j = lane; j < v; j += kThreads) {
-    const float e = load(xr, j);
-    if (e > ms.m) {
-      ms.s = ms.s * expf(ms.m - e) + 1.f;
-      ms.m = e;
-    } else if (e != -INFINITY) {
-      ms.s += expf(e - ms.m);
-    }
+  for (int64_t j = lane; j < head + (v - body_end); j += kThreads) {
+    const float e[1] = {load(xr, j < head ? j : body_end + (j - head))};
+    add_group(ms, e);
+  }
+  const T* body = xr + head;
+  int64_t k = lane;
+  for (; k + (kUnroll - 1) * kThreads < nvec; k += kUnroll * kThreads) {
+    float e[kUnroll][kN];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) load_vec(body + (k + u * kThreads) * kN, e[u]);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) add_group(ms, e[u]);
+  }
+  for (; k < nvec; k += kThreads) {
+    float e[kN];
+    load_vec(body + k * kN, e);
+    add_group(ms, e);
   }
   ms = row_max_sum<kThreads>(ms, sh);
   if (lane == 0) {
@@ -107,20 +156,19 @@ __global__ void cross_entropy_finalize_kernel(int64_t n, int64_t v, const I* tar
 }
 
 template <class T, class I, int kThreads>
-__global__ void cross_entropy_bwd_kernel(int64_t n, int64_t v, const T* x, const I* targets,
-                                         int64_t ignore_index, const float* lse,
-                                         const int64_t* stats, const float* d_loss,
-                                         LossReduction reduction, T* dx) {
+__global__ void __launch_bounds__(block_threads<kThreads>())
+    cross_entropy_bwd_kernel(int64_t n, int64_t v, const T* __restrict__ x,
+                             const I* __restrict__ targets, int64_t ignore_index,
+                             const float* __restrict__ lse, const int64_t* __restrict__ stats,
+                             const float* __restrict__ d_loss, LossReduction reduction,
+                             T* __restrict__ dx) {
+  constexpr int kN = Vec16<T>::kN;
   constexpr int kRowsPerBlock = block_threads<kThreads>() / kThreads;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kThreads;
   if (row >= n) return;
   const int lane = threadIdx.x % kThreads;
   const int64_t t = static_cast<int64_t>(targets[row]);
-  T* dr = dx + row * v;
-  if (!counted(t, ignore_index, v)) {
-    for (int64_t j = lane; j < v; j += kThreads) store(dr, j, 0.f);
-    return;
-  }
+  const bool zero = !counted(t, ignore_index, v);  // ignored row: d_x = 0
   float g = 0.f;
   switch (reduction) {
     case LossReduction::kNone:
@@ -134,10 +182,45 @@ __global__ void cross_entropy_bwd_kernel(int64_t n, int64_t v, const T* x, const
       break;
   }
   const T* xr = x + row * v;
-  const float l = lse[row];
-  for (int64_t j = lane; j < v; j += kThreads) {
-    const float p = expf(load(xr, j) - l);
-    store(dr, j, (j == t ? p - 1.f : p) * g);
+  T* dr = dx + row * v;
+  const float l = zero ? 0.f : lse[row];
+  auto grad = [&](float xv, int64_t j) {
+    if (zero) return 0.f;
+    const float p = expf(xv - l);
+    return (j == t ? p - 1.f : p) * g;
+  };
+  // Vectors where x's and d_x's rows share their offset within 16 bytes; all scalar
+  // otherwise.
+  int64_t head = head_len(xr, v);
+  if (((reinterpret_cast<uintptr_t>(xr) ^ reinterpret_cast<uintptr_t>(dr)) & 15u) != 0) head = v;
+  const int64_t nvec = (v - head) / kN;
+  const int64_t body_end = head + nvec * kN;
+  for (int64_t i = lane; i < head + (v - body_end); i += kThreads) {
+    const int64_t j = i < head ? i : body_end + (i - head);
+    store(dr, j, grad(load(xr, j), j));
+  }
+  const T* xb = xr + head;
+  T* db = dr + head;
+  int64_t k = lane;
+  for (; k + (kUnroll - 1) * kThreads < nvec; k += kUnroll * kThreads) {
+    float e[kUnroll][kN];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) load_vec(xb + (k + u * kThreads) * kN, e[u]);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t j0 = head + (k + u * kThreads) * kN;
+#pragma unroll
+      for (int q = 0; q < kN; ++q) e[u][q] = grad(e[u][q], j0 + q);
+      store_vec(db + (k + u * kThreads) * kN, e[u]);
+    }
+  }
+  for (; k < nvec; k += kThreads) {
+    float e[kN];
+    load_vec(xb + k * kN, e);
+    const int64_t j0 = head + k * kN;
+#pragma unroll
+    for (int q = 0; q < kN; ++q) e[q] = grad(e[q], j0 + q);
+    store_vec(db + k * kN, e);
   }
 }
 

@@ -12,7 +12,7 @@ under torch.no_grad(); forward+backward runs torch.autograd.grad of the output w
 inputs with a fixed random d_out (no .grad buffers). Ideal bytes and FLOPs are the same
 formulas as ops_bench.cc (see the comments there).
 
-Usage: python3 tools/bench_torch.py --csv torch.csv > torch.md
+Usage: python3 tools/bench_torch.py --csv torch.csv [--only rms_norm,layer_norm] > torch.md
 """
 
 import argparse
@@ -88,7 +88,11 @@ class Table:
     def __init__(self, copy, gemm):
         self.copy, self.gemm, self.rows = copy, gemm, []
 
+    only = []  # ops to time (--only); empty: all
+
     def add(self, op, shape, dt, pas, nbytes, flops, tensor_core, fn):
+        if self.only and op not in self.only:
+            return
         try:
             ms = time_ms(fn)
         except Exception as e:  # a case PyTorch refuses (e.g. a dtype) is reported, not fatal
@@ -293,8 +297,7 @@ def bench_reductions(t, dt):
 
 
 def bench_norms(t, dt):
-    for d in (4096, 600):
-        rows = 16384
+    for rows, d in ((16384, 4096), (16384, 600), (131072, 600)):
         s = torch.finfo(dt).bits // 8
         xs, stats = rows * d * s, rows * 4.0
         shape = dims(rows, d)
@@ -420,6 +423,7 @@ def bench_delta_rule(t, dt):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--csv", help="write the table as CSV here too")
+    ap.add_argument("--only", default="", help="comma-separated ops to time (default: all)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_torch: no CUDA device")
@@ -429,6 +433,7 @@ def main():
           f"torch {torch.__version__}\n")
     copy, gemm = measure_ceilings()
     t = Table(copy, gemm)
+    t.only = [o for o in args.only.split(",") if o]
     for dt in (torch.float32, torch.bfloat16):
         for bench in (bench_elementwise, bench_reductions, bench_norms, bench_cross_entropy,
                       bench_embedding, bench_conv, bench_matmul, bench_linear_scan,

@@ -45,6 +45,7 @@
 #include <functional>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "autograd/engine.h"
@@ -201,9 +202,13 @@ class Table {
  public:
   explicit Table(const Ceilings& c) : c_(c) {}
 
+  // Ops to time (--only); empty: all.
+  std::vector<std::string> only;
+
   // Times `fn` and records the row; a refused case (resona::Error) is reported on stderr.
   void add(const std::string& op, const std::string& shape, DType dt, const std::string& pass,
            double bytes, double flops, Bound bound, const std::function<void()>& fn) {
+    if (!only.empty() && std::find(only.begin(), only.end(), op) == only.end()) return;
     const std::string dtype = dt == DType::kBFloat16 ? "bf16" : "f32";
     double ms = 0;
     try {
@@ -340,8 +345,8 @@ void bench_reductions(Table& t, DType dt) {
 }
 
 void bench_norms(Table& t, DType dt) {
-  for (int64_t d : {int64_t{4096}, int64_t{600}}) {
-    const int64_t rows = 16384;
+  // [131072, 600]: the model width at enough rows to fill the card (~315 MB of float32 x).
+  for (auto [rows, d] : {std::pair<int64_t, int64_t>{16384, 4096}, {16384, 600}, {131072, 600}}) {
     const double s = dtype_size(dt), xs = rows * d * s;
     const double stats = rows * 4.0;  // float32 rstd (and mean) per row, saved for backward
     const std::string shape = dims({rows, d});
@@ -504,15 +509,21 @@ void bench_delta_rule(Table& t, DType dt) {
 
 int run(int argc, char** argv) {
   std::string csv;
+  std::vector<std::string> only;  // --only op1,op2: time just these ops (names as in the table)
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--csv" && i + 1 < argc) {
       csv = argv[++i];
     } else if (arg.rfind("--csv=", 0) == 0) {
       csv = arg.substr(6);
+    } else if (arg.rfind("--only=", 0) == 0) {
+      for (size_t a = 7, b; a <= arg.size(); a = b + 1) {
+        b = std::min(arg.find(',', a), arg.size());
+        if (b > a) only.push_back(arg.substr(a, b - a));
+      }
     } else {
-      std::fprintf(stderr, "usage: %s [--csv PATH]\n  unknown argument: %s\n", argv[0],
-                   arg.c_str());
+      std::fprintf(stderr, "usage: %s [--csv PATH] [--only=op,op,...]\n  unknown argument: %s\n",
+                   argv[0], arg.c_str());
       return 2;
     }
   }
@@ -528,6 +539,7 @@ int run(int argc, char** argv) {
               prop.totalGlobalMem / 1048576.0);
 
   Table table(measure_ceilings());
+  table.only = only;
   for (DType dt : {DType::kFloat32, DType::kBFloat16}) {
     bench_elementwise(table, dt);
     bench_reductions(table, dt);

@@ -1,7 +1,10 @@
 // CUDA against CPU for causal_conv1d: forward and the backward run by the autograd
 // engine on the GPU (d_x, d_weight, d_bias), float32 and bfloat16, W = 2..8, T < W,
 // odd B/T/D, many time chunks and B > 1024 (the d_weight reduction's other chunking),
-// strided x, weight, bias and d_y; d_weight/d_bias bit-identical over reruns.
+// strided x, weight, bias and d_y; d_weight/d_bias bit-identical over reruns. The
+// channel-group path (D a multiple of 4, unit channel stride, aligned): D = 4 .. 1200,
+// T not a multiple of the chunk or of the steps loaded ahead, x and d_y as views one
+// element in (misaligned: the scalar path) and four elements in with padded rows.
 //
 // The CPU reference runs in float32 on the same inputs (bf16-rounded for bfloat16).
 // Tolerances, per element, with S the same sum over |terms| (the CPU op on |x|, |w|,
@@ -62,6 +65,18 @@ Tensor to_cuda(const Tensor& x, DType dtype, bool strided) {
   return make_view(base, x.shape(), strides, 0);
 }
 
+// x [B, T, D] (CPU float32) on the GPU as `dtype`, as a view `offset` elements into a
+// buffer whose rows are `pad` elements longer than D: offset 1 misaligns every row (the
+// scalar path), offset 4 with pad 4 keeps 4-channel groups aligned with strides other
+// than contiguous ones (the channel-group path).
+Tensor to_cuda_view(const Tensor& x, DType dtype, int64_t offset, int64_t pad) {
+  const int64_t B = x.shape()[0], T = x.shape()[1], D = x.shape()[2];
+  const Shape strides = {T * (D + pad), D + pad, 1};
+  Tensor buf = zeros({offset + B * T * (D + pad)});
+  make_view(buf, x.shape(), strides, offset).copy_(x);
+  return make_view(copy_to(buf, dtype, Device::cuda()), x.shape(), strides, offset);
+}
+
 Tensor as_leaf(Tensor t) {
   t.set_requires_grad(true);
   return t;
@@ -72,10 +87,18 @@ struct ConvCase {
   bool bias;
 };
 
-std::string case_name(const ConvCase& c, DType dt, bool strided) {
+// Layouts of the GPU inputs: fresh contiguous tensors, strided views (to_cuda), and x /
+// d_y as views at an offset (to_cuda_view).
+enum class Layout { kContiguous, kStrided, kOffset1, kOffset4Padded };
+
+std::string case_name(const ConvCase& c, DType dt, Layout layout) {
   return "causal_conv1d(B=" + std::to_string(c.B) + ",T=" + std::to_string(c.T) +
          ",D=" + std::to_string(c.D) + ",W=" + std::to_string(c.W) +
-         ",bias=" + (c.bias ? "yes" : "no") + "," + dtype_name(dt) + (strided ? ",strided" : "") +
+         ",bias=" + (c.bias ? "yes" : "no") + "," + dtype_name(dt) +
+         (layout == Layout::kStrided         ? ",strided"
+          : layout == Layout::kOffset1       ? ",x and d_y at offset 1"
+          : layout == Layout::kOffset4Padded ? ",x and d_y at offset 4, rows padded by 4"
+                                             : "") +
          ")";
 }
 
@@ -108,7 +131,8 @@ void check_bound(const Tensor& got, const Tensor& expected, const Tensor& S, dou
   CHECK(true);
 }
 
-void check_case(const ConvCase& c, DType dt, bool strided, uint64_t seed) {
+void check_case(const ConvCase& c, DType dt, Layout layout, uint64_t seed) {
+  const bool strided = layout == Layout::kStrided;
   Generator gen(seed);
   auto input = [&](const Shape& s) {
     Tensor t = gen.uniform(s, -1, 1);
@@ -126,9 +150,15 @@ void check_case(const ConvCase& c, DType dt, bool strided, uint64_t seed) {
   auto gpu_run = [&] {
     Tensor xg = as_leaf(to_cuda(x, dt, strided)), wg = as_leaf(to_cuda(w, dt, strided));
     Tensor bg = c.bias ? as_leaf(to_cuda(b, dt, strided)) : Tensor();
+    if (layout == Layout::kOffset1 || layout == Layout::kOffset4Padded) {
+      const int64_t offset = layout == Layout::kOffset1 ? 1 : 4;
+      const int64_t pad = layout == Layout::kOffset1 ? 0 : 4;
+      xg = as_leaf(to_cuda_view(x, dt, offset, pad));
+      return run(xg, wg, bg, to_cuda_view(d_y, dt, offset, pad));
+    }
     return run(xg, wg, bg, to_cuda(d_y, dt, strided));
   };
-  const std::string name = case_name(c, dt, strided);
+  const std::string name = case_name(c, dt, layout);
   const Grads3 g = gpu_run();
   CHECK(g.y.device().is_cuda());
   CHECK(g.y.dtype() == dt);
@@ -161,7 +191,27 @@ RESONA_GPU_TEST(
   uint64_t seed = 600;
   for (const ConvCase& c : cases) {
     for (DType dt : {DType::kFloat32, DType::kBFloat16}) {
-      for (bool strided : {false, true}) check_case(c, dt, strided, seed++);
+      for (Layout layout : {Layout::kContiguous, Layout::kStrided}) {
+        check_case(c, dt, layout, seed++);
+      }
+    }
+  }
+}
+
+RESONA_GPU_TEST(
+    "causal_conv1d CUDA vs CPU, channel-group path and edges (B,T,D,W = 2,77,1200,4; "
+    "3,130,36,2; 2,300,64,8; 1,5,4,3; 2,131,8,4; 9,70,20,5; x and d_y contiguous, at "
+    "offset 1, at offset 4 with padded rows; float32, bfloat16)") {
+  const ConvCase cases[] = {
+      {2, 77, 1200, 4, true}, {3, 130, 36, 2, false}, {2, 300, 64, 8, true},
+      {1, 5, 4, 3, true},     {2, 131, 8, 4, true},   {9, 70, 20, 5, false},
+  };
+  uint64_t seed = 700;
+  for (const ConvCase& c : cases) {
+    for (DType dt : {DType::kFloat32, DType::kBFloat16}) {
+      for (Layout layout : {Layout::kContiguous, Layout::kOffset1, Layout::kOffset4Padded}) {
+        check_case(c, dt, layout, seed++);
+      }
     }
   }
 }

@@ -44,8 +44,19 @@ Tensor random_targets(Generator& gen, int64_t N, int64_t V, int64_t ignore_index
   return from_vector_as(t, {N}, index_dtype);
 }
 
+// The logits on the GPU as `dt`: a fresh tensor, or (offset > 0) a contiguous [N, V] view
+// `offset` elements into a longer buffer, so row starts sit at other 16-byte offsets.
+Tensor logits_on_gpu(const Tensor& x, DType dt, int64_t offset) {
+  if (offset == 0) return copy_to(x, dt, Device::cuda());
+  const int64_t n = x.numel();
+  Tensor buf = zeros({offset + n});
+  buf.slice(0, offset, offset + n).copy_(x.reshape({n}));
+  return make_view(copy_to(buf, dt, Device::cuda()), x.shape(), {x.shape()[1], 1}, offset);
+}
+
 void check_cross_entropy(int64_t N, int64_t V, DType dtype, DType index_dtype, Reduction red,
-                         int64_t ignore_index, double ignored, uint64_t seed) {
+                         int64_t ignore_index, double ignored, uint64_t seed,
+                         int64_t x_offset = 0) {
   Generator gen(seed);
   Tensor x = gen.uniform({N, V}, -8.0, 8.0);
   if (dtype == DType::kBFloat16) x = round_to_bf16(x);
@@ -55,7 +66,8 @@ void check_cross_entropy(int64_t N, int64_t V, DType dtype, DType index_dtype, R
   Tensor x64 = copy_to(x, DType::kFloat64, Device::cpu()).set_requires_grad(true);
   Tensor l64 = cross_entropy(x64, t, ignore_index, red);
   l64.backward(copy_to(d_loss, DType::kFloat64, Device::cpu()));
-  Tensor xg = copy_to(x, dtype, Device::cuda()).set_requires_grad(true);
+  Tensor xg = logits_on_gpu(x, dtype, x_offset);
+  xg.set_requires_grad(true);
   Tensor lg = cross_entropy(xg, copy_to(t, index_dtype, Device::cuda()), ignore_index, red);
   REQUIRE(lg.device().is_cuda());
   REQUIRE(lg.dtype() == DType::kFloat32);  // fp32 loss on CUDA, also for bf16 logits
@@ -114,7 +126,8 @@ void check_cross_entropy(int64_t N, int64_t V, DType dtype, DType index_dtype, R
   const std::string name = "cross_entropy(N=" + std::to_string(N) + ",V=" + std::to_string(V) +
                            "," + dtype_name(dtype) + ",targets " + dtype_name(index_dtype) + "," +
                            reduction_name(red) + ",ignore_index=" + std::to_string(ignore_index) +
-                           ",ignored=" + std::to_string(ignored) + ")";
+                           ",ignored=" + std::to_string(ignored) +
+                           (x_offset ? ",logits at offset " + std::to_string(x_offset) : "") + ")";
   check_bound(name + " loss", lg, loss, loss_bound);
   check_bound(name + " d_logits", xg.grad(), dx, dx_bound);
   REQUIRE(xg.grad().dtype() == dtype);  // one logits-sized buffer in the logits' dtype
@@ -140,6 +153,26 @@ RESONA_GPU_TEST(
     check_cross_entropy(150, 32000, dt, DType::kInt64, Reduction::kMean, 3, 0.25, seed++);
     check_cross_entropy(7, 1029, dt, DType::kInt64, Reduction::kMean, kIgnoreIndex, 1.0, seed++);
     check_cross_entropy(7, 1029, dt, DType::kInt32, Reduction::kSum, kIgnoreIndex, 1.0, seed++);
+  }
+}
+
+RESONA_GPU_TEST(
+    "cross_entropy CUDA vs CPU, vector path edges (V=32000,4096,8,1031,1; logits at offsets "
+    "1, 2, 4, 8 elements; mean, none; ignore_index -100 and 0)") {
+  uint64_t seed = 300;
+  for (DType dt : {DType::kFloat32, DType::kBFloat16}) {
+    // V a whole number of vectors, exactly one vector, and not.
+    for (int64_t V : {32000, 4096, 8, 1031, 1}) {
+      check_cross_entropy(33, V, dt, DType::kInt64, Reduction::kMean, kIgnoreIndex, 0.25, seed++);
+    }
+    // Misaligned and offset views: scalar heads and tails in the forward; the backward's
+    // d_logits (a fresh buffer) then sits at another 16-byte offset than the logits unless
+    // the offset is a whole vector.
+    for (int64_t offset : {1, 2, 4, 8}) {
+      check_cross_entropy(20, 32000, dt, DType::kInt32, Reduction::kNone, kIgnoreIndex, 0.25,
+                          seed++, offset);
+      check_cross_entropy(9, 1031, dt, DType::kInt64, Reduction::kMean, 0, 0.25, seed++, offset);
+    }
   }
 }
 

@@ -1,9 +1,13 @@
 // CUDA against CPU for rms_norm and layer_norm (ops/norm.h, kernels in cuda/norm.cu):
 // forward and backward (the GPU's d_x, d_weight and d_bias from the autograd engine
 // against the CPU's), on fresh random inputs, float32 and bfloat16, D = 1, 7, 75, 1029,
-// 5000 (one warp per row up to 1024, blocks beyond), R = 1, 7, 150, 600 rows (several
-// column chunks of 128 rows), x [2, 3, D], with and without weight and bias, inputs with
-// a mean far from zero for layer_norm; d_weight bit-identical across runs.
+// 5000, R = 1, 7, 150, 600 rows, x [2, 3, D], with and without weight and bias, inputs
+// with a mean far from zero for layer_norm; d_weight bit-identical across runs.
+// The 16-byte vector path and its edges: D = 600, 604, 2048, 4096, 8192 (each register
+// plan: a warp per row with 3, 6, 8 vectors per lane, blocks of 256 / 512 threads with 2
+// or 4), D = 602 and 8200 (not a whole number of vectors, or too long for float32: the
+// scalar path), R = 4100 (hundreds of column chunks, the last one short), and x a view
+// one element into its buffer (misaligned: scalar path) or four bf16 / float32 elements in.
 //
 // Reference: the CPU path in float64 on the same values (bf16-rounded for bfloat16), so
 // each tolerance is the GPU's own error, derived where it is set. u = 2^-24 is float32's
@@ -11,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "ops/norm.h"
@@ -31,7 +36,21 @@ std::string case_name(const NormCase& c, DType dtype) {
          (c.weight ? ",weight" : "") + (c.bias ? ",bias" : "") + "," + dtype_name(dtype) + ")";
 }
 
-void check_norm(const NormCase& c, DType dtype, uint64_t seed) {
+// x on the GPU as `dt`: a fresh tensor, or (offset > 0) a contiguous view `offset`
+// elements into a longer buffer, so its data pointer is not 16-byte aligned unless
+// offset * size is a multiple of 16.
+Tensor x_on_gpu(const Tensor& x, DType dt, int64_t offset) {
+  if (offset == 0) return copy_to(x, dt, Device::cuda());
+  const int64_t n = x.numel();
+  Tensor buf = zeros({offset + n});
+  buf.slice(0, offset, offset + n).copy_(x.reshape({n}));
+  Tensor dev = copy_to(buf, dt, Device::cuda());
+  Shape strides(x.dim(), 1);
+  for (int64_t i = x.dim() - 2; i >= 0; --i) strides[i] = strides[i + 1] * x.shape()[i + 1];
+  return make_view(dev, x.shape(), strides, offset);
+}
+
+void check_norm(const NormCase& c, DType dtype, uint64_t seed, int64_t x_offset = 0) {
   Generator gen(seed);
   const int64_t D = c.shape.back();
   const int64_t R = shape_numel(c.shape) / D;
@@ -49,7 +68,9 @@ void check_norm(const NormCase& c, DType dtype, uint64_t seed) {
   auto run = [&](DType dt, Device dev) {
     std::vector<Tensor> in(3);
     for (int i = 0; i < 3; ++i) {
-      if (host[i].defined()) in[i] = copy_to(host[i], dt, dev).set_requires_grad(true);
+      if (!host[i].defined()) continue;
+      in[i] = i == 0 && dev.is_cuda() ? x_on_gpu(host[i], dt, x_offset) : copy_to(host[i], dt, dev);
+      in[i].set_requires_grad(true);
     }
     Tensor y = c.layer ? layer_norm(in[0], in[1], in[2], eps) : rms_norm(in[0], in[1], eps);
     y.backward(copy_to(host[3], dt, dev));
@@ -112,12 +133,17 @@ void check_norm(const NormCase& c, DType dtype, uint64_t seed) {
                     (bf ? kBf * std::abs(dx[i]) : 0);
     }
   }
-  const std::string name = case_name(c, dtype);
+  const std::string name =
+      case_name(c, dtype) + (x_offset ? ",x at offset " + std::to_string(x_offset) : "");
   check_bound(name + " y", got[0], y, y_bound);
   check_bound(name + " d_x", got[1].grad(), dx, dx_bound);
   // d_w = sum_rows d_y xhat, d_b = sum_rows d_y: xhat's error summed, plus the two-stage
-  // float32 sum (16 rows per thread, 8 lanes, then ceil(R/128) chunks in order), then bf16.
-  const double col_rel = (static_cast<double>(R) / 128 + 32) * kU;
+  // float32 sum, then bf16. A chunk holds L = max(8, ceil(R / 512)) rows (cuda/norm.h),
+  // summed by one thread in order (at most L terms, then <= 8 warps or lanes); the <= 512
+  // chunk partials go to 16 lanes in order (<= 32 terms each), then the 16 lanes: at
+  // most L + 8 + 32 + 16 additions in any path.
+  const double chunk_len = std::max<double>(8, std::ceil(static_cast<double>(R) / 512));
+  const double col_rel = (chunk_len + 56) * kU;
   if (c.weight) {
     const std::vector<double> dw = values_of(want[2].grad());
     std::vector<double> bound(D);
@@ -153,6 +179,33 @@ RESONA_GPU_TEST(
     check_norm({true, {2, 3, 75}, false, false}, dt, seed++);
     check_norm({true, {7, 1029}, true, false}, dt, seed++);
     check_norm({true, {150, 75}, false, true}, dt, seed++);
+  }
+}
+
+RESONA_GPU_TEST(
+    "rms_norm and layer_norm CUDA vs CPU, vector path and edges (D=600,604,2048,4096,8192; "
+    "D=602,8200 scalar; R=4100 many chunks; x misaligned by 1 element or offset by 4; "
+    "float32, bfloat16)") {
+  uint64_t seed = 900;
+  for (DType dt : {DType::kFloat32, DType::kBFloat16}) {
+    for (auto [R, D] : std::vector<std::pair<int64_t, int64_t>>{{300, 600},
+                                                                {33, 604},
+                                                                {20, 2048},
+                                                                {40, 4096},
+                                                                {3, 8192},
+                                                                {33, 602},
+                                                                {2, 8200},
+                                                                {4100, 64},
+                                                                {1, 1}}) {
+      check_norm({false, {R, D}, true, false}, dt, seed++);
+      check_norm({true, {R, D}, true, true}, dt, seed++);
+    }
+    check_norm({true, {4100, 600}, false, true}, dt, seed++);
+    for (int64_t offset : {1, 4}) {
+      check_norm({false, {50, 600}, true, false}, dt, seed++, offset);
+      check_norm({true, {50, 600}, true, true}, dt, seed++, offset);
+      check_norm({true, {7, 4096}, true, true}, dt, seed++, offset);
+    }
   }
 }
 
