@@ -144,7 +144,7 @@ __global__ void index_gather_fwd_kernel(Geom g, const int64_t* __restrict__ idx,
 // contiguous): every out row is one contiguous row of x. A warp per row; where source and
 // destination sit at the same offset from a 16-byte boundary (the whole row, when x's
 // row stride and the row length are multiples of 16 bytes and both bases are aligned),
-// the row moves in 16-byte vectors (kUnroll per lane in flight) between a scalar head
+// the row moves in 16-byte vectors (up to 8 per lane in flight) between a scalar head
 // and tail; otherwise element by element.
 constexpr int kRowWarps = 8;  // rows (warps) per block
 
@@ -152,7 +152,7 @@ template <class T>
 __device__ __forceinline__ void copy_row(const T* __restrict__ src, T* __restrict__ dst, int64_t n,
                                          int lane) {
   constexpr int kVec = 16 / static_cast<int>(sizeof(T));
-  constexpr int kUnroll = 4;
+  constexpr int kUnroll = 8;  // rows up to 4 KiB in one round of loads per lane
   const uintptr_t s = reinterpret_cast<uintptr_t>(src), d = reinterpret_cast<uintptr_t>(dst);
   if (((s ^ d) & 15u) != 0) {
     for (int64_t j = lane; j < n; j += 32) dst[j] = src[j];

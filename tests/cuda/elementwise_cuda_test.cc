@@ -305,6 +305,9 @@ const std::vector<UnaryCase>& unary_cases() {
       {"sigmoid", [](const Tensor& x) { return sigmoid(x); }, -4, 4},
       {"tanh", [](const Tensor& x) { return tanh(x); }, -4, 4},
       {"silu", [](const Tensor& x) { return silu(x); }, -4, 4},
+      // The sigmoid's exp(-|x|) down to ~1e-13 and its hardware reciprocal over (1, 2].
+      {"silu(x in [-30,30])", [](const Tensor& x) { return silu(x); }, -30, 30},
+      {"sigmoid(x in [-30,30])", [](const Tensor& x) { return sigmoid(x); }, -30, 30},
       {"gelu", [](const Tensor& x) { return gelu(x); }, -4, 4},
       {"softplus", [](const Tensor& x) { return softplus(x); }, -4, 4},
       {"softplus(x in [15,25], across the linear threshold 20)",
@@ -352,7 +355,8 @@ const std::vector<Operand>& unary_shapes() {
 
 RESONA_GPU_TEST(
     "unary elementwise CUDA vs CPU, forward and backward (neg, exp, log, sqrt, rsqrt, abs, "
-    "sigmoid, tanh, silu, gelu, softplus, relu, add/mul/pow scalar; x = [1] [7] [4097] "
+    "sigmoid, tanh, silu, gelu, softplus, relu, add/mul/pow scalar; silu and sigmoid also "
+    "on [-30,30]; x = [1] [7] [4097] "
     "[1000003] [33,65]T [17,40]step2 [5,129]expanded [4097]offset1; float32, bfloat16)") {
   uint64_t seed = 5000;
   for (const UnaryCase& c : unary_cases()) {
