@@ -195,7 +195,7 @@ RESONA_GPU_TEST(
   Tensor reuse = empty({1 << 20}, DType::kFloat32, Device::cuda());
   const cuda::AllocatorStats s = cuda::device_allocator().stats();
   CHECK(s.events_recorded > 0);
-  MESSAGE("allocator after the cross-stream case: " << s.str());
+  MESSAGE("B busy when x's block was requested again: " << b_busy << "; allocator: " << s.str());
 }
 
 RESONA_GPU_TEST("pinned pool: uploads reuse cached buffers (no cudaHostAlloc after warm-up)") {
