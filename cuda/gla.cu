@@ -777,27 +777,23 @@ __global__ void __launch_bounds__(kThreads)
   const SeqIn<T> q = seq<T>(p.q, b, h), k = seq<T>(p.k, b, h), g = seq<T>(p.g, b, h);
   const SeqIn<T> v = seq<T>(p.v, b, h), d_o = seq<T>(p.d_o, b, h);
 
+  // Shared memory: the chunk tiles, then one region that first stages the state terms'
+  // operands (d_o, v, S0, d_S tiles) and then holds d_A and its transpose, then rs
+  // (86 KB: two blocks per SM).
   const Tiles s = carve_tiles(smem);
   float* dA = smem + kTilesFloats;  // [kRows][kLd4]: d_A (scale included)
   float* dAT = dA + kRows * kLd4;   // [kRows][kLd4]: transposed
-  float* dot = dAT + kRows * kLd4;  // [kRows][kLdS]: d_o tile
+  float* dot = dA;                  // [kRows][kLdS]: d_o tile
   float* vt = dot + kRows * kLdS;   // [kRows][kLdS]: v tile
   float* S0t = vt + kRows * kLdS;   // [kKT][kLdS]: S0 tile (keys x values)
   float* dSt = S0t + kKT * kLdS;    // [kKT][kLdS]
-  float* rs = dSt + kKT * kLdS;     // [kKT]: rowsum(S0 * d_S) per key
-
-  const float* dA_g = d_A_all + (bh * NC + n) * kRows * kRows;
-  for (int idx = threadIdx.x; idx < kRows * kRows; idx += kThreads) {
-    const int i = idx / kRows, j = idx % kRows;
-    const float a = dA_g[idx];
-    dA[i * kLd4 + j] = a;
-    dAT[j * kLd4 + i] = a;
-  }
-  load_chunk_tiles(q, k, g, t0, L, k0, K, s);  // its first barrier orders the d_A copies
+  static_assert(2 * kRows * kLdS + 2 * kKT * kLdS <= 2 * kRows * kLd4, "staging fits");
+  float* rs = dA + 2 * kRows * kLd4;  // [kKT]: rowsum(S0 * d_S) per key
 
   // The state terms dq0 = d_o S0^T and dk0 = v d_S^T ([64, 32] each, this key tile) on
   // tensor cores: warp w owns rows 16 (w % 4) and both 16-key column tiles of dq0 (w < 4)
-  // or dk0 (w >= 4); threads 0..15 sum rowsum(S0 * d_S) for keys 2 tid, 2 tid + 1.
+  // or dk0 (w >= 4). rowsum(S0 * d_S): thread (key tid / 8, part tid % 8) sums values
+  // 4 part .. 4 part + 3 of each value tile, then the 8 parts are added by shuffles.
   static_assert(kThreads / 32 == 2 * (kRows / 16) && kKT == 32 && kVT % kTK == 0,
                 "8 warps x 2 tiles = two [64, 32] products");
   const float* S0 = p.states + (bh * NC + n) * p.K * p.V;
@@ -809,7 +805,8 @@ __global__ void __launch_bounds__(kThreads)
     FragC acc0[2];
     wmma::fill_fragment(acc0[0], 0.f);
     wmma::fill_fragment(acc0[1], 0.f);
-    float rsum[2] = {};
+    float rsum = 0.f;
+    static_assert(kThreads == 8 * kKT && kVT == 4 * 8, "rowsum: 8 threads x 4 values per key");
     for (int v0 = 0; v0 < V; v0 += kVT) {
       for (int idx = threadIdx.x; idx < kRows * kVT; idx += kThreads) {
         const int r = idx / kVT, c = idx % kVT;
@@ -830,12 +827,10 @@ __global__ void __launch_bounds__(kThreads)
         mma_tf32<row_major, col_major>(acc0[e], X + 16 * rt * kLdS, kLdS, Y + 16 * e * kLdS, kLdS,
                                        kVT / kTK);
       }
-      if (threadIdx.x < kKT / 2) {
-#pragma unroll
-        for (int cc = 0; cc < 2; ++cc) {
-          const int key = 2 * threadIdx.x + cc;
-          for (int c = 0; c < kVT; ++c) rsum[cc] += S0t[key * kLdS + c] * dSt[key * kLdS + c];
-        }
+      {
+        const int key = threadIdx.x / 8, c = 4 * (threadIdx.x % 8);
+        const float4 a = ld4(&S0t[key * kLdS + c]), w = ld4(&dSt[key * kLdS + c]);
+        rsum += a.x * w.x + a.y * w.y + a.z * w.z + a.w * w.w;
       }
       __syncthreads();
     }
@@ -845,10 +840,9 @@ __global__ void __launch_bounds__(kThreads)
       wmma::store_matrix_sync((warp < 4 ? dot : vt) + 16 * rt * kLdS + 16 * e, acc0[e], kLdS,
                               wmma::mem_row_major);
     }
-    if (threadIdx.x < kKT / 2) {
-      rs[2 * threadIdx.x] = rsum[0];
-      rs[2 * threadIdx.x + 1] = rsum[1];
-    }
+#pragma unroll
+    for (int d = 1; d < 8; d <<= 1) rsum += __shfl_xor_sync(0xffffffffu, rsum, d, 8);
+    if (threadIdx.x % 8 == 0) rs[threadIdx.x / 8] = rsum;
     __syncthreads();
   }
 
@@ -863,6 +857,16 @@ __global__ void __launch_bounds__(kThreads)
       dk0[r][cc] = vt[(4 * ti + r) * kLdS + 2 * tc + cc];
     }
   }
+  __syncthreads();  // the staging region now takes d_A
+
+  const float* dA_g = d_A_all + (bh * NC + n) * kRows * kRows;
+  for (int idx = threadIdx.x; idx < kRows * kRows; idx += kThreads) {
+    const int i = idx / kRows, j = idx % kRows;
+    const float a = dA_g[idx];
+    dA[i * kLd4 + j] = a;
+    dAT[j * kLd4 + i] = a;
+  }
+  load_chunk_tiles(q, k, g, t0, L, k0, K, s);  // its first barrier orders the d_A copies
 
   // Intra-chunk parts through the sub-chunk references (see load_chunk_tiles), d_A zero
   // above the diagonal:
@@ -1058,8 +1062,7 @@ size_t dv_smem_bytes(int64_t K) {
   constexpr int kUnion = kStage > kTilesFloats ? kStage : kTilesFloats;
   return sizeof(float) * (kUnion + kRows * kLd4 + k_pad(K) * kLd4);
 }
-constexpr size_t kDqkgSmemBytes =
-    sizeof(float) * (kTilesFloats + 2 * kRows * kLd4 + 2 * kRows * kLdS + 2 * kKT * kLdS + kKT);
+constexpr size_t kDqkgSmemBytes = sizeof(float) * (kTilesFloats + 2 * kRows * kLd4 + kKT);
 
 // Sizes the kernels rely on; nullptr when they hold.
 const char* check_dims(int64_t B, int64_t T, int64_t H, int64_t K, int64_t V, int64_t C) {

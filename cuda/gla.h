@@ -31,8 +31,11 @@
 //              + colsum(k * (v d_S^T) * exp(G_last - G));  d_g = reverse cumsum of d_G
 //   (4) a per-head gate: d_g summed over the K channels in channel order.
 // Every sum has a fixed order (no atomics): results are bit-identical run to run.
-// float32 arithmetic and states for float32 and bfloat16 storage. Inputs may have any
-// element strides; outputs are contiguous and overwritten.
+// float32 states and accumulation for float32 and bfloat16 storage; the dense chunk
+// products (q S0, A v, d_o v^T, A^T d_o, k d_S, d_o S0^T, v d_S^T) run on tensor cores
+// with their operands rounded to TF32, the rest (A, the intra-chunk d_q / d_k, the state
+// recurrences) in float32. Inputs may have any element strides; outputs are contiguous
+// and overwritten.
 #pragma once
 
 #include <cstddef>

@@ -39,8 +39,9 @@
 // Gradients are fresh tensors; only the requested ones are computed.
 //
 // CUDA (kernels in cuda/gla.cu, the same algorithm): float32 and bfloat16 storage with
-// float32 arithmetic; the state S_T is float32 whatever the input dtype, and h0 may be
-// float32 or the inputs' dtype (d_h0 takes h0's dtype). Chunk 1..64, K up to 256. q, k,
+// float32 arithmetic (the dense chunk products on tensor cores in TF32); the state S_T is
+// float32 whatever the input dtype, and h0 may be float32 or the inputs' dtype (d_h0
+// takes h0's dtype). Chunk 1..64, K up to 256. q, k,
 // v, g and d_o are read in place with their strides; a per-head gate is read as a
 // per-channel one with stride 0 along K and its gradient summed over K. Forward saves
 // the inputs (handles, not copies) and each chunk's starting state, float32
