@@ -12,13 +12,16 @@
 //
 // Channel-group path (x and d_y with unit channel stride, D and the other strides
 // multiples of 4, pointers aligned to 4 elements): each thread owns 4 adjacent channels
-// (one 16-byte float32 or 8-byte bfloat16 access per time step) of one (b, time chunk):
-// causal_conv1d_fwd_vec_kernel       32 steps, kStep loads in flight, window in registers
-// causal_conv1d_bwd_vec_kernel       one pass over the dw time chunk reading d_y and x once:
-//                                    d_x from the window of the next W d_y values, and the
-//                                    chunk's d_w / d_bias partials from the window of the
-//                                    last W x values (same partial layout as above)
-// Threads are numbered channel group fastest, so a warp reads 32 x 4 adjacent channels.
+// (one 16-byte float32 or 8-byte bfloat16 access per time step), channel group fastest
+// so a warp reads 32 x 4 adjacent channels:
+// causal_conv1d_fwd_vec_kernel   thread (b, 8 steps, group): all W - 1 + 8 x values loaded
+//                                at once, then 8 outputs from registers
+// causal_conv1d_bwd_vec_kernel   block (b, dw time chunk, 32 groups), warp = a quarter of
+//                                the chunk: one pass reading d_y and x once, d_x from the
+//                                window of the next W d_y values, the d_w / d_bias sums from
+//                                the window of the last W x values; the quarters are added
+//                                in order in shared memory into the chunk's partial (same
+//                                layout and final kernel as above)
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -209,26 +212,43 @@ __global__ void causal_conv1d_bwd_dw_final_kernel(int64_t P, int64_t D, int64_t 
 
 // ---- channel-group path ----
 
-constexpr int kGroup = 4;             // channels per thread
-constexpr int64_t kVecFwdChunk = 32;  // time steps per thread in the forward
-constexpr int kStep = 4;              // time steps loaded ahead
+constexpr int kGroup = 4;     // channels per thread
+constexpr int kFwdSteps = 8;  // time steps per thread in the forward, all loaded at once
+constexpr int kStep = 4;      // time steps loaded ahead in the backward
+constexpr int kSub = 4;       // backward: time sub-chunks per block
+constexpr int kGroupsPerBlock = kThreads / kSub;
+static_assert(kGroupsPerBlock == 32, "a warp covers 32 channel groups of one sub-chunk");
 
-// Register caps (launch bounds): 6 forward / 3 backward blocks per SM resident.
+// Thread (b, 8-step chunk, channel group): loads x[t0 - (W-1) .. t0 + 7] at once (the
+// W - 1 earlier steps are re-read by the chunk before, mostly from L2), then writes 8 y.
 template <class T, int W>
-__global__ void __launch_bounds__(kThreads, 6)
+__global__ void __launch_bounds__(kThreads)
     causal_conv1d_fwd_vec_kernel(int64_t B, int64_t T_len, int64_t D, const T* __restrict__ x,
                                  int64_t xs0, int64_t xs1, const T* __restrict__ w_t,
                                  const T* __restrict__ bias, T* __restrict__ y) {
   const int64_t groups = D / kGroup;
-  const int64_t chunks = (T_len + kVecFwdChunk - 1) / kVecFwdChunk;
+  const int64_t chunks = (T_len + kFwdSteps - 1) / kFwdSteps;
   const int64_t total = B * chunks * groups;
   for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t d0 = (idx % groups) * kGroup;
     const int64_t bc = idx / groups;
-    const int64_t b = bc / chunks, t0 = (bc % chunks) * kVecFwdChunk;
-    const int64_t t1 = t0 + kVecFwdChunk < T_len ? t0 + kVecFwdChunk : T_len;
-    float w[W][kGroup], b0[kGroup], win[W][kGroup];
+    const int64_t b = bc / chunks, t0 = (bc % chunks) * kFwdSteps;
+    const int64_t n = T_len - t0 < kFwdSteps ? T_len - t0 : kFwdSteps;
+    const T* xb = x + b * xs0 + d0;
+    // in[i] = x[t0 - (W-1) + i], zero before the sequence starts.
+    float in[W - 1 + kFwdSteps][kGroup];
+#pragma unroll
+    for (int i = 0; i < W - 1 + kFwdSteps; ++i) {
+      const int64_t s = t0 - (W - 1) + i;
+      if (s >= 0 && i < W - 1 + n) {
+        load4(xb + s * xs1, in[i]);
+      } else {
+#pragma unroll
+        for (int c = 0; c < kGroup; ++c) in[i][c] = 0.f;
+      }
+    }
+    float w[W][kGroup], b0[kGroup];
 #pragma unroll
     for (int j = 0; j < W; ++j) load4(w_t + j * D + d0, w[j]);
     if (bias) {
@@ -237,153 +257,158 @@ __global__ void __launch_bounds__(kThreads, 6)
 #pragma unroll
       for (int c = 0; c < kGroup; ++c) b0[c] = 0.f;
     }
-    const T* xb = x + b * xs0 + d0;
-    T* yb = y + b * T_len * D + d0;
-    // win[j] = x[t - (W-1) + j]; slots 1..W-1 start with x[t0 - W + 1 .. t0 - 1].
+    T* yb = y + (b * T_len + t0) * D + d0;
 #pragma unroll
-    for (int j = 1; j < W; ++j) {
-      const int64_t s = t0 - W + j;
-      if (s >= 0) {
-        load4(xb + s * xs1, win[j]);
-      } else {
+    for (int u = 0; u < kFwdSteps; ++u) {
+      if (u < n) {
+        float acc[kGroup];
 #pragma unroll
-        for (int c = 0; c < kGroup; ++c) win[j][c] = 0.f;
-      }
-    }
-    for (int64_t t = t0; t < t1; t += kStep) {
-      float in[kStep][kGroup];
+        for (int c = 0; c < kGroup; ++c) {
+          acc[c] = b0[c];
 #pragma unroll
-      for (int u = 0; u < kStep; ++u) {
-        if (t + u < t1) load4(xb + (t + u) * xs1, in[u]);
-      }
-#pragma unroll
-      for (int u = 0; u < kStep; ++u) {
-        if (t + u < t1) {
-#pragma unroll
-          for (int c = 0; c < kGroup; ++c) {
-#pragma unroll
-            for (int j = 0; j < W - 1; ++j) win[j][c] = win[j + 1][c];
-            win[W - 1][c] = in[u][c];
-          }
-          float acc[kGroup];
-#pragma unroll
-          for (int c = 0; c < kGroup; ++c) {
-            acc[c] = b0[c];
-#pragma unroll
-            for (int j = 0; j < W; ++j) acc[c] += w[j][c] * win[j][c];
-          }
-          store4(yb + (t + u) * D, acc);
+          for (int j = 0; j < W; ++j) acc[c] += w[j][c] * in[u + j][c];
         }
+        store4(yb + u * D, acc);
       }
     }
   }
 }
 
-// Thread (b, dw chunk c, channel group): d_x over the chunk's steps (when d_x is wanted)
-// and partial[(b * per_b + c) * (W+1) + j][d] for taps j < W, slot W the bias (when
-// `partial` is given).
+// Block (b, dw chunk c, tile of 32 channel groups); warp ty takes the ty-th quarter of
+// the chunk's steps: d_x over those steps (when d_x is wanted), and its sums of
+// d_y[t] x[t - (W-1) + j] and d_y[t]. The quarters are added in order (warp 0 + 1 + 2 + 3,
+// through shared memory) into partial[(b * per_b + c) * (W+1) + j][d] for taps j < W,
+// slot W the bias (when `partial` is given).
+// Launch bounds: 4 blocks per SM (128 registers) up to W = 4, where that costs only a
+// few spilled bytes; wider windows keep their registers.
 template <class T, int W>
-__global__ void __launch_bounds__(kThreads, 3)
+__global__ void __launch_bounds__(kThreads, W <= 4 ? 4 : 2)
     causal_conv1d_bwd_vec_kernel(int64_t B, int64_t T_len, int64_t D, int64_t per_b, int64_t len,
                                  const T* __restrict__ d_y, int64_t gs0, int64_t gs1,
                                  const T* __restrict__ x, int64_t xs0, int64_t xs1,
                                  const T* __restrict__ w_t, T* __restrict__ d_x,
                                  float* __restrict__ partial) {
+  __shared__ float sh[kSub - 1][W + 1][kGroup][kGroupsPerBlock];
   const int64_t groups = D / kGroup;
-  const int64_t total = B * per_b * groups;
+  const int64_t tiles = (groups + kGroupsPerBlock - 1) / kGroupsPerBlock;
   const bool want_w = partial != nullptr;
-  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t d0 = (idx % groups) * kGroup;
-    const int64_t bc = idx / groups;
-    const int64_t b = bc / per_b, t0 = (bc % per_b) * len;
-    const int64_t t1 = t0 + len < T_len ? t0 + len : T_len;
-    float w[W][kGroup];
-    if (d_x) {
-#pragma unroll
-      for (int j = 0; j < W; ++j) load4(w_t + j * D + d0, w[j]);
-    }
-    const T* xb = x + b * xs0 + d0;
-    const T* gb = d_y + b * gs0 + d0;
-    T* dxb = d_x ? d_x + b * T_len * D + d0 : nullptr;
-    // At step s: xw[j] = x[s - (W-1) + j], gw[k] = d_y[s + k] (zero outside [0, T)).
-    float xw[W][kGroup], gw[W][kGroup], acc[W + 1][kGroup];
+  const int tx = threadIdx.x % kGroupsPerBlock, ty = threadIdx.x / kGroupsPerBlock;
+  const int64_t sub_len = (len + kSub - 1) / kSub;
+  for (int64_t blk = blockIdx.x; blk < B * per_b * tiles; blk += gridDim.x) {
+    const int64_t bc = blk / tiles;
+    const int64_t g = (blk % tiles) * kGroupsPerBlock + tx;
+    const bool active = g < groups;
+    const int64_t d0 = g * kGroup;
+    const int64_t b = bc / per_b;
+    const int64_t c_end = (bc % per_b) * len + len < T_len ? (bc % per_b) * len + len : T_len;
+    const int64_t t0 = (bc % per_b) * len + ty * sub_len;
+    const int64_t t1 = t0 + sub_len < c_end ? t0 + sub_len : c_end;
+    float acc[W + 1][kGroup];
 #pragma unroll
     for (int j = 0; j <= W; ++j) {
 #pragma unroll
       for (int c = 0; c < kGroup; ++c) acc[j][c] = 0.f;
     }
+    if (active && t0 < t1) {
+      float w[W][kGroup];
+      if (d_x) {
 #pragma unroll
-    for (int j = 1; j < W; ++j) {
-      const int64_t s = t0 - W + j;
-      if (want_w && s >= 0) {
-        load4(xb + s * xs1, xw[j]);
-      } else {
-#pragma unroll
-        for (int c = 0; c < kGroup; ++c) xw[j][c] = 0.f;
+        for (int j = 0; j < W; ++j) load4(w_t + j * D + d0, w[j]);
       }
-      const int64_t t = t0 + j - 1;
-      if (t < T_len) {
-        load4(gb + t * gs1, gw[j]);
-      } else {
+      const T* xb = x + b * xs0 + d0;
+      const T* gb = d_y + b * gs0 + d0;
+      T* dxb = d_x ? d_x + b * T_len * D + d0 : nullptr;
+      // At step s: xw[j] = x[s - (W-1) + j], gw[k] = d_y[s + k] (zero outside [0, T)).
+      float xw[W][kGroup], gw[W][kGroup];
 #pragma unroll
-        for (int c = 0; c < kGroup; ++c) gw[j][c] = 0.f;
-      }
-    }
-    for (int64_t s = t0; s < t1; s += kStep) {
-      float in_x[kStep][kGroup], in_g[kStep][kGroup];
-#pragma unroll
-      for (int u = 0; u < kStep; ++u) {
-        if (want_w && s + u < t1) load4(xb + (s + u) * xs1, in_x[u]);
-        const int64_t t = s + u + W - 1;
-        if (s + u < t1 && t < T_len) {
-          load4(gb + t * gs1, in_g[u]);
+      for (int j = 1; j < W; ++j) {
+        const int64_t s = t0 - W + j;
+        if (want_w && s >= 0) {
+          load4(xb + s * xs1, xw[j]);
         } else {
 #pragma unroll
-          for (int c = 0; c < kGroup; ++c) in_g[u][c] = 0.f;
+          for (int c = 0; c < kGroup; ++c) xw[j][c] = 0.f;
+        }
+        const int64_t t = t0 + j - 1;
+        if (t < T_len) {
+          load4(gb + t * gs1, gw[j]);
+        } else {
+#pragma unroll
+          for (int c = 0; c < kGroup; ++c) gw[j][c] = 0.f;
         }
       }
+      for (int64_t s = t0; s < t1; s += kStep) {
+        float in_x[kStep][kGroup], in_g[kStep][kGroup];
 #pragma unroll
-      for (int u = 0; u < kStep; ++u) {
-        if (s + u < t1) {
+        for (int u = 0; u < kStep; ++u) {
+          if (want_w && s + u < t1) load4(xb + (s + u) * xs1, in_x[u]);
+          const int64_t t = s + u + W - 1;
+          if (s + u < t1 && t < T_len) {
+            load4(gb + t * gs1, in_g[u]);
+          } else {
 #pragma unroll
-          for (int c = 0; c < kGroup; ++c) {
-#pragma unroll
-            for (int j = 0; j < W - 1; ++j) {
-              xw[j][c] = xw[j + 1][c];
-              gw[j][c] = gw[j + 1][c];
-            }
-            xw[W - 1][c] = want_w ? in_x[u][c] : 0.f;
-            gw[W - 1][c] = in_g[u][c];
+            for (int c = 0; c < kGroup; ++c) in_g[u][c] = 0.f;
           }
-          if (dxb) {
-            // d_x[s] = sum_j w[j] d_y[s + (W-1) - j] = sum_j w[j] gw[W-1-j]
-            float out[kGroup];
+        }
+#pragma unroll
+        for (int u = 0; u < kStep; ++u) {
+          if (s + u < t1) {
 #pragma unroll
             for (int c = 0; c < kGroup; ++c) {
-              out[c] = 0.f;
 #pragma unroll
-              for (int j = 0; j < W; ++j) out[c] += w[j][c] * gw[W - 1 - j][c];
+              for (int j = 0; j < W - 1; ++j) {
+                xw[j][c] = xw[j + 1][c];
+                gw[j][c] = gw[j + 1][c];
+              }
+              xw[W - 1][c] = want_w ? in_x[u][c] : 0.f;
+              gw[W - 1][c] = in_g[u][c];
             }
-            store4(dxb + (s + u) * D, out);
-          }
+            if (dxb) {
+              // d_x[s] = sum_j w[j] d_y[s + (W-1) - j] = sum_j w[j] gw[W-1-j]
+              float out[kGroup];
 #pragma unroll
-          for (int c = 0; c < kGroup; ++c) {
-            const float g = gw[0][c];  // d_y[s]
+              for (int c = 0; c < kGroup; ++c) {
+                out[c] = 0.f;
 #pragma unroll
-            for (int j = 0; j < W; ++j) acc[j][c] += g * xw[j][c];
-            acc[W][c] += g;
+                for (int j = 0; j < W; ++j) out[c] += w[j][c] * gw[W - 1 - j][c];
+              }
+              store4(dxb + (s + u) * D, out);
+            }
+#pragma unroll
+            for (int c = 0; c < kGroup; ++c) {
+              const float gs = gw[0][c];  // d_y[s]
+#pragma unroll
+              for (int j = 0; j < W; ++j) acc[j][c] += gs * xw[j][c];
+              acc[W][c] += gs;
+            }
           }
         }
       }
     }
-    if (want_w) {
-      float* out = partial + bc * (W + 1) * D + d0;
+    if (want_w) {  // the same for the whole block
+      if (ty > 0) {
 #pragma unroll
-      for (int j = 0; j <= W; ++j) {
-        *reinterpret_cast<float4*>(out + j * D) =
-            make_float4(acc[j][0], acc[j][1], acc[j][2], acc[j][3]);
+        for (int j = 0; j <= W; ++j) {
+#pragma unroll
+          for (int c = 0; c < kGroup; ++c) sh[ty - 1][j][c][tx] = acc[j][c];
+        }
       }
+      __syncthreads();
+      if (ty == 0 && active) {
+        float* out = partial + bc * (W + 1) * D + d0;
+#pragma unroll
+        for (int j = 0; j <= W; ++j) {
+          float v[kGroup];
+#pragma unroll
+          for (int c = 0; c < kGroup; ++c) {
+            v[c] = acc[j][c];
+#pragma unroll
+            for (int q = 0; q < kSub - 1; ++q) v[c] += sh[q][j][c][tx];
+          }
+          *reinterpret_cast<float4*>(out + j * D) = make_float4(v[0], v[1], v[2], v[3]);
+        }
+      }
+      __syncthreads();
     }
   }
 }
@@ -419,7 +444,7 @@ template <class T, int W>
 const char* fwd_w(const CausalConv1dFwdParams& p, cudaStream_t s) {
   if (group_path(p.D, p.x_strides, {p.x, p.w_t, p.y, p.bias}, sizeof(T)) &&
       (p.bias == nullptr || p.bias_stride == 1)) {
-    const int64_t chunks = (p.T + kVecFwdChunk - 1) / kVecFwdChunk;
+    const int64_t chunks = (p.T + kFwdSteps - 1) / kFwdSteps;
     causal_conv1d_fwd_vec_kernel<T, W>
         <<<grid_flat(p.B * chunks * (p.D / kGroup)), kThreads, 0, s>>>(
             p.B, p.T, p.D, static_cast<const T*>(p.x), p.x_strides[0], p.x_strides[1],
@@ -443,10 +468,12 @@ const char* bwd_w(const CausalConv1dBwdParams& p, cudaStream_t s) {
     const DwChunks ch = dw_chunks(p.B, p.T);
     float* partial = want_w ? static_cast<float*>(p.scratch) : nullptr;
     causal_conv1d_bwd_vec_kernel<T, W>
-        <<<grid_flat(p.B * ch.per_b * (p.D / kGroup)), kThreads, 0, s>>>(
-            p.B, p.T, p.D, ch.per_b, ch.len, static_cast<const T*>(p.d_y), p.d_y_strides[0],
-            p.d_y_strides[1], static_cast<const T*>(p.x), p.x_strides[0], p.x_strides[1],
-            static_cast<const T*>(p.w_t), static_cast<T*>(p.d_x), partial);
+        <<<grid_flat(p.B * ch.per_b * ((p.D / kGroup + kGroupsPerBlock - 1) / kGroupsPerBlock) *
+                     kThreads),
+           kThreads, 0, s>>>(p.B, p.T, p.D, ch.per_b, ch.len, static_cast<const T*>(p.d_y),
+                             p.d_y_strides[0], p.d_y_strides[1], static_cast<const T*>(p.x),
+                             p.x_strides[0], p.x_strides[1], static_cast<const T*>(p.w_t),
+                             static_cast<T*>(p.d_x), partial);
     if (want_w) {
       causal_conv1d_bwd_dw_final_kernel<T>
           <<<grid_flat_final((p.W + 1) * p.D), dim3(32, kFinalLanes), 0, s>>>(

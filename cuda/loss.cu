@@ -1,11 +1,11 @@
 // cross_entropy_fwd_kernel, cross_entropy_finalize_kernel, cross_entropy_bwd_kernel:
 // see cuda/loss.h for what each computes.
 //
-// Rows go one per warp (V <= 1024, four rows per block) or one per block (256 or 512
+// Rows go one per warp (V <= 1024, four rows per block) or one per block (256
 // threads). The forward reads each logit once: each thread walks its row in 16-byte
-// vectors (four in flight), with stride kThreads, keeping an online (max, sum) pair that
-// is rescaled once per vector; the row's elements before the first 16-byte boundary and
-// after the last whole vector are taken one by one, so any row offset and any V work.
+// vectors, with stride kThreads, eight loads in flight, keeping an online (max, sum) pair
+// that is rescaled once per batch of eight vectors; the row's elements before the first 16-byte
+// boundary and after the last whole vector are taken one by one, so any row offset and any V work.
 // The pairs are combined by shuffles and shared memory in a fixed order. The backward
 // reads the logits and writes d_logits in the same vectors (when the two rows sit at the
 // same offset within 16 bytes, else element by element); no float32 probabilities are
@@ -53,7 +53,8 @@ __device__ __forceinline__ void add_group(MaxSum& ms, const float (&e)[n]) {
   for (int i = 0; i < n; ++i) ms.s += e[i] == -INFINITY ? 0.f : expf(e[i] - ms.m);
 }
 
-constexpr int kUnroll = 4;  // 16-byte loads in flight per thread
+constexpr int kUnroll = 4;  // 16-byte loads in flight per thread in the backward
+constexpr int kBatch = 8;   // and in the forward
 
 template <class T, class I, int kThreads>
 __global__ void __launch_bounds__(block_threads<kThreads>())
@@ -85,19 +86,37 @@ __global__ void __launch_bounds__(block_threads<kThreads>())
     const float e[1] = {load(xr, j < head ? j : body_end + (j - head))};
     add_group(ms, e);
   }
+  // Batches of kBatch vectors per thread: all loads of a batch are issued before any of
+  // its values is used (the row is then read in one or two round trips), and the running
+  // max is raised once per batch.
   const T* body = xr + head;
-  int64_t k = lane;
-  for (; k + (kUnroll - 1) * kThreads < nvec; k += kUnroll * kThreads) {
-    float e[kUnroll][kN];
+  for (int64_t k0 = lane; k0 < nvec; k0 += kBatch * kThreads) {
+    float e[kBatch][kN];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) load_vec(body + (k + u * kThreads) * kN, e[u]);
+    for (int u = 0; u < kBatch; ++u) {
+      const int64_t k = k0 + u * kThreads;
+      if (k < nvec) {
+        load_vec(body + k * kN, e[u]);
+      } else {
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) add_group(ms, e[u]);
-  }
-  for (; k < nvec; k += kThreads) {
-    float e[kN];
-    load_vec(body + k * kN, e);
-    add_group(ms, e);
+        for (int q = 0; q < kN; ++q) e[u][q] = -INFINITY;  // adds nothing
+      }
+    }
+    float m = e[0][0];
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+#pragma unroll
+      for (int q = 0; q < kN; ++q) m = fmaxf(m, e[u][q]);
+    }
+    if (m > ms.m) {
+      ms.s *= expf(ms.m - m);  // 0 while ms is empty (ms.m = -inf)
+      ms.m = m;
+    }
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+#pragma unroll
+      for (int q = 0; q < kN; ++q) ms.s += e[u][q] == -INFINITY ? 0.f : expf(e[u][q] - ms.m);
+    }
   }
   ms = row_max_sum<kThreads>(ms, sh);
   if (lane == 0) {
@@ -230,8 +249,9 @@ template <class P, class F>
 const char* dispatch(const P& p, F&& f) {
   auto by_threads = [&](auto t_tag, auto i_tag) -> const char* {
     if (p.v <= 1024) return f(t_tag, i_tag, std::integral_constant<int, 32>{});
-    if (p.v <= 8192) return f(t_tag, i_tag, std::integral_constant<int, 256>{});
-    return f(t_tag, i_tag, std::integral_constant<int, 512>{});
+    // 256 threads for every longer row: with eight 16-byte loads in flight per thread,
+    // two such blocks fit an SM's registers and overlap each other's row reductions.
+    return f(t_tag, i_tag, std::integral_constant<int, 256>{});
   };
   auto by_index = [&](auto t_tag) -> const char* {
     return p.targets_int64 ? by_threads(t_tag, int64_t{}) : by_threads(t_tag, int32_t{});

@@ -200,11 +200,11 @@ RESONA_GPU_TEST(
 
 RESONA_GPU_TEST(
     "causal_conv1d CUDA vs CPU, channel-group path and edges (B,T,D,W = 2,77,1200,4; "
-    "3,130,36,2; 2,300,64,8; 1,5,4,3; 2,131,8,4; 9,70,20,5; x and d_y contiguous, at "
-    "offset 1, at offset 4 with padded rows; float32, bfloat16)") {
+    "3,130,36,2; 2,300,64,8; 1,5,4,3; 2,131,8,4; 9,70,20,5; 2,2,8,4; 1100,3,4,2; x and d_y "
+    "contiguous, at offset 1, at offset 4 with padded rows; float32, bfloat16)") {
   const ConvCase cases[] = {
-      {2, 77, 1200, 4, true}, {3, 130, 36, 2, false}, {2, 300, 64, 8, true},
-      {1, 5, 4, 3, true},     {2, 131, 8, 4, true},   {9, 70, 20, 5, false},
+      {2, 77, 1200, 4, true}, {3, 130, 36, 2, false}, {2, 300, 64, 8, true}, {1, 5, 4, 3, true},
+      {2, 131, 8, 4, true},   {9, 70, 20, 5, false},  {2, 2, 8, 4, true},    {1100, 3, 4, 2, true},
   };
   uint64_t seed = 700;
   for (const ConvCase& c : cases) {
