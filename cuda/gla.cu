@@ -50,10 +50,11 @@ constexpr int kLd4 = 68;         // row stride of 64-wide tiles read as float4: 
                                  // 4 (16-byte rows) whose rows 4 apart fall in other banks
 constexpr int kVO = 64;          // value columns per tile in gla_fwd_kernel / gla_bwd_dv_kernel
 constexpr int kVT = 32;          // value columns per tile in gla_bwd_dqkg_kernel
-constexpr int kLdS = kKT + 4;    // row stride of [kVT][kKT] state tiles (wmma: multiple of 4)
+constexpr int kLdS = kVT + 4;    // row stride of gla_bwd_dqkg_kernel's kVT-column tiles (wmma:
+                                 // a multiple of 4)
 constexpr int kST = 32;          // state tile: kST keys x kST values
 constexpr int kStateBlocks = 4;  // resident blocks per SM the state kernels are built for
-constexpr int kChunkBlocks = 2;  // ... and gla_fwd_kernel / gla_bwd_dv_kernel (~95 KB smem each)
+constexpr int kChunkBlocks = 2;  // ... and gla_fwd_kernel / gla_bwd_dv_kernel (K <= 96: ~95 KB)
 constexpr int kPairs = 6;        // sub-chunk pairs J < I of a 64-row tile
 constexpr float kLog2e = 1.4426950408889634f;
 static_assert(kGlaMaxChunk == kRows, "the chunk tile holds the largest chunk");
