@@ -13,10 +13,10 @@
 // chunk_attention_bwd_dkdv_kernel  warp per (n, p, h): d_k, d_v over the queries seeing p
 // chunk_attention_bwd_bias_kernel  thread per (n, q, s): d_bias from the partials
 // chunk_attention_block_fwd_kernel     block per (n, query tile, h): key steps of 32 in
-//                                      shared memory, 4 x 2 logits and 4 x Dv/16 outputs
-//                                      per thread, online softmax
+//                                      shared memory, TF32 tensor-core tile products; pass
+//                                      1 the softmax statistics, pass 2 o
 // chunk_attention_block_bwd_kernel     same blocks: D_i, then dS, d_q and per-tile partials
-//                                      of d_k, d_v, d_bias
+//                                      of d_k, d_v (stored from the fragments), d_bias
 // chunk_attention_block_reduce_kernel  thread per (n, h, d, p): d_k, d_v from the partials
 // chunk_attention_block_bias_kernel    thread per (n, q, s): d_bias from the partials
 //
@@ -26,9 +26,12 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <mma.h>
+
 #include <climits>
 #include <cmath>
 #include <cub/cub.cuh>
+#include <type_traits>
 
 #include "cuda/resona.h"
 #include "cuda/row_reduce.cuh"
@@ -552,12 +555,52 @@ __global__ void chunk_attention_bwd_bias_kernel(const ChunkAttentionParams p,
 
 // ---------------------------------------------------------------- chunk_attention, block kernels
 
-constexpr int kTileQ = 64;          // positions per query tile
-constexpr int kTileK = 32;          // keys per step
-constexpr int kKP = kTileK + 1;     // row stride of the [.][kTileK] shared tiles
-constexpr int kLDT = kTileQ + 4;    // row stride of the [.][kTileQ] shared tiles
-constexpr int kBlockThreads = 256;  // 16 x 16: thread (ty, tx) owns rows 4 ty .. 4 ty + 3
+namespace wmma = nvcuda::wmma;
+
+constexpr int kTileQ = 64;        // positions per query tile
+constexpr int kTileK = 32;        // keys per step
+constexpr int kLDS = kTileK + 4;  // row stride of the [kTileQ][kTileK] logit tiles
+// 8 warps. Products: warp w owns rows 16 (w & 3) .. +15 of the tile; of S and dP the
+// 16 keys 16 (w >> 2) .. +15, of o and d_q the column groups (w >> 2) + 2 f. Softmax:
+// thread (ty, tx) = (tid / 16, tid % 16) owns rows 4 ty .. 4 ty + 3, keys 2 tx and 2 tx + 1.
+constexpr int kBlockThreads = 256;
+constexpr int kBlockWarps = kBlockThreads / 32;
 constexpr int64_t kBlockMaxWindow = 256;
+
+// TF32 tensor-core tiles, float32 accumulators.
+using FragC = wmma::fragment<wmma::accumulator, 16, 16, 8, float>;
+template <class Layout>
+using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, Layout>;
+template <class Layout>
+using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, Layout>;
+
+// Head dims padded to the 16-column groups of the tiles (zeros past D), and the row stride
+// of a staged [rows][pad16(D)] tile: 4 times an odd number, so that the 8 rows x 4 columns
+// a fragment load reads fall in 32 different banks.
+__host__ __device__ __forceinline__ int64_t pad16(int64_t d) { return (d + 15) / 16 * 16; }
+__host__ __device__ __forceinline__ int64_t row_ld(int64_t d) { return pad16(d) + 4; }
+int64_t round_up32(int64_t x) { return (x + 31) / 32 * 32; }
+
+// acc += A B, A [16 x K] at a (stride lda, layout LA), B [K x 16] at b (stride ldb, layout
+// LB), K a multiple of 8. The staged Q, d_o, K and V tiles hold TF32-rounded values already;
+// A operands computed in the kernel (P, dS) are rounded after the load (kRoundA).
+template <class LA, class LB, bool kRoundA>
+__device__ __forceinline__ void mma_acc(FragC& acc, const float* a, unsigned lda, const float* b,
+                                        unsigned ldb, int64_t K) {
+  constexpr bool a_row = std::is_same_v<LA, wmma::row_major>;
+  constexpr bool b_row = std::is_same_v<LB, wmma::row_major>;
+  FragA<LA> fa;
+  FragB<LB> fb;
+  for (int64_t k0 = 0; k0 < K; k0 += 8) {
+    wmma::load_matrix_sync(fa, a + (a_row ? k0 : k0 * lda), lda);
+    wmma::load_matrix_sync(fb, b + (b_row ? k0 * ldb : k0), ldb);
+    if constexpr (kRoundA) {
+#pragma unroll
+      for (int t = 0; t < fa.num_elements; ++t) fa.x[t] = wmma::__float_to_tf32(fa.x[t]);
+    }
+    wmma::mma_sync(acc, fa, fb, acc);
+  }
+}
 
 // The tile's place and its key list (see cuda/resona.h).
 struct TileGeom {
@@ -615,26 +658,54 @@ __device__ __forceinline__ void load_key_meta(const ChunkAttentionParams& p, con
   km.win[tid] = win;
 }
 
-// dst[d * kKP + key] = src[pos(key)][d] for d < D (zero for masked keys): a key step
-// transposed, so that the lanes of a warp read consecutive keys.
+// One tile staged in shared memory: dst[r * row_ld(D) + d] = tf32(scale * base[pos(r)][d])
+// for d < D (strides st of [., T, ., D]); zero for d in [D, pad16(D)) and for rows whose
+// position is -1.
 template <class T>
-__device__ __forceinline__ void load_keys_t(const T* base, const int64_t* st, int64_t D,
-                                            const int* kpos, float* dst) {
-  for (int64_t x = threadIdx.x; x < kTileK * D; x += kBlockThreads) {
-    const int64_t key = x / D, d = x % D;
-    const int pos = kpos[key];
-    dst[d * kKP + key] = pos >= 0 ? load(base, pos * st[1] + d * st[3]) : 0.f;
-  }
-}
+struct StageSrc {
+  const T* base;
+  const int64_t* st;
+  int64_t D;
+  float scale;
+  float* dst;
+};
 
-// dst[d * kLDT + row] = scale * src[t0 + row][d] for rows of the tile, zero elsewhere
-// (transposed: a thread reads its 4 rows with one vector load).
-template <class T>
-__device__ __forceinline__ void load_rows_t(const T* base, const int64_t* st, int64_t D, int64_t t0,
-                                            int64_t t1, float scale, float* dst) {
-  for (int64_t x = threadIdx.x; x < kTileQ * D; x += kBlockThreads) {
-    const int64_t row = x / D, d = x % D, i = t0 + row;
-    dst[d * kLDT + row] = i < t1 ? load(base, i * st[1] + d * st[3]) * scale : 0.f;
+constexpr int kStageRows = kTileK / kBlockWarps;  // rows per warp and batch
+
+// Stages rows [0, nrows) of a (and of b when with_b; same positions pos_of(r)), a warp per
+// row, lanes over d, kBlockWarps * kStageRows rows a batch. Each batch issues all of its
+// loads before any store, so a step's K and V cost one memory round trip, not one per
+// element (the compiler cannot reorder loads across stores through generic pointers).
+// kCols: head dims per lane, ceil(max(a.D, b.D) / 32) <= kCols.
+template <int kCols, class T, class PosOf>
+__device__ __forceinline__ void stage_rows(const StageSrc<T>& a, const StageSrc<T>& b, bool with_b,
+                                           int nrows, PosOf pos_of) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t lda = row_ld(a.D), ldb = row_ld(b.D), Dpa = pad16(a.D), Dpb = pad16(b.D);
+  for (int r0 = 0; r0 < nrows; r0 += kBlockWarps * kStageRows) {
+    float xa[kStageRows][kCols], xb[kStageRows][kCols];
+#pragma unroll
+    for (int u = 0; u < kStageRows; ++u) {
+      const int64_t pos = pos_of(r0 + warp + kBlockWarps * u);
+      const T* ra = a.base + (pos >= 0 ? pos : 0) * a.st[1];
+      const T* rb = b.base + (pos >= 0 ? pos : 0) * b.st[1];
+#pragma unroll
+      for (int j = 0; j < kCols; ++j) {
+        const int64_t d = lane + 32 * j;
+        xa[u][j] = pos >= 0 && d < a.D ? load(ra, d * a.st[3]) : 0.f;
+        xb[u][j] = with_b && pos >= 0 && d < b.D ? load(rb, d * b.st[3]) : 0.f;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kStageRows; ++u) {
+      const int64_t r = r0 + warp + kBlockWarps * u;
+#pragma unroll
+      for (int j = 0; j < kCols; ++j) {
+        const int64_t d = lane + 32 * j;
+        if (d < Dpa) a.dst[r * lda + d] = wmma::__float_to_tf32(xa[u][j] * a.scale);
+        if (with_b && d < Dpb) b.dst[r * ldb + d] = wmma::__float_to_tf32(xb[u][j] * b.scale);
+      }
+    }
   }
 }
 
@@ -653,133 +724,151 @@ __device__ __forceinline__ float half_warp_sum(float v) {
   return v;
 }
 
-// out[r][c2] = sum_d At[d * kLDT + 4 ty + r] * Bt[d * kKP + 2 tx + c2], d < D.
-__device__ __forceinline__ void tile_dot(const float* At, const float* Bt, int64_t D, int ty,
-                                         int tx, float (&out)[4][2]) {
-#pragma unroll
-  for (int r = 0; r < 4; ++r) out[r][0] = out[r][1] = 0.f;
-  const float* a = At + 4 * ty;
-  const float* bt = Bt + 2 * tx;
-#pragma unroll 4
-  for (int64_t d = 0; d < D; ++d) {
-    const float4 x = *reinterpret_cast<const float4*>(a + d * kLDT);
-    const float b0 = bt[d * kKP], b1 = bt[d * kKP + 1];
-    out[0][0] += x.x * b0;
-    out[0][1] += x.x * b1;
-    out[1][0] += x.y * b0;
-    out[1][1] += x.y * b1;
-    out[2][0] += x.z * b0;
-    out[2][1] += x.z * b1;
-    out[3][0] += x.w * b0;
-    out[3][1] += x.w * b1;
-  }
-}
-
-// Shared-memory floats of the block kernels (plus 4 * kTileK words of key metadata).
+// Shared-memory floats of the block kernels (4 * kTileK words of key metadata included).
 int64_t fwd_smem_floats(const ChunkAttentionParams& p) {
-  return p.Dk * kLDT + p.Dk * kKP + kTileK * (p.Dv | 1) + kTileQ * kKP + 4 * kTileK;
+  const int64_t ldk = row_ld(p.Dk), ldv = row_ld(p.Dv);
+  return kTileQ * (ldk > ldv ? ldk : ldv) + kTileK * (ldk + ldv) + kTileQ * kLDS + 4 * kTileK;
 }
 int64_t bwd_smem_floats(const ChunkAttentionParams& p) {
-  return (p.Dk + p.Dv) * kLDT + (p.Dk + p.Dv) * kKP + 2 * kTileQ * kKP + 4 * kTileK;
+  const int64_t ldk = row_ld(p.Dk), ldv = row_ld(p.Dv);
+  return (kTileQ + kTileK) * (ldk + ldv) + 2 * kTileQ * kLDS + 4 * kTileK;
 }
+// The largest (backward at Dk = Dv = 256) fits the 227 KB a block may opt in to (sm_80+).
+static_assert(((kTileQ + kTileK) * 2 * (kChunkAttnMaxHeadDim + 4) + 2 * kTileQ * kLDS +
+               4 * kTileK) *
+                      sizeof(float) <=
+                  227 * 1024,
+              "chunk_attention block kernels: shared memory at the largest head dims");
 
-// NC: 16-column groups covering max(Dk, Dv).
-template <class T, int NC>
+// Forward in two passes over the key steps (the o accumulators stay in tensor-core fragments,
+// whose row layout is opaque, so they are never rescaled): pass 1 forms the row max and sum
+// of exp (online, float32) and lse; pass 2 forms P = exp(S + bias - lse) and o = P V.
+// NF: column groups of o per warp (ceil(pad16(Dv) / 32) <= NF).
+template <class T, int NF>
 __global__ void __launch_bounds__(kBlockThreads)
     chunk_attention_block_fwd_kernel(const ChunkAttentionParams p, int64_t NT) {
   extern __shared__ float sm[];
   const int64_t h = blockIdx.y;
   const TileGeom g = tile_geom(p, NT, blockIdx.x);
   if (g.empty) return;
-  const int64_t ldv = p.Dv | 1;   // odd: the rows of a warp's reads fall in other banks
-  float* Qs = sm;                 // [Dk][kLDT], transposed, scaled
-  float* Kt = Qs + p.Dk * kLDT;   // [Dk][kKP]
-  float* Vs = Kt + p.Dk * kKP;    // [kTileK][ldv]
-  float* Ps = Vs + kTileK * ldv;  // [kTileQ][kKP]
-  KeyMeta km{reinterpret_cast<int*>(Ps + kTileQ * kKP), Ps + kTileQ * kKP + kTileK,
-             reinterpret_cast<int*>(Ps + kTileQ * kKP + 2 * kTileK)};
-  const int tid = threadIdx.x, ty = tid >> 4, tx = tid & 15;
+  const int64_t ldk = row_ld(p.Dk), ldv = row_ld(p.Dv), ncv = pad16(p.Dv) / 16;
+  float* Qs = sm;                                     // [kTileQ][ldk], scaled; o at the end
+  float* Ks = Qs + kTileQ * (ldk > ldv ? ldk : ldv);  // [kTileK][ldk]
+  float* Vs = Ks + kTileK * ldk;                      // [kTileK][ldv]
+  float* Ss = Vs + kTileK * ldv;                      // [kTileQ][kLDS]: S, then P
+  float* meta = Ss + kTileQ * kLDS;
+  KeyMeta km{reinterpret_cast<int*>(meta), meta + kTileK,
+             reinterpret_cast<int*>(meta + 2 * kTileK)};
+  const int tid = threadIdx.x, ty = tid >> 4, tx = tid & 15, warp = tid >> 5;
+  const int wr = warp & 3, wc = warp >> 2;
   const T* qb_ = static_cast<const T*>(p.q) + g.n * p.q_strides[0] + h * p.q_strides[2];
   const T* kb = static_cast<const T*>(p.k) + g.n * p.k_strides[0] + h * p.k_strides[2];
   const T* vb = static_cast<const T*>(p.v) + g.n * p.v_strides[0] + h * p.v_strides[2];
-  load_rows_t(qb_, p.q_strides, p.Dk, g.t0, g.t1, p.scale, Qs);
-  float m[4], l[4], acc[4][NC];
+  const StageSrc<T> q_src{qb_, p.q_strides, p.Dk, p.scale, Qs};
+  stage_rows<NF>(q_src, q_src, false, kTileQ,
+                 [&](int r) { return g.t0 + r < g.t1 ? g.t0 + r : int64_t{-1}; });
+  const StageSrc<T> k_src{kb, p.k_strides, p.Dk, 1.f, Ks}, v_src{vb, p.v_strides, p.Dv, 1.f, Vs};
+  auto key_pos = [&](int r) { return static_cast<int64_t>(km.pos[r]); };
+  // One key step: metadata, K (and V), then S = Q K^T into Ss.
+  auto step = [&](int64_t kx0, bool with_v) {
+    __syncthreads();  // the previous step's tiles are consumed
+    load_key_meta<T>(p, g, kx0, km);
+    __syncthreads();
+    stage_rows<NF>(k_src, v_src, with_v, kTileK, key_pos);
+    __syncthreads();
+    FragC s;
+    wmma::fill_fragment(s, 0.f);
+    mma_acc<wmma::row_major, wmma::col_major, false>(s, Qs + wr * 16 * ldk, ldk, Ks + wc * 16 * ldk,
+                                                     ldk, pad16(p.Dk));
+    wmma::store_matrix_sync(Ss + wr * 16 * kLDS + wc * 16, s, kLDS, wmma::mem_row_major);
+    __syncthreads();
+  };
+  float m[4], l[4];
 #pragma unroll
   for (int r = 0; r < 4; ++r) {
     m[r] = -INFINITY;
     l[r] = 0.f;
-#pragma unroll
-    for (int c = 0; c < NC; ++c) acc[r][c] = 0.f;
   }
   for (int64_t kx0 = 0; kx0 < g.nkeys; kx0 += kTileK) {
-    __syncthreads();  // the previous step's tiles are consumed
-    load_key_meta<T>(p, g, kx0, km);
-    __syncthreads();
-    load_keys_t(kb, p.k_strides, p.Dk, km.pos, Kt);
-    for (int64_t x = tid; x < kTileK * p.Dv; x += kBlockThreads) {
-      const int64_t key = x / p.Dv, d = x % p.Dv;
-      const int pos = km.pos[key];
-      Vs[key * ldv + d] = pos >= 0 ? load(vb, pos * p.v_strides[1] + d * p.v_strides[3]) : 0.f;
+    step(kx0, false);
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int64_t i = g.t0 + 4 * ty + r;
+      float s[2];
+#pragma unroll
+      for (int c2 = 0; c2 < 2; ++c2) {
+        const int key = 2 * tx + c2;
+        s[c2] = key_visible(km.pos[key], km.win[key], i, p.w)
+                    ? Ss[(4 * ty + r) * kLDS + key] + km.bias[key]
+                    : -INFINITY;
+      }
+      const float mn = fmaxf(m[r], half_warp_max(fmaxf(s[0], s[1])));
+      const float mu = mn == -INFINITY ? 0.f : mn;
+      l[r] = l[r] * expf(m[r] - mu) + half_warp_sum(expf(s[0] - mu) + expf(s[1] - mu));
+      m[r] = mn;
     }
-    __syncthreads();
-    float s[4][2];
-    tile_dot(Qs, Kt, p.Dk, ty, tx, s);
+  }
+  float lse[4];
+#pragma unroll
+  for (int r = 0; r < 4; ++r) lse[r] = l[r] > 0.f ? m[r] + logf(l[r]) : -INFINITY;
+  FragC o[NF];
+#pragma unroll
+  for (int f = 0; f < NF; ++f) wmma::fill_fragment(o[f], 0.f);
+  for (int64_t kx0 = 0; kx0 < g.nkeys; kx0 += kTileK) {
+    step(kx0, true);
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
       const int64_t i = g.t0 + 4 * ty + r;
 #pragma unroll
       for (int c2 = 0; c2 < 2; ++c2) {
         const int key = 2 * tx + c2;
-        s[r][c2] =
-            key_visible(km.pos[key], km.win[key], i, p.w) ? s[r][c2] + km.bias[key] : -INFINITY;
+        float& x = Ss[(4 * ty + r) * kLDS + key];
+        x = key_visible(km.pos[key], km.win[key], i, p.w) && lse[r] != -INFINITY
+                ? expf(x + km.bias[key] - lse[r])
+                : 0.f;
       }
-      const float mn = fmaxf(m[r], half_warp_max(fmaxf(s[r][0], s[r][1])));
-      const float mu = mn == -INFINITY ? 0.f : mn;
-      const float corr = expf(m[r] - mu);  // 0 while nothing was seen
-      const float p0 = expf(s[r][0] - mu), p1 = expf(s[r][1] - mu);
-      l[r] = l[r] * corr + half_warp_sum(p0 + p1);
-      m[r] = mn;
-      Ps[(4 * ty + r) * kKP + 2 * tx] = p0;
-      Ps[(4 * ty + r) * kKP + 2 * tx + 1] = p1;
-#pragma unroll
-      for (int c = 0; c < NC; ++c) acc[r][c] *= corr;
     }
     __syncthreads();
-    for (int key = 0; key < kTileK; ++key) {
-      float vr[NC];
 #pragma unroll
-      for (int c = 0; c < NC; ++c) {
-        const int d = tx + 16 * c;
-        vr[c] = d < p.Dv ? Vs[key * ldv + d] : 0.f;
-      }
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const float pr = Ps[(4 * ty + r) * kKP + key];
-#pragma unroll
-        for (int c = 0; c < NC; ++c) acc[r][c] += pr * vr[c];
+    for (int f = 0; f < NF; ++f) {
+      const int64_t cg = wc + 2 * f;
+      if (cg < ncv) {
+        mma_acc<wmma::row_major, wmma::row_major, true>(o[f], Ss + wr * 16 * kLDS, kLDS,
+                                                        Vs + cg * 16, ldv, kTileK);
       }
     }
   }
+  __syncthreads();
+  float* Os = sm;  // [kTileQ][ldv]
 #pragma unroll
-  for (int r = 0; r < 4; ++r) {
-    const int64_t i = g.t0 + 4 * ty + r;
-    if (i >= g.t1) continue;
-    const int64_t row = (g.n * p.T + i) * p.H + h;
-    T* orow = static_cast<T*>(p.o) + row * p.Dv;
-    const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
-#pragma unroll
-    for (int c = 0; c < NC; ++c) {
-      const int d = tx + 16 * c;
-      if (d < p.Dv) store(orow, d, acc[r][c] * inv);
+  for (int f = 0; f < NF; ++f) {
+    const int64_t cg = wc + 2 * f;
+    if (cg < ncv) {
+      wmma::store_matrix_sync(Os + wr * 16 * ldv + cg * 16, o[f], ldv, wmma::mem_row_major);
     }
-    if (tx == 0) p.lse[row] = l[r] > 0.f ? m[r] + logf(l[r]) : -INFINITY;
+  }
+  __syncthreads();
+  const int lane = tid & 31;
+  for (int r = warp; r < kTileQ; r += kBlockWarps) {
+    const int64_t i = g.t0 + r;
+    if (i >= g.t1) break;
+    T* orow = static_cast<T*>(p.o) + ((g.n * p.T + i) * p.H + h) * p.Dv;
+    for (int64_t d = lane; d < p.Dv; d += 32) store(orow, d, Os[r * ldv + d]);
+  }
+  if (tx == 0) {
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int64_t i = g.t0 + 4 * ty + r;
+      if (i < g.t1) p.lse[(g.n * p.T + i) * p.H + h] = lse[r];
+    }
   }
 }
 
-// Partial sums of one tile and head: part + tile_h * (Dk + Dv) * LK holds d_k rows
-// [Dk][LK] then d_v rows [Dv][LK] (index d * LK + key list index); bias_part + tile_h * kk
+// Partial sums of one tile and head: part + tile_h * (pad16(Dk) + pad16(Dv)) * LK holds
+// d_k rows [pad16(Dk)][LK] then d_v rows [pad16(Dv)][LK] (index d * LK + key list index; LK
+// a multiple of kTileK, so every step's fragments are stored whole); bias_part + tile_h * kk
 // holds the per-slot sums of dS.
-template <class T, int NC>
+template <class T, int NF>
 __global__ void __launch_bounds__(kBlockThreads)
     chunk_attention_block_bwd_kernel(const ChunkAttentionParams p, int64_t NT, int64_t LK,
                                      float* __restrict__ part, float* __restrict__ bias_part) {
@@ -787,23 +876,27 @@ __global__ void __launch_bounds__(kBlockThreads)
   const int64_t h = blockIdx.y;
   const TileGeom g = tile_geom(p, NT, blockIdx.x);
   if (g.empty) return;
-  float* Qs = sm;                  // [Dk][kLDT], transposed, scaled
-  float* Gs = Qs + p.Dk * kLDT;    // [Dv][kLDT], transposed: d_o
-  float* Kt = Gs + p.Dv * kLDT;    // [Dk][kKP]
-  float* Vt = Kt + p.Dk * kKP;     // [Dv][kKP]
-  float* Ps = Vt + p.Dv * kKP;     // [kTileQ][kKP]
-  float* dSs = Ps + kTileQ * kKP;  // [kTileQ][kKP]
-  float* meta = dSs + kTileQ * kKP;
+  const int64_t ldk = row_ld(p.Dk), ldv = row_ld(p.Dv);
+  const int64_t Dkp = pad16(p.Dk), Dvp = pad16(p.Dv), nck = Dkp / 16, ncv = Dvp / 16;
+  float* Qs = sm;                   // [kTileQ][ldk], scaled; d_q at the end
+  float* Gs = Qs + kTileQ * ldk;    // [kTileQ][ldv]: d_o
+  float* Ks = Gs + kTileQ * ldv;    // [kTileK][ldk]
+  float* Vs = Ks + kTileK * ldk;    // [kTileK][ldv]
+  float* Ss = Vs + kTileK * ldv;    // [kTileQ][kLDS]: S, then P
+  float* dPs = Ss + kTileQ * kLDS;  // [kTileQ][kLDS]: dP, then dS
+  float* meta = dPs + kTileQ * kLDS;
   KeyMeta km{reinterpret_cast<int*>(meta), meta + kTileK,
              reinterpret_cast<int*>(meta + 2 * kTileK)};
-  float* colsum = meta + 3 * kTileK;
   const int tid = threadIdx.x, ty = tid >> 4, tx = tid & 15, lane = tid & 31, warp = tid >> 5;
+  const int wr = warp & 3, wc = warp >> 2;
   const T* qb_ = static_cast<const T*>(p.q) + g.n * p.q_strides[0] + h * p.q_strides[2];
   const T* gb = static_cast<const T*>(p.d_o) + g.n * p.d_o_strides[0] + h * p.d_o_strides[2];
   const T* kb = static_cast<const T*>(p.k) + g.n * p.k_strides[0] + h * p.k_strides[2];
   const T* vb = static_cast<const T*>(p.v) + g.n * p.v_strides[0] + h * p.v_strides[2];
-  load_rows_t(qb_, p.q_strides, p.Dk, g.t0, g.t1, p.scale, Qs);
-  load_rows_t(gb, p.d_o_strides, p.Dv, g.t0, g.t1, 1.f, Gs);
+  auto row_pos = [&](int r) { return g.t0 + r < g.t1 ? g.t0 + r : int64_t{-1}; };
+  stage_rows<NF>(StageSrc<T>{qb_, p.q_strides, p.Dk, p.scale, Qs},
+                 StageSrc<T>{gb, p.d_o_strides, p.Dv, 1.f, Gs}, true, kTileQ, row_pos);
+  const StageSrc<T> k_src{kb, p.k_strides, p.Dk, 1.f, Ks}, v_src{vb, p.v_strides, p.Dv, 1.f, Vs};
   const int64_t tile_h = static_cast<int64_t>(blockIdx.x) * p.H + h;
   float lse[4], D[4];
 #pragma unroll
@@ -812,149 +905,134 @@ __global__ void __launch_bounds__(kBlockThreads)
     lse[r] = i < g.t1 ? p.lse[(g.n * p.T + i) * p.H + h] : -INFINITY;
     D[r] = 0.f;
   }
-  // One key step: metadata, K and V transposed, then P and dP of the thread's 4 x 2 cells.
-  auto step = [&](int64_t kx0, float(&P)[4][2], float(&dP)[4][2]) {
-    __syncthreads();
+  auto key_pos = [&](int r) { return static_cast<int64_t>(km.pos[r]); };
+  // One key step: metadata, K and V, then S = Q K^T into Ss and dP = d_o V^T into dPs.
+  auto step = [&](int64_t kx0) {
+    __syncthreads();  // the previous step's tiles are consumed
     load_key_meta<T>(p, g, kx0, km);
     __syncthreads();
-    load_keys_t(kb, p.k_strides, p.Dk, km.pos, Kt);
-    load_keys_t(vb, p.v_strides, p.Dv, km.pos, Vt);
+    stage_rows<NF>(k_src, v_src, true, kTileK, key_pos);
     __syncthreads();
-    tile_dot(Qs, Kt, p.Dk, ty, tx, P);
-    tile_dot(Gs, Vt, p.Dv, ty, tx, dP);
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const int64_t i = g.t0 + 4 * ty + r;
-#pragma unroll
-      for (int c2 = 0; c2 < 2; ++c2) {
-        const int key = 2 * tx + c2;
-        P[r][c2] = key_visible(km.pos[key], km.win[key], i, p.w) && lse[r] != -INFINITY
-                       ? expf(P[r][c2] + km.bias[key] - lse[r])
-                       : 0.f;
-      }
-    }
+    FragC s, dp;
+    wmma::fill_fragment(s, 0.f);
+    wmma::fill_fragment(dp, 0.f);
+    mma_acc<wmma::row_major, wmma::col_major, false>(s, Qs + wr * 16 * ldk, ldk, Ks + wc * 16 * ldk,
+                                                     ldk, Dkp);
+    mma_acc<wmma::row_major, wmma::col_major, false>(dp, Gs + wr * 16 * ldv, ldv,
+                                                     Vs + wc * 16 * ldv, ldv, Dvp);
+    wmma::store_matrix_sync(Ss + wr * 16 * kLDS + wc * 16, s, kLDS, wmma::mem_row_major);
+    wmma::store_matrix_sync(dPs + wr * 16 * kLDS + wc * 16, dp, kLDS, wmma::mem_row_major);
+    __syncthreads();
+  };
+  // P of the thread's cell (row 4 ty + r, key), from the logit in Ss.
+  auto prob = [&](int r, int key) {
+    const int64_t i = g.t0 + 4 * ty + r;
+    return key_visible(km.pos[key], km.win[key], i, p.w) && lse[r] != -INFINITY
+               ? expf(Ss[(4 * ty + r) * kLDS + key] + km.bias[key] - lse[r])
+               : 0.f;
   };
   // Pass 1: D_i = sum_p P dP.
   for (int64_t kx0 = 0; kx0 < g.nkeys; kx0 += kTileK) {
-    float P[4][2], dP[4][2];
-    step(kx0, P, dP);
-#pragma unroll
-    for (int r = 0; r < 4; ++r) D[r] += P[r][0] * dP[r][0] + P[r][1] * dP[r][1];
-  }
-#pragma unroll
-  for (int r = 0; r < 4; ++r) D[r] = half_warp_sum(D[r]);
-  // Pass 2: dS, d_q, the partials.
-  float dq[4][NC];
-#pragma unroll
-  for (int r = 0; r < 4; ++r) {
-#pragma unroll
-    for (int c = 0; c < NC; ++c) dq[r][c] = 0.f;
-  }
-  const bool want_kv = p.d_k != nullptr || p.d_v != nullptr;
-  float* pk = part ? part + tile_h * (p.Dk + p.Dv) * LK : nullptr;
-  float* pv = pk ? pk + p.Dk * LK : nullptr;
-  int64_t cur_slot = -1;
-  float slot_sum = 0.f;  // thread 0: the current slot's dS sum
-  for (int64_t kx0 = 0; kx0 < g.nkeys; kx0 += kTileK) {
-    float P[4][2], dP[4][2];
-    step(kx0, P, dP);
+    step(kx0);
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
 #pragma unroll
       for (int c2 = 0; c2 < 2; ++c2) {
-        Ps[(4 * ty + r) * kKP + 2 * tx + c2] = P[r][c2];
-        dSs[(4 * ty + r) * kKP + 2 * tx + c2] = P[r][c2] * (dP[r][c2] - D[r]);
+        const int key = 2 * tx + c2;
+        D[r] += prob(r, key) * dPs[(4 * ty + r) * kLDS + key];
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < 4; ++r) D[r] = half_warp_sum(D[r]);
+  // Pass 2: dS = P (dP - D_i); d_q += dS K (fragments, complete within the tile); the step's
+  // partials d_k = dS^T (scale Q) and d_v = P^T d_o, stored whole from the fragments; the
+  // per-slot column sums of dS for d_bias (warp 0).
+  FragC dq[NF];
+#pragma unroll
+  for (int f = 0; f < NF; ++f) wmma::fill_fragment(dq[f], 0.f);
+  const bool want_kv = part != nullptr;
+  float* pk = want_kv ? part + tile_h * (Dkp + Dvp) * LK : nullptr;
+  float* pv = want_kv ? pk + Dkp * LK : nullptr;
+  int64_t cur_slot = -1;
+  float slot_sum = 0.f;  // warp 0: the current slot's dS sum
+  for (int64_t kx0 = 0; kx0 < g.nkeys; kx0 += kTileK) {
+    step(kx0);
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+#pragma unroll
+      for (int c2 = 0; c2 < 2; ++c2) {
+        const int key = 2 * tx + c2;
+        const float P = prob(r, key);
+        float& x = dPs[(4 * ty + r) * kLDS + key];
+        x = P * (x - D[r]);
+        Ss[(4 * ty + r) * kLDS + key] = P;
       }
     }
     __syncthreads();
     if (p.d_q) {
-      for (int key = 0; key < kTileK; ++key) {
-        float kr[NC];
 #pragma unroll
-        for (int c = 0; c < NC; ++c) {
-          const int d = tx + 16 * c;
-          kr[c] = d < p.Dk ? Kt[d * kKP + key] : 0.f;
-        }
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {
-          const float ds = dSs[(4 * ty + r) * kKP + key];
-#pragma unroll
-          for (int c = 0; c < NC; ++c) dq[r][c] += ds * kr[c];
+      for (int f = 0; f < NF; ++f) {
+        const int64_t cg = wc + 2 * f;
+        if (cg < nck) {
+          mma_acc<wmma::row_major, wmma::row_major, true>(dq[f], dPs + wr * 16 * kLDS, kLDS,
+                                                          Ks + cg * 16, ldk, kTileK);
         }
       }
     }
-    // Thread (kg, dg): keys kg + 8 u (u < 4) by head dims dg + 32 m (m < NC / 2).
-    const int kg = tid & 7, dg = tid >> 3;
-    constexpr int MD = NC / 2;
-    auto partial = [&](const float* W, const float* Xt, int64_t D, float* out) {
-      float a[4][MD];
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-#pragma unroll
-        for (int c = 0; c < MD; ++c) a[u][c] = 0.f;
-      }
-      for (int row = 0; row < kTileQ; ++row) {
-        float wv[4], xv[MD];
-#pragma unroll
-        for (int u = 0; u < 4; ++u) wv[u] = W[row * kKP + kg + 8 * u];
-#pragma unroll
-        for (int c = 0; c < MD; ++c) {
-          const int d = dg + 32 * c;
-          xv[c] = d < D ? Xt[d * kLDT + row] : 0.f;
-        }
-#pragma unroll
-        for (int u = 0; u < 4; ++u) {
-#pragma unroll
-          for (int c = 0; c < MD; ++c) a[u][c] += wv[u] * xv[c];
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int64_t kx = kx0 + kg + 8 * u;
-        if (kx >= g.nkeys) continue;
-#pragma unroll
-        for (int c = 0; c < MD; ++c) {
-          const int d = dg + 32 * c;
-          if (d < D) out[d * LK + kx] = a[u][c];
-        }
-      }
-    };
     if (want_kv) {
-      partial(dSs, Qs, p.Dk, pk);  // d_k rows: sum_i dS(i, key) scale q[i]
-      partial(Ps, Gs, p.Dv, pv);   // d_v rows: sum_i P(i, key) d_o[i]
-    }
-    if (bias_part && kx0 < g.nret) {
-      if (warp == 0) {
-        float cs = 0.f;
-        for (int row = 0; row < kTileQ; ++row) cs += dSs[row * kKP + lane];
-        colsum[lane] = cs;
-      }
-      __syncthreads();
-      if (tid == 0) {
-        for (int key = 0; key < kTileK && kx0 + key < g.nret; ++key) {
-          const int64_t s = (kx0 + key) / p.c;
-          if (s != cur_slot) {
-            if (cur_slot >= 0) bias_part[tile_h * p.kk + cur_slot] = slot_sum;
-            cur_slot = s;
-            slot_sum = 0.f;
-          }
-          slot_sum += colsum[key];
+      // Fragments (key group kg, column group cg): d_k ones first, then d_v; warp w takes
+      // w, w + 8, ...
+      for (int64_t f = warp; f < 2 * (nck + ncv); f += kBlockWarps) {
+        const bool is_k = f < 2 * nck;
+        const int64_t fi = is_k ? f : f - 2 * nck, kg = fi & 1, cg = fi >> 1;
+        FragC acc;
+        wmma::fill_fragment(acc, 0.f);
+        if (is_k) {
+          mma_acc<wmma::col_major, wmma::row_major, true>(acc, dPs + kg * 16, kLDS, Qs + cg * 16,
+                                                          ldk, kTileQ);
+        } else {
+          mma_acc<wmma::col_major, wmma::row_major, true>(acc, Ss + kg * 16, kLDS, Gs + cg * 16,
+                                                          ldv, kTileQ);
         }
+        wmma::store_matrix_sync((is_k ? pk : pv) + cg * 16 * LK + kx0 + kg * 16, acc,
+                                static_cast<unsigned>(LK), wmma::mem_col_major);
+      }
+    }
+    if (bias_part && kx0 < g.nret && warp == 0) {
+      float cs = 0.f;
+      for (int row = 0; row < kTileQ; ++row) cs += dPs[row * kLDS + lane];
+      for (int key = 0; key < kTileK; ++key) {
+        const float v = __shfl_sync(0xffffffffu, cs, key);
+        if (kx0 + key >= g.nret) break;
+        const int64_t s = (kx0 + key) / p.c;
+        if (s != cur_slot) {
+          if (cur_slot >= 0 && lane == 0) bias_part[tile_h * p.kk + cur_slot] = slot_sum;
+          cur_slot = s;
+          slot_sum = 0.f;
+        }
+        slot_sum += v;
       }
     }
   }
-  if (bias_part && tid == 0 && cur_slot >= 0) bias_part[tile_h * p.kk + cur_slot] = slot_sum;
+  if (bias_part && warp == 0 && lane == 0 && cur_slot >= 0) {
+    bias_part[tile_h * p.kk + cur_slot] = slot_sum;
+  }
   if (p.d_q) {
+    __syncthreads();  // Qs is read by the last step's d_k fragments
 #pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const int64_t i = g.t0 + 4 * ty + r;
-      if (i >= g.t1) continue;
-      T* dqrow = static_cast<T*>(p.d_q) + ((g.n * p.T + i) * p.H + h) * p.Dk;
-#pragma unroll
-      for (int c = 0; c < NC; ++c) {
-        const int d = tx + 16 * c;
-        if (d < p.Dk) store(dqrow, d, dq[r][c] * p.scale);
+    for (int f = 0; f < NF; ++f) {
+      const int64_t cg = wc + 2 * f;
+      if (cg < nck) {
+        wmma::store_matrix_sync(Qs + wr * 16 * ldk + cg * 16, dq[f], ldk, wmma::mem_row_major);
       }
+    }
+    __syncthreads();
+    for (int r = warp; r < kTileQ; r += kBlockWarps) {
+      const int64_t i = g.t0 + r;
+      if (i >= g.t1) break;
+      T* dqrow = static_cast<T*>(p.d_q) + ((g.n * p.T + i) * p.H + h) * p.Dk;
+      for (int64_t d = lane; d < p.Dk; d += 32) store(dqrow, d, Qs[r * ldk + d] * p.scale);
     }
   }
 }
@@ -973,11 +1051,12 @@ __global__ void chunk_attention_block_reduce_kernel(const ChunkAttentionParams p
   const int64_t pos = e % p.T, d = (e / p.T) % Dm, h = (e / (p.T * Dm)) % p.H,
                 n = e / (p.T * Dm * p.H);
   const bool do_k = d_k != nullptr && d < p.Dk, do_v = d_v != nullptr && d < p.Dv;
+  const int64_t Dkp = pad16(p.Dk), Dvp = pad16(p.Dv);
   float ak = 0.f, av = 0.f;
   auto add = [&](int64_t qb, int64_t t, int64_t kx) {
-    const float* base = part + (((n * p.NQ + qb) * NT + t) * p.H + h) * (p.Dk + p.Dv) * LK;
+    const float* base = part + (((n * p.NQ + qb) * NT + t) * p.H + h) * (Dkp + Dvp) * LK;
     if (do_k) ak += base[d * LK + kx];
-    if (do_v) av += base[(p.Dk + d) * LK + kx];
+    if (do_v) av += base[(Dkp + d) * LK + kx];
   };
   const int64_t j = pos / p.c;
   if (j < p.NC && seg_start != nullptr) {
@@ -1056,7 +1135,7 @@ TilePlan tile_plan(const ChunkAttentionParams& p) {
   TilePlan t;
   t.NT = (p.b + kTileQ - 1) / kTileQ;
   const int64_t tq = p.b < kTileQ ? p.b : kTileQ;
-  t.LK = p.kk * p.c + (p.w > 0 ? tq + p.w - 1 : 0);
+  t.LK = round_up32(p.kk * p.c + (p.w > 0 ? tq + p.w - 1 : 0));
   t.tiles = p.B * p.NQ * t.NT;
   return t;
 }
@@ -1082,7 +1161,7 @@ BwdPlan bwd_plan(const ChunkAttentionParams& p) {
     const TilePlan tp = tile_plan(p);
     const size_t th = static_cast<size_t>(tp.tiles * p.H);
     pl.part_off = off;
-    if (p.d_k || p.d_v) off += align_up(sizeof(float) * th * (p.Dk + p.Dv) * tp.LK);
+    if (p.d_k || p.d_v) off += align_up(sizeof(float) * th * (pad16(p.Dk) + pad16(p.Dv)) * tp.LK);
     pl.bias_part_off = off;
     if (p.d_bias) off += align_up(sizeof(float) * th * p.kk);
   } else {
@@ -1179,17 +1258,18 @@ const char* build_lists(const ChunkAttentionParams& p, const BwdPlan& pl, char* 
   return last_error();
 }
 
-// 16-column groups covering max(Dk, Dv) for the block kernels.
+// Fragment column groups per warp for the block kernels: each warp holds half of the
+// pad16(max(Dk, Dv)) / 16 column groups of o or d_q, rounded up to a compiled width.
 int block_col_groups(const ChunkAttentionParams& p) {
-  const int64_t d = p.Dk > p.Dv ? p.Dk : p.Dv;
-  return d <= 32 ? 2 : d <= 64 ? 4 : d <= 128 ? 8 : d <= 160 ? 10 : 16;
+  const int64_t g = (pad16(p.Dk > p.Dv ? p.Dk : p.Dv) / 16 + 1) / 2;
+  return g <= 2 ? 2 : g <= 3 ? 3 : g <= 5 ? 5 : 8;
 }
 
-template <class T, int NC>
+template <class T, int NF>
 const char* block_fwd_nc(const ChunkAttentionParams& p, cudaStream_t s) {
   const TilePlan tp = tile_plan(p);
   const size_t smem = sizeof(float) * static_cast<size_t>(fwd_smem_floats(p));
-  auto kernel = chunk_attention_block_fwd_kernel<T, NC>;
+  auto kernel = chunk_attention_block_fwd_kernel<T, NF>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(smem));
   if (err != cudaSuccess) return cudaGetErrorString(err);
@@ -1198,7 +1278,7 @@ const char* block_fwd_nc(const ChunkAttentionParams& p, cudaStream_t s) {
   return last_error();
 }
 
-template <class T, int NC>
+template <class T, int NF>
 const char* block_bwd_nc(const ChunkAttentionParams& p, cudaStream_t s) {
   const BwdPlan pl = bwd_plan(p);
   const TilePlan tp = tile_plan(p);
@@ -1209,7 +1289,7 @@ const char* block_bwd_nc(const ChunkAttentionParams& p, cudaStream_t s) {
   float* bias_part = p.d_bias ? reinterpret_cast<float*>(scratch + pl.bias_part_off) : nullptr;
   if (p.d_q || kv || p.d_bias) {
     const size_t smem = sizeof(float) * static_cast<size_t>(bwd_smem_floats(p));
-    auto kernel = chunk_attention_block_bwd_kernel<T, NC>;
+    auto kernel = chunk_attention_block_bwd_kernel<T, NF>;
     cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(smem));
     if (err != cudaSuccess) return cudaGetErrorString(err);
@@ -1242,14 +1322,12 @@ const char* block_t(const ChunkAttentionParams& p, cudaStream_t s) {
   switch (block_col_groups(p)) {
     case 2:
       return kBwd ? block_bwd_nc<T, 2>(p, s) : block_fwd_nc<T, 2>(p, s);
-    case 4:
-      return kBwd ? block_bwd_nc<T, 4>(p, s) : block_fwd_nc<T, 4>(p, s);
+    case 3:
+      return kBwd ? block_bwd_nc<T, 3>(p, s) : block_fwd_nc<T, 3>(p, s);
+    case 5:
+      return kBwd ? block_bwd_nc<T, 5>(p, s) : block_fwd_nc<T, 5>(p, s);
     case 8:
       return kBwd ? block_bwd_nc<T, 8>(p, s) : block_fwd_nc<T, 8>(p, s);
-    case 10:
-      return kBwd ? block_bwd_nc<T, 10>(p, s) : block_fwd_nc<T, 10>(p, s);
-    case 16:
-      return kBwd ? block_bwd_nc<T, 16>(p, s) : block_fwd_nc<T, 16>(p, s);
   }
   return "chunk_attention block kernels: head dims above 256";
 }

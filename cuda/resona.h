@@ -37,17 +37,25 @@
 // tile's key list is the kk c retrieved positions (slot s, offset r at list index s c + r;
 // slots without an eligible id masked) followed by the window candidates
 // [max(0, t0 - w + 1), t1) whose chunk was not retrieved, each visible to position i iff
-// i - w < p <= i. Keys are staged in shared memory 32 at a time (float32); the tile's
-// logits S = scale Q K^T and the products with V are float32 register tiles.
-//   forward: online softmax over the key steps; o and lse as above.
+// i - w < p <= i. The tile's Q (scaled) and d_o, and the keys' K and V, 32 keys a step,
+// are staged in shared memory as float32 rounded to TF32 and zero-padded to a multiple of
+// 16 head dims; the six tile products (S = scale Q K^T, o = P V, dP = d_o V^T, d_q = dS K,
+// d_k = dS^T scale Q, d_v = P^T d_o) run on tensor cores (TF32 16 x 16 x 8 fragments,
+// float32 accumulators) for both dtypes (bfloat16 values are exact in TF32), P and dS
+// being rounded to TF32 as operands. Softmax statistics, masks, bias and all other sums
+// are float32.
+//   forward: pass 1 forms each row's max and sum of exp over the key steps (online) and
+//     lse; pass 2 forms o = sum_p P v with P = exp(S + bias - lse), so the accumulators are
+//     never rescaled.
 //   backward: pass 1 forms D_i = sum_p P dP over the keys, pass 2 forms dS = P (dP - D_i),
 //     d_q (complete within the tile), and per-tile partial sums of d_k, d_v (one row per
-//     key of the list) and d_bias (one per slot) into the scratch, float32; a reduction
-//     kernel then sums each key position's partials in a fixed order (the tiles of the
-//     blocks that retrieved its chunk, by the inverse lists above, then the tiles whose
-//     window holds it), and d_bias over tiles and heads in order.
-// Same contract and determinism as the warp kernels; the results differ from theirs only by
-// float32 rounding. Entries of ids that are not eligible for their block
+//     key of the list, padded to a multiple of 32 keys) and d_bias (one per slot) into the
+//     scratch, float32; a reduction kernel then sums each key position's partials in a
+//     fixed order (the tiles of the blocks that retrieved its chunk, by the inverse lists
+//     above, then the tiles whose window holds it), and d_bias over tiles and heads in order.
+// Same contract and determinism as the warp kernels; the results differ from theirs by the
+// TF32 rounding of the product operands (2^-11 relative each) and float32 rounding. Entries
+// of ids that are not eligible for their block
 // are skipped by every kernel (treated as -1), so unchecked ids cannot read out of bounds.
 #pragma once
 
