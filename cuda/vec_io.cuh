@@ -2,9 +2,10 @@
 // the memory-bound row and channel kernels (norms, cross-entropy, causal conv1d): one
 // access moves Vec16<T>::kN elements (4 float32 or 8 bfloat16), so a warp moves 512
 // contiguous bytes per instruction. The pointers passed must be 16-byte aligned; the
-// callers check that (and fall back to scalar code) before taking these paths. Also a
-// pair reduction over a row owned by kThreads threads (two sums in one pass, in a fixed
-// order). Device code only; included by .cu files.
+// callers check that (and fall back to scalar code) before taking these paths. Also
+// 4-element accesses (load4 / store4: 16 bytes of float32, 8 of bfloat16) and a pair
+// reduction over a row owned by kThreads threads (two sums in one pass, in a fixed order).
+// Device code only; included by .cu files.
 #pragma once
 
 #include <cuda_bf16.h>

@@ -30,8 +30,8 @@
 // allocated or accumulated into).
 //
 // Output: a Markdown table on stdout, and a CSV (--csv PATH) with the same columns plus
-// the ideal bytes and FLOPs. A case the backend refuses (e.g. a dtype without a CUDA
-// path) is reported on stderr and left out.
+// the ideal bytes and FLOPs. --only=op,op times just the named ops (the table's names). A case the
+// backend refuses (e.g. a dtype without a CUDA path) is reported on stderr and left out.
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
