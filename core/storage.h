@@ -36,6 +36,9 @@ class DeviceBackend {
   // this device without the host waiting (the backend keeps the memory until the upload
   // has read it). nullptr: not offered.
   virtual Storage pinned_host_storage(size_t nbytes) { return nullptr; }
+  // The stream (an opaque handle) that this thread's work on the device goes to: ops pass
+  // it to their kernel launchers. nullptr: the device's default stream.
+  virtual void* current_stream() { return nullptr; }
 
   // Optional kernels on strided views of this device's memory: `dst` and `src` point at
   // element [0, ..., 0], strides are in elements (0 along broadcast dims of a source).

@@ -77,6 +77,7 @@ class CudaBackend final : public DeviceBackend {
     check_cuda(cudaSetDevice(device_index), "cudaSetDevice");
     check_cuda(cudaMemsetAsync(ptr, 0, n, cur()), "cudaMemsetAsync");
   }
+  void* current_stream() override { return cuda::current_stream(); }
   Storage pinned_host_storage(size_t nbytes) override {
     if (device_count() == 0) return nullptr;
     return make_pinned_storage(nbytes);

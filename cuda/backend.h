@@ -6,13 +6,13 @@
 // (e.g. test registration) calls register_cuda_backend() first.
 //
 // Streams. Each thread has a current stream, the legacy default stream (nullptr) unless
-// a StreamGuard says otherwise. The backend's own work goes to it: device allocations
-// (the caching allocator keeps a pool per stream), copies, fills and memsets. The ops'
-// kernel launchers still receive the null stream, i.e. the legacy default stream; a
-// Stream is therefore created blocking by default, so that the legacy stream and it
-// stay ordered with each other (CUDA's implicit synchronisation) and ops stay correct
-// whatever stream is current. Non-blocking streams are for code that orders its work
-// with events itself (and launches no op while one is current).
+// a StreamGuard says otherwise. All work goes to it: device allocations (the caching
+// allocator keeps a pool per stream), copies, fills and memsets, and the ops' kernels
+// (each op passes ops/device_util.h launch_stream() to its launchers; cuBLAS is set to
+// the launcher's stream on every call). A Stream is created blocking by default, so that
+// it stays ordered with the legacy default stream (CUDA's implicit synchronisation) for
+// code that still launches there; non-blocking streams are for code that orders its
+// work across streams with events itself.
 //
 // Handles are opaque (void* = cudaStream_t / cudaEvent_t) so that this header includes
 // no CUDA header.

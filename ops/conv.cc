@@ -146,7 +146,7 @@ struct CausalConv1dOp {
     p.bias_stride = bias.defined() ? bias.strides()[0] : 0;
     p.y = y.raw_data();
     p.w_t = w_t.raw_data();
-    const char* err = cuda::causal_conv1d_fwd_cuda(p, nullptr);
+    const char* err = cuda::causal_conv1d_fwd_cuda(p, launch_stream());
     RESONA_CHECK(err == nullptr) << "causal_conv1d on " << x.describe() << ": " << err;
     if (ctx.requires_grad) {
       ctx.saved.B = B;
@@ -201,7 +201,7 @@ struct CausalConv1dOp {
       scratch = empty({static_cast<int64_t>((bytes + 3) / 4)}, DType::kFloat32, d_y.device());
       p.scratch = scratch.raw_data();
     }
-    const char* err = cuda::causal_conv1d_bwd_cuda(p, nullptr);
+    const char* err = cuda::causal_conv1d_bwd_cuda(p, launch_stream());
     RESONA_CHECK(err == nullptr) << "causal_conv1d backward on " << d_y.describe() << ": " << err;
     return {d_x, d_weight, d_bias};
   }

@@ -424,7 +424,7 @@ struct DeltaRuleOp {
     p.states = states.data<float>();
     Tensor scratch = scratch_tensor(cuda::delta_rule_fwd_scratch_bytes(p), dev);
     p.scratch = scratch.defined() ? scratch.raw_data() : nullptr;
-    const char* err = cuda::delta_rule_fwd_cuda(p, nullptr);
+    const char* err = cuda::delta_rule_fwd_cuda(p, launch_stream());
     RESONA_CHECK(err == nullptr) << "delta_rule on " << q.describe() << ": " << err;
     if (ctx.requires_grad) {
       ctx.saved = Saved{q, k, v, beta, h0, states, d, scale, true};
@@ -468,7 +468,7 @@ struct DeltaRuleOp {
     p.d_h0 = ptr(dh0);
     Tensor scratch = scratch_tensor(cuda::delta_rule_bwd_scratch_bytes(p), dev);
     p.scratch = scratch.defined() ? scratch.raw_data() : nullptr;
-    const char* err = cuda::delta_rule_bwd_cuda(p, nullptr);
+    const char* err = cuda::delta_rule_bwd_cuda(p, launch_stream());
     RESONA_CHECK(err == nullptr) << "delta_rule backward on " << d_o.describe() << ": " << err;
     return {dq, dk, dv, dbeta, dh0};
   }

@@ -26,4 +26,8 @@ inline cuda::KernelDType cuda_kernel_dtype(const char* op, const Tensor& t) {
   return cuda::KernelDType::kFloat32;
 }
 
+// The stream an op's CUDA kernels launch on: this thread's current stream (cuda/backend.h
+// StreamGuard), the default stream (nullptr) unless a guard says otherwise.
+inline void* launch_stream() { return backend_for(Device::cuda()).current_stream(); }
+
 }  // namespace resona

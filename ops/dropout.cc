@@ -65,7 +65,7 @@ void masked_scale_cuda(const char* op, const Tensor& in, const Tensor& out, doub
   dp.scale = static_cast<float>(1.0 / (1.0 - p));
   dp.in = in.raw_data();
   dp.out = out.raw_data();
-  const char* err = cuda::dropout_fwd_cuda(dp, nullptr);
+  const char* err = cuda::dropout_fwd_cuda(dp, launch_stream());
   RESONA_CHECK(err == nullptr) << op << " on " << in.describe() << ": " << err;
 }
 

@@ -166,7 +166,7 @@ Tensor binary_forward(const Tensor& a, const Tensor& b) {
     p.a = a.raw_data();
     p.b = b.raw_data();
     p.out = out.raw_data();
-    check_launch(op, out, cuda::binary_fwd_cuda(p, nullptr));
+    check_launch(op, out, cuda::binary_fwd_cuda(p, launch_stream()));
     return out;
   }
   dispatch_floating(op, a.dtype(),
@@ -351,7 +351,7 @@ struct UnaryOp {
       p.dims = kernel_dims<2>(kName, x, x.shape(), {y.strides(), x.strides()});
       p.x = x.raw_data();
       p.y = y.raw_data();
-      check_launch(kName, x, cuda::unary_fwd_cuda(p, nullptr));
+      check_launch(kName, x, cuda::unary_fwd_cuda(p, launch_stream()));
     } else {
       unary_forward_cpu(x, y, s);
     }
@@ -404,7 +404,7 @@ struct UnaryOp {
       p.dy = dy_in.raw_data();
       p.saved = saved.raw_data();
       p.dx = dx.raw_data();
-      check_launch(kName, dy_in, cuda::unary_bwd_cuda(p, nullptr));
+      check_launch(kName, dy_in, cuda::unary_bwd_cuda(p, launch_stream()));
       return {dx};
     }
     Tensor dy = dy_in.contiguous();
@@ -506,7 +506,7 @@ Tensor& add_(Tensor& dst, const Tensor& src, double alpha) {
     p.a = dst.raw_data();
     p.b = src.raw_data();
     p.out = dst.raw_data();
-    check_launch("add_", dst, cuda::binary_fwd_cuda(p, nullptr));
+    check_launch("add_", dst, cuda::binary_fwd_cuda(p, launch_stream()));
     return dst;
   }
   dispatch_floating("add_", dst.dtype(), [&](auto tag) {
@@ -535,7 +535,7 @@ Tensor& mul_(Tensor& dst, double s) {
     p.dims = kernel_dims<2>("mul_", dst, dst.shape(), {dst.strides(), dst.strides()});
     p.x = dst.raw_data();
     p.y = dst.raw_data();
-    check_launch("mul_", dst, cuda::unary_fwd_cuda(p, nullptr));
+    check_launch("mul_", dst, cuda::unary_fwd_cuda(p, launch_stream()));
     return dst;
   }
   dispatch_floating("mul_", dst.dtype(), [&](auto tag) {

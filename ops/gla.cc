@@ -550,7 +550,7 @@ struct GlaOp {
     p.o = o.raw_data();
     p.S_T = S.data<float>();
     p.states = states.data<float>();
-    const char* err = cuda::gla_fwd_cuda(p, nullptr);
+    const char* err = cuda::gla_fwd_cuda(p, launch_stream());
     RESONA_CHECK(err == nullptr) << "gla on " << q.describe() << ": " << err;
     if (ctx.requires_grad) {
       ctx.saved = Saved{
@@ -603,7 +603,7 @@ struct GlaOp {
     const size_t bytes = cuda::gla_bwd_scratch_bytes(p);
     Tensor scratch = empty({static_cast<int64_t>((bytes + 3) / 4)}, DType::kFloat32, dev);
     p.scratch = scratch.raw_data();
-    const char* err = cuda::gla_bwd_cuda(p, nullptr);
+    const char* err = cuda::gla_bwd_cuda(p, launch_stream());
     RESONA_CHECK(err == nullptr) << "gla backward on " << sv.q.describe() << ": " << err;
     if (dh0.defined() && sv.h0_dtype != DType::kFloat32) dh0 = copy_to(dh0, sv.h0_dtype, dev);
     return {dq, dk, dv, dg, dh0};

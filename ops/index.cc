@@ -116,7 +116,7 @@ Tensor device_indices(const char* op, const char* role, const Tensor& index, con
   p.bound = bound;
   p.out = out.data<int64_t>();
   p.bad_pos = bad.data<int64_t>();
-  const char* err = cuda::index_prepare_cuda(p, nullptr);
+  const char* err = cuda::index_prepare_cuda(p, launch_stream());
   RESONA_CHECK(err == nullptr) << op << ": reading " << role << " " << index.describe() << ": "
                                << err;
   const int64_t pos = bad.item_int();
@@ -152,7 +152,7 @@ Tensor gather_cuda(const char* op, const Tensor& x, const Tensor& idx, const Sha
   Tensor out = empty(out_shape, x.dtype(), x.device());
   p.src = x.raw_data();
   p.dst = out.raw_data();
-  const char* err = cuda::index_gather_fwd_cuda(p, nullptr);
+  const char* err = cuda::index_gather_fwd_cuda(p, launch_stream());
   RESONA_CHECK(err == nullptr) << op << " on " << x.describe() << ": " << err;
   return out;
 }
@@ -177,7 +177,7 @@ Tensor scatter_cuda(const char* op, const Tensor& d_y_in, const Tensor& idx, con
     scratch = empty({static_cast<int64_t>((bytes + 7) / 8)}, DType::kInt64, d_y.device());
     p.scratch = scratch.raw_data();
   }
-  const char* err = cuda::index_scatter_bwd_cuda(p, nullptr);
+  const char* err = cuda::index_scatter_bwd_cuda(p, launch_stream());
   RESONA_CHECK(err == nullptr) << op << " backward on " << d_y_in.describe() << ": " << err;
   return d_x;
 }

@@ -106,7 +106,7 @@ struct CrossEntropyOp {
                                   per_row.data<float>(),
                                   stats.data<int64_t>(),
                                   total.data<float>()};
-    const char* err = cuda::cross_entropy_fwd_cuda(p, nullptr);
+    const char* err = cuda::cross_entropy_fwd_cuda(p, launch_stream());
     RESONA_CHECK(err == nullptr) << "cross_entropy of " << logits.describe() << " on CUDA: " << err;
     const std::vector<int64_t> st = stats.to_vector<int64_t>();  // waits for the kernels
     RESONA_CHECK(st[1] < 0) << "cross_entropy: target " << st[2] << " at row " << st[1]
@@ -145,7 +145,7 @@ struct CrossEntropyOp {
                                   s.stats.data<int64_t>(),
                                   dc.data<float>(),
                                   d_logits.raw_data()};
-    const char* err = cuda::cross_entropy_bwd_cuda(p, nullptr);
+    const char* err = cuda::cross_entropy_bwd_cuda(p, launch_stream());
     RESONA_CHECK(err == nullptr) << "cross_entropy backward of " << s.logits.describe()
                                  << " on CUDA: " << err;
     return d_logits;

@@ -301,7 +301,7 @@ void run_gemm(const char* op, int64_t batch, const Mat& c, int64_t c_bs, int64_t
   p.c_rs = c.rs;
   p.c_bs = c_bs;
   p.accumulate = accumulate;
-  const char* err = cuda::gemm_cuda(p, nullptr);
+  const char* err = cuda::gemm_cuda(p, launch_stream());
   RESONA_CHECK(err == nullptr) << op << " on CUDA (c " << c.t.describe() << ", a " << a.t.describe()
                                << ", b " << b.t.describe() << "): " << err;
 }
@@ -376,7 +376,7 @@ void bias_add_cuda(const char* op, const Tensor& out, const Tensor& bias) {
   cuda::BiasAddParams p{cuda_kernel_dtype(op, out),
                         out.numel() / std::max<int64_t>(out.size(-1), 1), out.size(-1),
                         out.raw_data(), bc.raw_data()};
-  const char* err = cuda::bias_add_fwd_cuda(p, nullptr);
+  const char* err = cuda::bias_add_fwd_cuda(p, launch_stream());
   RESONA_CHECK(err == nullptr) << op << ": bias add of " << bias.describe() << " on CUDA: " << err;
 }
 
@@ -387,7 +387,7 @@ Tensor gpu_column_sum(const char* op, const Mat& m) {
   cuda::ColumnSumParams p{
       cuda_kernel_dtype(op, m.t), m.rows,        m.cols, m.t.raw_data(), m.rs, m.cs,
       partial.data<float>(),      out.raw_data()};
-  const char* err = cuda::column_sum_cuda(p, nullptr);
+  const char* err = cuda::column_sum_cuda(p, launch_stream());
   RESONA_CHECK(err == nullptr) << op << ": column sum of " << m.t.describe() << " on CUDA: " << err;
   return out;
 }

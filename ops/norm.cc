@@ -164,7 +164,7 @@ Tensor norm_forward(const char* op, Ctx<NormSaved>& ctx, const Tensor& x, const 
                           y.raw_data(),
                           kLayer ? mean.data<float>() : nullptr,
                           rstd.data<float>()};
-    const char* err = cuda::norm_fwd_cuda(p, nullptr);
+    const char* err = cuda::norm_fwd_cuda(p, launch_stream());
     RESONA_CHECK(err == nullptr) << op << " of " << x.describe() << " on CUDA: " << err;
     if (ctx.requires_grad) ctx.saved = {xc, wc, mean, rstd};
     return y;
@@ -215,7 +215,7 @@ Grads norm_backward(const char* op, const Ctx<NormSaved>& ctx, const Tensor& d) 
                           ptr(dw),
                           ptr(db),
                           partial.defined() ? partial.data<float>() : nullptr};
-    const char* err = cuda::norm_bwd_cuda(p, nullptr);
+    const char* err = cuda::norm_bwd_cuda(p, launch_stream());
     RESONA_CHECK(err == nullptr) << op << " backward of " << s.x.describe() << " on CUDA: " << err;
     if (kLayer) return {dx, dw, db};
     return {dx, dw};

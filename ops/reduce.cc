@@ -142,7 +142,7 @@ Tensor reduce_cuda(const char* op, cuda::ReduceKernelKind kind, const Tensor& x,
     workspace = empty({(ws + 7) / 8}, DType::kInt64, x.device());
     prm.workspace = workspace.raw_data();
   }
-  const char* err = cuda::reduce_fwd_cuda(prm, nullptr);
+  const char* err = cuda::reduce_fwd_cuda(prm, launch_stream());
   RESONA_CHECK(err == nullptr) << op << " on CUDA (" << x.describe() << "): " << err;
   return out;
 }
@@ -213,7 +213,7 @@ Tensor sum_bwd_cuda(const char* op, const Tensor& d, const ReduceSaved& s, doubl
   prm.scale = static_cast<float>(scale);
   prm.d_out = dc.raw_data();
   prm.d_x = d_x.raw_data();
-  const char* err = cuda::sum_bwd_cuda(prm, nullptr);
+  const char* err = cuda::sum_bwd_cuda(prm, launch_stream());
   RESONA_CHECK(err == nullptr) << op << " backward on CUDA (" << d.describe() << "): " << err;
   return d_x;
 }
@@ -389,7 +389,7 @@ Grads MaxOp::backward(Ctx<Saved>& ctx, const Tensor& d) {
     prm.d_out = dc.raw_data();
     prm.index = s.index.data<int64_t>();
     prm.d_x = g.raw_data();
-    const char* err = cuda::max_bwd_cuda(prm, nullptr);
+    const char* err = cuda::max_bwd_cuda(prm, launch_stream());
     RESONA_CHECK(err == nullptr) << "max backward on CUDA (" << d.describe() << "): " << err;
     if (!l.permuted) return {g};
     const int64_t nd = static_cast<int64_t>(s.perm.size());

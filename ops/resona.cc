@@ -248,7 +248,7 @@ Tensor chunk_search_cuda_path(const Tensor& query, const Tensor& chunk_emb,
   const size_t bytes = cuda::chunk_search_scratch_bytes(p);
   Tensor scratch = empty({static_cast<int64_t>((bytes + 3) / 4)}, DType::kFloat32, query.device());
   p.scratch = scratch.raw_data();
-  const char* err = cuda::chunk_search_cuda(p, nullptr);
+  const char* err = cuda::chunk_search_cuda(p, launch_stream());
   RESONA_CHECK(err == nullptr) << "chunk_search on " << query.describe() << ": " << err;
   return out;
 }
@@ -287,7 +287,7 @@ Tensor device_chunk_ids(const Tensor& idx, const AttnDims& d, Device device, boo
   p.b = d.b;
   p.out = out.data<int32_t>();
   p.bad_pos = bad.data<int64_t>();
-  const char* err = cuda::chunk_ids_check_cuda(p, nullptr);
+  const char* err = cuda::chunk_ids_check_cuda(p, launch_stream());
   RESONA_CHECK(err == nullptr) << "chunk_attention: checking idx " << idx.describe() << ": " << err;
   if (!check) return out;
   const int64_t pos = bad.item_int();  // one word back: a bad id raises here, by name
@@ -382,7 +382,7 @@ struct ChunkAttentionOp {
     Tensor o = empty({d.B, d.T, d.H, d.Dv}, q.dtype(), q.device());
     Tensor lse = empty({d.B, d.T, d.H}, DType::kFloat32, q.device());
     cuda::ChunkAttentionParams p = params(d, dt, q, k, v, ids, bias, lse, o);
-    const char* err = cuda::chunk_attention_fwd_cuda(p, nullptr);
+    const char* err = cuda::chunk_attention_fwd_cuda(p, launch_stream());
     RESONA_CHECK(err == nullptr) << "chunk_attention on " << q.describe() << ": " << err;
     if (ctx.requires_grad) {
       ctx.saved.d = d;
@@ -467,7 +467,7 @@ struct ChunkAttentionOp {
       scratch = empty({static_cast<int64_t>((bytes + 7) / 8)}, DType::kInt64, dev);
       p.scratch = scratch.raw_data();
     }
-    const char* err = cuda::chunk_attention_bwd_cuda(p, nullptr);
+    const char* err = cuda::chunk_attention_bwd_cuda(p, launch_stream());
     RESONA_CHECK(err == nullptr) << "chunk_attention backward on " << d_o.describe() << ": " << err;
     return {d_q, d_k, d_v, Tensor(), d_bias};
   }

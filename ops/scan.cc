@@ -122,7 +122,7 @@ struct LinearScanOp {
     p.h0_float32 = h0.defined() && h0.dtype() == DType::kFloat32;
     p.h = h.raw_data();
     p.scratch = scratch.raw_data();
-    const char* err = cuda::linear_scan_fwd_cuda(p, nullptr);
+    const char* err = cuda::linear_scan_fwd_cuda(p, launch_stream());
     RESONA_CHECK(err == nullptr) << "linear_scan on " << a_in.describe() << ": " << err;
     if (ctx.requires_grad) {
       Saved& s = ctx.saved;
@@ -168,7 +168,7 @@ struct LinearScanOp {
     p.d_b = d_b.defined() ? d_b.raw_data() : nullptr;
     p.d_h0 = d_h0.defined() ? d_h0.raw_data() : nullptr;
     p.scratch = scratch.raw_data();
-    const char* err = cuda::linear_scan_bwd_cuda(p, nullptr);
+    const char* err = cuda::linear_scan_bwd_cuda(p, launch_stream());
     RESONA_CHECK(err == nullptr) << "linear_scan backward on " << d_h_in.describe() << ": " << err;
     return {d_a, d_b, d_h0};
   }

@@ -317,7 +317,7 @@ struct SelectiveScanOp {
     p.checkpoints = s.checkpoints.data<float>();
     Tensor scratch = scratch_tensor(cuda::selective_scan_fwd_scratch_bytes(p), dev);
     p.scratch = scratch.raw_data();
-    const char* err = cuda::selective_scan_fwd_cuda(p, nullptr);
+    const char* err = cuda::selective_scan_fwd_cuda(p, launch_stream());
     RESONA_CHECK(err == nullptr) << "selective_scan on " << x.describe() << ": " << err;
     if (ctx.requires_grad) ctx.saved = std::move(s);
     return {y, hT};
@@ -375,7 +375,7 @@ struct SelectiveScanOp {
     p.d_h0_float32 = s.h0_float32;
     Tensor scratch = scratch_tensor(cuda::selective_scan_bwd_scratch_bytes(p), dev);
     p.scratch = scratch.raw_data();
-    const char* err = cuda::selective_scan_bwd_cuda(p, nullptr);
+    const char* err = cuda::selective_scan_bwd_cuda(p, launch_stream());
     RESONA_CHECK(err == nullptr) << "selective_scan backward on " << s.x.describe() << ": " << err;
     return {dx, ddelta, dA, dB, dC, dD, dh0};
   }

@@ -24,6 +24,7 @@
 #include "autograd/function.h"
 #include "core/dispatch.h"
 #include "cuda/softmax.h"
+#include "ops/device_util.h"
 
 namespace resona {
 namespace {
@@ -204,7 +205,7 @@ Tensor softmax_fwd_gpu(const char* op, const Tensor& x, int64_t dim) {
   Tensor yr = empty(xr.shape(), xr.dtype(), xr.device());
   cuda::SoftmaxParams p{cuda_dtype(op, x), kLog,         n == 0 ? 0 : x.numel() / n, n,
                         xr.raw_data(),     yr.raw_data()};
-  const char* err = cuda::softmax_fwd_cuda(p, nullptr);
+  const char* err = cuda::softmax_fwd_cuda(p, launch_stream());
   RESONA_CHECK(err == nullptr) << op << " of " << x.describe() << " on CUDA: " << err;
   return rows_back(op, yr, dim);
 }
@@ -221,7 +222,7 @@ Tensor softmax_bwd_gpu(const char* op, const Tensor& y, const Tensor& d, int64_t
   cuda::SoftmaxBwdParams p{
       cuda_dtype(op, y), kLog,          n == 0 ? 0 : y.numel() / n, n, yr.raw_data(),
       dr.raw_data(),     dxr.raw_data()};
-  const char* err = cuda::softmax_bwd_cuda(p, nullptr);
+  const char* err = cuda::softmax_bwd_cuda(p, launch_stream());
   RESONA_CHECK(err == nullptr) << op << " backward of " << y.describe() << " on CUDA: " << err;
   return rows_back(op, dxr, dim);
 }

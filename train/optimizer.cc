@@ -8,6 +8,7 @@
 
 #include "autograd/grad_mode.h"
 #include "cuda/adamw.h"
+#include "ops/device_util.h"
 #include "ops/elementwise.h"
 
 namespace resona::train {
@@ -245,7 +246,7 @@ void AdamW::step() {
     sp.inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(bc2));
     sp.eps = static_cast<float>(cfg_.eps);
     sp.decay = static_cast<float>(1.0 - cfg_.lr * cfg_.weight_decay);
-    const char* err = cuda::adamw_step_cuda(sp, nullptr);
+    const char* err = cuda::adamw_step_cuda(sp, launch_stream());
     RESONA_CHECK(err == nullptr) << "AdamW: CUDA step over " << table.size()
                                  << " parameters (first '" << first_cuda << "'): " << err;
   }
@@ -356,7 +357,7 @@ Tensor clip_grad_norm_cuda(const std::vector<Tensor>& params, double max_norm, i
   cp.scale = scale.data<float>();
   cp.max_norm = max_norm;
   cp.apply = true;
-  const char* err = cuda::grad_clip_cuda(cp, nullptr);
+  const char* err = cuda::grad_clip_cuda(cp, launch_stream());
   RESONA_CHECK(err == nullptr) << "clip_grad_norm: CUDA reduction over " << table.size()
                                << " gradients: " << err;
   return norm;

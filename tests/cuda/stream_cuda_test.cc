@@ -12,6 +12,8 @@
 #include "core/storage.h"
 #include "cuda/allocator.h"
 #include "cuda/backend.h"
+#include "ops/determinism.h"
+#include "ops/ops.h"
 #include "tests/test_util.h"
 
 namespace resona::testing {
@@ -294,6 +296,60 @@ RESONA_GPU_TEST("pinned upload: the host does not wait for queued GPU work (timi
   const double pageable = host_ms(false), pinned = host_ms(true);
   MESSAGE("host time of a 16 MiB upload behind ~8 queued 512 MiB copies: pageable "
           << pageable << " ms, pinned " << pinned << " ms");
+}
+
+
+namespace {
+
+// A small training-like chain on the GPU (embedding, matmul through cuBLAS, rms_norm,
+// silu, softmax, cross-entropy), forward and backward; returns the loss and every
+// gradient as host values. Everything it creates goes to the thread's current stream.
+std::vector<std::vector<float>> op_chain(const std::vector<float>& w_emb_host,
+                                         const std::vector<float>& w_out_host,
+                                         const std::vector<int64_t>& ids_host) {
+  const int64_t V = 512, D = 200, N = 300;
+  Tensor w_emb = from_vector(w_emb_host, {V, D}).to(Device::cuda());
+  Tensor w_out = from_vector(w_out_host, {D, V}).to(Device::cuda());
+  Tensor g = full({D}, 1.5, DType::kFloat32, Device::cuda());
+  for (Tensor* t : {&w_emb, &w_out, &g}) t->set_requires_grad(true);
+  Tensor ids = from_vector(ids_host, {N}).to(Device::cuda());
+  Tensor h = silu(rms_norm(embedding(w_emb, ids), g));
+  Tensor logits = matmul(h, w_out);
+  Tensor loss = cross_entropy(logits, ids) + sum(softmax(logits)) * 1e-3;
+  loss.backward();
+  return {loss.to_vector<float>(), w_emb.grad().to_vector<float>(), w_out.grad().to_vector<float>(),
+          g.grad().to_vector<float>()};
+}
+
+}  // namespace
+
+RESONA_GPU_TEST(
+    "ops launch on the current stream: a chain under a guard on a non-blocking "
+    "stream equals the default stream's, bit for bit") {
+  std::mt19937_64 rng(20261127);
+  std::normal_distribution<float> normal(0.f, 0.05f);
+  std::uniform_int_distribution<int64_t> id(0, 511);
+  std::vector<float> w_emb(512 * 200), w_out(200 * 512);
+  for (float& v : w_emb) v = normal(rng);
+  for (float& v : w_out) v = normal(rng);
+  std::vector<int64_t> ids(300);
+  for (int64_t& v : ids) v = id(rng);
+  DeterministicGuard det(true);  // the embedding's d_weight by sorted sums, not atomics
+  const auto want = op_chain(w_emb, w_out, ids);
+  // A non-blocking stream is not ordered with the default stream: a kernel of the chain
+  // that went to the default stream instead would race with its inputs' producers here.
+  cuda::Stream s(0, /*non_blocking=*/true);
+  std::vector<std::vector<float>> got;
+  {
+    cuda::StreamGuard guard(s);
+    got = op_chain(w_emb, w_out, ids);
+  }
+  s.synchronize();
+  REQUIRE(got.size() == want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    INFO("output " << i << " (loss, d_w_emb, d_w_out, d_g)");
+    CHECK(got[i] == want[i]);
+  }
 }
 
 }  // namespace resona::testing
