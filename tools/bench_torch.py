@@ -36,7 +36,10 @@ DEV = "cuda"
 NAMES = {torch.float32: "f32", torch.bfloat16: "bf16"}
 
 
-def time_ms(fn):
+def time_ms(fn, repeat_ms=None, max_calls=None):
+    """Milliseconds per call of fn, timed as cuda/bench/timing.h times ours."""
+    repeat_ms = REPEAT_MS if repeat_ms is None else repeat_ms
+    max_calls = MAX_CALLS if max_calls is None else max_calls
     start = torch.cuda.Event(enable_timing=True)
     stop = torch.cuda.Event(enable_timing=True)
 
@@ -51,7 +54,7 @@ def time_ms(fn):
 
     fn()  # warm-up
     once = max(timed(1), 1e-3)
-    n = min(max(int(REPEAT_MS / once), 1), MAX_CALLS)
+    n = min(max(int(repeat_ms / once), 1), max_calls)
     reps = sorted(timed(n) for _ in range(REPEATS))
     return reps[REPEATS // 2]
 

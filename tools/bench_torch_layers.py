@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_torch import delta_rule_ref, gla_ref  # noqa: E402
+from bench_torch import delta_rule_ref, gla_ref, time_ms  # noqa: E402
 
 HIDDEN, HEADS, EPS = 600, 4, 1e-6
 MLP = 1792  # int(600 * 4 * 2/3) rounded up to a multiple of 256
@@ -115,24 +115,6 @@ class Block(torch.nn.Module):
         return x + self.down_proj(F.silu(self.gate_proj(y)) * self.up_proj(y))
 
 
-def time_ms(fn, repeats=5, repeat_ms=50.0, max_calls=50):
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-
-    def timed(n):
-        torch.cuda.synchronize()
-        start.record()
-        for _ in range(n):
-            fn()
-        stop.record()
-        stop.synchronize()
-        return start.elapsed_time(stop) / n
-
-    timed(2)
-    n = max(1, min(max_calls, int(repeat_ms / max(timed(1), 1e-3))))
-    ms = sorted(timed(n) for _ in range(repeats))
-    return ms[repeats // 2]
-
-
 def fla_kernels():
     try:
         from fla.ops.delta_rule import chunk_delta_rule
@@ -180,7 +162,7 @@ def main():
                         torch.autograd.grad(m(x), inputs, d_out)
 
                     for pas, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
-                        ms = time_ms(fn)
+                        ms = time_ms(fn, repeat_ms=50.0, max_calls=50)  # as layer_bench
                         rows.append((backbone, unit, params, impl, name, pas, ms, tokens / ms * 1e3))
                     del m, attn, x, d_out, inputs
                     torch.cuda.empty_cache()

@@ -42,6 +42,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/bench/timing.h"
 #include "cuda/conv.h"
 #include "cuda/softmax.h"
 
@@ -156,34 +157,9 @@ double max_err(const std::vector<float>& a, const std::vector<float>& b) {
 
 // ---- timing ----
 
+// cuda/bench/timing.h, with more and shorter calls per repeat (the cases are short).
 double time_ms(const std::function<void()>& f) {
-  cudaEvent_t a, b;
-  BENCH_CUDA(cudaEventCreate(&a));
-  BENCH_CUDA(cudaEventCreate(&b));
-  f();
-  f();
-  BENCH_CUDA(cudaEventRecord(a));
-  f();
-  BENCH_CUDA(cudaEventRecord(b));
-  BENCH_CUDA(cudaEventSynchronize(b));
-  float one = 0;
-  BENCH_CUDA(cudaEventElapsedTime(&one, a, b));
-  const int n = std::max(1, std::min(1000, static_cast<int>(20.0 / std::max(one, 1e-3f))));
-  std::vector<double> reps;
-  for (int r = 0; r < 5; ++r) {
-    BENCH_CUDA(cudaEventRecord(a));
-    for (int i = 0; i < n; ++i) f();
-    BENCH_CUDA(cudaEventRecord(b));
-    BENCH_CUDA(cudaEventSynchronize(b));
-    float ms = 0;
-    BENCH_CUDA(cudaEventElapsedTime(&ms, a, b));
-    reps.push_back(ms / n);
-  }
-  BENCH_CUDA(cudaGetLastError());
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  std::sort(reps.begin(), reps.end());
-  return reps[2];
+  return resona::bench::time_ms(f, {5, 20.0, 1000});
 }
 
 struct Row {

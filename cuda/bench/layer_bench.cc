@@ -11,9 +11,9 @@
 // Passes: fwd (grad mode off) and fwd+bwd (autograd::grad of the output with a fixed
 // random d_out, to the input and every parameter). dtypes: float32 (TF32 matmuls, as
 // training runs) and bf16 (the parameters converted the way train.precision=bf16 does,
-// models::MixedPrecision; float32 recurrent state). Time per call: warm-up, then the
-// median over 5 repeats of the mean of back-to-back calls timed with CUDA events.
+// models::MixedPrecision; float32 recurrent state).
 //
+// Timing: cuda/bench/timing.h (up to 50 calls a repeat of ~50 ms).
 // Output: a Markdown table (ms, tokens/s); its PyTorch twin is tools/bench_torch_layers.py,
 // results in RESULTS.md.
 //
@@ -35,6 +35,7 @@
 #include "core/rng.h"
 #include "core/tensor.h"
 #include "cuda/backend.h"
+#include "cuda/bench/timing.h"
 #include "models/blocks.h"
 #include "models/deltanet.h"
 #include "models/gla.h"
@@ -45,39 +46,8 @@
 namespace resona::bench {
 namespace {
 
-constexpr int kRepeats = 5;
-constexpr double kRepeatMs = 50.0;
-constexpr int kMaxCallsPerRepeat = 50;
-
-void check_cuda(cudaError_t err, const char* what) {
-  RESONA_CHECK(err == cudaSuccess) << what << ": " << cudaGetErrorString(err);
-}
-
-// Median over kRepeats of the mean time of one call of `fn`, in milliseconds.
-double time_ms(const std::function<void()>& fn) {
-  cudaEvent_t start, stop;
-  check_cuda(cudaEventCreate(&start), "cudaEventCreate");
-  check_cuda(cudaEventCreate(&stop), "cudaEventCreate");
-  auto timed = [&](int n) {
-    check_cuda(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
-    check_cuda(cudaEventRecord(start, nullptr), "cudaEventRecord");
-    for (int i = 0; i < n; ++i) fn();
-    check_cuda(cudaEventRecord(stop, nullptr), "cudaEventRecord");
-    check_cuda(cudaEventSynchronize(stop), "cudaEventSynchronize");
-    float ms = 0;
-    check_cuda(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
-    return static_cast<double>(ms) / n;
-  };
-  timed(2);  // warm-up: the allocator's cache, cuBLAS handles and workspaces
-  const double one = timed(1);
-  const int n = std::clamp(static_cast<int>(kRepeatMs / std::max(one, 1e-3)), 1, kMaxCallsPerRepeat);
-  std::vector<double> ms;
-  for (int r = 0; r < kRepeats; ++r) ms.push_back(timed(n));
-  std::sort(ms.begin(), ms.end());
-  check_cuda(cudaEventDestroy(start), "cudaEventDestroy");
-  check_cuda(cudaEventDestroy(stop), "cudaEventDestroy");
-  return ms[kRepeats / 2];
-}
+// The whole layers take milliseconds: fewer calls per repeat than the ops.
+constexpr Timing kLayerTiming{5, 50.0, 50};
 
 Tensor rand_cuda(const Shape& shape, DType dtype, std::mt19937_64& gen) {
   int64_t n = 1;
@@ -115,17 +85,22 @@ void bench_unit(const std::string& backbone, const std::string& unit, models::Mo
   inputs.push_back(x);
   const double tokens = static_cast<double>(batch * seq);
   const std::string dt = dtype == DType::kBFloat16 ? "bf16" : "f32";
-  const double fwd_ms = time_ms([&] {
-    NoGradGuard no_grad;
-    fwd(x);
-  });
-  rows.push_back({backbone, unit, dt, "fwd", fwd_ms, tokens / fwd_ms * 1e3, module.num_parameters()});
+  const double fwd_ms = time_ms(
+      [&] {
+        NoGradGuard no_grad;
+        fwd(x);
+      },
+      kLayerTiming);
+  rows.push_back(
+      {backbone, unit, dt, "fwd", fwd_ms, tokens / fwd_ms * 1e3, module.num_parameters()});
   Tensor d_out = rand_cuda({batch, seq, hidden}, dtype, gen);
-  const double all_ms = time_ms([&] {
-    EnableGradGuard grad;
-    Tensor out = fwd(x);
-    autograd::grad({out}, inputs, {d_out});
-  });
+  const double all_ms = time_ms(
+      [&] {
+        EnableGradGuard grad;
+        Tensor out = fwd(x);
+        autograd::grad({out}, inputs, {d_out});
+      },
+      kLayerTiming);
   rows.push_back(
       {backbone, unit, dt, "fwd+bwd", all_ms, tokens / all_ms * 1e3, module.num_parameters()});
 }
@@ -170,16 +145,17 @@ int run(int argc, char** argv) {
       {
         Generator g(1);
         std::unique_ptr<models::SequenceModule> attn = make_attn(backbone, cfg, g);
-        bench_unit(backbone, "attn", *attn, [&](const Tensor& x) { return attn->forward(x); },
-                   dtype, batch, seq, cfg.hidden_size, gen, rows);
+        bench_unit(
+            backbone, "attn", *attn, [&](const Tensor& x) { return attn->forward(x); }, dtype,
+            batch, seq, cfg.hidden_size, gen, rows);
       }
       {
         Generator g(1);
         models::PrenormBlock block(make_attn(backbone, cfg, g), cfg, /*layer=*/1, g);
         const models::ResonaInputs none;
-        bench_unit(backbone, "block", block,
-                   [&](const Tensor& x) { return block.forward(x, none); }, dtype, batch, seq,
-                   cfg.hidden_size, gen, rows);
+        bench_unit(
+            backbone, "block", block, [&](const Tensor& x) { return block.forward(x, none); },
+            dtype, batch, seq, cfg.hidden_size, gen, rows);
       }
     }
   }

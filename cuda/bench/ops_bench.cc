@@ -9,9 +9,10 @@
 //             with TF32 tensor cores (our matmul's float32 mode); TFLOP/s = 2 M N K / time.
 //
 // Per case (op, shape, dtype, pass = fwd or fwd+bwd):
-//   ms        time per call: warm-up, then the median over kRepeats repeats of the mean
-//             of n back-to-back calls timed with CUDA events on the default stream (the
-//             stream every op launches on); n is chosen so a repeat takes ~kRepeatMs.
+//   ms        time per call (cuda/bench/timing.h): warm-up, then the median over 5
+//             repeats of the mean of n back-to-back calls timed with CUDA events on the
+//             default stream (where ops launch without a StreamGuard); n is chosen so a
+//             repeat takes ~25 ms.
 //   GB/s      ideal bytes / time, with ideal bytes what a perfect kernel reads and writes
 //             (each input read once, each output written once; sizes in the case's
 //             dtype; small vectors such as norm weights are left out). Written next to
@@ -52,6 +53,7 @@
 #include "autograd/grad_mode.h"
 #include "core/tensor.h"
 #include "cuda/backend.h"
+#include "cuda/bench/timing.h"
 #include "ops/ops.h"
 #include "ops/scan.h"
 #include "train/optimizer.h"
@@ -59,42 +61,8 @@
 namespace resona::bench {
 namespace {
 
-constexpr int kRepeats = 5;
-constexpr double kRepeatMs = 25.0;
-constexpr int kMaxCallsPerRepeat = 200;
-
-void check_cuda(cudaError_t err, const char* what) {
-  RESONA_CHECK(err == cudaSuccess) << what << ": " << cudaGetErrorString(err);
-}
-
 void check_cublas(cublasStatus_t st, const char* what) {
   RESONA_CHECK(st == CUBLAS_STATUS_SUCCESS) << what << ": cuBLAS status " << static_cast<int>(st);
-}
-
-// Median over kRepeats of the mean time of one call of `fn`, in milliseconds.
-double time_ms(const std::function<void()>& fn) {
-  cudaEvent_t start, stop;
-  check_cuda(cudaEventCreate(&start), "cudaEventCreate");
-  check_cuda(cudaEventCreate(&stop), "cudaEventCreate");
-  auto timed = [&](int n) {
-    check_cuda(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
-    check_cuda(cudaEventRecord(start, nullptr), "cudaEventRecord");
-    for (int i = 0; i < n; ++i) fn();
-    check_cuda(cudaEventRecord(stop, nullptr), "cudaEventRecord");
-    check_cuda(cudaEventSynchronize(stop), "cudaEventSynchronize");
-    float ms = 0;
-    check_cuda(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
-    return static_cast<double>(ms) / n;
-  };
-  fn();  // warm-up: first-use allocations, cuBLAS heuristics, caches
-  const double once = std::max(timed(1), 1e-3);
-  const int n = std::clamp(static_cast<int>(kRepeatMs / once), 1, kMaxCallsPerRepeat);
-  std::vector<double> reps;
-  for (int r = 0; r < kRepeats; ++r) reps.push_back(timed(n));
-  std::sort(reps.begin(), reps.end());
-  check_cuda(cudaEventDestroy(start), "cudaEventDestroy");
-  check_cuda(cudaEventDestroy(stop), "cudaEventDestroy");
-  return reps[kRepeats / 2];
 }
 
 // ---- inputs ----
