@@ -13,6 +13,28 @@ namespace {
 constexpr size_t kSmallLimit = size_t{1} << 20;  // 1 MiB
 constexpr size_t kSmallRound = 512;
 constexpr size_t kLargeRound = size_t{2} << 20;  // 2 MiB
+
+// Removes from `pending` (kept in order) the entries whose recorded events have all
+// completed: destroys their events and hands each entry to `ready`.
+template <class Key, class Ready>
+void collect_completed(std::vector<std::pair<Key, PendingBlock>>& pending, RawMemory& raw,
+                       Ready ready) {
+  size_t kept = 0;
+  for (size_t i = 0; i < pending.size(); ++i) {
+    const PendingBlock& pb = pending[i].second;
+    bool done = true;
+    for (void* ev : pb.events) done = done && raw.event_done(ev);
+    if (!done) {
+      if (kept != i) pending[kept] = std::move(pending[i]);
+      ++kept;
+      continue;
+    }
+    for (void* ev : pb.events) raw.destroy_event(ev);
+    ready(pending[i].first, pb.ptr);
+  }
+  pending.resize(kept);
+}
+
 }  // namespace
 
 std::string AllocatorStats::str() const {
@@ -42,21 +64,10 @@ CachingAllocator::~CachingAllocator() {
 }
 
 void CachingAllocator::collect_pending_locked() {
-  size_t kept = 0;
-  for (size_t i = 0; i < pending_.size(); ++i) {
-    auto& [b, pb] = pending_[i];
-    bool done = true;
-    for (void* ev : pb.events) done = done && raw_.event_done(ev);
-    if (!done) {
-      if (kept != i) pending_[kept] = std::move(pending_[i]);
-      ++kept;
-      continue;
-    }
-    for (void* ev : pb.events) raw_.destroy_event(ev);
-    free_[PoolKey{b.device, b.stream}].emplace(b.size, pb.ptr);
+  collect_completed(pending_, raw_, [&](const Block& b, void* ptr) {
+    free_[PoolKey{b.device, b.stream}].emplace(b.size, ptr);
     stats_.pending_bytes -= b.size;
-  }
-  pending_.resize(kept);
+  });
 }
 
 void CachingAllocator::record_stream(void* ptr, void* stream) {
@@ -242,21 +253,10 @@ PinnedHostPool::~PinnedHostPool() {
 }
 
 void PinnedHostPool::collect_pending_locked() {
-  size_t kept = 0;
-  for (size_t i = 0; i < pending_.size(); ++i) {
-    auto& [size, pb] = pending_[i];
-    bool done = true;
-    for (void* ev : pb.events) done = done && raw_.event_done(ev);
-    if (!done) {
-      if (kept != i) pending_[kept] = std::move(pending_[i]);
-      ++kept;
-      continue;
-    }
-    for (void* ev : pb.events) raw_.destroy_event(ev);
-    free_.emplace(size, pb.ptr);
+  collect_completed(pending_, raw_, [&](size_t size, void* ptr) {
+    free_.emplace(size, ptr);
     stats_.pending_bytes -= size;
-  }
-  pending_.resize(kept);
+  });
 }
 
 void* PinnedHostPool::allocate(size_t nbytes) {
