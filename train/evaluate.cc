@@ -96,11 +96,13 @@ RowsEvalResult evaluate_rows(const models::LanguageModel& model, BatchSource& ro
   data::TaskAccuracyMeter meter;
   const int64_t steps =
       max_batches > 0 ? std::min(max_batches, rows.steps_per_epoch()) : rows.steps_per_epoch();
-  for (int64_t i = 0; i < steps; ++i) {
-    const data::Batch b = rows.next();
+  // Every full batch of the epoch (or max_batches of them), then, over the whole epoch,
+  // the rows left after the last full batch.
+  const auto evaluate = [&](const data::Batch& b, int64_t first_row) {
     // Only the labelled positions count for the loss and the accuracy.
-    const BatchLogits bl = batch_logits(model, b, batch_chunk_ids(masks, b, device), device, true);
-    if (bl.positions.empty()) continue;
+    const BatchLogits bl =
+        batch_logits(model, b, batch_chunk_ids(masks, b, device, first_row), device, true);
+    if (bl.positions.empty()) return;
     r.total_nll += cross_entropy(bl.logits, bl.labels, kIgnoreIndex, Reduction::kSum).item();
     const std::vector<int64_t> pred = argmax(bl.logits, 1).to(Device::cpu()).to_vector<int64_t>();
     std::vector<int32_t> pred_rows(b.targets.size(), -1);  // -1 matches no label
@@ -108,6 +110,15 @@ RowsEvalResult evaluate_rows(const models::LanguageModel& model, BatchSource& ro
       pred_rows[bl.positions[i]] = static_cast<int32_t>(pred[i]);
     meter.add(pred_rows.data(), b.targets.data(), b.rows, b.seq_len);
     r.tokens += static_cast<int64_t>(bl.positions.size());
+  };
+  int64_t next_row = 0;
+  for (int64_t i = 0; i < steps; ++i) {
+    const data::Batch b = rows.next();
+    evaluate(b, next_row);
+    next_row += b.rows;
+  }
+  if (steps == rows.steps_per_epoch()) {
+    if (const std::optional<data::Batch> rest = rows.remainder()) evaluate(*rest, next_row);
   }
   r.mean_nll = r.tokens > 0 ? r.total_nll / static_cast<double>(r.tokens) : 0.0;
   r.accuracy = meter.result();

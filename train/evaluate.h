@@ -39,7 +39,8 @@ EvalResult evaluate_perplexity(const models::LanguageModel& model,
                                int64_t seq_len, int64_t rows, int64_t max_batches = 0);
 
 // Loss and Zoology's accuracy (data/mqar.h) over the rows of a batch source: every row of
-// one epoch in order (or max_batches batches), predictions argmax of the logits, NLL in
+// one epoch in order, the rows after the last full batch included (or max_batches full
+// batches), predictions argmax of the logits, NLL in
 // float32 per labelled position summed in float64. `masks`: the rows' offline retrieval
 // (train/run_data.h), or null.
 struct RowsEvalResult {

@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <string>
+#include <type_traits>
 
 #include "data/hash.h"
 #include "data/task_loader.h"
@@ -47,6 +48,14 @@ class LoaderSource : public BatchSource {
   int64_t steps_per_epoch() const override { return loader_.steps_per_epoch(); }
   data::LoaderState state() const override { return loader_.state(); }
   void set_state(const data::LoaderState& s) override { loader_.set_state(s); }
+  std::optional<data::Batch> remainder() const override {
+    if constexpr (std::is_same_v<L, data::TaskLoader>) {
+      const int64_t first = loader_.steps_per_epoch() * loader_.config().global_batch;
+      const int64_t left = loader_.rows_per_epoch() - first;
+      if (left > 0) return data::task_rows(loader_.examples(), first, left);
+    }
+    return std::nullopt;
+  }
 
  private:
   L loader_;
@@ -155,13 +164,15 @@ data::MaskHeader expected_mask_header(const RunConfig& cfg, const BatchSource& r
   return h;
 }
 
-Tensor batch_chunk_ids(const data::MaskFile* masks, const data::Batch& b, Device device) {
+Tensor batch_chunk_ids(const data::MaskFile* masks, const data::Batch& b, Device device,
+                       int64_t first_row) {
   if (masks == nullptr) return Tensor();
+  const int64_t first = first_row >= 0 ? first_row : b.step * b.rows;
   const data::MaskHeader& h = masks->header;
   const int64_t per_row = h.ids_per_row();
   std::vector<int32_t> ids(static_cast<size_t>(b.rows * per_row));
   for (int64_t j = 0; j < b.rows; ++j) {
-    const int64_t row = b.step * b.rows + j;
+    const int64_t row = first + j;
     RESONA_CHECK(row < int64_t{h.rows})
         << "retrieval masks: row " << row << " requested, the mask file has " << h.rows;
     std::copy(masks->row(row), masks->row(row) + per_row, ids.begin() + j * per_row);

@@ -50,6 +50,11 @@ class BatchSource {
   virtual int64_t steps_per_epoch() const = 0;
   virtual data::LoaderState state() const = 0;
   virtual void set_state(const data::LoaderState& s) = 0;
+  // The rows an epoch leaves after its last full batch (fewer than a batch), as one
+  // batch whose first row is the global row steps_per_epoch() * rows, so that an
+  // evaluation covers every row; none when the epoch divides evenly. Task rows only:
+  // token sources return none (their rows are cut from a stream).
+  virtual std::optional<data::Batch> remainder() const { return std::nullopt; }
 };
 
 // The training rows (valid = false) or the evaluation rows (valid = true, never shuffled).
@@ -62,9 +67,10 @@ std::unique_ptr<BatchSource> make_batch_source(const RunConfig& cfg, const RunDa
 data::MaskHeader expected_mask_header(const RunConfig& cfg, const BatchSource& rows);
 
 // The chunk ids of a batch's rows from `masks` (int32 [rows, NQ, top_k] on `device`), or
-// undefined without masks. Batch rows are the global rows step * rows + j of an
-// unshuffled epoch.
-Tensor batch_chunk_ids(const data::MaskFile* masks, const data::Batch& b, Device device);
+// undefined without masks. Batch row j is the global row first_row + j of an unshuffled
+// epoch; first_row -1 means step * rows (every batch of next()).
+Tensor batch_chunk_ids(const data::MaskFile* masks, const data::Batch& b, Device device,
+                       int64_t first_row = -1);
 
 // A batch's logits and labels as the loss sees them: [n, vocab] and int64 [n] on `device`.
 // Token batches (most positions labelled): every position, n = rows * T. Task batches

@@ -12,6 +12,7 @@
 #include "models/resona.h"
 #include "tests/test_util.h"
 #include "tests/train/train_fixture.h"
+#include "train/evaluate.h"
 #include "train/precompute_masks.h"
 #include "train/run_data.h"
 #include "train/trainer.h"
@@ -85,6 +86,41 @@ TEST_CASE("precompute-masks: the offline lexical masks equal the model's online 
       REQUIRE(online == offline);
     }
   }
+}
+
+TEST_CASE("evaluation covers every row: the rows after the last full batch count too") {
+  // 21 test rows in batches of 8: two full batches and 5 rows left.
+  const std::string dir = fresh_dir("eval-rows");
+  train::RunConfig online = mqar_run(dir + "/online");
+  online.data.mqar.test_examples = 21;
+  train::RunConfig offline = online;
+  offline.train.run_dir = dir + "/offline";
+  offline.model.resona.mask_source = "offline";
+  offline.data.masks = dir + "/train.masks";
+  offline.data.valid_masks = dir + "/valid.masks";
+  train::PrecomputeOptions opt;
+  train::precompute_masks(online, opt, offline.data.masks);
+  opt.valid = true;
+  train::precompute_masks(online, opt, offline.data.valid_masks);
+  Generator gen(online.train.seed);
+  auto model = models::build_model(online.model, gen);
+  const train::RunData d_on = train::open_run_data(online);
+  const train::RunData d_off = train::open_run_data(offline);
+  auto rows_on = train::make_batch_source(online, d_on, 8, true);
+  auto rows_off = train::make_batch_source(offline, d_off, 8, true);
+  REQUIRE(rows_on->steps_per_epoch() == 2);
+  const train::RowsEvalResult on = train::evaluate_rows(*model, *rows_on, nullptr);
+  const train::RowsEvalResult off =
+      train::evaluate_rows(*model, *rows_off, d_off.valid_masks.get());
+  CHECK(on.accuracy.examples == 21);
+  CHECK(on.tokens == 21 * 4);  // 4 queries a row
+  // The left rows read their own masks (global rows 16..20), so offline == online.
+  CHECK(off.accuracy.examples == 21);
+  CHECK(off.total_nll == on.total_nll);
+  CHECK(off.accuracy.correct == on.accuracy.correct);
+  // With a batch limit, only full batches are read.
+  const train::RowsEvalResult one = train::evaluate_rows(*model, *rows_on, nullptr, 1);
+  CHECK(one.accuracy.examples == 8);
 }
 
 TEST_CASE("training on offline masks gives the losses of the online lexical search") {
