@@ -244,8 +244,8 @@ struct ResonaSection {
       "position)",
       Range::at_least(1));
     v("encoder", encoder,
-      "search encoder: shared (the attention's q/k projections), separate (own projections, "
-      "score added to the logits), lexical (hashed n-grams of the token ids)",
+      "search encoder: shared (the attention's key projection on both sides), separate (own "
+      "projections, score added to the logits), lexical (hashed n-grams of the token ids)",
       OneOf{"shared", "separate", "lexical"});
     v("num_heads", num_heads, "heads of the cross-attention", Range::at_least(1));
     v("head_dim", head_dim, "head size of the cross-attention (0: hidden_size / num_heads)",

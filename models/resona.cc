@@ -5,6 +5,7 @@
 #include <set>
 #include <unordered_map>
 
+#include "autograd/grad_mode.h"
 #include "models/blocks.h"
 #include "ops/ops.h"
 #include "ops/resona.h"
@@ -194,7 +195,7 @@ ResonaLayer::ResonaLayer(const ModelConfig& cfg, Generator& gen)
   }
 }
 
-ResonaLayer::Retrieval ResonaLayer::retrieve(const Tensor& x, const Tensor& q, const Tensor& k,
+ResonaLayer::Retrieval ResonaLayer::retrieve(const Tensor& x, const Tensor& k,
                                              const ResonaInputs& in) const {
   const int64_t B = x.size(0), T = x.size(1);
   const ChunkSearchOptions so = search_options(opt_);
@@ -218,8 +219,9 @@ ResonaLayer::Retrieval ResonaLayer::retrieve(const Tensor& x, const Tensor& q, c
     return {lexical_search(ids, opt_).to(x.device()), Tensor()};
   }
   if (opt_.encoder == "shared") {
-    // Mean over heads of the attention's own queries and keys.
-    Tensor query = mean(q.detach(), {2});
+    // The key projection on both sides (models/resona.h), mean over heads; no gradient.
+    NoGradGuard no_grad;
+    Tensor query = mean(k_proj_.forward(x).reshape({B, T, heads_, head_dim_}), {2});
     Tensor chunks = chunk_means(mean(k.detach(), {2}), opt_.chunk_size);
     return {chunk_search(query, chunks, so), Tensor()};
   }
@@ -245,10 +247,10 @@ ResonaLayer::Retrieval ResonaLayer::retrieve(const Tensor& x, const Tensor& q, c
 
 Tensor ResonaLayer::search(const Tensor& x, const ResonaInputs& in) const {
   const int64_t B = x.size(0), T = x.size(1);
-  if (opt_.encoder != "shared") return retrieve(x, Tensor(), Tensor(), in).chunk_ids;
-  Tensor q = q_proj_.forward(x).reshape({B, T, heads_, head_dim_});
+  if (opt_.encoder != "shared") return retrieve(x, Tensor(), in).chunk_ids;
+  NoGradGuard no_grad;
   Tensor k = k_proj_.forward(in.embeddings).reshape({B, T, heads_, head_dim_});
-  return retrieve(x, q, k, in).chunk_ids;
+  return retrieve(x, k, in).chunk_ids;
 }
 
 Tensor ResonaLayer::forward(const Tensor& x, const ResonaInputs& in) const {
@@ -260,7 +262,7 @@ Tensor ResonaLayer::forward(const Tensor& x, const ResonaInputs& in) const {
   Tensor q = q_proj_.forward(x).reshape({B, T, heads_, head_dim_});
   Tensor k = k_proj_.forward(in.embeddings).reshape({B, T, heads_, head_dim_});
   Tensor v = v_proj_.forward(in.embeddings).reshape({B, T, heads_, head_dim_});
-  Retrieval r = retrieve(x, q, k, in);
+  Retrieval r = retrieve(x, k, in);
   Tensor o = chunk_attention(q, k, v, r.chunk_ids, r.bias,
                              {.chunk = opt_.chunk_size,
                               .query_block = opt_.query_block,

@@ -12,8 +12,11 @@
 #include "models/language_model.h"
 #include "models/resona.h"
 #include "ops/elementwise.h"
+#include "ops/index.h"
+#include "ops/matmul.h"
 #include "ops/reduce.h"
 #include "ops/resona.h"
+#include "ops/shape.h"
 #include "tests/models/small_config.h"
 #include "tests/test_util.h"
 
@@ -193,6 +196,62 @@ TEST_CASE("resona: the sparse lexical search equals chunk_search over the dense 
           chunk_search(q, ch, {.chunk = 3, .top_k = 3, .query_block = block}).to_vector<int32_t>();
       CHECK(lexical_search(ids, r).to_vector<int32_t>() == dense);
     }
+  }
+}
+
+// mean over heads of x W^T: [B, T, D] -> [B, T, dh], W [H dh, D].
+Tensor head_mean(const Tensor& x, const Tensor& w, int64_t heads) {
+  Tensor y = matmul(x, w.transpose(0, 1));
+  return mean(y.reshape({x.size(0), x.size(1), heads, w.size(0) / heads}), {2});
+}
+
+TEST_CASE("resona: the shared encoder searches with the key projection on both sides") {
+  ModelConfig cfg = resona_config("gla", "shared", 1, 0);
+  for (int64_t block : {1, 4}) {
+    CAPTURE(block);
+    cfg.resona.query_block = block;
+    Generator gen(11);
+    ResonaLayer layer(cfg, gen);
+    Tensor x = gen.uniform({2, 17, 32}, -1, 1), e = gen.uniform({2, 17, 32}, -1, 1);
+    const ResonaInputs in{.embeddings = e, .ids = Tensor(), .chunk_ids = Tensor()};
+    const std::vector<int32_t> got = layer.search(x, in).to_vector<int32_t>();
+    const Tensor wk = layer.parameter("k_proj.weight"), wq = layer.parameter("q_proj.weight");
+    const ChunkSearchOptions so{.chunk = 3, .top_k = 2, .query_block = block};
+    Tensor chunks = chunk_means(head_mean(e, wk, 2), 3);
+    CHECK(got == chunk_search(head_mean(x, wk, 2), chunks, so).to_vector<int32_t>());
+    // Not the query projection (the two differ on these inputs).
+    CHECK(got != chunk_search(head_mean(x, wq, 2), chunks, so).to_vector<int32_t>());
+  }
+}
+
+TEST_CASE(
+    "resona: untrained, the shared search at layer 0 finds the chunk with the query's token") {
+  // Chunks of 2, top-1; token ids[6] (chunk 3 = positions 6, 7) comes again at position
+  // 20, the first of its chunk (so that its own chunk is not yet complete). The layer's
+  // input at layer 0 is the normed embedding, a per-row rescaling of e that no cosine
+  // sees, so x = e here.
+  for (uint64_t seed : {1, 2, 3, 4, 5}) {
+    CAPTURE(seed);
+    ModelConfig cfg = small_config("gla");
+    cfg.vocab_size = 512;
+    cfg.hidden_size = 64;
+    cfg.resona.layers = {0};
+    cfg.resona.chunk_size = 2;
+    cfg.resona.top_k = 1;
+    cfg.resona.num_heads = 1;
+    Generator gen(seed);
+    auto model = build_model(cfg, gen);
+    const auto& layer = dynamic_cast<const CausalLM&>(*model).backbone().layers()[0];
+    REQUIRE(layer.resona() != nullptr);
+    std::vector<int64_t> tokens(32);
+    for (int64_t t = 0; t < 32; ++t) tokens[t] = 10 + 15 * t;  // distinct
+    tokens[20] = tokens[6];
+    Tensor ids = from_vector(tokens, {1, 32});
+    NoGradGuard no_grad;
+    Tensor e = embedding(model->parameter("model.embeddings.weight"), ids);
+    const ResonaInputs in{.embeddings = e, .ids = ids, .chunk_ids = Tensor()};
+    const std::vector<int32_t> got = layer.resona()->search(e, in).to_vector<int32_t>();
+    CHECK(got[20] == 3);
   }
 }
 
