@@ -18,7 +18,9 @@
 //                  token from the first step); with W_q on the query side instead, two
 //                  independent random maps start the search at chance and nothing
 //                  trains them to agree (on MQAR, T=128, 2 layers, top-1, 400 CPU steps:
-//                  test accuracy 0.0005 with W_q, 0.80 with W_k);
+//                  test accuracy 0.0005 with W_q, 0.80 with W_k, 0.93 after 1,000). At a
+//                  deeper layer x is no longer like e, and neither map learns MQAR there
+//                  (layer 2 of 4: 0.0006 after 750 steps); the lexical encoder does;
 //        separate  query = W_qs x, chunk = mean over the chunk of W_ks e; the cosine of
 //                  each retrieved chunk is added to the attention logits of its
 //                  positions, so W_qs and W_ks receive gradient;
