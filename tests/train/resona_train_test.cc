@@ -53,6 +53,22 @@ train::RunConfig mqar_run(const std::string& run_dir) {
   return c;
 }
 
+// `online` reading the masks that precompute-masks writes for its training and evaluation
+// rows into dir: the same run with mask_source offline, under run_dir.
+train::RunConfig offline_twin(const train::RunConfig& online, const std::string& dir,
+                              const std::string& run_dir) {
+  train::RunConfig offline = online;
+  offline.train.run_dir = run_dir;
+  offline.model.resona.mask_source = "offline";
+  offline.data.masks = dir + "/train.masks";
+  offline.data.valid_masks = dir + "/valid.masks";
+  train::PrecomputeOptions opt;
+  train::precompute_masks(online, opt, offline.data.masks);
+  opt.valid = true;
+  train::precompute_masks(online, opt, offline.data.valid_masks);
+  return offline;
+}
+
 TEST_CASE("precompute-masks: the offline lexical masks equal the model's online search") {
   for (int64_t block : {1, 4}) {
     CAPTURE(block);
@@ -93,15 +109,7 @@ TEST_CASE("evaluation covers every row: the rows after the last full batch count
   const std::string dir = fresh_dir("eval-rows");
   train::RunConfig online = mqar_run(dir + "/online");
   online.data.mqar.test_examples = 21;
-  train::RunConfig offline = online;
-  offline.train.run_dir = dir + "/offline";
-  offline.model.resona.mask_source = "offline";
-  offline.data.masks = dir + "/train.masks";
-  offline.data.valid_masks = dir + "/valid.masks";
-  train::PrecomputeOptions opt;
-  train::precompute_masks(online, opt, offline.data.masks);
-  opt.valid = true;
-  train::precompute_masks(online, opt, offline.data.valid_masks);
+  const train::RunConfig offline = offline_twin(online, dir, dir + "/offline");
   Generator gen(online.train.seed);
   auto model = models::build_model(online.model, gen);
   const train::RunData d_on = train::open_run_data(online);
@@ -125,15 +133,8 @@ TEST_CASE("evaluation covers every row: the rows after the last full batch count
 
 TEST_CASE("training on offline masks gives the losses of the online lexical search") {
   const std::string dir = fresh_dir("masks-train");
-  train::RunConfig online = mqar_run(dir + "/online");
-  train::RunConfig offline = mqar_run(dir + "/offline");
-  offline.model.resona.mask_source = "offline";
-  offline.data.masks = dir + "/train.masks";
-  offline.data.valid_masks = dir + "/valid.masks";
-  train::PrecomputeOptions opt;
-  train::precompute_masks(online, opt, offline.data.masks);
-  opt.valid = true;
-  train::precompute_masks(online, opt, offline.data.valid_masks);
+  const train::RunConfig online = mqar_run(dir + "/online");
+  const train::RunConfig offline = offline_twin(online, dir, dir + "/offline");
   train::TrainOptions topt;
   topt.quiet = true;
   const train::TrainResult a = train::train(online, topt);
