@@ -298,7 +298,6 @@ RESONA_GPU_TEST("pinned upload: the host does not wait for queued GPU work (timi
           << pageable << " ms, pinned " << pinned << " ms");
 }
 
-
 namespace {
 
 // A small training-like chain on the GPU (embedding, matmul through cuBLAS, rms_norm,
