@@ -68,24 +68,10 @@ struct CrossEntropyOp {
     Tensor stats;       // CUDA: int64 [3] from the forward kernels, count first
   };
 
-  static cuda::KernelDType kernel_dtype(const Tensor& logits) {
-    switch (logits.dtype()) {
-      case DType::kFloat32:
-        return cuda::KernelDType::kFloat32;
-      case DType::kBFloat16:
-        return cuda::KernelDType::kBFloat16;
-      default:
-        break;
-    }
-    RESONA_FAIL() << "cross_entropy: CUDA supports float32 and bfloat16 logits, got "
-                  << logits.describe();
-    return cuda::KernelDType::kFloat32;
-  }
-
   static Tensor forward_gpu(Ctx<Saved>& ctx, const Tensor& logits, const Tensor& targets,
                             int64_t ignore_index, Reduction reduction) {
     check_same_device(kName, {&logits, &targets});
-    const cuda::KernelDType kd = kernel_dtype(logits);
+    const cuda::KernelDType kd = cuda_kernel_dtype(kName, logits);
     const int64_t N = logits.size(0), V = logits.size(1);
     const Tensor x = contiguous_on_gpu(kName, logits);
     const Tensor t = contiguous_on_gpu(kName, targets);
@@ -133,7 +119,7 @@ struct CrossEntropyOp {
     const int64_t N = s.logits.size(0), V = s.logits.size(1);
     const Tensor dc = contiguous_on_gpu(kName, d);
     Tensor d_logits = empty({N, V}, s.logits.dtype(), s.logits.device());
-    cuda::CrossEntropyBwdParams p{kernel_dtype(s.logits),
+    cuda::CrossEntropyBwdParams p{cuda_kernel_dtype(kName, s.logits),
                                   s.targets.dtype() == DType::kInt64,
                                   cuda_reduction(s.reduction),
                                   N,

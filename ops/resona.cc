@@ -208,19 +208,6 @@ Tensor host_chunk_ids(const Tensor& idx, const AttnDims& d) {
 
 // ---------------------------------------------------------------- CUDA helpers
 
-cuda::KernelDType cuda_dtype(const char* op, const Tensor& t) {
-  switch (t.dtype()) {
-    case DType::kFloat32:
-      return cuda::KernelDType::kFloat32;
-    case DType::kBFloat16:
-      return cuda::KernelDType::kBFloat16;
-    default:
-      break;
-  }
-  RESONA_FAIL() << op << ": CUDA supports float32 and bfloat16, got " << t.describe();
-  return cuda::KernelDType::kFloat32;
-}
-
 template <size_t N>
 void copy_strides(int64_t (&dst)[N], const Tensor& t) {
   for (size_t x = 0; x < N; ++x) dst[x] = t.strides()[x];
@@ -232,7 +219,7 @@ Tensor chunk_search_cuda_path(const Tensor& query, const Tensor& chunk_emb,
   const int64_t NQ = ceil_div(T, opt.query_block);
   Tensor out = empty({B, NQ, opt.top_k}, DType::kInt32, query.device());
   cuda::ChunkSearchParams p{};
-  p.dtype = cuda_dtype("chunk_search", query);
+  p.dtype = cuda_kernel_dtype("chunk_search", query);
   p.B = B;
   p.T = T;
   p.E = E;
@@ -373,7 +360,7 @@ struct ChunkAttentionOp {
 
   static Tensor forward_cuda(Ctx<Saved>& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
                              const Tensor& idx, const Tensor& bias, const AttnDims& d) {
-    const cuda::KernelDType dt = cuda_dtype(kName, q);
+    const cuda::KernelDType dt = cuda_kernel_dtype(kName, q);
     RESONA_CHECK(d.Dk <= cuda::kChunkAttnMaxHeadDim && d.Dv <= cuda::kChunkAttnMaxHeadDim)
         << "chunk_attention on CUDA: head dims Dk = " << d.Dk << " and Dv = " << d.Dv
         << " must be <= " << cuda::kChunkAttnMaxHeadDim << " (q " << q.describe() << ", v "
@@ -441,7 +428,7 @@ struct ChunkAttentionOp {
         << s.q.device().str();
     const Device dev = d_o.device();
     cuda::ChunkAttentionParams p =
-        params(d, cuda_dtype(kName, d_o), s.q, s.k, s.v, s.ids, s.bias, s.lse, Tensor());
+        params(d, cuda_kernel_dtype(kName, d_o), s.q, s.k, s.v, s.ids, s.bias, s.lse, Tensor());
     p.d_o = d_o.raw_data();
     copy_strides(p.d_o_strides, d_o);
     Tensor d_q, d_k, d_v, d_bias;

@@ -158,19 +158,6 @@ struct SoftmaxSaved {
 
 // ---- CUDA ----
 
-cuda::KernelDType cuda_dtype(const char* op, const Tensor& t) {
-  switch (t.dtype()) {
-    case DType::kFloat32:
-      return cuda::KernelDType::kFloat32;
-    case DType::kBFloat16:
-      return cuda::KernelDType::kBFloat16;
-    default:
-      break;
-  }
-  RESONA_FAIL() << op << ": CUDA supports float32 and bfloat16, got " << t.describe();
-  return cuda::KernelDType::kFloat32;
-}
-
 // `t` with dim `dim` moved last (a no-op for the last dim) and made contiguous, for the
 // row kernels; the error names the op and the tensor when the copy is not available.
 Tensor rows_last(const char* op, const Tensor& t, int64_t dim) {
@@ -203,8 +190,8 @@ Tensor softmax_fwd_gpu(const char* op, const Tensor& x, int64_t dim) {
   const Tensor xr = rows_last(op, x, dim);
   const int64_t n = x.dim() == 0 ? 1 : x.size(dim);
   Tensor yr = empty(xr.shape(), xr.dtype(), xr.device());
-  cuda::SoftmaxParams p{cuda_dtype(op, x), kLog,         n == 0 ? 0 : x.numel() / n, n,
-                        xr.raw_data(),     yr.raw_data()};
+  cuda::SoftmaxParams p{
+      cuda_kernel_dtype(op, x), kLog, n == 0 ? 0 : x.numel() / n, n, xr.raw_data(), yr.raw_data()};
   const char* err = cuda::softmax_fwd_cuda(p, launch_stream());
   RESONA_CHECK(err == nullptr) << op << " of " << x.describe() << " on CUDA: " << err;
   return rows_back(op, yr, dim);
@@ -219,9 +206,13 @@ Tensor softmax_bwd_gpu(const char* op, const Tensor& y, const Tensor& d, int64_t
   const Tensor dr = rows_last(op, d, dim);
   const int64_t n = y.dim() == 0 ? 1 : y.size(dim);
   Tensor dxr = empty(yr.shape(), yr.dtype(), yr.device());
-  cuda::SoftmaxBwdParams p{
-      cuda_dtype(op, y), kLog,          n == 0 ? 0 : y.numel() / n, n, yr.raw_data(),
-      dr.raw_data(),     dxr.raw_data()};
+  cuda::SoftmaxBwdParams p{cuda_kernel_dtype(op, y),
+                           kLog,
+                           n == 0 ? 0 : y.numel() / n,
+                           n,
+                           yr.raw_data(),
+                           dr.raw_data(),
+                           dxr.raw_data()};
   const char* err = cuda::softmax_bwd_cuda(p, launch_stream());
   RESONA_CHECK(err == nullptr) << op << " backward of " << y.describe() << " on CUDA: " << err;
   return rows_back(op, dxr, dim);
