@@ -3,8 +3,9 @@
 # folder tools/gpu_bundle.sh packed here:
 #   1. every CUDA test (cuda_test) and the trainer's tests (train_test, without the CPU
 #      MQAR case that CI runs);
-#   2. compute-sanitizer memcheck and racecheck over every CUDA test case, the cases
-#      split evenly over the machine's GPUs (SANITIZER_TIMEOUT seconds per shard, 480);
+#   2. compute-sanitizer memcheck and racecheck over every CUDA test case, both at once,
+#      the cases split into SANITIZER_SHARDS shards per tool over the machine's GPUs
+#      (SANITIZER_TIMEOUT seconds per shard, 480);
 #   3. on GPU 0 alone: the Resona overhead (tools/bench_resona_overhead.sh, float32 and
 #      bf16, per-block retrieval), layer_bench and ops_bench, each beside its PyTorch twin.
 # Logs, CSVs and summary.txt go to OUT. `--tests` stops after 1 and 2.
@@ -39,20 +40,25 @@ result train_test "$out"/train_test.log $?
 command -v compute-sanitizer > /dev/null ||
   echo "sanitizers: compute-sanitizer not found (PATH, /usr/local/cuda/bin): not run" >> "$summary"
 n=$("$dir"/cuda_test --count 2>&1 | sed -n 's/.*current filters: \([0-9]*\).*/\1/p')
-per=$(( (n + gpus - 1) / gpus ))
+# Both tools at once, SANITIZER_SHARDS shards each (twice the GPUs unless set), shard i
+# on GPU i mod GPUs: the sanitizers are bound by host work, so the GPUs can share.
+shards=${SANITIZER_SHARDS:-$((2 * gpus))}
+per=$(( (n + shards - 1) / shards ))
 for tool in memcheck racecheck; do
-  for g in $(seq 0 $((gpus - 1))); do
-    first=$((g * per + 1)) last=$(((g + 1) * per))
+  for s in $(seq 0 $((shards - 1))); do
+    first=$((s * per + 1)) last=$(((s + 1) * per))
     [ "$first" -le "$n" ] || continue
-    CUDA_VISIBLE_DEVICES=$g timeout "${SANITIZER_TIMEOUT:-480}" compute-sanitizer --tool $tool \
-      --error-exitcode 1 "$dir"/cuda_test --first=$first --last=$last \
-      > "$out/$tool.$g.log" 2>&1 &
+    CUDA_VISIBLE_DEVICES=$((s % gpus)) timeout "${SANITIZER_TIMEOUT:-480}" compute-sanitizer \
+      --tool $tool --error-exitcode 1 "$dir"/cuda_test --first=$first --last=$last --duration=true \
+      > "$out/$tool.$s.log" 2>&1 &
   done
-  wait
-  for g in $(seq 0 $((gpus - 1))); do
-    [ -f "$out/$tool.$g.log" ] || continue
-    echo "$tool shard $g: $(grep -a -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/$tool.$g.log" | tail -1)" \
-      "$(grep -a 'test cases:' "$out/$tool.$g.log" | tail -1)" >> "$summary"
+done
+wait
+for tool in memcheck racecheck; do
+  for s in $(seq 0 $((shards - 1))); do
+    [ -f "$out/$tool.$s.log" ] || continue
+    echo "$tool shard $s: $(grep -a -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/$tool.$s.log" | tail -1)" \
+      "$(grep -a 'test cases:' "$out/$tool.$s.log" | tail -1)" >> "$summary"
   done
 done
 [ "$tests_only" = --tests ] && { cat "$summary"; exit 0; }
