@@ -38,6 +38,25 @@ __device__ __forceinline__ int64_t head_len(const T* p, int64_t v) {
   return h < v ? h : v;
 }
 
+// exp(x - m) as 2^(x log2(e) - m log2(e)): one FFMA and the hardware's ex2.approx (MUFU,
+// relative error ~2^-22, the same order as a float32 rounding of the argument), instead of
+// expf's range-reduction sequence. The loss kernels are otherwise a few instructions per
+// logit, so on bf16 logits (2 bytes each) expf made the forward compute-bound (same time
+// as float32). `m_log2e` is m * log2(e), computed once per row or batch; 2^-inf = +0, so a
+// -inf logit adds exactly 0 and needs no test. Denormal results flush to 0 (.ftz): they
+// are below 2^-126 of the row's largest term, which float32 sums cannot see anyway.
+constexpr float kLog2e = 1.4426950408889634f;
+__device__ __forceinline__ float exp_shifted(float x, float m_log2e) {
+  float r;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(fmaf(x, kLog2e, -m_log2e)));
+  return r;
+}
+
+// The row's running max in log2 units for exp_shifted. While the row has only seen -inf
+// (m = -inf), 0: then every term is 2^-inf = 0 and the sum stays 0, where m itself would
+// give -inf - -inf = NaN.
+__device__ __forceinline__ float base_log2(float m) { return m == -INFINITY ? 0.f : m * kLog2e; }
+
 // Folds the values e[0..n) into the running (max, sum): the max is raised once for the
 // group, then each term added. -inf logits add nothing; a NaN makes the sum NaN.
 template <int n>
@@ -49,8 +68,9 @@ __device__ __forceinline__ void add_group(MaxSum& ms, const float (&e)[n]) {
     ms.s *= expf(ms.m - m);  // 0 while ms is empty (ms.m = -inf)
     ms.m = m;
   }
+  const float b = base_log2(ms.m);
 #pragma unroll
-  for (int i = 0; i < n; ++i) ms.s += e[i] == -INFINITY ? 0.f : expf(e[i] - ms.m);
+  for (int i = 0; i < n; ++i) ms.s += exp_shifted(e[i], b);
 }
 
 constexpr int kUnroll = 4;  // 16-byte loads in flight per thread in the backward
@@ -112,10 +132,11 @@ __global__ void __launch_bounds__(block_threads<kThreads>())
       ms.s *= expf(ms.m - m);  // 0 while ms is empty (ms.m = -inf)
       ms.m = m;
     }
+    const float b = base_log2(ms.m);
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
 #pragma unroll
-      for (int q = 0; q < kN; ++q) ms.s += e[u][q] == -INFINITY ? 0.f : expf(e[u][q] - ms.m);
+      for (int q = 0; q < kN; ++q) ms.s += exp_shifted(e[u][q], b);
     }
   }
   ms = row_max_sum<kThreads>(ms, sh);
@@ -202,10 +223,12 @@ __global__ void __launch_bounds__(block_threads<kThreads>())
   }
   const T* xr = x + row * v;
   T* dr = dx + row * v;
-  const float l = zero ? 0.f : lse[row];
+  // lse is finite for a counted row (its target logit is > -inf or the loss is inf/NaN,
+  // which the loss already reports); exp_shifted(x, lse log2(e)) = exp(x - lse) = p.
+  const float l2 = zero ? 0.f : lse[row] * kLog2e;
   auto grad = [&](float xv, int64_t j) {
     if (zero) return 0.f;
-    const float p = expf(xv - l);
+    const float p = exp_shifted(xv, l2);
     return (j == t ? p - 1.f : p) * g;
   };
   // Vectors where x's and d_x's rows share their offset within 16 bytes; all scalar

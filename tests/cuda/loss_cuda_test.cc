@@ -77,9 +77,12 @@ void check_cross_entropy(int64_t N, int64_t V, DType dtype, DType index_dtype, R
   const std::vector<double> loss = values_of(l64), dx = values_of(x64.grad());
   // Per row, float32 on the GPU: the sum s of exp(x - m) splits into per-thread partials
   // of <= ceil(V/32) terms and <= 10 tree levels and rescalings, each term carrying
-  // <= 20u (x - m rounded with |x - m| < 16, and expf's 2 ulp): s is off by at most
-  // (V/32 + 40)u of itself, so log s by that much absolutely (s_err, with a factor 2 of
-  // margin). loss_i = (m - x_t) + log s adds logf's 2 ulp and two roundings.
+  // <= 36u: it is 2^(x log2e - m log2e) by ex2.approx (relative error 2^-22 = 4u) with
+  // |x|, |m| <= 8, so the argument's three roundings (log2e, m log2e, the FMA) are off by
+  // <= 46u in log2 units, 32u relative after the power. s is off by at most
+  // (V/32 + 46)u of itself, so log s by that much absolutely (s_err = 2 (V/32 + 40)u
+  // covers it, with a margin >= 1.7 at V = 1). loss_i = (m - x_t) + log s adds logf's 2
+  // ulp and two roundings.
   const double s_err = 2.0 * (static_cast<double>(V) / 32 + 40) * kU;
   std::vector<double> row_bound(N, 0.0), lse(N, 0.0);
   int64_t count = 0;
@@ -106,8 +109,9 @@ void check_cross_entropy(int64_t N, int64_t V, DType dtype, DType index_dtype, R
   } else {
     loss_bound = {(count > 0 ? sum_bound / count : 0) + kU * sum_loss};
   }
-  // d_x = (exp(x - lse) - onehot) g: lse is off by row_bound (the same sums), x - lse by
-  // one rounding (|x - lse| < 16 + log V), expf by 2 ulp, g (d_loss / count) by one
+  // d_x = (exp(x - lse) - onehot) g: lse is off by row_bound (the same sums); p =
+  // 2^(x log2e - lse log2e) by ex2.approx is off by 4u plus the argument's three
+  // roundings, u (|x| + |lse| + |x - lse|) relative; g (d_loss / count) by one
   // rounding, and the products by two more; bf16 d_x is rounded once more (2^-8).
   std::vector<double> dx_bound(dx.size(), 0.0);
   for (int64_t i = 0; i < N; ++i) {
@@ -118,7 +122,9 @@ void check_cross_entropy(int64_t N, int64_t V, DType dtype, DType index_dtype, R
                                               : dl[0] / count;
     for (int64_t j = 0; j < V; ++j) {
       const double p = std::exp(xv[i * V + j] - lse[i]);
-      const double e = p * (row_bound[i] + kU * (std::abs(xv[i * V + j] - lse[i]) + 8));
+      const double x = xv[i * V + j];
+      const double e =
+          p * (row_bound[i] + kU * (std::abs(x) + std::abs(lse[i]) + std::abs(x - lse[i]) + 8));
       dx_bound[i * V + j] = std::abs(g) * (e + 4 * kU * (p + (j == ti ? 1 : 0))) +
                             (dtype == DType::kBFloat16 ? kBf * std::abs(dx[i * V + j]) : 0);
     }
