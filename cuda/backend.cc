@@ -5,11 +5,16 @@
 // current stream), pinned host memory (the pinned pool) and the device count; and the
 // Stream, StreamGuard and Event of backend.h. Linked into every binary (//cuda:backend);
 // with no GPU or no driver, device_count() is 0 and CUDA tensors are refused with a
-// message saying so.
+// message saying so. Also the host side of the asynchronous index checks: the per-device
+// error records, the ring of launch messages, and the reports at every host wait.
 #include <cuda_runtime_api.h>
 
+#include <atomic>
 #include <cstring>
 #include <memory>
+#include <mutex>
+#include <sstream>
+#include <vector>
 
 #include "core/check.h"
 #include "core/dispatch.h"
@@ -17,6 +22,7 @@
 #include "cuda/allocator.h"
 #include "cuda/backend.h"
 #include "cuda/copy.h"
+#include "cuda/index.h"
 
 namespace resona::cuda {
 namespace {
@@ -48,6 +54,116 @@ Storage make_pinned_storage(size_t nbytes) {
   return std::make_shared<StorageImpl>(p, nbytes, Device::cpu(), [p, &pool] { pool.free(p); });
 }
 
+// ---- asynchronous index checks: per-device state ----
+
+constexpr int kMaxIndexDevices = 64;
+
+struct IndexErrors {
+  IndexErrorRecord* host = nullptr;     // page-locked, mapped; the host reads it
+  IndexErrorRecord* dev = nullptr;      // its device alias; the kernel writes it
+  unsigned long long* claim = nullptr;  // device memory: 0, or the launch holding the record
+  std::mutex mu;                        // guards next_launch and table
+  int64_t next_launch = 1;
+  struct Entry {
+    int64_t launch = 0;  // 0: empty
+    std::string head, tail;
+  };
+  std::vector<Entry> table = std::vector<Entry>(kIndexCheckTable);  // launch % size
+};
+
+// Created on a device's first check and kept for the life of the process (the record is
+// read at every later synchronisation; the driver frees it at exit).
+std::atomic<IndexErrors*> g_index_errors[kMaxIndexDevices];
+std::atomic<int> g_index_devices_end{0};  // 1 + the highest device with a record
+std::mutex g_index_errors_init;
+
+// Runs f with `device` current, restoring the previous current device.
+template <class F>
+void on_device(int device, F&& f) {
+  int previous = 0;
+  check_cuda(cudaGetDevice(&previous), "cudaGetDevice");
+  if (previous != device) check_cuda(cudaSetDevice(device), "cudaSetDevice");
+  f();
+  if (previous != device) check_cuda(cudaSetDevice(previous), "cudaSetDevice");
+}
+
+IndexErrors& index_errors_for(int device) {
+  RESONA_CHECK(device >= 0 && device < kMaxIndexDevices)
+      << "index check on cuda:" << device << ": device index outside [0, " << kMaxIndexDevices
+      << ")";
+  if (IndexErrors* e = g_index_errors[device].load(std::memory_order_acquire)) return *e;
+  std::lock_guard<std::mutex> lock(g_index_errors_init);
+  if (IndexErrors* e = g_index_errors[device].load(std::memory_order_acquire)) return *e;
+  auto e = std::make_unique<IndexErrors>();
+  on_device(device, [&] {
+    void* host = nullptr;
+    check_cuda(
+        cudaHostAlloc(&host, sizeof(IndexErrorRecord), cudaHostAllocMapped | cudaHostAllocPortable),
+        "cudaHostAlloc (index error record)");
+    std::memset(host, 0, sizeof(IndexErrorRecord));
+    void* dev = nullptr;
+    check_cuda(cudaHostGetDevicePointer(&dev, host, 0), "cudaHostGetDevicePointer");
+    void* claim = nullptr;
+    check_cuda(cudaMalloc(&claim, sizeof(unsigned long long)), "cudaMalloc (index claim word)");
+    // Zeroed before any kernel can see it, whichever stream that kernel runs on.
+    check_cuda(cudaMemset(claim, 0, sizeof(unsigned long long)), "cudaMemset");
+    check_cuda(cudaStreamSynchronize(nullptr), "cudaStreamSynchronize");
+    e->host = static_cast<IndexErrorRecord*>(host);
+    e->dev = static_cast<IndexErrorRecord*>(dev);
+    e->claim = static_cast<unsigned long long*>(claim);
+  });
+  IndexErrors* made = e.release();
+  g_index_errors[device].store(made, std::memory_order_release);
+  int end = g_index_devices_end.load();
+  while (end < device + 1 && !g_index_devices_end.compare_exchange_weak(end, device + 1)) {
+  }
+  return *made;
+}
+
+void raise_index_error_of(int device, IndexErrors& e) {
+  volatile IndexErrorRecord* r = e.host;
+  if (r->set == 0) return;                              // the normal path
+  std::atomic_thread_fence(std::memory_order_acquire);  // the fields were written before set
+  const int64_t launch = r->launch, pos = r->pos, value = r->value, bound = r->bound;
+  // Reset: the record first, then the claim word, so that no launch writes the record
+  // before it is clear. A launch still running may claim it afterwards: its error is
+  // reported at a later synchronisation.
+  r->launch = 0;
+  r->pos = 0;
+  r->value = 0;
+  r->bound = 0;
+  r->set = 0;
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  on_device(device, [&] {
+    check_cuda(cudaMemset(e.claim, 0, sizeof(unsigned long long)), "cudaMemset (index claim)");
+    check_cuda(cudaStreamSynchronize(nullptr), "cudaStreamSynchronize");
+  });
+  std::string head, tail;
+  bool known = false;
+  {
+    std::lock_guard<std::mutex> lock(e.mu);
+    const IndexErrors::Entry& entry = e.table[launch % kIndexCheckTable];
+    if (entry.launch == launch) {
+      head = entry.head;
+      tail = entry.tail;
+      known = true;
+    }
+  }
+  std::ostringstream msg;
+  if (known) {
+    msg << head << " holds " << value << " at flat position " << pos << ", " << tail;
+  } else {
+    msg << "an index tensor checked by launch " << launch << " on cuda:" << device
+        << " (no longer among the last " << kIndexCheckTable
+        << " index checks of that device, so its op and tensors are not known) holds " << value
+        << " at flat position " << pos << ", outside [0, " << bound << ")";
+  }
+  msg << "; found by asynchronous index check " << launch << " on cuda:" << device
+      << " and reported at the first synchronisation after it (later bad indices before "
+         "that synchronisation are not reported)";
+  RESONA_FAIL() << msg.str();
+}
+
 class CudaBackend final : public DeviceBackend {
  public:
   void* allocate(size_t nbytes, int device_index) override {
@@ -69,8 +185,10 @@ class CudaBackend final : public DeviceBackend {
     check_cuda(cudaMemcpyAsync(dst, src, n, kind, s), "cudaMemcpyAsync");
     // The caller reads a host destination on return. A pageable host source has been
     // staged when cudaMemcpyAsync returns; device to device stays queued.
-    if (kind == cudaMemcpyDeviceToHost)
+    if (kind == cudaMemcpyDeviceToHost) {
       check_cuda(cudaStreamSynchronize(s), "cudaStreamSynchronize");
+      raise_index_errors(src_dev.index);
+    }
   }
   void memset_zero(void* ptr, size_t n, int device_index) override {
     if (n == 0) return;
@@ -85,6 +203,7 @@ class CudaBackend final : public DeviceBackend {
   void synchronize(int device_index) override {
     check_cuda(cudaSetDevice(device_index), "cudaSetDevice");
     check_cuda(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+    raise_index_errors(device_index);
   }
   const char* strided_copy(const std::vector<int64_t>& shape, void* dst, DType dst_dtype,
                            const std::vector<int64_t>& dst_strides, const void* src,
@@ -152,6 +271,35 @@ void register_cuda_backend() {
   register_backend(DeviceType::kCUDA, &backend);
 }
 
+// ---- asynchronous index checks ----
+
+IndexCheckTarget index_check_begin(int device, const std::string& head, const std::string& tail) {
+  IndexErrors& e = index_errors_for(device);
+  std::lock_guard<std::mutex> lock(e.mu);
+  const int64_t launch = e.next_launch++;
+  IndexErrors::Entry& entry = e.table[launch % kIndexCheckTable];
+  entry.launch = launch;
+  entry.head.assign(head);  // reuses the slot's capacity
+  entry.tail.assign(tail);
+  return {launch, e.dev, e.claim};
+}
+
+void raise_index_errors(int device) {
+  if (device >= 0) {
+    if (device >= kMaxIndexDevices) return;
+    if (IndexErrors* e = g_index_errors[device].load(std::memory_order_acquire)) {
+      raise_index_error_of(device, *e);
+    }
+    return;
+  }
+  const int end = g_index_devices_end.load(std::memory_order_acquire);
+  for (int d = 0; d < end; ++d) {
+    if (IndexErrors* e = g_index_errors[d].load(std::memory_order_acquire)) {
+      raise_index_error_of(d, *e);
+    }
+  }
+}
+
 // ---- streams and events ----
 
 Stream::Stream(int device, bool non_blocking) : device_(device) {
@@ -171,6 +319,7 @@ Stream::~Stream() {
 
 void Stream::synchronize() const {
   check_cuda(cudaStreamSynchronize(static_cast<cudaStream_t>(stream_)), "cudaStreamSynchronize");
+  raise_index_errors(device_);
 }
 
 bool Stream::query() const {
@@ -217,6 +366,7 @@ void Event::wait(void* stream) const {
 
 void Event::synchronize() const {
   check_cuda(cudaEventSynchronize(static_cast<cudaEvent_t>(event_)), "cudaEventSynchronize");
+  raise_index_errors(-1);  // the event does not know its device
 }
 
 bool Event::query() const {

@@ -14,11 +14,25 @@
 // code that still launches there; non-blocking streams are for code that orders its
 // work across streams with events itself.
 //
+// Asynchronous index checks. ops/index.cc checks CUDA index tensors on the device
+// (cuda/index.h index_prepare_cuda) without the host waiting: a bad value is replaced by
+// 0 for the gather that follows and reported into a per-device IndexErrorRecord in
+// page-locked host memory mapped into the device. index_check_begin registers each such
+// launch with the two halves of the message a synchronous check would have thrown, in a
+// ring of the last kIndexCheckTable launches per device. Every point where the host waits
+// for a device through this backend (copy() to the host, DeviceBackend::synchronize,
+// Stream::synchronize, Event::synchronize) then reads the record's `set` word (one read of
+// mapped host memory) and, when a launch has reported, resets the record and throws
+//   "<head> holds V at flat position P, <tail>; found by asynchronous index check ..."
+// Only the first launch that reports before that synchronisation is kept.
+//
 // Handles are opaque (void* = cudaStream_t / cudaEvent_t) so that this header includes
 // no CUDA header.
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
+#include <string>
 
 #include "core/storage.h"
 #include "core/tensor.h"
@@ -26,7 +40,30 @@
 
 namespace resona::cuda {
 
+struct IndexErrorRecord;  // cuda/index.h
+
 void register_cuda_backend();
+
+// ---- asynchronous index checks (see the top of this file) ----
+
+constexpr int kIndexCheckTable = 1024;  // launches per device whose messages are kept
+
+// Where one index_prepare_cuda launch reports: its id and the device's record and claim.
+struct IndexCheckTarget {
+  int64_t launch = 0;                   // > 0, unique per device
+  IndexErrorRecord* record = nullptr;   // device alias of the mapped host record
+  unsigned long long* claim = nullptr;  // device word guarding the record
+};
+
+// Registers a check on `device`. head: "<op>: <role> <index describe>"; tail: "outside
+// [0, B) (size of dim D of <src describe>)". The first call on a device allocates its
+// record and claim word.
+IndexCheckTarget index_check_begin(int device, const std::string& head, const std::string& tail);
+
+// If a check on `device` (-1: on any device) has reported a bad index, resets that
+// device's record and claim word and throws its message. The synchronisation points call
+// it after their wait; it costs one read of mapped host memory per device when clean.
+void raise_index_errors(int device);
 
 class Stream {
  public:

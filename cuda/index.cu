@@ -6,7 +6,8 @@
 // threads striding over the columns, so the innermost accesses are coalesced whenever
 // x's last dim is contiguous; each row's coordinates are decoded once.
 //
-// index_prepare_kernel          index (int32/int64, strided) -> int64, bound check
+// index_prepare_kernel          index (int32/int64, strided) -> int64, bad values -> 0,
+//                               the first bad one reported to the mapped error record
 // index_gather_rows_kernel      out[row, :] = a contiguous row of x (see copy_row)
 // index_gather_fwd_kernel       out[c] = x[x_off(c)]   (any other case)
 // index_scatter_atomic_kernel   acc[x_off(c)] += d_y[c]         (float32 atomics)
@@ -106,24 +107,58 @@ const char* last_error() {
 
 // ---------------------------------------------------------------- prepare
 
+// The value at flat row-major position n of the (strided) index tensor.
+__device__ __forceinline__ int64_t index_value(const IndexPrepareParams& p, int64_t n) {
+  int64_t off = 0;
+  for (int d = p.ndim - 1; d >= 0; --d) {
+    off += (n % p.shape[d]) * p.strides[d];
+    n /= p.shape[d];
+  }
+  return p.index_int32 ? static_cast<int64_t>(static_cast<const int32_t*>(p.index)[off])
+                       : static_cast<const int64_t*>(p.index)[off];
+}
+
+// scratch[0] holds ~pos of the smallest bad position seen so far (0: none; atomicMax on
+// the complement keeps the smallest position), scratch[1] counts the blocks that are
+// done. The last block to finish reports the launch's smallest bad position, so that the
+// report does not depend on the order in which blocks run.
 __global__ void index_prepare_kernel(IndexPrepareParams p) {
+  auto* bad_key = reinterpret_cast<unsigned long long*>(p.scratch);
+  auto* blocks_done = bad_key + 1;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; n < p.n;
        n += stride) {
-    int64_t rem = n, off = 0;
-    for (int d = p.ndim - 1; d >= 0; --d) {
-      off += (rem % p.shape[d]) * p.strides[d];
-      rem /= p.shape[d];
-    }
-    const int64_t v = p.index_int32
-                          ? static_cast<int64_t>(static_cast<const int32_t*>(p.index)[off])
-                          : static_cast<const int64_t*>(p.index)[off];
-    p.out[n] = v;
-    if (v < 0 || v >= p.bound) {
-      atomicMin(reinterpret_cast<unsigned long long*>(p.bad_pos),
-                static_cast<unsigned long long>(n));
+    const int64_t v = index_value(p, n);
+    const bool bad = v < 0 || v >= p.bound;
+    p.out[n] = bad ? 0 : v;  // keeps the gather and scatter that read out inside x
+    if (bad) {
+      atomicMax(bad_key, ~static_cast<unsigned long long>(n));
+      __threadfence();
     }
   }
+  __shared__ bool last;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    last = atomicAdd(blocks_done, 1ull) == gridDim.x - 1ull;
+  }
+  __syncthreads();
+  if (!last || threadIdx.x != 0) return;
+  __threadfence();
+  const unsigned long long key = atomicAdd(bad_key, 0ull);
+  if (key == 0) return;
+  if (atomicCAS(p.claim, 0ull, static_cast<unsigned long long>(p.launch)) != 0ull) {
+    return;  // an earlier launch holds the record until the host has reported it
+  }
+  const int64_t pos = static_cast<int64_t>(~key);
+  volatile IndexErrorRecord* r = p.record;
+  r->launch = p.launch;
+  r->pos = pos;
+  r->value = index_value(p, pos);
+  r->bound = p.bound;
+  __threadfence_system();
+  r->set = 1;
+  __threadfence_system();
 }
 
 // ---------------------------------------------------------------- forward
@@ -437,9 +472,12 @@ bool valid_geometry(const IndexGatherParams& p) {
 const char* index_prepare_cuda(const IndexPrepareParams& p, void* stream) {
   auto s = static_cast<cudaStream_t>(stream);
   if (p.ndim < 0 || p.ndim > kIndexMaxDims) return "index_prepare_cuda: rank above 8";
-  cudaError_t err = cudaMemsetAsync(p.bad_pos, 0xff, sizeof(int64_t), s);
-  if (err != cudaSuccess) return cudaGetErrorString(err);
+  if (p.launch <= 0 || p.record == nullptr || p.claim == nullptr || p.scratch == nullptr) {
+    return "index_prepare_cuda: no error record, claim word, scratch or launch id given";
+  }
   if (p.n == 0) return nullptr;
+  cudaError_t err = cudaMemsetAsync(p.scratch, 0, 2 * sizeof(int64_t), s);
+  if (err != cudaSuccess) return cudaGetErrorString(err);
   int64_t blocks = (p.n + 255) / 256;
   if (blocks > 65535 * 8) blocks = 65535 * 8;
   index_prepare_kernel<<<static_cast<unsigned>(blocks), 256, 0, s>>>(p);

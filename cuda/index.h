@@ -10,7 +10,8 @@
 //                              along dim 0 with out viewed as [N, D])
 //
 // out and d_y are contiguous; x may have any strides (rank <= kIndexMaxDims). idx is a
-// contiguous int64 array already checked against the bound (index_prepare_cuda).
+// contiguous int64 array inside [0, x_shape[dim]) (index_prepare_cuda replaces bad values
+// by 0 and reports them asynchronously).
 //
 // Backward, two modes:
 //   atomic (default): float32 atomicAdd into d_x (or into a float32 scratch copy for
@@ -32,10 +33,27 @@ namespace resona::cuda {
 
 constexpr int kIndexMaxDims = 8;
 
+// The error record of the asynchronous index check, one per device, in page-locked
+// host memory mapped into the device (cuda/backend.h index_check_begin allocates it and
+// reads it at every synchronisation). Protocol, device side: the reporting thread first
+// claims the record with atomicCAS(claim, 0, launch) on a word in device memory (atomics
+// on host memory are not guaranteed over PCIe), then stores launch, pos, value and bound,
+// __threadfence_system(), and stores set = 1 last. The host reads `set`; when it is 1 the
+// other fields are complete. Only the first claimed launch is kept until the host resets
+// the record and the claim word.
+struct IndexErrorRecord {
+  int64_t launch;  // the launch id given to index_prepare_cuda (> 0)
+  int64_t pos;     // flat row-major position in the index tensor
+  int64_t value;   // the value found there
+  int64_t bound;   // the allowed range was [0, bound)
+  int32_t set;     // 1 once the fields above are written
+};
+
 // Converts an index tensor (int32 or int64, any strides) to contiguous int64 and checks
-// 0 <= value < bound. The smallest flat position holding a bad value is written to
-// *bad_pos (-1 when all are good); out keeps the raw values, so out[*bad_pos] is the
-// offending value.
+// 0 <= value < bound without the host waiting. Every value outside [0, bound) is written
+// to out as 0, so that a gather or scatter that uses out stays inside x whenever
+// bound > 0 (the caller launches none when bound == 0). The smallest flat position holding
+// a bad value, that value and p.launch go to *p.record (protocol above) once per launch.
 struct IndexPrepareParams {
   const void* index;
   bool index_int32;  // else int64
@@ -44,8 +62,11 @@ struct IndexPrepareParams {
   int64_t strides[kIndexMaxDims];  // elements
   int64_t n;                       // numel
   int64_t bound;
-  int64_t* out;      // [n]
-  int64_t* bad_pos;  // one device word
+  int64_t* out;               // [n]
+  int64_t* scratch;           // two device words, zeroed by index_prepare_cuda on the stream
+  int64_t launch;             // > 0, names this launch in the record
+  IndexErrorRecord* record;   // device alias of the mapped host record
+  unsigned long long* claim;  // device word: 0 free, else the launch holding the record
 };
 const char* index_prepare_cuda(const IndexPrepareParams& p, void* stream);
 

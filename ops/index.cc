@@ -19,12 +19,15 @@
 // is bit-for-bit deterministic.
 //
 // CUDA: the floating input may have any strides (rank <= 8); the index tensor may live
-// on the CPU (read and checked on the host, then uploaded) or on the same GPU (converted
-// and checked by a kernel; the check reads one word back, a host sync, so that a bad
-// index raises here, naming the position and value, rather than faulting later). The
-// int64 device copy is what backward uses. Backward scatter-adds with float32 atomics,
-// or, under set_deterministic(true) (ops/determinism.h), sorts the indices and sums each
-// run in index order: bit-identical run to run, and for float32 equal to the CPU's sums.
+// on the CPU (read and checked on the host, then uploaded; a bad index throws here) or on
+// the same GPU (converted and checked by a kernel, without a host sync: a bad index is
+// replaced by 0 so that nothing reads or writes outside x, and the error, naming the op,
+// tensors, position and value, is thrown at the next synchronisation with that device:
+// a copy to the host such as .cpu() or item(), or a device, stream or event synchronize;
+// see cuda/backend.h). The int64 device copy is what backward uses. Backward scatter-adds
+// with float32 atomics, or, under set_deterministic(true) (ops/determinism.h), sorts the
+// indices and sums each run in index order: bit-identical run to run, and for float32
+// equal to the CPU's sums.
 #include "ops/index.h"
 
 #include <algorithm>
@@ -32,6 +35,7 @@
 
 #include "autograd/function.h"
 #include "core/dispatch.h"
+#include "cuda/backend.h"
 #include "cuda/index.h"
 #include "ops/determinism.h"
 #include "ops/device_util.h"
@@ -89,6 +93,10 @@ void check_cuda_rank(const char* op, const Tensor& t) {
 
 // The values of `index` (CPU or CUDA, int32 or int64, any strides) as a contiguous int64
 // tensor on `device`, each checked to lie in [0, src.size(dim)) with read_indices' message.
+// CPU index: checked on the host, throws here. CUDA index: checked by the prepare kernel
+// without the host waiting; a bad value becomes 0 in the result (the gather stays inside
+// src) and the error, with the same message, is thrown at the next synchronisation
+// (cuda/backend.h raise_index_errors).
 Tensor device_indices(const char* op, const char* role, const Tensor& index, const Tensor& src,
                       int64_t dim) {
   RESONA_CHECK(index.dtype() == DType::kInt32 || index.dtype() == DType::kInt64)
@@ -103,7 +111,12 @@ Tensor device_indices(const char* op, const char* role, const Tensor& index, con
   check_cuda_rank(op, index);
   const int64_t n = index.numel(), bound = src.shape()[dim];
   Tensor out = empty({n}, DType::kInt64, device);
-  Tensor bad = empty({1}, DType::kInt64, device);
+  if (n == 0) return out;
+  Tensor scratch = empty({2}, DType::kInt64, device);
+  const cuda::IndexCheckTarget target =
+      cuda::index_check_begin(device.index, std::string(op) + ": " + role + " " + index.describe(),
+                              "outside [0, " + std::to_string(bound) + ") (size of dim " +
+                                  std::to_string(dim) + " of " + src.describe() + ")");
   cuda::IndexPrepareParams p{};
   p.index = index.raw_data();
   p.index_int32 = index.dtype() == DType::kInt32;
@@ -115,17 +128,13 @@ Tensor device_indices(const char* op, const char* role, const Tensor& index, con
   p.n = n;
   p.bound = bound;
   p.out = out.data<int64_t>();
-  p.bad_pos = bad.data<int64_t>();
+  p.scratch = scratch.data<int64_t>();
+  p.launch = target.launch;
+  p.record = target.record;
+  p.claim = target.claim;
   const char* err = cuda::index_prepare_cuda(p, launch_stream());
   RESONA_CHECK(err == nullptr) << op << ": reading " << role << " " << index.describe() << ": "
                                << err;
-  const int64_t pos = bad.item_int();
-  if (pos >= 0) {
-    const int64_t v = make_view(out, {}, {}, pos).item_int();
-    RESONA_FAIL() << op << ": " << role << " " << index.describe() << " holds " << v
-                  << " at flat position " << pos << ", outside [0, " << bound << ") (size of dim "
-                  << dim << " of " << src.describe() << ")";
-  }
   return out;
 }
 
@@ -149,6 +158,11 @@ Tensor gather_cuda(const char* op, const Tensor& x, const Tensor& idx, const Sha
   p.dtype = cuda_kernel_dtype(op, x);
   fill_geometry(p, kernel_out_shape, x.shape(), dim, per_element, idx);
   for (int64_t d = 0; d < x.dim(); ++d) p.x_strides[d] = x.strides()[d];
+  if (x.shape()[dim] == 0) {
+    // Every index is outside [0, 0): the check reports it at the next synchronisation;
+    // no gather reads the empty x.
+    return zeros(out_shape, x.dtype(), x.device());
+  }
   Tensor out = empty(out_shape, x.dtype(), x.device());
   p.src = x.raw_data();
   p.dst = out.raw_data();

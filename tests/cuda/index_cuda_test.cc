@@ -2,6 +2,9 @@
 // by the autograd engine on the GPU, float32 and bfloat16, both backward modes (float32
 // atomics; deterministic sort-and-segment), repeated indices, a 32000-row vocabulary,
 // strided inputs, index tensors on the CPU (int64) and on the GPU (int32), odd sizes.
+// Bad ids: on the CPU they throw at once; on the GPU at the next synchronisation (a copy
+// to the host, a device, stream or event synchronize), with the op, the tensors, the
+// value and its flat position, once, leaving valid rows exact.
 //
 // The CPU reference runs in float32 on the same inputs (bf16-rounded for the bfloat16
 // cases). Tolerances, per element:
@@ -20,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/backend.h"
 #include "ops/determinism.h"
 #include "ops/elementwise.h"
 #include "ops/index.h"
@@ -316,21 +320,233 @@ RESONA_GPU_TEST(
   }
 }
 
-RESONA_GPU_TEST("indexing ops on CUDA refuse bad ids and float64, naming the op and tensor") {
+RESONA_GPU_TEST(
+    "indexing ops on CUDA refuse ids on the CPU outside the bound, and float64, at once") {
   Tensor w = zeros({10, 4}, DType::kFloat32, Device::cuda());
-  // ids on the GPU: the device check reports the first bad position and its value.
-  Tensor ids = copy_to(from_vector<int64_t>({1, 2, 3, 40, -1}, {5}), DType::kInt32, Device::cuda());
-  CHECK_THROWS_WITH_AS(embedding(w, ids), doctest::Contains("holds 40 at flat position 3"), Error);
+  // ids on the CPU are checked on the host, before anything is launched.
   CHECK_THROWS_WITH_AS(embedding(w, from_vector<int64_t>({10}, {1})),
                        doctest::Contains("holds 10 at flat position 0"), Error);
-  CHECK_THROWS_WITH_AS(
-      index_select(w, 1, copy_to(from_vector<int64_t>({0, 4}, {2}), DType::kInt64, Device::cuda())),
-      doctest::Contains("holds 4 at flat position 1"), Error);
+  CHECK_THROWS_WITH_AS(index_select(w, 1, from_vector<int64_t>({0, -2}, {2})),
+                       doctest::Contains("holds -2 at flat position 1"), Error);
   Tensor w64 = zeros({10, 4}, DType::kFloat64, Device::cuda());
   CHECK_THROWS_WITH_AS(embedding(w64, from_vector<int64_t>({1}, {1})),
                        doctest::Contains("embedding: CUDA supports float32 and bfloat16"), Error);
   CHECK_THROWS_WITH_AS(gather(w64, 0, from_vector<int64_t>({1}, {1, 1})),
                        doctest::Contains("gather: CUDA supports float32 and bfloat16"), Error);
+}
+
+// Ids on the GPU are checked by a kernel without the host waiting: the op returns, and the
+// error is thrown at the next synchronisation with the device.
+
+namespace {
+
+// Row r of y (CPU float32 [N, D]) equals row ids[r] of w (CPU float32 [V, D]) for every
+// position whose id lies in [0, V).
+void check_valid_rows(const Tensor& y, const Tensor& w, const std::vector<int64_t>& ids,
+                      const std::string& what) {
+  INFO(what);
+  const int64_t V = w.shape()[0], D = w.shape()[1];
+  REQUIRE(y.shape() == Shape{static_cast<int64_t>(ids.size()), D});
+  const std::vector<float> yv = y.to_vector<float>(), wv = w.to_vector<float>();
+  for (size_t r = 0; r < ids.size(); ++r) {
+    if (ids[r] < 0 || ids[r] >= V) continue;
+    for (int64_t j = 0; j < D; ++j) {
+      INFO("row " << r << " (id " << ids[r] << "), column " << j);
+      REQUIRE(yv[r * D + j] == wv[ids[r] * D + j]);
+    }
+  }
+}
+
+}  // namespace
+
+RESONA_GPU_TEST(
+    "embedding with bad CUDA ids (int32 [5] = 1,2,3,40,-1; V=10,D=4) throws at the next "
+    "copy to the host with op, tensors, value and position; the record resets; valid rows "
+    "are exact") {
+  Generator gen(81);
+  const Tensor w_cpu = gen.normal({10, 4});
+  const Tensor w = copy_to(w_cpu, DType::kFloat32, Device::cuda());
+  const std::vector<int64_t> bad = {1, 2, 3, 40, -1};
+  const Tensor ids = copy_to(from_vector(bad, {5}), DType::kInt32, Device::cuda());
+  Tensor y;
+  CHECK_NOTHROW(y = embedding(w, ids));  // no host wait: nothing is known yet
+  CHECK_THROWS_WITH_AS(copy_to(y, DType::kFloat32, Device::cpu()),
+                       doctest::Contains("embedding: ids [5] int32 cuda:0 holds 40 at flat "
+                                         "position 3, outside [0, 10) (size of dim 0 of [10, 4] "
+                                         "float32 cuda:0); found by asynchronous index check"),
+                       Error);
+  // Reported once: the record is clear again, and the bad call's valid rows are exact.
+  Tensor y_host;
+  CHECK_NOTHROW(y_host = copy_to(y, DType::kFloat32, Device::cpu()));
+  check_valid_rows(y_host, w_cpu, bad, "rows of the call with bad ids");
+  CHECK_NOTHROW(backend_for(Device::cuda()).synchronize(0));
+
+  // The next valid call works and does not throw.
+  const std::vector<int64_t> good = {9, 0, 0, 4, 7, 3};
+  const Tensor y2 = embedding(w, copy_to(from_vector(good, {6}), DType::kInt64, Device::cuda()));
+  Tensor y2_host;
+  CHECK_NOTHROW(y2_host = copy_to(y2, DType::kFloat32, Device::cpu()));
+  check_exact(y2_host, embedding(w_cpu, from_vector(good, {6})), "valid ids after the error");
+
+  // Backward from a call with bad ids stays inside d_weight; the error still surfaces,
+  // and the rows of the valid ids get their gradient.
+  for (bool det : {false, true}) {
+    DeterministicGuard guard(det);
+    Tensor w_leaf = copy_to(w_cpu, DType::kFloat32, Device::cuda());
+    w_leaf.set_requires_grad(true);
+    embedding(w_leaf, ids).backward(ones({5, 4}, DType::kFloat32, Device::cuda()));
+    CHECK_THROWS_WITH_AS(backend_for(Device::cuda()).synchronize(0),
+                         doctest::Contains("holds 40 at flat position 3"), Error);
+    CHECK_NOTHROW(backend_for(Device::cuda()).synchronize(0));
+    const std::vector<float> g =
+        copy_to(w_leaf.grad(), DType::kFloat32, Device::cpu()).to_vector<float>();
+    for (int64_t v = 1; v < 10; ++v) {  // row 0 also takes the bad positions' terms
+      const float want = v <= 3 ? 1.f : 0.f;
+      for (int64_t j = 0; j < 4; ++j) {
+        INFO("deterministic " << det << ", d_weight[" << v << ", " << j << "]");
+        CHECK(g[v * 4 + j] == want);
+      }
+    }
+  }
+}
+
+RESONA_GPU_TEST(
+    "index_select and gather with bad CUDA indices throw at DeviceBackend::synchronize, "
+    "Stream::synchronize and Event::synchronize (x [10, 4]; index_select dim 1 int64 [2] = "
+    "0,4; gather dim 0 int32 [2, 4] with 10 at (1, 2))") {
+  const Tensor x = zeros({10, 4}, DType::kFloat32, Device::cuda());
+  const Tensor sel = copy_to(from_vector<int64_t>({0, 4}, {2}), DType::kInt64, Device::cuda());
+  const std::string sel_msg =
+      "index_select: index [2] int64 cuda:0 holds 4 at flat position 1, outside [0, 4) (size of "
+      "dim 1 of [10, 4] float32 cuda:0)";
+  CHECK_NOTHROW(index_select(x, 1, sel));
+  CHECK_THROWS_WITH_AS(backend_for(Device::cuda()).synchronize(0),
+                       doctest::Contains(sel_msg.c_str()), Error);
+
+  const Tensor gidx = copy_to(from_vector<int64_t>({0, 1, 2, 3, 4, 5, 10, 6}, {2, 4}),
+                              DType::kInt32, Device::cuda());
+  const std::string gather_msg =
+      "gather: index [2, 4] int32 cuda:0 holds 10 at flat position 6, outside [0, 10) (size of "
+      "dim 0 of [10, 4] float32 cuda:0)";
+  {
+    cuda::Stream stream;
+    cuda::StreamGuard guard(stream);
+    CHECK_NOTHROW(gather(x, 0, gidx));
+    CHECK_THROWS_WITH_AS(stream.synchronize(), doctest::Contains(gather_msg.c_str()), Error);
+    CHECK_NOTHROW(stream.synchronize());
+  }
+  {
+    cuda::Stream stream(0, /*non_blocking=*/true);
+    cuda::StreamGuard guard(stream);
+    cuda::Event done;
+    CHECK_NOTHROW(index_select(x, 1, sel));
+    done.record(stream);
+    CHECK_THROWS_WITH_AS(done.synchronize(), doctest::Contains(sel_msg.c_str()), Error);
+    CHECK_NOTHROW(done.synchronize());
+  }
+  CHECK_NOTHROW(backend_for(Device::cuda()).synchronize(0));
+}
+
+RESONA_GPU_TEST(
+    "two CUDA index checks with bad ids before one synchronisation report the first one "
+    "(embedding ids [4] = 0,1,11,2 then index_select index [3] = 7,0,0 of x [10, 3])") {
+  const Tensor w = zeros({10, 3}, DType::kFloat32, Device::cuda());
+  const Tensor ids =
+      copy_to(from_vector<int64_t>({0, 1, 11, 2}, {4}), DType::kInt64, Device::cuda());
+  const Tensor index = copy_to(from_vector<int64_t>({7, 0, 0}, {3}), DType::kInt32, Device::cuda());
+  CHECK_NOTHROW(embedding(w, ids));
+  CHECK_NOTHROW(index_select(w, 1, index));
+  std::string message;
+  try {
+    backend_for(Device::cuda()).synchronize(0);
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  INFO(message);
+  CHECK(message.find("embedding: ids [4] int64 cuda:0 holds 11 at flat position 2, outside [0, "
+                     "10) (size of dim 0 of [10, 3] float32 cuda:0)") != std::string::npos);
+  CHECK(message.find("index_select") == std::string::npos);
+  // The second launch found the record taken: its error is not reported later either.
+  CHECK_NOTHROW(backend_for(Device::cuda()).synchronize(0));
+}
+
+RESONA_GPU_TEST(
+    "bad CUDA ids in strided views (embedding V=10,D=3: the transpose of int64 [3, 4] with 99 "
+    "at (1, 2); every other element of int32 [12] with -5 at view position 4; a 0-stride "
+    "broadcast of 12) report the view's flat position") {
+  Generator gen(82);
+  const Tensor w_cpu = gen.normal({10, 3});
+  const Tensor w = copy_to(w_cpu, DType::kFloat32, Device::cuda());
+  {
+    std::vector<int64_t> base(12);
+    for (int64_t i = 0; i < 12; ++i) base[i] = i % 10;
+    base[1 * 4 + 2] = 99;
+    const Tensor b = copy_to(from_vector(base, {3, 4}), DType::kInt64, Device::cuda());
+    const Tensor ids = make_view(b, {4, 3}, {1, 4}, 0);  // the transpose: (i, j) = base[j][i]
+    REQUIRE_FALSE(ids.is_contiguous());
+    std::vector<int64_t> flat;  // the view's values in row-major order
+    for (int64_t i = 0; i < 4; ++i) {
+      for (int64_t j = 0; j < 3; ++j) flat.push_back(base[j * 4 + i]);
+    }
+    const Tensor y = embedding(w, ids);
+    CHECK_THROWS_WITH_AS(copy_to(y, DType::kFloat32, Device::cpu()),
+                         doctest::Contains("embedding: ids [4, 3] int64 cuda:0 holds 99 at flat "
+                                           "position 7, outside [0, 10)"),
+                         Error);
+    check_valid_rows(copy_to(y, DType::kFloat32, Device::cpu()).reshape({12, 3}), w_cpu, flat,
+                     "transposed ids");
+  }
+  {
+    std::vector<int64_t> base(12);
+    for (int64_t i = 0; i < 12; ++i) base[i] = (3 * i) % 10;
+    base[8] = -5;  // view position 4
+    const Tensor b = copy_to(from_vector(base, {12}), DType::kInt32, Device::cuda());
+    const Tensor ids = make_view(b, {6}, {2}, 0);
+    std::vector<int64_t> flat;
+    for (int64_t i = 0; i < 6; ++i) flat.push_back(base[2 * i]);
+    const Tensor y = embedding(w, ids);
+    CHECK_THROWS_WITH_AS(copy_to(y, DType::kFloat32, Device::cpu()),
+                         doctest::Contains("embedding: ids [6] int32 cuda:0 holds -5 at flat "
+                                           "position 4, outside [0, 10)"),
+                         Error);
+    check_valid_rows(copy_to(y, DType::kFloat32, Device::cpu()), w_cpu, flat, "every other id");
+  }
+  {
+    const Tensor one = copy_to(from_vector<int64_t>({12}, {1}), DType::kInt64, Device::cuda());
+    const Tensor ids = make_view(one, {2, 3}, {0, 0}, 0);  // every position reads the 12
+    const Tensor y = embedding(w, ids);
+    CHECK_THROWS_WITH_AS(copy_to(y, DType::kFloat32, Device::cpu()),
+                         doctest::Contains("holds 12 at flat position 0, outside [0, 10)"), Error);
+  }
+}
+
+RESONA_GPU_TEST(
+    "a bad CUDA id reported after its launch left the message table (1 bad embedding, then "
+    "kIndexCheckTable + 10 valid ones, then a synchronize) still gives value, position and "
+    "bound; an empty vocabulary (V=0) reports at the synchronisation too") {
+  const Tensor w = zeros({10, 2}, DType::kFloat32, Device::cuda());
+  const Tensor bad = copy_to(from_vector<int64_t>({3, 77}, {2}), DType::kInt64, Device::cuda());
+  const Tensor good = copy_to(from_vector<int64_t>({3, 4}, {2}), DType::kInt64, Device::cuda());
+  embedding(w, bad);
+  for (int i = 0; i < cuda::kIndexCheckTable + 10; ++i) embedding(w, good);
+  std::string message;
+  try {
+    backend_for(Device::cuda()).synchronize(0);
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  INFO(message);
+  CHECK(message.find("holds 77 at flat position 1, outside [0, 10)") != std::string::npos);
+  CHECK(message.find("no longer among the last 1024 index checks") != std::string::npos);
+  CHECK_NOTHROW(backend_for(Device::cuda()).synchronize(0));
+
+  const Tensor empty_w = zeros({0, 2}, DType::kFloat32, Device::cuda());
+  Tensor y;
+  CHECK_NOTHROW(y = embedding(empty_w, good));
+  CHECK(y.shape() == Shape{2, 2});
+  CHECK_THROWS_WITH_AS(copy_to(y, DType::kFloat32, Device::cpu()),
+                       doctest::Contains("holds 3 at flat position 0, outside [0, 0)"), Error);
+  CHECK_NOTHROW(backend_for(Device::cuda()).synchronize(0));
 }
 
 }  // namespace resona::testing
