@@ -22,8 +22,19 @@
 //                                the window of the last W x values; the quarters are added
 //                                in order in shared memory into the chunk's partial (same
 //                                layout and final kernel as above)
+//
+// 16-byte channel-group path, taken by bfloat16 (kVec16Path) when D and the strides are
+// multiples of 8 and the pointers 16-byte aligned, else the 4-channel path above: each
+// thread owns 8 bfloat16 channels (one 16-byte access per time step), values kept packed
+// in registers and widened to float32 where used:
+// causal_conv1d_fwd_vec16_kernel   as causal_conv1d_fwd_vec_kernel
+// causal_conv1d_bwd_vec16_kernel   as causal_conv1d_bwd_vec_kernel, with d_w and d_bias from
+//                                  the d_y window (no x window) and the weights in shared
+//                                  memory
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+
+#include <type_traits>
 
 #include "cuda/conv.h"
 #include "cuda/convert.cuh"
@@ -194,6 +205,8 @@ __global__ void causal_conv1d_bwd_dw_final_kernel(int64_t P, int64_t D, int64_t 
   const bool wanted = i < n && (j < W ? d_w != nullptr : d_bias != nullptr);
   float acc = 0.f;
   if (wanted) {
+    // Unrolled so that 8 loads are in flight per thread (same order of additions).
+#pragma unroll 8
     for (int64_t c = threadIdx.y; c < P; c += kFinalLanes) acc += partial[c * n + i];
   }
   sh[threadIdx.y][threadIdx.x] = acc;
@@ -413,17 +426,301 @@ __global__ void __launch_bounds__(kThreads, W <= 4 ? 4 : 2)
   }
 }
 
-// Whether the channel-group path applies to these strides and pointers.
+// ---- 16-byte channel-group path (bfloat16) ----
+//
+// The same maps with 16-byte accesses: a thread owns Vec16<T>::kN adjacent channels (8
+// for bfloat16, 4 for float32), so a warp moves 512 contiguous bytes per instruction
+// (twice the 4-channel bfloat16 path above). To keep the registers of twice the
+// channels at about the same count, loaded vectors stay packed (raw 16 bytes, 4
+// registers for 8 bfloat16) and are widened where used, the weights too; the arithmetic
+// is float32 as everywhere.
+//
+// The backward uses one window, of d_y, for all three gradients: with s = t - (W-1) + j,
+//   d_x[s]  = sum_j w[j] d_y[s + (W-1) - j]
+//   d_w[j]  = sum_s x[s] d_y[s + (W-1) - j]
+//   d_bias  = sum_s d_y[s]
+// so step s needs x[s] alone and the window d_y[s .. s + W - 1] (zero past T); the
+// 4-channel kernel keeps a second window of W x values, W * kN more registers. Each
+// (j, s) pair of the d_w sum is one (t, j) term of the contract (x[s < 0] terms are zero
+// and never formed; d_y[t >= T] is a loaded zero), and each s belongs to one chunk, so
+// the partials still sum every term once, in an order that depends on the shape only.
+
+// Raw 16 bytes, read through the read-only cache (inputs are never written here).
+template <class T>
+__device__ __forceinline__ uint4 load_raw16(const T* p) {
+  return __ldg(reinterpret_cast<const uint4*>(p));
+}
+
+// Widens raw 16 bytes to kN float32: bfloat16 is the high half of a float32 (exact).
+__device__ __forceinline__ void widen(uint4 u, float (&v)[4]) {
+  v[0] = __uint_as_float(u.x);
+  v[1] = __uint_as_float(u.y);
+  v[2] = __uint_as_float(u.z);
+  v[3] = __uint_as_float(u.w);
+}
+__device__ __forceinline__ void widen(uint4 u, float (&v)[8]) {
+  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    v[2 * i] = __uint_as_float(w[i] << 16);
+    v[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+  }
+}
+
+// A shared-memory word read at every use (volatile: not hoisted out of the time loop
+// into registers that would stay live all along).
+__device__ __forceinline__ uint32_t load_shared_word(const uint32_t* p) {
+  uint32_t v;
+  asm volatile("ld.shared.u32 %0, [%1];"
+               : "=r"(v)
+               : "r"(static_cast<uint32_t>(__cvta_generic_to_shared(p))));
+  return v;
+}
+
+// 32-bit word i (0..3) of a raw vector, i known at compile time after unrolling.
+__device__ __forceinline__ uint32_t word(uint4 u, int i) {
+  return i == 0 ? u.x : i == 1 ? u.y : i == 2 ? u.z : u.w;
+}
+
+// Widens one 32-bit word: a float32, or two bfloat16 (low half first). The bfloat16
+// shifts are volatile so that the compiler neither merges the widening of a d_y vector
+// over the W steps that read it nor hoists the weights' out of the time loop: either
+// keeps twice the registers in float32 (measured: W = 4 spilled ~400 bytes at 128
+// registers), while a widening is one integer instruction per use.
+template <class T>
+__device__ __forceinline__ void widen_word(uint32_t w, float (&v)[1]) {
+  v[0] = __uint_as_float(w);
+}
+template <class T>
+__device__ __forceinline__ void widen_word(uint32_t w, float (&v)[2]) {
+  uint32_t lo, hi;
+  asm volatile("shl.b32 %0, %1, 16;" : "=r"(lo) : "r"(w));
+  asm volatile("and.b32 %0, %1, 0xffff0000;" : "=r"(hi) : "r"(w));
+  v[0] = __uint_as_float(lo);
+  v[1] = __uint_as_float(hi);
+}
+
+// Thread (b, 8-step chunk, 16-byte channel group): as causal_conv1d_fwd_vec_kernel, with
+// the W - 1 + 8 loaded x vectors and the W weight vectors kept packed.
+template <class T, int W>
+__global__ void __launch_bounds__(kThreads)
+    causal_conv1d_fwd_vec16_kernel(int64_t B, int64_t T_len, int64_t D, const T* __restrict__ x,
+                                   int64_t xs0, int64_t xs1, const T* __restrict__ w_t,
+                                   const T* __restrict__ bias, T* __restrict__ y) {
+  constexpr int G = Vec16<T>::kN;
+  const int64_t groups = D / G;
+  const int64_t chunks = (T_len + kFwdSteps - 1) / kFwdSteps;
+  const int64_t total = B * chunks * groups;
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t d0 = (idx % groups) * G;
+    const int64_t bc = idx / groups;
+    const int64_t b = bc / chunks, t0 = (bc % chunks) * kFwdSteps;
+    const int n = T_len - t0 < kFwdSteps ? static_cast<int>(T_len - t0) : kFwdSteps;
+    const T* xb = x + b * xs0 + d0;
+    // in[i] = x[t0 - (W-1) + i], zero before the sequence starts.
+    uint4 in[W - 1 + kFwdSteps];
+#pragma unroll
+    for (int i = 0; i < W - 1 + kFwdSteps; ++i) {
+      const int64_t s = t0 - (W - 1) + i;
+      in[i] = s >= 0 && i < W - 1 + n ? load_raw16(xb + s * xs1) : zero;
+    }
+    uint4 wv[W];
+#pragma unroll
+    for (int j = 0; j < W; ++j) wv[j] = load_raw16(w_t + j * D + d0);
+    float b0[G];
+    widen(bias ? load_raw16(bias + d0) : zero, b0);
+    T* yb = y + (b * T_len + t0) * D + d0;
+#pragma unroll
+    for (int u = 0; u < kFwdSteps; ++u) {
+      if (u < n) {
+        float acc[G];
+#pragma unroll
+        for (int c = 0; c < G; ++c) acc[c] = b0[c];
+#pragma unroll
+        for (int j = 0; j < W; ++j) {
+          float w[G], v[G];
+          widen(wv[j], w);
+          widen(in[u + j], v);
+#pragma unroll
+          for (int c = 0; c < G; ++c) acc[c] += w[c] * v[c];
+        }
+        store_vec(yb + u * D, acc);
+      }
+    }
+  }
+}
+
+// Backward steps loaded at once per thread (S new d_y and S new x vectors in flight).
+template <int W>
+constexpr int bwd16_steps() {
+  return W <= 4 ? 4 : 2;
+}
+
+// Block (b, dw time chunk c, tile of 32 channel groups of kN channels); warp ty takes the
+// ty-th quarter of the chunk's steps s, S = bwd16_steps<W>() at a time: d_x[s] (when
+// wanted) and the sums of x[s] d_y[s + (W-1) - j] and d_y[s], all from the packed window
+// buf[k] = d_y[s + k]. The quarters are added in order through shared memory into
+// partial[(b * per_b + c) * (W+1) + j][d] (taps j < W, slot W the bias), the layout and
+// final kernel of the other paths.
+// Launch bounds: 4 blocks of 128 threads per SM (<= 128 registers, 4 warps per
+// scheduler) up to W = 4; wider windows 3 blocks (<= 168).
+template <class T, int W>
+__global__ void __launch_bounds__(kThreads, W <= 4 ? 4 : 3)
+    causal_conv1d_bwd_vec16_kernel(int64_t B, int64_t T_len, int64_t D, int64_t per_b, int64_t len,
+                                   const T* __restrict__ d_y, int64_t gs0, int64_t gs1,
+                                   const T* __restrict__ x, int64_t xs0, int64_t xs1,
+                                   const T* __restrict__ w_t, T* __restrict__ d_x,
+                                   float* __restrict__ partial) {
+  constexpr int G = Vec16<T>::kN;
+  constexpr int P = G / 4;  // channels per 32-bit word
+  constexpr int S = bwd16_steps<W>();
+  __shared__ float sh[kSub - 1][W + 1][G][kGroupsPerBlock];
+  // The tile's weights, sh_w[j][i][tx] = word i of w_t[j, group tx]: read per use, so
+  // they take no registers across the time loop (lanes read consecutive words).
+  __shared__ uint32_t sh_w[W][4][kGroupsPerBlock];
+  const int64_t groups = D / G;
+  const int64_t tiles = (groups + kGroupsPerBlock - 1) / kGroupsPerBlock;
+  const bool want_w = partial != nullptr;
+  const int tx = threadIdx.x % kGroupsPerBlock, ty = threadIdx.x / kGroupsPerBlock;
+  const int64_t sub_len = (len + kSub - 1) / kSub;
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+  for (int64_t blk = blockIdx.x; blk < B * per_b * tiles; blk += gridDim.x) {
+    const int64_t bc = blk / tiles;
+    const int64_t g = (blk % tiles) * kGroupsPerBlock + tx;
+    const bool active = g < groups;
+    const int64_t d0 = g * G;
+    if (d_x) {          // the same for the whole block
+      __syncthreads();  // the previous tile's readers are done
+      for (int j = ty; j < W; j += kSub) {
+        if (active) {
+          const uint4 v = load_raw16(w_t + j * D + d0);
+          sh_w[j][0][tx] = v.x;
+          sh_w[j][1][tx] = v.y;
+          sh_w[j][2][tx] = v.z;
+          sh_w[j][3][tx] = v.w;
+        }
+      }
+      __syncthreads();
+    }
+    const int64_t b = bc / per_b;
+    const int64_t c0 = (bc % per_b) * len;
+    const int64_t c_end = c0 + len < T_len ? c0 + len : T_len;
+    const int64_t t0 = c0 + ty * sub_len;
+    const int64_t t1 = t0 + sub_len < c_end ? t0 + sub_len : c_end;
+    float acc[W + 1][G];
+#pragma unroll
+    for (int j = 0; j <= W; ++j) {
+#pragma unroll
+      for (int c = 0; c < G; ++c) acc[j][c] = 0.f;
+    }
+    if (active && t0 < t1) {
+      const T* xb = x + b * xs0 + d0;  // read only when want_w
+      const T* gb = d_y + b * gs0 + d0;
+      T* dxb = d_x ? d_x + b * T_len * D + d0 : nullptr;
+      // Before each group of S steps from s: buf[k] = d_y[s + k] for k < W - 1.
+      uint4 buf[W - 1 + S];
+#pragma unroll
+      for (int k = 0; k < W - 1; ++k) {
+        const int64_t t = t0 + k;
+        buf[k] = t < T_len ? load_raw16(gb + t * gs1) : zero;
+      }
+      for (int64_t s = t0; s < t1; s += S) {
+        uint4 xin[S];
+#pragma unroll
+        for (int u = 0; u < S; ++u) {
+          const int64_t t = s + (W - 1) + u;
+          buf[W - 1 + u] = s + u < t1 && t < T_len ? load_raw16(gb + t * gs1) : zero;
+          xin[u] = want_w && s + u < t1 ? load_raw16(xb + (s + u) * xs1) : zero;
+        }
+#pragma unroll
+        for (int u = 0; u < S; ++u) {
+          if (s + u < t1) {
+            // Step s + u, one 32-bit word (P channels) of the vectors at a time, widened
+            // where used (see widen_word): gw[k] = d_y[s + u + k].
+            float out[G];
+#pragma unroll
+            for (int c = 0; c < G; ++c) out[c] = 0.f;
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+              float gw[W][P], xs[P];
+#pragma unroll
+              for (int k = 0; k < W; ++k) widen_word<T>(word(buf[u + k], i), gw[k]);
+              widen_word<T>(word(xin[u], i), xs);
+              if (dxb) {
+#pragma unroll
+                for (int j = 0; j < W; ++j) {
+                  float w[P];
+                  widen_word<T>(load_shared_word(&sh_w[j][i][tx]), w);
+#pragma unroll
+                  for (int q = 0; q < P; ++q) out[i * P + q] += w[q] * gw[W - 1 - j][q];
+                }
+              }
+#pragma unroll
+              for (int q = 0; q < P; ++q) {
+#pragma unroll
+                for (int j = 0; j < W; ++j) acc[j][i * P + q] += xs[q] * gw[W - 1 - j][q];
+                acc[W][i * P + q] += gw[0][q];
+              }
+            }
+            if (dxb) store_vec(dxb + (s + u) * D, out);
+          }
+        }
+#pragma unroll
+        for (int k = 0; k < W - 1; ++k) buf[k] = buf[S + k];
+      }
+    }
+    if (want_w) {  // the same for the whole block
+      if (ty > 0) {
+#pragma unroll
+        for (int j = 0; j <= W; ++j) {
+#pragma unroll
+          for (int c = 0; c < G; ++c) sh[ty - 1][j][c][tx] = acc[j][c];
+        }
+      }
+      __syncthreads();
+      if (ty == 0 && active) {
+        float* out = partial + bc * (W + 1) * D + d0;
+#pragma unroll
+        for (int j = 0; j <= W; ++j) {
+          float v[G];
+#pragma unroll
+          for (int c = 0; c < G; ++c) {
+            v[c] = acc[j][c];
+#pragma unroll
+            for (int q = 0; q < kSub - 1; ++q) v[c] += sh[q][j][c][tx];
+          }
+#pragma unroll
+          for (int c = 0; c < G; c += 4) {
+            *reinterpret_cast<float4*>(out + j * D + c) =
+                make_float4(v[c], v[c + 1], v[c + 2], v[c + 3]);
+          }
+        }
+      }
+      __syncthreads();
+    }
+  }
+}
+
+// Whether a channel-group path of `group` channels applies to these strides and pointers.
 bool group_path(int64_t D, const int64_t* strides, std::initializer_list<const void*> ptrs,
-                size_t elem) {
-  if (D % kGroup != 0 || strides[2] != 1 || strides[1] % kGroup != 0 || strides[0] % kGroup != 0) {
+                size_t elem, int64_t group = kGroup) {
+  if (D % group != 0 || strides[2] != 1 || strides[1] % group != 0 || strides[0] % group != 0) {
     return false;
   }
   for (const void* p : ptrs) {
-    if (p != nullptr && reinterpret_cast<uintptr_t>(p) % (kGroup * elem) != 0) return false;
+    if (p != nullptr && reinterpret_cast<uintptr_t>(p) % (group * elem) != 0) return false;
   }
   return true;
 }
+
+// Which dtypes take the 16-byte channel-group path where it applies (else the 4-channel
+// one). bfloat16 does: its 4-channel accesses are 8 bytes. float32 keeps the 4-channel
+// kernels (already 16 bytes; the measured ones); the 16-byte kernels compile for float32
+// too, with 4 channels, and use fewer registers in the backward (one window).
+template <class T>
+constexpr bool kVec16Path = !std::is_same_v<T, float>;
 
 unsigned grid_flat_final(int64_t columns) { return static_cast<unsigned>((columns + 31) / 32); }
 
@@ -442,6 +739,17 @@ unsigned grid_1d(int64_t n) {
 
 template <class T, int W>
 const char* fwd_w(const CausalConv1dFwdParams& p, cudaStream_t s) {
+  constexpr int G = Vec16<T>::kN;
+  if constexpr (kVec16Path<T>) {
+    if (group_path(p.D, p.x_strides, {p.x, p.w_t, p.y, p.bias}, sizeof(T), G) &&
+        (p.bias == nullptr || p.bias_stride == 1)) {
+      const int64_t chunks = (p.T + kFwdSteps - 1) / kFwdSteps;
+      causal_conv1d_fwd_vec16_kernel<T, W><<<grid_flat(p.B * chunks * (p.D / G)), kThreads, 0, s>>>(
+          p.B, p.T, p.D, static_cast<const T*>(p.x), p.x_strides[0], p.x_strides[1],
+          static_cast<const T*>(p.w_t), static_cast<const T*>(p.bias), static_cast<T*>(p.y));
+      return last_error();
+    }
+  }
   if (group_path(p.D, p.x_strides, {p.x, p.w_t, p.y, p.bias}, sizeof(T)) &&
       (p.bias == nullptr || p.bias_stride == 1)) {
     const int64_t chunks = (p.T + kFwdSteps - 1) / kFwdSteps;
@@ -463,6 +771,27 @@ const char* fwd_w(const CausalConv1dFwdParams& p, cudaStream_t s) {
 template <class T, int W>
 const char* bwd_w(const CausalConv1dBwdParams& p, cudaStream_t s) {
   const bool want_w = p.d_w || p.d_bias;
+  constexpr int G = Vec16<T>::kN;
+  if constexpr (kVec16Path<T>) {
+    if (group_path(p.D, p.d_y_strides, {p.d_y, p.w_t, p.d_x}, sizeof(T), G) &&
+        (!want_w || (group_path(p.D, p.x_strides, {p.x}, sizeof(T), G) && aligned16(p.scratch)))) {
+      const DwChunks ch = dw_chunks(p.B, p.T);
+      float* partial = want_w ? static_cast<float*>(p.scratch) : nullptr;
+      const int64_t tiles = (p.D / G + kGroupsPerBlock - 1) / kGroupsPerBlock;
+      causal_conv1d_bwd_vec16_kernel<T, W>
+          <<<grid_flat(p.B * ch.per_b * tiles * kThreads), kThreads, 0, s>>>(
+              p.B, p.T, p.D, ch.per_b, ch.len, static_cast<const T*>(p.d_y), p.d_y_strides[0],
+              p.d_y_strides[1], static_cast<const T*>(p.x), p.x_strides[0], p.x_strides[1],
+              static_cast<const T*>(p.w_t), static_cast<T*>(p.d_x), partial);
+      if (want_w) {
+        causal_conv1d_bwd_dw_final_kernel<T>
+            <<<grid_flat_final((p.W + 1) * p.D), dim3(32, kFinalLanes), 0, s>>>(
+                p.B * ch.per_b, p.D, p.W, partial, static_cast<T*>(p.d_w),
+                static_cast<T*>(p.d_bias));
+      }
+      return last_error();
+    }
+  }
   if (group_path(p.D, p.d_y_strides, {p.d_y, p.w_t, p.d_x}, sizeof(T)) &&
       (!want_w || (group_path(p.D, p.x_strides, {p.x}, sizeof(T)) && aligned16(p.scratch)))) {
     const DwChunks ch = dw_chunks(p.B, p.T);

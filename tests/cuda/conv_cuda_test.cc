@@ -4,7 +4,11 @@
 // strided x, weight, bias and d_y; d_weight/d_bias bit-identical over reruns. The
 // channel-group path (D a multiple of 4, unit channel stride, aligned): D = 4 .. 1200,
 // T not a multiple of the chunk or of the steps loaded ahead, x and d_y as views one
-// element in (misaligned: the scalar path) and four elements in with padded rows.
+// element in (misaligned: the scalar path) and four elements in with padded rows. The
+// 16-byte path (bfloat16 with D a multiple of 8, 8-element strides, 16-byte aligned):
+// D = 8 .. 1200, D a multiple of 4 but not 8 (the 4-channel path), views eight elements in
+// with rows padded by 8 (16-byte path) and four in (4-channel path), T < W, T not a
+// multiple of the steps loaded at once, B * T large.
 //
 // The CPU reference runs in float32 on the same inputs (bf16-rounded for bfloat16).
 // Tolerances, per element, with S the same sum over |terms| (the CPU op on |x|, |w|,
@@ -68,7 +72,9 @@ Tensor to_cuda(const Tensor& x, DType dtype, bool strided) {
 // x [B, T, D] (CPU float32) on the GPU as `dtype`, as a view `offset` elements into a
 // buffer whose rows are `pad` elements longer than D: offset 1 misaligns every row (the
 // scalar path), offset 4 with pad 4 keeps 4-channel groups aligned with strides other
-// than contiguous ones (the channel-group path).
+// than contiguous ones (the channel-group path; for bfloat16 8-byte aligned only, so the
+// 4-channel kernels), offset 8 with pad 8 keeps 8-channel groups 16-byte aligned (the
+// bfloat16 16-byte path with strides other than contiguous ones).
 Tensor to_cuda_view(const Tensor& x, DType dtype, int64_t offset, int64_t pad) {
   const int64_t B = x.shape()[0], T = x.shape()[1], D = x.shape()[2];
   const Shape strides = {T * (D + pad), D + pad, 1};
@@ -89,7 +95,7 @@ struct ConvCase {
 
 // Layouts of the GPU inputs: fresh contiguous tensors, strided views (to_cuda), and x /
 // d_y as views at an offset (to_cuda_view).
-enum class Layout { kContiguous, kStrided, kOffset1, kOffset4Padded };
+enum class Layout { kContiguous, kStrided, kOffset1, kOffset4Padded, kOffset8Padded };
 
 std::string case_name(const ConvCase& c, DType dt, Layout layout) {
   return "causal_conv1d(B=" + std::to_string(c.B) + ",T=" + std::to_string(c.T) +
@@ -98,6 +104,7 @@ std::string case_name(const ConvCase& c, DType dt, Layout layout) {
          (layout == Layout::kStrided         ? ",strided"
           : layout == Layout::kOffset1       ? ",x and d_y at offset 1"
           : layout == Layout::kOffset4Padded ? ",x and d_y at offset 4, rows padded by 4"
+          : layout == Layout::kOffset8Padded ? ",x and d_y at offset 8, rows padded by 8"
                                              : "") +
          ")";
 }
@@ -150,9 +157,12 @@ void check_case(const ConvCase& c, DType dt, Layout layout, uint64_t seed) {
   auto gpu_run = [&] {
     Tensor xg = as_leaf(to_cuda(x, dt, strided)), wg = as_leaf(to_cuda(w, dt, strided));
     Tensor bg = c.bias ? as_leaf(to_cuda(b, dt, strided)) : Tensor();
-    if (layout == Layout::kOffset1 || layout == Layout::kOffset4Padded) {
-      const int64_t offset = layout == Layout::kOffset1 ? 1 : 4;
-      const int64_t pad = layout == Layout::kOffset1 ? 0 : 4;
+    if (layout == Layout::kOffset1 || layout == Layout::kOffset4Padded ||
+        layout == Layout::kOffset8Padded) {
+      const int64_t offset = layout == Layout::kOffset1         ? 1
+                             : layout == Layout::kOffset4Padded ? 4
+                                                                : 8;
+      const int64_t pad = layout == Layout::kOffset1 ? 0 : offset;
       xg = as_leaf(to_cuda_view(x, dt, offset, pad));
       return run(xg, wg, bg, to_cuda_view(d_y, dt, offset, pad));
     }
@@ -210,6 +220,31 @@ RESONA_GPU_TEST(
   for (const ConvCase& c : cases) {
     for (DType dt : {DType::kFloat32, DType::kBFloat16}) {
       for (Layout layout : {Layout::kContiguous, Layout::kOffset1, Layout::kOffset4Padded}) {
+        check_case(c, dt, layout, seed++);
+      }
+    }
+  }
+}
+
+RESONA_GPU_TEST(
+    "causal_conv1d CUDA vs CPU, 16-byte channel-group path (B,T,D,W = 2,77,1200,4; 3,2,16,4; "
+    "1,3,8,8; 2,133,40,3; 2,66,24,2; 2,45,16,5/6/7; 2,150,16,8; 1,300,12,4; 3,129,20,4; "
+    "4,1500,8,4; 1100,5,8,4; x and d_y contiguous, at offset 8 with rows padded by 8, at "
+    "offset 4 with rows padded by 4, at offset 1; float32, bfloat16)") {
+  // D = 12 and 20: multiples of 4 but not of 8 (bfloat16 takes the 4-channel path);
+  // T = 2, 3 < W; T = 45, 77, 133 not a multiple of the 4 or 2 steps loaded at once;
+  // B * T = 6000 and 5500 (many dw chunks; B > 1024 the one-chunk-per-sequence split).
+  const ConvCase cases[] = {
+      {2, 77, 1200, 4, true}, {3, 2, 16, 4, true},   {1, 3, 8, 8, false},    {2, 133, 40, 3, true},
+      {2, 66, 24, 2, false},  {2, 45, 16, 5, true},  {2, 45, 16, 6, false},  {2, 45, 16, 7, true},
+      {2, 150, 16, 8, true},  {1, 300, 12, 4, true}, {3, 129, 20, 4, false}, {4, 1500, 8, 4, true},
+      {1100, 5, 8, 4, true},
+  };
+  uint64_t seed = 800;
+  for (const ConvCase& c : cases) {
+    for (DType dt : {DType::kFloat32, DType::kBFloat16}) {
+      for (Layout layout : {Layout::kContiguous, Layout::kOffset8Padded, Layout::kOffset4Padded,
+                            Layout::kOffset1}) {
         check_case(c, dt, layout, seed++);
       }
     }
