@@ -15,8 +15,9 @@
 // chunk_attention_block_fwd_kernel     block per (n, query tile, h): key steps of 32 in
 //                                      shared memory, TF32 tensor-core tile products; pass
 //                                      1 the softmax statistics, pass 2 o
-// chunk_attention_block_bwd_kernel     same blocks: D_i, then dS, d_q and per-tile partials
-//                                      of d_k, d_v (stored from the fragments), d_bias
+// chunk_attention_block_bwd_kernel     same blocks: D_i = d_o . o, then one pass over the
+//                                      keys: dS, d_q and per-tile partials of d_k, d_v
+//                                      (stored from the fragments), d_bias
 // chunk_attention_block_reduce_kernel  thread per (n, h, d, p): d_k, d_v from the partials
 // chunk_attention_block_bias_kernel    thread per (n, q, s): d_bias from the partials
 //
@@ -672,18 +673,34 @@ struct StageSrc {
 
 constexpr int kStageRows = kTileK / kBlockWarps;  // rows per warp and batch
 
+// The raw storage bits of a staged element (no conversion at load time) and its value.
+__device__ __forceinline__ float raw_zero(float) { return 0.f; }
+__device__ __forceinline__ unsigned short raw_zero(__nv_bfloat16) { return 0; }
+__device__ __forceinline__ float raw_load(const float* p, int64_t i) { return p[i]; }
+__device__ __forceinline__ unsigned short raw_load(const __nv_bfloat16* p, int64_t i) {
+  return reinterpret_cast<const unsigned short*>(p)[i];
+}
+__device__ __forceinline__ float raw_value(float x) { return x; }
+__device__ __forceinline__ float raw_value(unsigned short x) {
+  return __uint_as_float(static_cast<unsigned>(x) << 16);  // bf16 is float32's top half
+}
+
 // Stages rows [0, nrows) of a (and of b when with_b; same positions pos_of(r)), a warp per
 // row, lanes over d, kBlockWarps * kStageRows rows a batch. Each batch issues all of its
 // loads before any store, so a step's K and V cost one memory round trip, not one per
 // element (the compiler cannot reorder loads across stores through generic pointers).
+// The batch keeps the storage bits as loaded and converts bf16 to float only when it
+// stores: a conversion right after each load would make every load wait for the one
+// before it (the bf16 forward was 1.6x slower than the float32 one that way).
 // kCols: head dims per lane, ceil(max(a.D, b.D) / 32) <= kCols.
 template <int kCols, class T, class PosOf>
 __device__ __forceinline__ void stage_rows(const StageSrc<T>& a, const StageSrc<T>& b, bool with_b,
                                            int nrows, PosOf pos_of) {
+  using Raw = decltype(raw_zero(T{}));
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t lda = row_ld(a.D), ldb = row_ld(b.D), Dpa = pad16(a.D), Dpb = pad16(b.D);
   for (int r0 = 0; r0 < nrows; r0 += kBlockWarps * kStageRows) {
-    float xa[kStageRows][kCols], xb[kStageRows][kCols];
+    Raw xa[kStageRows][kCols], xb[kStageRows][kCols];
 #pragma unroll
     for (int u = 0; u < kStageRows; ++u) {
       const int64_t pos = pos_of(r0 + warp + kBlockWarps * u);
@@ -692,8 +709,8 @@ __device__ __forceinline__ void stage_rows(const StageSrc<T>& a, const StageSrc<
 #pragma unroll
       for (int j = 0; j < kCols; ++j) {
         const int64_t d = lane + 32 * j;
-        xa[u][j] = pos >= 0 && d < a.D ? load(ra, d * a.st[3]) : 0.f;
-        xb[u][j] = with_b && pos >= 0 && d < b.D ? load(rb, d * b.st[3]) : 0.f;
+        xa[u][j] = pos >= 0 && d < a.D ? raw_load(ra, d * a.st[3]) : raw_zero(T{});
+        xb[u][j] = with_b && pos >= 0 && d < b.D ? raw_load(rb, d * b.st[3]) : raw_zero(T{});
       }
     }
 #pragma unroll
@@ -702,8 +719,10 @@ __device__ __forceinline__ void stage_rows(const StageSrc<T>& a, const StageSrc<
 #pragma unroll
       for (int j = 0; j < kCols; ++j) {
         const int64_t d = lane + 32 * j;
-        if (d < Dpa) a.dst[r * lda + d] = wmma::__float_to_tf32(xa[u][j] * a.scale);
-        if (with_b && d < Dpb) b.dst[r * ldb + d] = wmma::__float_to_tf32(xb[u][j] * b.scale);
+        if (d < Dpa) a.dst[r * lda + d] = wmma::__float_to_tf32(raw_value(xa[u][j]) * a.scale);
+        if (with_b && d < Dpb) {
+          b.dst[r * ldb + d] = wmma::__float_to_tf32(raw_value(xb[u][j]) * b.scale);
+        }
       }
     }
   }
@@ -852,8 +871,14 @@ __global__ void __launch_bounds__(kBlockThreads)
   for (int r = warp; r < kTileQ; r += kBlockWarps) {
     const int64_t i = g.t0 + r;
     if (i >= g.t1) break;
-    T* orow = static_cast<T*>(p.o) + ((g.n * p.T + i) * p.H + h) * p.Dv;
+    const int64_t row = (g.n * p.T + i) * p.H + h;
+    T* orow = static_cast<T*>(p.o) + row * p.Dv;
     for (int64_t d = lane; d < p.Dv; d += 32) store(orow, d, Os[r * ldv + d]);
+    if constexpr (!std::is_same_v<T, float>) {
+      if (p.o_f32) {
+        for (int64_t d = lane; d < p.Dv; d += 32) p.o_f32[row * p.Dv + d] = Os[r * ldv + d];
+      }
+    }
   }
   if (tx == 0) {
 #pragma unroll
@@ -931,23 +956,23 @@ __global__ void __launch_bounds__(kBlockThreads)
                ? expf(Ss[(4 * ty + r) * kLDS + key] + km.bias[key] - lse[r])
                : 0.f;
   };
-  // Pass 1: D_i = sum_p P dP.
-  for (int64_t kx0 = 0; kx0 < g.nkeys; kx0 += kTileK) {
-    step(kx0);
+  // D_i = sum_p P dP = sum_p P (d_o[i] . v[p]) = d_o[i] . o[i], from the forward's float32
+  // o: one dot per row instead of a pass over the keys recomputing S and dP (which took
+  // about a third of this kernel). Threads tx = 0..15 of the row split d, then add up.
 #pragma unroll
-    for (int r = 0; r < 4; ++r) {
-#pragma unroll
-      for (int c2 = 0; c2 < 2; ++c2) {
-        const int key = 2 * tx + c2;
-        D[r] += prob(r, key) * dPs[(4 * ty + r) * kLDS + key];
-      }
+  for (int r = 0; r < 4; ++r) {
+    const int64_t i = g.t0 + 4 * ty + r;
+    if (i < g.t1) {
+      const float* orow = p.o_f32 + ((g.n * p.T + i) * p.H + h) * p.Dv;
+      const T* grow = gb + i * p.d_o_strides[1];
+      for (int64_t d = tx; d < p.Dv; d += 16) D[r] += load(grow, d * p.d_o_strides[3]) * orow[d];
     }
   }
 #pragma unroll
   for (int r = 0; r < 4; ++r) D[r] = half_warp_sum(D[r]);
-  // Pass 2: dS = P (dP - D_i); d_q += dS K (fragments, complete within the tile); the step's
-  // partials d_k = dS^T (scale Q) and d_v = P^T d_o, stored whole from the fragments; the
-  // per-slot column sums of dS for d_bias (warp 0).
+  // One pass over the keys: dS = P (dP - D_i); d_q += dS K (fragments, complete within the tile);
+  // the step's partials d_k = dS^T (scale Q) and d_v = P^T d_o, stored whole from the fragments;
+  // the per-slot column sums of dS for d_bias (warp 0).
   FragC dq[NF];
 #pragma unroll
   for (int f = 0; f < NF; ++f) wmma::fill_fragment(dq[f], 0.f);
@@ -1127,6 +1152,12 @@ bool use_block_kernels(const ChunkAttentionParams& p) {
   return p.b >= 16 && p.w <= kBlockMaxWindow;
 }
 
+}  // namespace
+
+bool chunk_attention_bwd_reads_o(const ChunkAttentionParams& p) { return use_block_kernels(p); }
+
+namespace {
+
 // Query tiles per block (NT) and the length of each tile's key list (LK).
 struct TilePlan {
   int64_t NT = 1, LK = 0, tiles = 0;
@@ -1284,6 +1315,9 @@ const char* block_bwd_nc(const ChunkAttentionParams& p, cudaStream_t s) {
   const TilePlan tp = tile_plan(p);
   char* scratch = static_cast<char*>(p.scratch);
   if (pl.total > 0 && scratch == nullptr) return "chunk_attention_bwd_cuda: scratch not given";
+  if (p.o_f32 == nullptr) {
+    return "chunk_attention_bwd_cuda: o_f32 (the forward's output in float32) not given";
+  }
   const bool kv = p.d_k || p.d_v;
   float* part = kv ? reinterpret_cast<float*>(scratch + pl.part_off) : nullptr;
   float* bias_part = p.d_bias ? reinterpret_cast<float*>(scratch + pl.bias_part_off) : nullptr;

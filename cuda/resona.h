@@ -114,6 +114,11 @@ struct ChunkAttentionParams {
   int64_t bias_strides[3];
   float* lse;  // [B, T, H]: written by forward, read by backward
   void* o;     // forward: [B, T, H, Dv] contiguous
+  // [B, T, H, Dv] contiguous float32: o unrounded. The block backward reads it for
+  // D_i = d_o[i] . o[i] (= sum_p P dP, see the kernel), so it must be set there whenever
+  // chunk_attention_bwd_reads_o(p): o itself for float32, for bfloat16 a buffer the
+  // forward fills when given (nullptr: not written).
+  float* o_f32;
   // backward
   const void* d_o;
   int64_t d_o_strides[4];  // any
@@ -125,6 +130,8 @@ struct ChunkAttentionParams {
 };
 const char* chunk_attention_fwd_cuda(const ChunkAttentionParams& p, void* stream);
 size_t chunk_attention_bwd_scratch_bytes(const ChunkAttentionParams& p);
+// True when the backward for these shapes (the block kernels) reads p.o_f32.
+bool chunk_attention_bwd_reads_o(const ChunkAttentionParams& p);
 const char* chunk_attention_bwd_cuda(const ChunkAttentionParams& p, void* stream);
 
 }  // namespace resona::cuda

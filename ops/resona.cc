@@ -328,6 +328,7 @@ struct ChunkAttentionOp {
     Tensor ids;      // int32 [B, NQ, kk], checked, contiguous, on the op's device
     Tensor bias;     // as given, or undefined
     Tensor lse;      // [B, T, H]: CPU in the input dtype, CUDA float32
+    Tensor o_f32;    // CUDA, when the backward reads it: o in float32 (o itself for float32)
     AttnDims d;
     bool cuda = false;
   };
@@ -369,6 +370,15 @@ struct ChunkAttentionOp {
     Tensor o = empty({d.B, d.T, d.H, d.Dv}, q.dtype(), q.device());
     Tensor lse = empty({d.B, d.T, d.H}, DType::kFloat32, q.device());
     cuda::ChunkAttentionParams p = params(d, dt, q, k, v, ids, bias, lse, o);
+    // The backward's block kernels take D_i = d_o . o from o in float32: for bfloat16 the
+    // forward writes an unrounded copy (bf16's 2^-9 in o would enter every d_q, d_k).
+    Tensor o_f32;
+    if (ctx.requires_grad && cuda::chunk_attention_bwd_reads_o(p)) {
+      o_f32 = q.dtype() == DType::kFloat32
+                  ? o
+                  : empty({d.B, d.T, d.H, d.Dv}, DType::kFloat32, q.device());
+      p.o_f32 = o_f32.data<float>();
+    }
     const char* err = cuda::chunk_attention_fwd_cuda(p, launch_stream());
     RESONA_CHECK(err == nullptr) << "chunk_attention on " << q.describe() << ": " << err;
     if (ctx.requires_grad) {
@@ -380,6 +390,7 @@ struct ChunkAttentionOp {
       ctx.saved.ids = ids;
       ctx.saved.bias = bias;
       ctx.saved.lse = lse;
+      ctx.saved.o_f32 = o_f32;
     }
     return o;
   }
@@ -431,6 +442,7 @@ struct ChunkAttentionOp {
         params(d, cuda_kernel_dtype(kName, d_o), s.q, s.k, s.v, s.ids, s.bias, s.lse, Tensor());
     p.d_o = d_o.raw_data();
     copy_strides(p.d_o_strides, d_o);
+    if (s.o_f32.defined()) p.o_f32 = s.o_f32.data<float>();
     Tensor d_q, d_k, d_v, d_bias;
     if (ctx.needs(0)) {
       d_q = empty({d.B, d.T, d.H, d.Dk}, d_o.dtype(), dev);
