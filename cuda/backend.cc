@@ -273,7 +273,7 @@ void register_cuda_backend() {
 
 // ---- asynchronous index checks ----
 
-IndexCheckTarget index_check_begin(int device, const std::string& head, const std::string& tail) {
+IndexReport index_check_begin(int device, const std::string& head, const std::string& tail) {
   IndexErrors& e = index_errors_for(device);
   std::lock_guard<std::mutex> lock(e.mu);
   const int64_t launch = e.next_launch++;

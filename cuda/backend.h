@@ -37,10 +37,9 @@
 #include "core/storage.h"
 #include "core/tensor.h"
 #include "cuda/allocator.h"
+#include "cuda/index.h"  // IndexReport
 
 namespace resona::cuda {
-
-struct IndexErrorRecord;  // cuda/index.h
 
 void register_cuda_backend();
 
@@ -48,17 +47,10 @@ void register_cuda_backend();
 
 constexpr int kIndexCheckTable = 1024;  // launches per device whose messages are kept
 
-// Where one index_prepare_cuda launch reports: its id and the device's record and claim.
-struct IndexCheckTarget {
-  int64_t launch = 0;                   // > 0, unique per device
-  IndexErrorRecord* record = nullptr;   // device alias of the mapped host record
-  unsigned long long* claim = nullptr;  // device word guarding the record
-};
-
-// Registers a check on `device`. head: "<op>: <role> <index describe>"; tail: "outside
-// [0, B) (size of dim D of <src describe>)". The first call on a device allocates its
-// record and claim word.
-IndexCheckTarget index_check_begin(int device, const std::string& head, const std::string& tail);
+// Registers a check on `device` and returns where its launch reports. head: "<op>: <role> <index
+// describe>"; tail: "outside [0, B) (size of dim D of <src describe>)". The first call on a device
+// allocates its record and claim word.
+IndexReport index_check_begin(int device, const std::string& head, const std::string& tail);
 
 // If a check on `device` (-1: on any device) has reported a bad index, resets that
 // device's record and claim word and throws its message. The synchronisation points call

@@ -13,7 +13,13 @@
 // contiguous int64 array inside [0, x_shape[dim]) (index_prepare_cuda replaces bad values
 // by 0 and reports them asynchronously).
 //
-// Backward, two modes:
+// Backward along dim 0 of a row gather (embedding, index_select dim 0), either mode: a
+//   stable radix sort of the ids, then a warp per row of d_x that finds its run in the
+//   sorted ids and writes the row once (its d_y rows summed in float32 in position
+//   order, or zeros): no zeroing pass, deterministic, float32 equal to the CPU's sums.
+//   In atomic mode, runs of more than 32 ids are summed by several warps with float32
+//   atomics into scratch and written once (see index_rows_dense_kernel).
+// Otherwise, two modes:
 //   atomic (default): float32 atomicAdd into d_x (or into a float32 scratch copy for
 //     bfloat16, rounded once at the end). Fast; the summation order varies run to run.
 //   deterministic: a stable radix sort of the (target, position) pairs, then one
@@ -49,26 +55,62 @@ struct IndexErrorRecord {
   int32_t set;     // 1 once the fields above are written
 };
 
-// Converts an index tensor (int32 or int64, any strides) to contiguous int64 and checks
-// 0 <= value < bound without the host waiting. Every value outside [0, bound) is written
-// to out as 0, so that a gather or scatter that uses out stays inside x whenever
-// bound > 0 (the caller launches none when bound == 0). The smallest flat position holding
-// a bad value, that value and p.launch go to *p.record (protocol above) once per launch.
-struct IndexPrepareParams {
-  const void* index;
-  bool index_int32;  // else int64
-  int32_t ndim;      // 0..kIndexMaxDims
-  int64_t shape[kIndexMaxDims];
-  int64_t strides[kIndexMaxDims];  // elements
-  int64_t n;                       // numel
-  int64_t bound;
-  int64_t* out;               // [n]
-  int64_t* scratch;           // two device words, zeroed by index_prepare_cuda on the stream
+// Where one checking launch reports (cuda/backend.h index_check_begin hands it out).
+struct IndexReport {
   int64_t launch;             // > 0, names this launch in the record
   IndexErrorRecord* record;   // device alias of the mapped host record
   unsigned long long* claim;  // device word: 0 free, else the launch holding the record
 };
+
+// An index tensor as the kernels read it in place: int32 or int64, any strides.
+struct RawIndex {
+  const void* data;
+  bool int32;    // else int64
+  int32_t ndim;  // 0..kIndexMaxDims
+  int64_t shape[kIndexMaxDims];
+  int64_t strides[kIndexMaxDims];  // elements
+  int64_t n;                       // numel
+};
+
+// Converts an index tensor (int32 or int64, any strides) to contiguous int64 and checks
+// 0 <= value < bound without the host waiting. Every value outside [0, bound) is written
+// to out as 0, so that a gather or scatter that uses out stays inside x whenever
+// bound > 0 (the caller launches none when bound == 0). The smallest flat position holding
+// a bad value, that value and the launch id go to the record (protocol above) once per launch.
+struct IndexPrepareParams {
+  RawIndex index;
+  int64_t bound;
+  int64_t* out;      // [index.n]
+  int64_t* scratch;  // two device words, zeroed by index_prepare_cuda on the stream
+  IndexReport report;
+};
 const char* index_prepare_cuda(const IndexPrepareParams& p, void* stream);
+
+// Embedding forward in one launch, ids read raw (no index_prepare_cuda):
+//   out[n, :] = weight[ids[n], :]   for 0 <= ids[n] < V
+//   out[n, :] = 0                   otherwise, reported like index_prepare_cuda does
+// and, when ids_out is given, ids_out[n] = ids[n] (0 for a bad one): the int64 copy
+// the backward scatters with. A warp per position; rows move in 16-byte vectors where
+// weight's row and out's row share their offset from a 16-byte boundary.
+// Bytes per call: n * (ids size + 8 if ids_out) + 2 * n * D * elem; one launch.
+// The report: block b handles positions 8b .. 8b+7 (a grid-stride loop beyond 2^20
+// blocks) and keeps its smallest bad position in shared memory; at its end one thread of
+// each block that saw a bad id tries atomicCAS(claim, 0, launch), and the block that
+// claims writes the record (protocol above). So the position reported is the smallest of
+// one block, the first to claim: the smallest of the tensor when the bad ids share a
+// block (always for n <= 8), otherwise any of the blocks' smallest. Reporting the
+// smallest of the whole launch would need a per-launch word zeroed before the launch (a
+// second launch, as index_prepare_cuda does), which is what this path saves.
+struct EmbeddingFwdParams {
+  KernelDType dtype;
+  RawIndex ids;
+  const void* weight;  // [V, D], strides w_stride0, w_stride1 (elements)
+  int64_t V, D, w_stride0, w_stride1;
+  void* out;         // [ids.n, D] contiguous
+  int64_t* ids_out;  // [ids.n] or nullptr
+  IndexReport report;
+};
+const char* embedding_fwd_cuda(const EmbeddingFwdParams& p, void* stream);
 
 struct IndexGatherParams {
   KernelDType dtype;

@@ -24,10 +24,15 @@
 // replaced by 0 so that nothing reads or writes outside x, and the error, naming the op,
 // tensors, position and value, is thrown at the next synchronisation with that device:
 // a copy to the host such as .cpu() or item(), or a device, stream or event synchronize;
-// see cuda/backend.h). The int64 device copy is what backward uses. Backward scatter-adds
-// with float32 atomics, or, under set_deterministic(true) (ops/determinism.h), sorts the
-// indices and sums each run in index order: bit-identical run to run, and for float32
-// equal to the CPU's sums.
+// see cuda/backend.h). Embedding with ids on the GPU does the check, the copy of the
+// rows (zeros for a bad id) and the int64 copy for backward in one launch. The int64
+// device copy is what backward uses. Backward along dim 0 (embedding, index_select
+// dim 0) sorts the indices and writes each row of d_x once, its run summed in index
+// order, in both modes (the default mode splits runs of more than 32 equal indices over
+// several warps that add in float32 with atomics). Other backwards scatter-add with
+// float32 atomics, or, under set_deterministic(true) (ops/determinism.h), sort the
+// indices and sum each run in index order. Under set_deterministic(true) every path is
+// bit-identical run to run, and for float32 equal to the CPU's sums.
 #include "ops/index.h"
 
 #include <algorithm>
@@ -91,6 +96,30 @@ void check_cuda_rank(const char* op, const Tensor& t) {
       << op << " on CUDA: at most " << cuda::kIndexMaxDims << " dims, got " << t.describe();
 }
 
+// An int32/int64 CUDA index tensor as the kernels read it in place.
+cuda::RawIndex raw_index(const Tensor& index) {
+  cuda::RawIndex r{};
+  r.data = index.raw_data();
+  r.int32 = index.dtype() == DType::kInt32;
+  r.ndim = static_cast<int32_t>(index.dim());
+  for (int64_t d = 0; d < index.dim(); ++d) {
+    r.shape[d] = index.shape()[d];
+    r.strides[d] = index.strides()[d];
+  }
+  r.n = index.numel();
+  return r;
+}
+
+// Registers the asynchronous check of `index` against dim `dim` of src (its message is
+// read_indices' message) and returns where the checking launch reports.
+cuda::IndexReport begin_index_check(const char* op, const char* role, const Tensor& index,
+                                    const Tensor& src, int64_t dim) {
+  return cuda::index_check_begin(
+      src.device().index, std::string(op) + ": " + role + " " + index.describe(),
+      "outside [0, " + std::to_string(src.shape()[dim]) + ") (size of dim " + std::to_string(dim) +
+          " of " + src.describe() + ")");
+}
+
 // The values of `index` (CPU or CUDA, int32 or int64, any strides) as a contiguous int64
 // tensor on `device`, each checked to lie in [0, src.size(dim)) with read_indices' message.
 // CPU index: checked on the host, throws here. CUDA index: checked by the prepare kernel
@@ -113,25 +142,12 @@ Tensor device_indices(const char* op, const char* role, const Tensor& index, con
   Tensor out = empty({n}, DType::kInt64, device);
   if (n == 0) return out;
   Tensor scratch = empty({2}, DType::kInt64, device);
-  const cuda::IndexCheckTarget target =
-      cuda::index_check_begin(device.index, std::string(op) + ": " + role + " " + index.describe(),
-                              "outside [0, " + std::to_string(bound) + ") (size of dim " +
-                                  std::to_string(dim) + " of " + src.describe() + ")");
   cuda::IndexPrepareParams p{};
-  p.index = index.raw_data();
-  p.index_int32 = index.dtype() == DType::kInt32;
-  p.ndim = static_cast<int32_t>(index.dim());
-  for (int64_t d = 0; d < index.dim(); ++d) {
-    p.shape[d] = index.shape()[d];
-    p.strides[d] = index.strides()[d];
-  }
-  p.n = n;
+  p.index = raw_index(index);
   p.bound = bound;
   p.out = out.data<int64_t>();
   p.scratch = scratch.data<int64_t>();
-  p.launch = target.launch;
-  p.record = target.record;
-  p.claim = target.claim;
+  p.report = begin_index_check(op, role, index, src, dim);
   const char* err = cuda::index_prepare_cuda(p, launch_stream());
   RESONA_CHECK(err == nullptr) << op << ": reading " << role << " " << index.describe() << ": "
                                << err;
@@ -242,11 +258,52 @@ struct EmbeddingOp {
     RESONA_CHECK(weight.dim() == 2)
         << "embedding: weight must be [V, D], got " << weight.describe();
     const int64_t V = weight.shape()[0], D = weight.shape()[1];
-    Tensor idx = device_indices(kName, "ids", ids, weight, 0);
     Shape out_shape = ids.shape();
     out_shape.push_back(D);  // [..., D]
+    if (ids.device().is_cuda()) return forward_cuda_ids(ctx, weight, ids, out_shape);
+    Tensor idx = device_indices(kName, "ids", ids, weight, 0);
     Tensor out = gather_cuda(kName, weight, idx, out_shape, {ids.numel(), D}, 0, false);
     if (ctx.requires_grad) ctx.saved = {{}, V, D, idx};
+    return out;
+  }
+
+  // ids on the GPU: one launch reads the raw ids, checks them (asynchronously, as
+  // device_indices does), copies the rows (zeros for a bad id) and, when backward will
+  // run, writes the int64 ids it scatters with. Per call: 1 launch; bytes: the ids
+  // (+ 8 per id written when saved), n rows of weight read and n rows of out written.
+  // (Before: a memset of two scratch words, the prepare kernel and the gather: 3
+  // launches, and the int64 ids written and read again on every call.)
+  static Tensor forward_cuda_ids(Ctx<Saved>& ctx, const Tensor& weight, const Tensor& ids,
+                                 const Shape& out_shape) {
+    RESONA_CHECK(ids.dtype() == DType::kInt32 || ids.dtype() == DType::kInt64)
+        << kName << ": ids must be int32 or int64, got " << ids.describe();
+    RESONA_CHECK(ids.device() == weight.device())
+        << kName << ": ids " << ids.describe() << " is on another device than "
+        << weight.describe();
+    check_cuda_rank(kName, ids);
+    const int64_t V = weight.shape()[0], D = weight.shape()[1], n = ids.numel();
+    const Device device = weight.device();
+    Tensor out = empty(out_shape, weight.dtype(), device);
+    Tensor idx;
+    if (ctx.requires_grad) {
+      idx = empty({n}, DType::kInt64, device);
+      ctx.saved = {{}, V, D, idx};
+    }
+    if (n == 0) return out;
+    cuda::EmbeddingFwdParams p{};
+    p.dtype = cuda_kernel_dtype(kName, weight);
+    p.ids = raw_index(ids);
+    p.weight = weight.raw_data();
+    p.V = V;
+    p.D = D;
+    p.w_stride0 = weight.strides()[0];
+    p.w_stride1 = weight.strides()[1];
+    p.out = out.raw_data();
+    p.ids_out = ctx.requires_grad ? idx.data<int64_t>() : nullptr;
+    p.report = begin_index_check(kName, "ids", ids, weight, 0);
+    const char* err = cuda::embedding_fwd_cuda(p, launch_stream());
+    RESONA_CHECK(err == nullptr) << kName << " on " << weight.describe() << " with ids "
+                                 << ids.describe() << ": " << err;
     return out;
   }
 

@@ -4,7 +4,9 @@
 // strided inputs, index tensors on the CPU (int64) and on the GPU (int32), odd sizes.
 // Bad ids: on the CPU they throw at once; on the GPU at the next synchronisation (a copy
 // to the host, a device, stream or event synchronize), with the op, the tensors, the
-// value and its flat position, once, leaving valid rows exact.
+// value and its flat position, once, leaving valid rows exact (embedding: bad rows zero).
+// Embedding with GPU ids in any layout (int32/int64, strided), misaligned weight views,
+// ids of shape [0], and the dim-0 backward's long runs of equal ids.
 //
 // The CPU reference runs in float32 on the same inputs (bf16-rounded for the bfloat16
 // cases). Tolerances, per element:
@@ -546,6 +548,180 @@ RESONA_GPU_TEST(
   CHECK(y.shape() == Shape{2, 2});
   CHECK_THROWS_WITH_AS(copy_to(y, DType::kFloat32, Device::cpu()),
                        doctest::Contains("holds 3 at flat position 0, outside [0, 0)"), Error);
+  CHECK_NOTHROW(backend_for(Device::cuda()).synchronize(0));
+}
+
+// Embedding with ids on the GPU: the forward checks the raw ids, copies the rows (zeros for
+// a bad id) and writes the int64 ids for backward in one launch; the backward along dim 0
+// sorts the ids and writes each row of d_weight once, in both modes.
+
+namespace {
+
+// ids on the GPU whose row-major values are v (v.size() a multiple of 4): layout 0,
+// contiguous int64 [n]; 1, int32 [n / 4, 4] as the transpose of a contiguous [4, n / 4];
+// 2, int32 [n] reading every other element of a [2n] buffer whose odd elements are
+// 2^30 (outside every bound here: reading them would be reported).
+Tensor ids_in_layout(const std::vector<int64_t>& v, int layout) {
+  const int64_t n = static_cast<int64_t>(v.size());
+  if (layout == 0) return copy_to(from_vector(v, {n}), DType::kInt64, Device::cuda());
+  if (layout == 1) {
+    const int64_t rows = n / 4;
+    std::vector<int64_t> base(n);  // base[j][i] = view[i][j]
+    for (int64_t i = 0; i < rows; ++i) {
+      for (int64_t j = 0; j < 4; ++j) base[j * rows + i] = v[i * 4 + j];
+    }
+    const Tensor b = copy_to(from_vector(base, {4, rows}), DType::kInt32, Device::cuda());
+    const Tensor t = make_view(b, {rows, 4}, {1, rows}, 0);
+    if (rows > 1) REQUIRE_FALSE(t.is_contiguous());
+    return t;
+  }
+  std::vector<int64_t> base(2 * n, int64_t{1} << 30);
+  for (int64_t i = 0; i < n; ++i) base[2 * i] = v[i];
+  const Tensor b = copy_to(from_vector(base, {2 * n}), DType::kInt32, Device::cuda());
+  return make_view(b, {n}, {2}, 0);
+}
+
+const char* layout_name(int layout) {
+  return layout == 0 ? "int64 contiguous" : layout == 1 ? "int32 transposed" : "int32 stride 2";
+}
+
+}  // namespace
+
+RESONA_GPU_TEST(
+    "embedding with CUDA ids in one launch vs CPU (V=1,D=5; V=3,D=8 with 5000 ids; V=50,D=13; "
+    "V=700,D=64; V=300,D=600; V=40,D=600 with 2000 ids; ids int64 contiguous, int32 "
+    "transposed, int32 stride 2; weight contiguous and as columns 1..D+1 of a wider buffer; "
+    "float32, bfloat16): forward exact; deterministic backward equal to the CPU's float32 sums "
+    "rounded once; atomic backward bit-identical to it where no id repeats more than 32 times, "
+    "else within the reordering bound") {
+  struct Case {
+    int64_t V, D, n;
+  };
+  const Case cases[] = {{1, 5, 12},      {3, 8, 5000},   {50, 13, 404},
+                        {700, 64, 1024}, {300, 600, 96}, {40, 600, 2000}};
+  Generator gen(90);
+  for (const Case& c : cases) {
+    for (DType dt : {DType::kFloat32, DType::kBFloat16}) {
+      for (int layout = 0; layout < 3; ++layout) {
+        for (int misaligned = 0; misaligned < 2; ++misaligned) {
+          const std::string label = "embedding(V=" + std::to_string(c.V) +
+                                    ",D=" + std::to_string(c.D) + ",n=" + std::to_string(c.n) +
+                                    "," + dtype_name(dt) + ",ids " + layout_name(layout) +
+                                    (misaligned ? ",weight columns 1..D+1" : "") + ")";
+          INFO(label);
+          const Tensor buf = round_to_bf16(gen.normal({c.V, c.D + misaligned}));
+          const Tensor w_cpu = buf.slice(1, misaligned, misaligned + c.D).contiguous();
+          const Tensor ids_cpu = random_index(gen, {c.n}, c.V);
+          const std::vector<int64_t> v = ids_cpu.to_vector<int64_t>();
+          const Tensor ids = ids_in_layout(v, layout);
+          Shape y_shape = ids.shape();
+          y_shape.push_back(c.D);
+          const Tensor d_y_cpu = round_to_bf16(gen.uniform({c.n, c.D}, -1, 1));
+          const Tensor d_y = copy_to(d_y_cpu, dt, Device::cuda()).reshape(y_shape);
+          const IndexFn f = [](const Tensor& x, const Tensor& i) { return embedding(x, i); };
+          const Result ref = run(f, cpu_leaf(w_cpu), ids_cpu, d_y_cpu);
+          // The atomic mode splits runs of more than 32 equal ids over several warps that
+          // add with float32 atomics: the bound of check_case's atomic backward.
+          const std::vector<double> sv =
+              run(f, cpu_leaf(w_cpu), ids_cpu, abs(d_y_cpu)).d_x.to_vector<double>();
+          const std::vector<double> kv =
+              run(f, cpu_leaf(w_cpu), ids_cpu, ones({c.n, c.D})).d_x.to_vector<double>();
+          const std::vector<double> rv = ref.d_x.to_vector<double>();
+          double max_run = 0;
+          std::vector<double> atomic_bound(sv.size());
+          for (size_t i = 0; i < sv.size(); ++i) {
+            max_run = std::max(max_run, kv[i]);
+            const double sum_err = 2 * std::max(kv[i] - 1, 0.0) * kU32 * sv[i];
+            atomic_bound[i] =
+                dt == DType::kBFloat16 ? kBf16Rel * (std::abs(rv[i]) + sum_err) + sum_err : sum_err;
+          }
+          std::vector<uint32_t> first;
+          for (bool det : {true, false}) {
+            DeterministicGuard guard(det);
+            Tensor w = copy_to(buf, dt, Device::cuda()).slice(1, misaligned, misaligned + c.D);
+            w.set_requires_grad(true);
+            const Tensor y = embedding(w, ids);
+            y.backward(d_y);
+            check_exact(y.reshape({c.n, c.D}), copy_to(ref.y, dt, Device::cpu()),
+                        label + (det ? " forward (deterministic)" : " forward"));
+            if (det) {
+              check_exact(w.grad(), copy_to(ref.d_x, dt, Device::cpu()),
+                          label + " backward (deterministic)");
+              first = bits(w.grad());
+            } else if (max_run <= 32) {
+              CHECK_MESSAGE(bits(w.grad()) == first, label, " atomic and deterministic differ");
+            } else {
+              check_bound(w.grad(), ref.d_x, atomic_bound, label + " backward (atomic, long runs)");
+            }
+          }
+          CHECK_NOTHROW(backend_for(Device::cuda()).synchronize(0));
+        }
+      }
+    }
+  }
+}
+
+RESONA_GPU_TEST(
+    "embedding with CUDA ids of shape [0] (V=6,D=9): output [0, 9], d_weight zeros in both "
+    "backward modes, float32 and bfloat16") {
+  for (DType dt : {DType::kFloat32, DType::kBFloat16}) {
+    for (bool det : {false, true}) {
+      INFO(dtype_name(dt) << (det ? " deterministic" : " atomic"));
+      DeterministicGuard guard(det);
+      Tensor w = copy_to(ones({6, 9}), dt, Device::cuda());
+      w.set_requires_grad(true);
+      const Tensor ids =
+          copy_to(from_vector(std::vector<int64_t>{}, {0}), DType::kInt32, Device::cuda());
+      const Tensor y = embedding(w, ids);
+      CHECK(y.shape() == Shape{0, 9});
+      y.backward(zeros({0, 9}, dt, Device::cuda()));
+      const std::vector<float> g = host_f32(w.grad()).to_vector<float>();
+      REQUIRE(g.size() == 54u);
+      for (float e : g) CHECK(e == 0.f);
+      CHECK_NOTHROW(backend_for(Device::cuda()).synchronize(0));
+    }
+  }
+}
+
+RESONA_GPU_TEST(
+    "embedding with bad CUDA ids across blocks (V=50,D=13, 1000 int64 ids: 70 at 500 and -3 at "
+    "900, in different blocks; then 81 at 9 and 60 at 13, in one block): one of them is reported "
+    "at the next copy to the host; a block reports its smallest; bad rows are zeros, valid rows "
+    "exact") {
+  Generator gen(91);
+  const Tensor w_cpu = gen.normal({50, 13});
+  const Tensor w = copy_to(w_cpu, DType::kFloat32, Device::cuda());
+  std::vector<int64_t> v = random_index(gen, {1000}, 50).to_vector<int64_t>();
+  v[500] = 70;
+  v[900] = -3;
+  Tensor y = embedding(w, copy_to(from_vector(v, {1000}), DType::kInt64, Device::cuda()));
+  std::string message;
+  try {
+    copy_to(y, DType::kFloat32, Device::cpu());
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  INFO(message);
+  CHECK((message.find("embedding: ids [1000] int64 cuda:0 holds 70 at flat position 500, "
+                      "outside [0, 50) (size of dim 0 of [50, 13] float32 cuda:0)") !=
+             std::string::npos ||
+         message.find("embedding: ids [1000] int64 cuda:0 holds -3 at flat position 900, "
+                      "outside [0, 50) (size of dim 0 of [50, 13] float32 cuda:0)") !=
+             std::string::npos));
+  const Tensor y_host = copy_to(y, DType::kFloat32, Device::cpu());  // reported once
+  check_valid_rows(y_host, w_cpu, v, "valid rows");
+  const std::vector<float> yv = y_host.to_vector<float>();
+  for (int64_t r : {500, 900}) {
+    for (int64_t j = 0; j < 13; ++j) CHECK(yv[r * 13 + j] == 0.f);
+  }
+
+  v[500] = 1;
+  v[900] = 2;
+  v[13] = 60;
+  v[9] = 81;
+  y = embedding(w, copy_to(from_vector(v, {1000}), DType::kInt64, Device::cuda()));
+  CHECK_THROWS_WITH_AS(backend_for(Device::cuda()).synchronize(0),
+                       doctest::Contains("holds 81 at flat position 9, outside [0, 50)"), Error);
   CHECK_NOTHROW(backend_for(Device::cuda()).synchronize(0));
 }
 
