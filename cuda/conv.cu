@@ -1,6 +1,7 @@
 // Causal depthwise conv1d kernels (maps in cuda/conv.h).
 //
-// conv_weight_transpose_kernel   w [D, W] (strided) -> w_t [W, D] contiguous
+// conv_weight_transpose_kernel   w [D, W] (strided) -> w_t [W, D] contiguous (before every
+//                                forward but the 16-byte one, which writes w_t itself)
 // causal_conv1d_fwd_kernel       thread (b, time chunk, d): window of the last W x values
 // causal_conv1d_bwd_dx_kernel    thread (b, time chunk, d): window of the next W d_y values
 // causal_conv1d_bwd_dw_kernel    stage 1: thread (b, time chunk, d) sums d_y * x for the
@@ -27,10 +28,15 @@
 // multiples of 8 and the pointers 16-byte aligned, else the 4-channel path above: each
 // thread owns 8 bfloat16 channels (one 16-byte access per time step), values kept packed
 // in registers and widened to float32 where used:
-// causal_conv1d_fwd_vec16_kernel   as causal_conv1d_fwd_vec_kernel
-// causal_conv1d_bwd_vec16_kernel   as causal_conv1d_bwd_vec_kernel, with d_w and d_bias from
-//                                  the d_y window (no x window) and the weights in shared
-//                                  memory
+// causal_conv1d_fwd_vec16_kernel   thread (b, 16 steps, group): as causal_conv1d_fwd_vec_kernel
+//                                  twice, the W - 1 earlier x values carried over; reads w as
+//                                  given and writes w_t (no transpose kernel)
+// causal_conv1d_bwd_vec16_kernel   two threads per (b, 128-step dw time chunk, group), one
+//                                  per half: one pass reading d_y and x once, d_x, d_w and
+//                                  d_bias all from the window of the next W d_y values; the
+//                                  halves' sums, added by a shuffle, are the chunk's partial
+//                                  (same layout and final kernel as above; no shared memory,
+//                                  no block synchronisation)
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -46,14 +52,15 @@ namespace {
 constexpr int kThreads = 128;
 constexpr int64_t kFwdChunk = 64;  // time steps per thread in forward and d_x
 
-// Time chunking of the d_w reduction: a function of (B, T) only (determinism), about 64
-// steps per chunk, with at most ~1024 partials unless B alone is larger.
+// Time chunking of the d_w reduction: a function of (B, T) only (determinism), about
+// `steps` (64, or 128 for the 16-byte backward) steps per chunk, with at most ~1024
+// partials unless B alone is larger. The scratch is sized for 64 (never fewer partials).
 struct DwChunks {
   int64_t per_b;  // chunks per sequence
   int64_t len;    // steps per chunk
 };
-DwChunks dw_chunks(int64_t B, int64_t T) {
-  int64_t per_b = (T + 63) / 64;
+DwChunks dw_chunks(int64_t B, int64_t T, int64_t steps = 64) {
+  int64_t per_b = (T + steps - 1) / steps;
   const int64_t cap = B >= 1024 ? 1 : 1024 / B;
   if (per_b > cap) per_b = cap;
   if (per_b < 1) per_b = 1;
@@ -190,7 +197,7 @@ __global__ void causal_conv1d_bwd_dw_kernel(int64_t B, int64_t T_len, int64_t D,
   }
 }
 
-constexpr int kFinalLanes = 8;
+constexpr int kFinalLanes = 32;
 
 // Block (32 columns x kFinalLanes lanes) over the (W + 1) * D partial columns: lane y adds
 // partials y, y + kFinalLanes, ... in order, then lane 0 adds the lanes in order.
@@ -432,8 +439,8 @@ __global__ void __launch_bounds__(kThreads, W <= 4 ? 4 : 2)
 // for bfloat16, 4 for float32), so a warp moves 512 contiguous bytes per instruction
 // (twice the 4-channel bfloat16 path above). To keep the registers of twice the
 // channels at about the same count, loaded vectors stay packed (raw 16 bytes, 4
-// registers for 8 bfloat16) and are widened where used, the weights too; the arithmetic
-// is float32 as everywhere.
+// registers for 8 bfloat16) and are widened where used; the weights, loaded once per
+// thread, are kept in float32. The arithmetic is float32 as everywhere.
 //
 // The backward uses one window, of d_y, for all three gradients: with s = t - (W-1) + j,
 //   d_x[s]  = sum_j w[j] d_y[s + (W-1) - j]
@@ -467,26 +474,15 @@ __device__ __forceinline__ void widen(uint4 u, float (&v)[8]) {
   }
 }
 
-// A shared-memory word read at every use (volatile: not hoisted out of the time loop
-// into registers that would stay live all along).
-__device__ __forceinline__ uint32_t load_shared_word(const uint32_t* p) {
-  uint32_t v;
-  asm volatile("ld.shared.u32 %0, [%1];"
-               : "=r"(v)
-               : "r"(static_cast<uint32_t>(__cvta_generic_to_shared(p))));
-  return v;
-}
-
 // 32-bit word i (0..3) of a raw vector, i known at compile time after unrolling.
 __device__ __forceinline__ uint32_t word(uint4 u, int i) {
   return i == 0 ? u.x : i == 1 ? u.y : i == 2 ? u.z : u.w;
 }
 
 // Widens one 32-bit word: a float32, or two bfloat16 (low half first). The bfloat16
-// shifts are volatile so that the compiler neither merges the widening of a d_y vector
-// over the W steps that read it nor hoists the weights' out of the time loop: either
-// keeps twice the registers in float32 (measured: W = 4 spilled ~400 bytes at 128
-// registers), while a widening is one integer instruction per use.
+// shifts are volatile so that the compiler does not merge the widening of a d_y vector
+// over the W steps that read it (that keeps the window in float32, twice the registers),
+// while a widening is one integer instruction per use.
 template <class T>
 __device__ __forceinline__ void widen_word(uint32_t w, float (&v)[1]) {
   v[0] = __uint_as_float(w);
@@ -500,74 +496,131 @@ __device__ __forceinline__ void widen_word(uint32_t w, float (&v)[2]) {
   v[1] = __uint_as_float(hi);
 }
 
-// Thread (b, 8-step chunk, 16-byte channel group): as causal_conv1d_fwd_vec_kernel, with
-// the W - 1 + 8 loaded x vectors and the W weight vectors kept packed.
+// wf[c * W + j] = w[d0 + c, j] for the thread's G channels, from w [D, W] as given:
+// packed (contiguous rows of W, 16-byte aligned) as W 16-byte loads of the thread's G * W
+// consecutive elements, else one strided element at a time.
+template <class T, int W, int G>
+__device__ __forceinline__ void load_weights(const T* __restrict__ w, int64_t ws0, int64_t ws1,
+                                             bool packed, int64_t d0, float (&wf)[G * W]) {
+  if (packed) {
+#pragma unroll
+    for (int k = 0; k < W; ++k) {
+      float v[G];
+      widen(load_raw16(w + d0 * W + k * G), v);
+#pragma unroll
+      for (int i = 0; i < G; ++i) wf[k * G + i] = v[i];
+    }
+  } else {
+#pragma unroll
+    for (int c = 0; c < G; ++c) {
+#pragma unroll
+      for (int j = 0; j < W; ++j) wf[c * W + j] = to_f32(w[(d0 + c) * ws0 + j * ws1]);
+    }
+  }
+}
+
+// Thread (b, chunk of kFwdSub * 8 steps, 16-byte channel group), group fastest: as
+// causal_conv1d_fwd_vec_kernel, 8 steps at a time with the W - 1 earlier x vectors carried
+// in registers from one 8 to the next, the loaded x vectors kept packed, and the weights
+// read from w itself (no transpose kernel before it); the threads of the first chunk of
+// sequence 0 (one per group) also write the group's columns of w_t, which only the
+// backward reads. Two 8-step groups per thread halve the per-thread weight, bias and
+// index work and the re-read of the W - 1 steps before a chunk.
+constexpr int kFwdSub = 2;
+
 template <class T, int W>
 __global__ void __launch_bounds__(kThreads)
     causal_conv1d_fwd_vec16_kernel(int64_t B, int64_t T_len, int64_t D, const T* __restrict__ x,
-                                   int64_t xs0, int64_t xs1, const T* __restrict__ w_t,
-                                   const T* __restrict__ bias, T* __restrict__ y) {
+                                   int64_t xs0, int64_t xs1, const T* __restrict__ w, int64_t ws0,
+                                   int64_t ws1, bool w_packed, const T* __restrict__ bias,
+                                   T* __restrict__ y, T* __restrict__ w_t) {
   constexpr int G = Vec16<T>::kN;
+  constexpr int64_t kChunk = kFwdSteps * kFwdSub;
   const int64_t groups = D / G;
-  const int64_t chunks = (T_len + kFwdSteps - 1) / kFwdSteps;
+  const int64_t chunks = (T_len + kChunk - 1) / kChunk;
   const int64_t total = B * chunks * groups;
   const uint4 zero = make_uint4(0, 0, 0, 0);
   for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t d0 = (idx % groups) * G;
     const int64_t bc = idx / groups;
-    const int64_t b = bc / chunks, t0 = (bc % chunks) * kFwdSteps;
-    const int n = T_len - t0 < kFwdSteps ? static_cast<int>(T_len - t0) : kFwdSteps;
+    const int64_t b = bc / chunks, tc = (bc % chunks) * kChunk;
     const T* xb = x + b * xs0 + d0;
-    // in[i] = x[t0 - (W-1) + i], zero before the sequence starts.
+    // Before each 8 steps from t0: in[i] = x[t0 - (W-1) + i], zero before the sequence.
     uint4 in[W - 1 + kFwdSteps];
 #pragma unroll
-    for (int i = 0; i < W - 1 + kFwdSteps; ++i) {
-      const int64_t s = t0 - (W - 1) + i;
-      in[i] = s >= 0 && i < W - 1 + n ? load_raw16(xb + s * xs1) : zero;
+    for (int i = 0; i < W - 1; ++i) {
+      const int64_t s = tc - (W - 1) + i;
+      in[i] = s >= 0 ? load_raw16(xb + s * xs1) : zero;
     }
-    uint4 wv[W];
+    float wf[G * W];
+    load_weights<T, W, G>(w, ws0, ws1, w_packed, d0, wf);
+    if (bc == 0) {
 #pragma unroll
-    for (int j = 0; j < W; ++j) wv[j] = load_raw16(w_t + j * D + d0);
+      for (int j = 0; j < W; ++j) {
+        float v[G];
+#pragma unroll
+        for (int c = 0; c < G; ++c) v[c] = wf[c * W + j];
+        store_vec(w_t + j * D + d0, v);  // exact: the values are T's
+      }
+    }
     float b0[G];
     widen(bias ? load_raw16(bias + d0) : zero, b0);
-    T* yb = y + (b * T_len + t0) * D + d0;
+    for (int sub = 0; sub < kFwdSub; ++sub) {
+      const int64_t t0 = tc + sub * kFwdSteps;
+      if (t0 >= T_len) break;
+      const int n = T_len - t0 < kFwdSteps ? static_cast<int>(T_len - t0) : kFwdSteps;
 #pragma unroll
-    for (int u = 0; u < kFwdSteps; ++u) {
-      if (u < n) {
-        float acc[G];
-#pragma unroll
-        for (int c = 0; c < G; ++c) acc[c] = b0[c];
-#pragma unroll
-        for (int j = 0; j < W; ++j) {
-          float w[G], v[G];
-          widen(wv[j], w);
-          widen(in[u + j], v);
-#pragma unroll
-          for (int c = 0; c < G; ++c) acc[c] += w[c] * v[c];
-        }
-        store_vec(yb + u * D, acc);
+      for (int u = 0; u < kFwdSteps; ++u) {
+        in[W - 1 + u] = u < n ? load_raw16(xb + (t0 + u) * xs1) : zero;
       }
+      T* yb = y + (b * T_len + t0) * D + d0;
+#pragma unroll
+      for (int u = 0; u < kFwdSteps; ++u) {
+        if (u < n) {
+          float acc[G];
+#pragma unroll
+          for (int c = 0; c < G; ++c) acc[c] = b0[c];
+#pragma unroll
+          for (int j = 0; j < W; ++j) {
+            float v[G];
+            widen(in[u + j], v);
+#pragma unroll
+            for (int c = 0; c < G; ++c) acc[c] += wf[c * W + j] * v[c];
+          }
+          store_vec(yb + u * D, acc);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < W - 1; ++i) in[i] = in[kFwdSteps + i];
     }
   }
 }
 
-// Backward steps loaded at once per thread (S new d_y and S new x vectors in flight).
+// Backward: threads per block, and steps loaded at once per thread (S new d_y and S new
+// x vectors in flight).
+constexpr int kBwd16Threads = 64;
 template <int W>
-constexpr int bwd16_steps() {
-  return W <= 4 ? 4 : 2;
-}
+constexpr int kBwd16Steps = W <= 4 ? 8 : 4;
 
-// Block (b, dw time chunk c, tile of 32 channel groups of kN channels); warp ty takes the
-// ty-th quarter of the chunk's steps s, S = bwd16_steps<W>() at a time: d_x[s] (when
-// wanted) and the sums of x[s] d_y[s + (W-1) - j] and d_y[s], all from the packed window
-// buf[k] = d_y[s + k]. The quarters are added in order through shared memory into
-// partial[(b * per_b + c) * (W+1) + j][d] (taps j < W, slot W the bias), the layout and
-// final kernel of the other paths.
-// Launch bounds: 4 blocks of 128 threads per SM (<= 128 registers, 4 warps per
-// scheduler) up to W = 4; wider windows 3 blocks (<= 168).
+// Item (b, dw time chunk c, 16-byte channel group g), two threads each: a warp takes 16
+// items, g fastest, lanes 0-15 the first half of each chunk's steps and lanes 16-31 the
+// second (so a warp reads two runs of 16 adjacent groups of one time step). A thread walks
+// its half in time order, S steps s at a time, with d_x[s] (when wanted) and the sums of
+// x[s] d_y[s + (W-1) - j] and d_y[s] all from the packed window buf[k] = d_y[s + k]; the
+// second half's sums are added to the first's (a shuffle, fixed order) and make the
+// chunk's partial for the group's channels, partial[(b * per_b + c) * (W+1) + j][d]
+// (taps j < W, slot W the bias), the layout and final kernel of the other paths. No
+// shared memory and no block synchronisation; the W - 1 window steps past a half are
+// read again by the thread of the next one. 128-step chunks (kBwd16DwSteps) give half the
+// partials of 64-step ones with the same number of threads; the whole grid is about one
+// wave at the benchmark shapes, so small blocks (kBwd16Threads) spread it evenly over the
+// SMs.
+// Launch bounds: up to W = 4, 6 blocks per SM (<= 170 registers); wider windows 4.
+constexpr int64_t kBwd16DwSteps = 128;
+
 template <class T, int W>
-__global__ void __launch_bounds__(kThreads, W <= 4 ? 4 : 3)
+__global__ void __launch_bounds__(kBwd16Threads, W <= 4 ? 6 : 4)
     causal_conv1d_bwd_vec16_kernel(int64_t B, int64_t T_len, int64_t D, int64_t per_b, int64_t len,
                                    const T* __restrict__ d_y, int64_t gs0, int64_t gs1,
                                    const T* __restrict__ x, int64_t xs0, int64_t xs1,
@@ -575,130 +628,105 @@ __global__ void __launch_bounds__(kThreads, W <= 4 ? 4 : 3)
                                    float* __restrict__ partial) {
   constexpr int G = Vec16<T>::kN;
   constexpr int P = G / 4;  // channels per 32-bit word
-  constexpr int S = bwd16_steps<W>();
-  __shared__ float sh[kSub - 1][W + 1][G][kGroupsPerBlock];
-  // The tile's weights, sh_w[j][i][tx] = word i of w_t[j, group tx]: read per use, so
-  // they take no registers across the time loop (lanes read consecutive words).
-  __shared__ uint32_t sh_w[W][4][kGroupsPerBlock];
+  constexpr int S = kBwd16Steps<W>;
   const int64_t groups = D / G;
-  const int64_t tiles = (groups + kGroupsPerBlock - 1) / kGroupsPerBlock;
+  const int64_t items = B * per_b * groups;
   const bool want_w = partial != nullptr;
-  const int tx = threadIdx.x % kGroupsPerBlock, ty = threadIdx.x / kGroupsPerBlock;
-  const int64_t sub_len = (len + kSub - 1) / kSub;
   const uint4 zero = make_uint4(0, 0, 0, 0);
-  for (int64_t blk = blockIdx.x; blk < B * per_b * tiles; blk += gridDim.x) {
-    const int64_t bc = blk / tiles;
-    const int64_t g = (blk % tiles) * kGroupsPerBlock + tx;
-    const bool active = g < groups;
-    const int64_t d0 = g * G;
-    if (d_x) {          // the same for the whole block
-      __syncthreads();  // the previous tile's readers are done
-      for (int j = ty; j < W; j += kSub) {
-        if (active) {
-          const uint4 v = load_raw16(w_t + j * D + d0);
-          sh_w[j][0][tx] = v.x;
-          sh_w[j][1][tx] = v.y;
-          sh_w[j][2][tx] = v.z;
-          sh_w[j][3][tx] = v.w;
-        }
-      }
-      __syncthreads();
-    }
+  const int lane = threadIdx.x % 32, half = lane / 16;
+  const int64_t half_len = (len + 1) / 2;
+  // Warp-uniform loop (the shuffle below needs all 32 lanes): 16 items per warp.
+  for (int64_t first = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32 * 16;
+       first < items; first += static_cast<int64_t>(gridDim.x) * blockDim.x / 2) {
+    const int64_t item = first + lane % 16;
+    const bool active = item < items;
+    const int64_t d0 = active ? (item % groups) * G : 0;
+    const int64_t bc = active ? item / groups : 0;
     const int64_t b = bc / per_b;
     const int64_t c0 = (bc % per_b) * len;
-    const int64_t c_end = c0 + len < T_len ? c0 + len : T_len;
-    const int64_t t0 = c0 + ty * sub_len;
-    const int64_t t1 = t0 + sub_len < c_end ? t0 + sub_len : c_end;
+    const int64_t c1 = c0 + len < T_len ? c0 + len : T_len;
+    const int64_t mid = c0 + half_len < c1 ? c0 + half_len : c1;
+    // This thread's steps [t0, t1); none for an inactive lane.
+    const int64_t t0 = !active ? 0 : half == 0 ? c0 : mid;
+    const int64_t t1 = !active ? 0 : half == 0 ? mid : c1;
+    // wf[j][c] = w[d0 + c, j], float32 in registers for the whole half chunk.
+    float wf[W][G];
+#pragma unroll
+    for (int j = 0; j < W; ++j) {
+      widen(d_x && active ? load_raw16(w_t + j * D + d0) : zero, wf[j]);
+    }
     float acc[W + 1][G];
 #pragma unroll
     for (int j = 0; j <= W; ++j) {
 #pragma unroll
       for (int c = 0; c < G; ++c) acc[j][c] = 0.f;
     }
-    if (active && t0 < t1) {
-      const T* xb = x + b * xs0 + d0;  // read only when want_w
-      const T* gb = d_y + b * gs0 + d0;
-      T* dxb = d_x ? d_x + b * T_len * D + d0 : nullptr;
-      // Before each group of S steps from s: buf[k] = d_y[s + k] for k < W - 1.
-      uint4 buf[W - 1 + S];
+    const T* xb = x + b * xs0 + d0;  // read only when want_w
+    const T* gb = d_y + b * gs0 + d0;
+    T* dxb = d_x ? d_x + b * T_len * D + d0 : nullptr;
+    // Before each group of S steps from s: buf[k] = d_y[s + k] for k < W - 1.
+    uint4 buf[W - 1 + S];
 #pragma unroll
-      for (int k = 0; k < W - 1; ++k) {
-        const int64_t t = t0 + k;
-        buf[k] = t < T_len ? load_raw16(gb + t * gs1) : zero;
+    for (int k = 0; k < W - 1; ++k) {
+      const int64_t t = t0 + k;
+      buf[k] = t0 < t1 && t < T_len ? load_raw16(gb + t * gs1) : zero;
+    }
+    for (int64_t s = t0; s < t1; s += S) {
+      uint4 xin[S];
+#pragma unroll
+      for (int u = 0; u < S; ++u) {
+        const int64_t t = s + (W - 1) + u;
+        buf[W - 1 + u] = s + u < t1 && t < T_len ? load_raw16(gb + t * gs1) : zero;
+        xin[u] = want_w && s + u < t1 ? load_raw16(xb + (s + u) * xs1) : zero;
       }
-      for (int64_t s = t0; s < t1; s += S) {
-        uint4 xin[S];
 #pragma unroll
-        for (int u = 0; u < S; ++u) {
-          const int64_t t = s + (W - 1) + u;
-          buf[W - 1 + u] = s + u < t1 && t < T_len ? load_raw16(gb + t * gs1) : zero;
-          xin[u] = want_w && s + u < t1 ? load_raw16(xb + (s + u) * xs1) : zero;
-        }
+      for (int u = 0; u < S; ++u) {
+        if (s + u < t1) {
+          // Step s + u, one 32-bit word (P channels) of the vectors at a time, widened
+          // where used (see widen_word): gw[k] = d_y[s + u + k].
+          float out[G];
 #pragma unroll
-        for (int u = 0; u < S; ++u) {
-          if (s + u < t1) {
-            // Step s + u, one 32-bit word (P channels) of the vectors at a time, widened
-            // where used (see widen_word): gw[k] = d_y[s + u + k].
-            float out[G];
+          for (int c = 0; c < G; ++c) out[c] = 0.f;
 #pragma unroll
-            for (int c = 0; c < G; ++c) out[c] = 0.f;
+          for (int i = 0; i < 4; ++i) {
+            float gw[W][P], xs[P];
 #pragma unroll
-            for (int i = 0; i < 4; ++i) {
-              float gw[W][P], xs[P];
+            for (int k = 0; k < W; ++k) widen_word<T>(word(buf[u + k], i), gw[k]);
+            widen_word<T>(word(xin[u], i), xs);
 #pragma unroll
-              for (int k = 0; k < W; ++k) widen_word<T>(word(buf[u + k], i), gw[k]);
-              widen_word<T>(word(xin[u], i), xs);
-              if (dxb) {
+            for (int q = 0; q < P; ++q) {
+              // d_x[s] = sum_j w[j] d_y[s + (W-1) - j]
 #pragma unroll
-                for (int j = 0; j < W; ++j) {
-                  float w[P];
-                  widen_word<T>(load_shared_word(&sh_w[j][i][tx]), w);
+              for (int j = 0; j < W; ++j) out[i * P + q] += wf[j][i * P + q] * gw[W - 1 - j][q];
 #pragma unroll
-                  for (int q = 0; q < P; ++q) out[i * P + q] += w[q] * gw[W - 1 - j][q];
-                }
-              }
-#pragma unroll
-              for (int q = 0; q < P; ++q) {
-#pragma unroll
-                for (int j = 0; j < W; ++j) acc[j][i * P + q] += xs[q] * gw[W - 1 - j][q];
-                acc[W][i * P + q] += gw[0][q];
-              }
+              for (int j = 0; j < W; ++j) acc[j][i * P + q] += xs[q] * gw[W - 1 - j][q];
+              acc[W][i * P + q] += gw[0][q];
             }
-            if (dxb) store_vec(dxb + (s + u) * D, out);
           }
+          if (dxb) store_vec(dxb + (s + u) * D, out);
         }
+      }
 #pragma unroll
-        for (int k = 0; k < W - 1; ++k) buf[k] = buf[S + k];
+      for (int k = 0; k < W - 1; ++k) buf[k] = buf[S + k];
+    }
+    // First half + second half, in that order (want_w is the same for the whole warp).
+    if (want_w) {
+#pragma unroll
+      for (int j = 0; j <= W; ++j) {
+#pragma unroll
+        for (int c = 0; c < G; ++c) acc[j][c] += __shfl_down_sync(0xffffffffu, acc[j][c], 16);
       }
     }
-    if (want_w) {  // the same for the whole block
-      if (ty > 0) {
+    if (want_w && half == 0 && active) {
+      float* out = partial + bc * (W + 1) * D + d0;
 #pragma unroll
-        for (int j = 0; j <= W; ++j) {
+      for (int j = 0; j <= W; ++j) {
 #pragma unroll
-          for (int c = 0; c < G; ++c) sh[ty - 1][j][c][tx] = acc[j][c];
+        for (int c = 0; c < G; c += 4) {
+          *reinterpret_cast<float4*>(out + j * D + c) =
+              make_float4(acc[j][c], acc[j][c + 1], acc[j][c + 2], acc[j][c + 3]);
         }
       }
-      __syncthreads();
-      if (ty == 0 && active) {
-        float* out = partial + bc * (W + 1) * D + d0;
-#pragma unroll
-        for (int j = 0; j <= W; ++j) {
-          float v[G];
-#pragma unroll
-          for (int c = 0; c < G; ++c) {
-            v[c] = acc[j][c];
-#pragma unroll
-            for (int q = 0; q < kSub - 1; ++q) v[c] += sh[q][j][c][tx];
-          }
-#pragma unroll
-          for (int c = 0; c < G; c += 4) {
-            *reinterpret_cast<float4*>(out + j * D + c) =
-                make_float4(v[c], v[c + 1], v[c + 2], v[c + 3]);
-          }
-        }
-      }
-      __syncthreads();
     }
   }
 }
@@ -724,8 +752,8 @@ constexpr bool kVec16Path = !std::is_same_v<T, float>;
 
 unsigned grid_flat_final(int64_t columns) { return static_cast<unsigned>((columns + 31) / 32); }
 
-unsigned grid_flat(int64_t threads) {
-  int64_t b = (threads + kThreads - 1) / kThreads;
+unsigned grid_flat(int64_t threads, int block = kThreads) {
+  int64_t b = (threads + block - 1) / block;
   if (b > (int64_t{1} << 31) - 1) b = (int64_t{1} << 31) - 1;
   return static_cast<unsigned>(b < 1 ? 1 : b);
 }
@@ -743,13 +771,19 @@ const char* fwd_w(const CausalConv1dFwdParams& p, cudaStream_t s) {
   if constexpr (kVec16Path<T>) {
     if (group_path(p.D, p.x_strides, {p.x, p.w_t, p.y, p.bias}, sizeof(T), G) &&
         (p.bias == nullptr || p.bias_stride == 1)) {
-      const int64_t chunks = (p.T + kFwdSteps - 1) / kFwdSteps;
+      // Reads w as given and writes w_t itself (no transpose kernel).
+      const bool w_packed = p.w_strides[1] == 1 && p.w_strides[0] == p.W && aligned16(p.w);
+      const int64_t chunks = (p.T + kFwdSteps * kFwdSub - 1) / (kFwdSteps * kFwdSub);
       causal_conv1d_fwd_vec16_kernel<T, W><<<grid_flat(p.B * chunks * (p.D / G)), kThreads, 0, s>>>(
           p.B, p.T, p.D, static_cast<const T*>(p.x), p.x_strides[0], p.x_strides[1],
-          static_cast<const T*>(p.w_t), static_cast<const T*>(p.bias), static_cast<T*>(p.y));
+          static_cast<const T*>(p.w), p.w_strides[0], p.w_strides[1], w_packed,
+          static_cast<const T*>(p.bias), static_cast<T*>(p.y), static_cast<T*>(p.w_t));
       return last_error();
     }
   }
+  conv_weight_transpose_kernel<T><<<grid_1d(p.D * p.W), 256, 0, s>>>(
+      static_cast<const T*>(p.w), p.w_strides[0], p.w_strides[1], p.D, p.W, static_cast<T*>(p.w_t));
+  if (const char* e = last_error()) return e;
   if (group_path(p.D, p.x_strides, {p.x, p.w_t, p.y, p.bias}, sizeof(T)) &&
       (p.bias == nullptr || p.bias_stride == 1)) {
     const int64_t chunks = (p.T + kFwdSteps - 1) / kFwdSteps;
@@ -775,11 +809,10 @@ const char* bwd_w(const CausalConv1dBwdParams& p, cudaStream_t s) {
   if constexpr (kVec16Path<T>) {
     if (group_path(p.D, p.d_y_strides, {p.d_y, p.w_t, p.d_x}, sizeof(T), G) &&
         (!want_w || (group_path(p.D, p.x_strides, {p.x}, sizeof(T), G) && aligned16(p.scratch)))) {
-      const DwChunks ch = dw_chunks(p.B, p.T);
+      const DwChunks ch = dw_chunks(p.B, p.T, kBwd16DwSteps);
       float* partial = want_w ? static_cast<float*>(p.scratch) : nullptr;
-      const int64_t tiles = (p.D / G + kGroupsPerBlock - 1) / kGroupsPerBlock;
       causal_conv1d_bwd_vec16_kernel<T, W>
-          <<<grid_flat(p.B * ch.per_b * tiles * kThreads), kThreads, 0, s>>>(
+          <<<grid_flat(2 * p.B * ch.per_b * (p.D / G), kBwd16Threads), kBwd16Threads, 0, s>>>(
               p.B, p.T, p.D, ch.per_b, ch.len, static_cast<const T*>(p.d_y), p.d_y_strides[0],
               p.d_y_strides[1], static_cast<const T*>(p.x), p.x_strides[0], p.x_strides[1],
               static_cast<const T*>(p.w_t), static_cast<T*>(p.d_x), partial);
@@ -833,9 +866,6 @@ const char* bwd_w(const CausalConv1dBwdParams& p, cudaStream_t s) {
 
 template <class T>
 const char* fwd_t(const CausalConv1dFwdParams& p, cudaStream_t s) {
-  conv_weight_transpose_kernel<T><<<grid_1d(p.D * p.W), 256, 0, s>>>(
-      static_cast<const T*>(p.w), p.w_strides[0], p.w_strides[1], p.D, p.W, static_cast<T*>(p.w_t));
-  if (const char* e = last_error()) return e;
   switch (p.W) {
     case 2:
       return fwd_w<T, 2>(p, s);

@@ -8,7 +8,9 @@
 // 16-byte path (bfloat16 with D a multiple of 8, 8-element strides, 16-byte aligned):
 // D = 8 .. 1200, D a multiple of 4 but not 8 (the 4-channel path), views eight elements in
 // with rows padded by 8 (16-byte path) and four in (4-channel path), T < W, T not a
-// multiple of the steps loaded at once, B * T large.
+// multiple of the steps loaded at once, B * T large, and the weight strided or at offset 1
+// (that forward reads the weight as given, 16 bytes at a time only when packed and
+// aligned, and writes the transposed copy the backward reads).
 //
 // The CPU reference runs in float32 on the same inputs (bf16-rounded for bfloat16).
 // Tolerances, per element, with S the same sum over |terms| (the CPU op on |x|, |w|,
@@ -83,6 +85,15 @@ Tensor to_cuda_view(const Tensor& x, DType dtype, int64_t offset, int64_t pad) {
   return make_view(copy_to(buf, dtype, Device::cuda()), x.shape(), strides, offset);
 }
 
+// w [D, W] (CPU float32) on the GPU as `dtype`, contiguous strides one element into a
+// buffer: not 16-byte aligned, so read one element at a time.
+Tensor weight_at_offset1(const Tensor& w, DType dtype) {
+  const int64_t D = w.shape()[0], W = w.shape()[1];
+  Tensor buf = zeros({1 + D * W});
+  make_view(buf, w.shape(), {W, 1}, 1).copy_(w);
+  return make_view(copy_to(buf, dtype, Device::cuda()), w.shape(), {W, 1}, 1);
+}
+
 Tensor as_leaf(Tensor t) {
   t.set_requires_grad(true);
   return t;
@@ -93,9 +104,18 @@ struct ConvCase {
   bool bias;
 };
 
-// Layouts of the GPU inputs: fresh contiguous tensors, strided views (to_cuda), and x /
-// d_y as views at an offset (to_cuda_view).
-enum class Layout { kContiguous, kStrided, kOffset1, kOffset4Padded, kOffset8Padded };
+// Layouts of the GPU inputs: fresh contiguous tensors, strided views (to_cuda), x / d_y
+// as views at an offset (to_cuda_view), and contiguous x / d_y with the weight alone
+// strided ([W, D] storage) or at offset 1 (the forward reads the weight as given).
+enum class Layout {
+  kContiguous,
+  kStrided,
+  kOffset1,
+  kOffset4Padded,
+  kOffset8Padded,
+  kWeightStrided,
+  kWeightOffset1
+};
 
 std::string case_name(const ConvCase& c, DType dt, Layout layout) {
   return "causal_conv1d(B=" + std::to_string(c.B) + ",T=" + std::to_string(c.T) +
@@ -105,6 +125,8 @@ std::string case_name(const ConvCase& c, DType dt, Layout layout) {
           : layout == Layout::kOffset1       ? ",x and d_y at offset 1"
           : layout == Layout::kOffset4Padded ? ",x and d_y at offset 4, rows padded by 4"
           : layout == Layout::kOffset8Padded ? ",x and d_y at offset 8, rows padded by 8"
+          : layout == Layout::kWeightStrided ? ",weight strided"
+          : layout == Layout::kWeightOffset1 ? ",weight at offset 1"
                                              : "") +
          ")";
 }
@@ -157,6 +179,8 @@ void check_case(const ConvCase& c, DType dt, Layout layout, uint64_t seed) {
   auto gpu_run = [&] {
     Tensor xg = as_leaf(to_cuda(x, dt, strided)), wg = as_leaf(to_cuda(w, dt, strided));
     Tensor bg = c.bias ? as_leaf(to_cuda(b, dt, strided)) : Tensor();
+    if (layout == Layout::kWeightStrided) wg = as_leaf(to_cuda(w, dt, true));
+    if (layout == Layout::kWeightOffset1) wg = as_leaf(weight_at_offset1(w, dt));
     if (layout == Layout::kOffset1 || layout == Layout::kOffset4Padded ||
         layout == Layout::kOffset8Padded) {
       const int64_t offset = layout == Layout::kOffset1         ? 1
@@ -229,22 +253,28 @@ RESONA_GPU_TEST(
 RESONA_GPU_TEST(
     "causal_conv1d CUDA vs CPU, 16-byte channel-group path (B,T,D,W = 2,77,1200,4; 3,2,16,4; "
     "1,3,8,8; 2,133,40,3; 2,66,24,2; 2,45,16,5/6/7; 2,150,16,8; 1,300,12,4; 3,129,20,4; "
-    "4,1500,8,4; 1100,5,8,4; x and d_y contiguous, at offset 8 with rows padded by 8, at "
-    "offset 4 with rows padded by 4, at offset 1; float32, bfloat16)") {
+    "4,1500,8,4; 1100,5,8,4; 2,1,8,4; 1,257,16,3; 1,140000,8,2; x and d_y contiguous, at "
+    "offset 8 with rows padded by 8, at offset 4 with rows padded by 4, at offset 1; weight "
+    "strided or at offset 1; float32, bfloat16)") {
   // D = 12 and 20: multiples of 4 but not of 8 (bfloat16 takes the 4-channel path);
-  // T = 2, 3 < W; T = 45, 77, 133 not a multiple of the 4 or 2 steps loaded at once;
+  // T = 2, 3 < W; T = 45, 77, 133 not a multiple of the steps loaded at once (8 or 4);
   // B * T = 6000 and 5500 (many dw chunks; B > 1024 the one-chunk-per-sequence split).
+  // The bfloat16 backward splits each dw chunk in two halves: T = 1 (an empty second
+  // half), T = 257 (three chunks of 86 and 85 steps, odd halves), T = 140000 at B = 1
+  // (1024 chunks of 137 steps: the last ones empty).
   const ConvCase cases[] = {
-      {2, 77, 1200, 4, true}, {3, 2, 16, 4, true},   {1, 3, 8, 8, false},    {2, 133, 40, 3, true},
-      {2, 66, 24, 2, false},  {2, 45, 16, 5, true},  {2, 45, 16, 6, false},  {2, 45, 16, 7, true},
-      {2, 150, 16, 8, true},  {1, 300, 12, 4, true}, {3, 129, 20, 4, false}, {4, 1500, 8, 4, true},
-      {1100, 5, 8, 4, true},
+      {2, 77, 1200, 4, true},   {3, 2, 16, 4, true},    {1, 3, 8, 8, false},
+      {2, 133, 40, 3, true},    {2, 66, 24, 2, false},  {2, 45, 16, 5, true},
+      {2, 45, 16, 6, false},    {2, 45, 16, 7, true},   {2, 150, 16, 8, true},
+      {1, 300, 12, 4, true},    {3, 129, 20, 4, false}, {4, 1500, 8, 4, true},
+      {1100, 5, 8, 4, true},    {2, 1, 8, 4, true},     {1, 257, 16, 3, true},
+      {1, 140000, 8, 2, false},
   };
   uint64_t seed = 800;
   for (const ConvCase& c : cases) {
     for (DType dt : {DType::kFloat32, DType::kBFloat16}) {
       for (Layout layout : {Layout::kContiguous, Layout::kOffset8Padded, Layout::kOffset4Padded,
-                            Layout::kOffset1}) {
+                            Layout::kOffset1, Layout::kWeightStrided, Layout::kWeightOffset1}) {
         check_case(c, dt, layout, seed++);
       }
     }
