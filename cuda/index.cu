@@ -12,8 +12,9 @@
 // index_gather_fwd_kernel       out[c] = x[x_off(c)]   (any other case)
 // embedding_fwd_kernel          embedding with raw ids: check, copy row or zeros, report
 // index_scatter_atomic_kernel   acc[x_off(c)] += d_y[c]         (float32 atomics)
-// index_rows_dense_kernel       rows along dim 0, both modes: every row of d_x written
-//                               once from its run of the sorted ids (zeros if none)
+// index_rows_link_kernel +     rows along dim 0, both modes: the positions of each id
+// index_rows_list_kernel        linked into a list, then every row of d_x written once
+//                               from its list put in position order (zeros if none)
 // index_rows_segment_kernel     deterministic rows: d_x[o, v, r] = sum over the sorted
 //                               run of positions i with idx[i] = v of d_y[o, i, r]
 // index_elem_keys_kernel +      deterministic elements: key = contiguous x_off(c),
@@ -279,6 +280,68 @@ __global__ void __launch_bounds__(kRowWarps * 32, 3) embedding_fwd_kernel(Embedd
   report_bad_index(p.report, pos, raw_index_at(p.ids, pos), p.V);
 }
 
+// The same map for rows that move whole in 16-byte vectors (weight's rows and out's rows
+// 16-byte aligned, D * sizeof(T) a multiple of 16, at most 32 * kFwdVecs vectors a row):
+// a warp takes kFwdRows consecutive positions and issues the loads of all of them before
+// any store, so that up to kFwdRows * kFwdVecs 16-byte loads per lane are in flight (a
+// bfloat16 row of 600 is 75 vectors: 3 per lane for one row, 12 for four). Block b
+// handles positions kRowWarps * kFwdRows * b onwards (a grid-stride loop beyond 2^20
+// blocks); the report as in embedding_fwd_kernel.
+constexpr int kFwdRows = 4;
+constexpr int kFwdVecs = 4;
+
+template <class T>
+__global__ void __launch_bounds__(kRowWarps * 32) embedding_fwd_vec_kernel(EmbeddingFwdParams p) {
+  __shared__ unsigned long long block_bad;  // smallest bad position of this block, or ~0
+  if (threadIdx.x == 0) block_bad = ~0ull;
+  __syncthreads();
+  const int lane = threadIdx.x & 31;
+  constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+  const int64_t nv = p.D / kVec;
+  const T* w = static_cast<const T*>(p.weight);
+  T* out = static_cast<T*>(p.out);
+  const int64_t step = static_cast<int64_t>(gridDim.x) * kRowWarps * kFwdRows;
+  for (int64_t n0 = (static_cast<int64_t>(blockIdx.x) * kRowWarps + threadIdx.x / 32) * kFwdRows;
+       n0 < p.ids.n; n0 += step) {
+    // Lane r < kFwdRows reads the id of position n0 + r; -1: past the end, -2: bad.
+    int64_t mine = -1;
+    if (lane < kFwdRows && n0 + lane < p.ids.n) {
+      const int64_t v = raw_index_at(p.ids, n0 + lane);
+      const bool bad = v < 0 || v >= p.V;
+      if (p.ids_out != nullptr) p.ids_out[n0 + lane] = bad ? 0 : v;
+      if (bad) atomicMin(&block_bad, static_cast<unsigned long long>(n0 + lane));
+      mine = bad ? -2 : v;
+    }
+    int64_t id[kFwdRows];
+#pragma unroll
+    for (int r = 0; r < kFwdRows; ++r) id[r] = __shfl_sync(0xffffffffu, mine, r);
+    uint4 buf[kFwdRows][kFwdVecs];
+#pragma unroll
+    for (int r = 0; r < kFwdRows; ++r) {
+      const uint4* src = reinterpret_cast<const uint4*>(w + (id[r] < 0 ? 0 : id[r]) * p.w_stride0);
+#pragma unroll
+      for (int u = 0; u < kFwdVecs; ++u) {
+        const int64_t j = lane + u * 32;
+        buf[r][u] = id[r] >= 0 && j < nv ? __ldg(src + j) : make_uint4(0u, 0u, 0u, 0u);
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < kFwdRows; ++r) {
+      if (id[r] == -1) continue;
+      uint4* dst = reinterpret_cast<uint4*>(out + (n0 + r) * p.D);
+#pragma unroll
+      for (int u = 0; u < kFwdVecs; ++u) {
+        const int64_t j = lane + u * 32;
+        if (j < nv) dst[j] = buf[r][u];
+      }
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x != 0 || block_bad == ~0ull) return;
+  const int64_t pos = static_cast<int64_t>(block_bad);
+  report_bad_index(p.report, pos, raw_index_at(p.ids, pos), p.V);
+}
+
 template <class T>
 const char* launch_fwd(const IndexGatherParams& p, cudaStream_t stream) {
   const Geom g = make_geom(p, /*contiguous_x=*/false);
@@ -351,26 +414,6 @@ __global__ void index_rows_segment_kernel(const unsigned long long* __restrict__
       }
     }
   }
-}
-
-// The first k in [0, n) with keys[k] >= v (n when none), keys sorted ascending; the whole
-// warp searches together, each round splitting the range into 32 chunks and counting
-// (one ballot) the chunks whose last key is below v: 3 rounds of one load per lane for
-// n = 16384, instead of 14 dependent loads of a binary search.
-__device__ __forceinline__ int64_t warp_lower_bound(const unsigned long long* __restrict__ keys,
-                                                    int64_t n, unsigned long long v, int lane) {
-  int64_t lo = 0, len = n;
-  while (len > 32) {
-    const int64_t step = (len + 31) / 32, end = lo + len;
-    const int64_t i = lo + (lane + 1) * step - 1;
-    const bool below = i < end && keys[i] < v;
-    const int64_t next =
-        lo + static_cast<int64_t>(__popc(__ballot_sync(0xffffffffu, below))) * step;
-    len = end - next < step ? end - next : step;
-    lo = next;
-  }
-  const bool below = lane < len && keys[lo + lane] < v;
-  return lo + __popc(__ballot_sync(0xffffffffu, below));
 }
 
 // 16-byte vectors of T as float32: 4 floats or 8 bfloat16.
@@ -483,71 +526,193 @@ struct AtomicStore {
 };
 
 // Dense rows backward (embedding; index_select along dim 0): d_y is [n, inner], d_x is
-// [mid, inner], keys/pos the ids sorted stably with their positions. Warps 0 .. mid-1:
-// a warp per row v of d_x finds the run of v in keys (warp_lower_bound, then 32 keys a
-// round) and, when the run has at most long_run positions, writes the row once: the
-// run's d_y rows summed in float32 in increasing position order (the CPU's order), zeros
-// for an empty run. So d_x needs no zeroing pass, and float32 and bfloat16 round once.
-//
-// Longer runs (a frequent id such as padding; atomic mode only, long_run is INT64_MAX
-// in deterministic mode) would leave one warp summing thousands of rows, so they are
-// split: warps mid .. mid + chunks - 1 each take kLongChunk sorted positions. A run
-// longer than long_run >= kLongChunk can meet a chunk only as its first or its last
-// segment, so each chunk warp checks those two: for a long one it sums the segment's
-// rows and adds them with float32 atomics to long_acc row lo / long_run (lo: the run's
-// first position; distinct for distinct long runs), then counts the segment's positions
-// in long_count at that slot; the warp that brings the count to the run's length writes
-// the d_x row from long_acc (long_acc and long_count zeroed before the launch).
-// Bytes: reads n * inner * sizeof(T) (each d_y row once) + the keys and positions,
-// writes mid * inner * sizeof(T); long runs add float32 atomics of 1/kLongChunk of their
-// d_y elements and one read of long_acc row per long run.
-constexpr int64_t kLongChunk = 16;
+// [mid, inner]. index_rows_link_kernel threads the positions of each row v into a list:
+// count[v] positions, head[v] the last one linked + 1 (0: none), next[i] the one linked
+// before position i + 1 (0: end); the link order varies run to run, so the lists are put
+// in position order before any sum. In atomic mode the thread that links the
+// (long_run + 1)-th position of a row gives the row a slot (slot_of[v]) and zeroes its
+// long_acc row and long_done word.
+__global__ void index_rows_link_kernel(const int64_t* __restrict__ idx, int64_t n, int32_t* count,
+                                       int32_t* head, int32_t* __restrict__ next, int32_t long_run,
+                                       int32_t* __restrict__ slot_of, unsigned* num_slots,
+                                       int64_t inner, float* __restrict__ long_acc,
+                                       unsigned* __restrict__ long_done) {
+  // The lanes of a warp holding the same id link among themselves (each to the next
+  // lower lane of its group, the lowest to the old head), and the group's highest lane
+  // alone updates count and head: one pair of atomics per distinct id per warp, so that
+  // a frequent id (padding) does not serialise n atomics on one word.
+  const int lane = threadIdx.x & 31;
+  const unsigned lower_lanes = (1u << lane) - 1u;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t base = static_cast<int64_t>(blockIdx.x) * blockDim.x + (threadIdx.x & ~31u);
+       base < n; base += stride) {
+    const int64_t i = base + lane;
+    const int64_t v = i < n ? idx[i] : -1;
+    const unsigned peers = __match_any_sync(0xffffffffu, v);
+    const int leader = 31 - __clz(peers);
+    int32_t old = 0;
+    if (v >= 0 && lane == leader) {
+      const int32_t k = __popc(peers);
+      const int32_t c = atomicAdd(count + v, k);
+      old = atomicExch(head + v, static_cast<int32_t>(i) + 1);
+      if (c <= long_run && c + k > long_run) {  // the row becomes long: give it a zeroed slot
+        const unsigned slot = atomicAdd(num_slots, 1u);
+        slot_of[v] = static_cast<int32_t>(slot);
+        long_done[slot] = 0u;
+        for (int64_t j = 0; j < inner; ++j) long_acc[static_cast<int64_t>(slot) * inner + j] = 0.f;
+      }
+    }
+    old = __shfl_sync(0xffffffffu, old, leader);
+    if (v >= 0) {
+      const unsigned below = peers & lower_lanes;
+      next[i] = below == 0u ? old : static_cast<int32_t>(base + (31 - __clz(below))) + 1;
+    }
+  }
+}
 
+// sum_rows for one row v whose positions are found by scanning idx in order (32 ids a
+// round, one ballot): the sum runs in increasing position order. For rows with more
+// positions than a warp sorts at once (deterministic mode). The column loops run with
+// the whole warp so that the ballots see every lane.
+template <class T, class Store>
+__device__ __forceinline__ void sum_rows_scan(const T* __restrict__ d_y,
+                                              const int64_t* __restrict__ idx, int64_t n, int64_t v,
+                                              int64_t inner, bool vec, int lane,
+                                              const Store& store) {
+  constexpr int kUnroll = 4;
+  constexpr int kN = Vec16<T>::kN;
+  if (vec) {
+    const int64_t nv = inner / kN;
+    for (int64_t jb = 0; jb < nv; jb += kUnroll * 32) {
+      const int64_t j0 = jb + lane;
+      float acc[kUnroll][kN];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+        for (int e = 0; e < kN; ++e) acc[u][e] = 0.f;
+      }
+      for (int64_t base = 0; base < n; base += 32) {
+        unsigned hits = __ballot_sync(0xffffffffu, base + lane < n && idx[base + lane] == v);
+        while (hits != 0u) {
+          const int64_t p = base + __ffs(hits) - 1;
+          hits &= hits - 1u;
+          const uint4* row = reinterpret_cast<const uint4*>(d_y + p * inner);
+          uint4 r[kUnroll];
+#pragma unroll
+          for (int u = 0; u < kUnroll; ++u) {
+            if (j0 + u * 32 < nv) r[u] = row[j0 + u * 32];
+          }
+#pragma unroll
+          for (int u = 0; u < kUnroll; ++u) {
+            if (j0 + u * 32 < nv) Vec16<T>::add(acc[u], r[u]);
+          }
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        if (j0 + u * 32 < nv) store.vec(j0 + u * 32, acc[u]);
+      }
+    }
+  } else {
+    for (int64_t jb = 0; jb < inner; jb += 32) {
+      const int64_t j = jb + lane;
+      float acc = 0.f;
+      for (int64_t base = 0; base < n; base += 32) {
+        unsigned hits = __ballot_sync(0xffffffffu, base + lane < n && idx[base + lane] == v);
+        while (hits != 0u) {
+          const int64_t p = base + __ffs(hits) - 1;
+          hits &= hits - 1u;
+          if (j < inner) acc += to_f32(d_y[p * inner + j]);
+        }
+      }
+      if (j < inner) store.scalar(j, acc);
+    }
+  }
+}
+
+// Warps 0 .. mid-1: a warp per row v of d_x writes the row once. With c = count[v]:
+//   c == 0: zeros;
+//   c <= 32: the warp walks v's list (lane m keeps the m-th position), ranks the c
+//     positions (all distinct) by 32 shuffles, puts them in increasing order in shared
+//     memory and sums their d_y rows in float32 in that order (the CPU's order);
+//   c > 32, deterministic mode (long_run == INT_MAX): sum_rows_scan, same order;
+//   c > long_run, atomic mode: left to the chunk warps.
+// So both modes give the same bits for rows of at most 32 positions, and d_x needs no
+// zeroing pass. Warps mid .. mid + chunks - 1 (atomic mode) take 32 positions each:
+// for every row of more than long_run positions among them, the warp sums that row's
+// d_y rows found in its chunk (in position order) and adds them with float32 atomics to
+// long_acc row slot_of[v], then adds their number to long_done[slot]; the warp that
+// brings it to count[v] writes the d_x row from long_acc (both zeroed by
+// index_rows_link_kernel).
+// Bytes: d_y read once (n * inner * sizeof(T)), d_x written once (mid * inner *
+// sizeof(T)), count and head read (8 * mid), next read along the lists (4 per
+// position); long rows add float32 atomics of their d_y elements and one read of a
+// long_acc row.
 template <class T>
 __global__ void __launch_bounds__(kRowWarps * 32)
-    index_rows_dense_kernel(const unsigned long long* __restrict__ keys,
-                            const int32_t* __restrict__ pos, int64_t n, int64_t mid, int64_t inner,
-                            bool vec, const T* __restrict__ d_y, T* __restrict__ d_x,
-                            int64_t long_run, int64_t chunks, float* long_acc,
-                            unsigned* long_count) {
+    index_rows_list_kernel(const int64_t* __restrict__ idx, const int32_t* __restrict__ count,
+                           const int32_t* __restrict__ head, const int32_t* __restrict__ next,
+                           int64_t n, int64_t mid, int64_t inner, bool vec,
+                           const T* __restrict__ d_y, T* __restrict__ d_x, int32_t long_run,
+                           int64_t chunks, const int32_t* __restrict__ slot_of, float* long_acc,
+                           unsigned* long_done) {
+  __shared__ int32_t sorted_pos[kRowWarps][32];
   const int lane = threadIdx.x & 31;
+  int32_t* my_pos = sorted_pos[threadIdx.x / 32];
   const int64_t step = static_cast<int64_t>(gridDim.x) * kRowWarps;
   for (int64_t w = static_cast<int64_t>(blockIdx.x) * kRowWarps + threadIdx.x / 32;
        w < mid + chunks; w += step) {
     if (w < mid) {
       const int64_t v = w;
-      const int64_t lo = warp_lower_bound(keys, n, static_cast<unsigned long long>(v), lane);
-      int64_t hi = lo;  // the run's end: 32 keys a round, one round for runs below 32
-      for (;;) {
-        const bool same = hi + lane < n && keys[hi + lane] == static_cast<unsigned long long>(v);
-        const int c = __popc(__ballot_sync(0xffffffffu, same));
-        hi += c;
-        if (c < 32 || hi - lo > long_run) break;
+      const int32_t c = count[v];
+      if (c <= 32) {
+        int32_t mine = INT_MAX;
+        int32_t link = head[v];
+        for (int32_t m = 0; m < c && link != 0; ++m) {
+          if (lane == m) mine = link - 1;
+          link = next[link - 1];
+        }
+        int rank = 0;
+        for (int32_t l = 0; l < c; ++l) rank += __shfl_sync(0xffffffffu, mine, l) < mine ? 1 : 0;
+        if (lane < c) my_pos[rank] = mine;
+        __syncwarp();
+        sum_rows(d_y, my_pos, 0, c, inner, vec, lane, RowStore<T>{d_x + v * inner});
+        __syncwarp();  // my_pos is read before the next row overwrites it
+      } else if (long_run == INT_MAX) {
+        sum_rows_scan(d_y, idx, n, v, inner, vec, lane, RowStore<T>{d_x + v * inner});
       }
-      if (hi - lo > long_run) continue;  // the chunk warps write this row
-      sum_rows(d_y, pos, lo, hi, inner, vec, lane, RowStore<T>{d_x + v * inner});
       continue;
     }
-    const int64_t s = (w - mid) * kLongChunk;
-    const int64_t e = s + kLongChunk < n ? s + kLongChunk : n;
-    for (int seg = 0; seg < 2; ++seg) {
-      const unsigned long long key = keys[seg == 0 ? s : e - 1];
-      if (seg == 1 && key == keys[s]) break;  // one segment covers the chunk
-      const int64_t lo = warp_lower_bound(keys, n, key, lane);
-      const int64_t hi = warp_lower_bound(keys, n, key + 1, lane);
-      if (hi - lo <= long_run) continue;
-      const int64_t a = seg == 0 ? s : lo, b = seg == 0 ? (hi < e ? hi : e) : e;
-      float* acc_row = long_acc + (lo / long_run) * inner;
-      sum_rows(d_y, pos, a, b, inner, vec, lane, AtomicStore<T>{acc_row});
+    const int64_t i = (w - mid) * 32 + lane;
+    int64_t v = -1;
+    bool is_long = false;
+    if (i < n) {
+      v = idx[i];
+      is_long = count[v] > long_run;
+    }
+    unsigned todo = __ballot_sync(0xffffffffu, is_long);
+    while (todo != 0u) {
+      const int64_t lv = __shfl_sync(0xffffffffu, v, __ffs(todo) - 1);
+      const unsigned group = __ballot_sync(0xffffffffu, is_long && v == lv);
+      todo &= ~group;
+      if ((group >> lane) & 1u)
+        my_pos[__popc(group & ((1u << lane) - 1u))] = static_cast<int32_t>(i);
+      __syncwarp();
+      const int k = __popc(group);
+      const int64_t slot = slot_of[lv];
+      float* acc_row = long_acc + slot * inner;
+      sum_rows(d_y, my_pos, 0, k, inner, vec, lane, AtomicStore<T>{acc_row});
       __threadfence();  // this lane's atomics before the count
       __syncwarp();
       unsigned prev = 0;
-      if (lane == 0) prev = atomicAdd(long_count + lo / long_run, static_cast<unsigned>(b - a));
+      if (lane == 0) prev = atomicAdd(long_done + slot, static_cast<unsigned>(k));
       prev = __shfl_sync(0xffffffffu, prev, 0);
-      if (static_cast<int64_t>(prev) + (b - a) != hi - lo) continue;  // not the last segment
-      __threadfence();
-      T* dst = d_x + static_cast<int64_t>(key) * inner;
-      for (int64_t j = lane; j < inner; j += 32) dst[j] = from_f32<T>(__ldcg(acc_row + j));
+      if (static_cast<int64_t>(prev) + k == count[lv]) {
+        __threadfence();
+        T* dst = d_x + lv * inner;
+        for (int64_t j = lane; j < inner; j += 32) dst[j] = from_f32<T>(__ldcg(acc_row + j));
+      }
+      __syncwarp();
     }
   }
 }
@@ -583,8 +748,9 @@ __global__ void index_elem_segment_kernel(const unsigned long long* __restrict__
 constexpr size_t kAlign = 256;
 size_t align_up(size_t b) { return (b + kAlign - 1) / kAlign * kAlign; }
 
-// Dense backward, atomic mode: runs of more ids than this are summed by several warps.
-// Up to it one warp sums the run in position order, so both modes give the same bits.
+// Dense backward, atomic mode: rows of more ids than this are summed by several warps.
+// Up to it one warp sums the row in position order, so both modes give the same bits.
+// index_rows_list_kernel sorts up to 32 positions per warp: this must stay 32.
 constexpr int64_t kDenseLongRun = 32;
 
 int sort_bits(int64_t bound) {  // bits that hold every key in [0, bound)
@@ -604,19 +770,21 @@ struct Plan {
   // Offsets into scratch.
   size_t acc_off = 0, keys_in_off = 0, keys_out_off = 0, pos_in_off = 0, pos_out_off = 0,
          cub_off = 0, total = 0;
-  // kDense, atomic mode: runs longer than long_run are split (index_rows_dense_kernel);
-  // long_count [slots] unsigned then long_acc [slots, inner] float32, zeroed per call.
-  int64_t long_run = INT64_MAX, long_slots = 0;
-  size_t long_off = 0, long_acc_off = 0, long_bytes = 0;
+  // kDense (index_rows_link_kernel, index_rows_list_kernel): the first zero_bytes are
+  // zeroed per call; atomic mode splits rows of more than long_run positions.
+  int32_t long_run = INT_MAX;
+  int64_t long_slots = 0;
+  size_t count_off = 0, head_off = 0, num_slots_off = 0, long_off = 0, long_acc_off = 0,
+         zero_bytes = 0, next_off = 0, slot_of_off = 0;
 };
 
 Plan make_plan(const IndexGatherParams& p, size_t elem_size) {
   Plan pl{};
   pl.x_numel = numel_of(p.x_shape, p.ndim);
-  // Rows along dim 0 always take the sorted path (index_rows_dense_kernel): it writes every
+  // Rows along dim 0 always take the list path (index_rows_list_kernel): it writes every
   // row of d_x once, where atomics need d_x zeroed first (and, for bfloat16, a float32
-  // copy zeroed, then rounded in a pass of its own); it is also deterministic, so both
-  // modes give the same bits.
+  // copy zeroed, then rounded in a pass of its own); rows of at most 32 ids are summed
+  // in position order in both modes, so both give the same bits there.
   const bool dense = !p.per_element && p.dim == 0;
   if (!p.deterministic && !dense) {
     pl.mode = Plan::kAtomic;
@@ -635,6 +803,37 @@ Plan make_plan(const IndexGatherParams& p, size_t elem_size) {
     pl.mid = p.x_shape[p.dim];
     pl.n_sort = pl.n;
     pl.key_bound = pl.mid;
+  }
+  if (pl.mode == Plan::kDense) {
+    // count [mid], head [mid] int32 and, in atomic mode, num_slots: zeroed by one memset;
+    // then next [n] int32 and, in atomic mode, slot_of [mid] int32, long_done [slots]
+    // unsigned and long_acc [slots, inner] float32 (index_rows_link_kernel writes or zeroes
+    // what index_rows_list_kernel reads of them).
+    const int64_t slots = p.deterministic ? 0 : pl.n / (kDenseLongRun + 1);
+    pl.long_run = p.deterministic ? INT_MAX : static_cast<int32_t>(kDenseLongRun);
+    pl.long_slots = slots;
+    size_t off = 0;
+    pl.count_off = off;
+    off += align_up(sizeof(int32_t) * pl.mid);
+    pl.head_off = off;
+    off += align_up(sizeof(int32_t) * pl.mid);
+    if (!p.deterministic) {
+      pl.num_slots_off = off;
+      off += align_up(sizeof(unsigned));
+    }
+    pl.zero_bytes = off;
+    pl.next_off = off;
+    off += align_up(sizeof(int32_t) * pl.n);
+    if (!p.deterministic) {
+      pl.slot_of_off = off;
+      off += align_up(sizeof(int32_t) * pl.mid);
+      pl.long_off = off;
+      off += align_up(sizeof(unsigned) * slots);
+      pl.long_acc_off = off;
+      off += align_up(sizeof(float) * slots * pl.inner);
+    }
+    pl.total = off;
+    return pl;
   }
   const int num = static_cast<int>(pl.n_sort > INT_MAX ? INT_MAX : pl.n_sort);
   cub::DeviceRadixSort::SortPairs(
@@ -655,62 +854,48 @@ Plan make_plan(const IndexGatherParams& p, size_t elem_size) {
   off += align_up(np);
   pl.cub_off = off;
   off += align_up(pl.cub_bytes);
-  if (pl.mode == Plan::kDense && !p.deterministic && pl.n_sort > kDenseLongRun) {
-    pl.long_run = kDenseLongRun;
-    pl.long_slots = (pl.n_sort + kDenseLongRun - 1) / kDenseLongRun;
-    pl.long_off = off;
-    pl.long_acc_off = align_up(sizeof(unsigned) * pl.long_slots);
-    pl.long_bytes = pl.long_acc_off + sizeof(float) * pl.long_slots * pl.inner;
-    pl.long_acc_off += off;
-    off += align_up(pl.long_bytes);
-  }
   pl.total = off;
   return pl;
 }
 
-// Dense rows backward (Plan::kDense): launches iota, the radix sort of the n ids (one
-// memset and a few kernels inside cub for 15-bit keys), in atomic mode a memset of the
-// long-run scratch (4 + 4 * inner bytes per 32 ids), and index_rows_dense_kernel.
-// Bytes beyond d_y and d_x: the ids (8n read), positions and sorted pairs (about 40n).
-// Before, the atomic path wrote d_x twice (zeroing, then the atomics' read-modify-write)
-// and, for bfloat16, zeroed, updated, read a float32 copy and wrote d_x a third time.
+// Dense rows backward (Plan::kDense): 3 launches, a memset of count and head (8 bytes
+// per row of d_x), index_rows_link_kernel (reads the 8-byte ids, writes next: 4 bytes per id; two
+// atomics per distinct id per warp) and index_rows_list_kernel (reads d_y, count, head and the
+// lists, writes every row of d_x once). Before: iota, a cub radix sort of (id, position) pairs (a
+// memset and several kernels), then a search of the sorted ids per row: about 6 launches and 40
+// extra bytes per id.
 template <class T>
 const char* launch_dense(const IndexGatherParams& p, const Plan& pl, cudaStream_t stream) {
   char* scratch = static_cast<char*>(p.scratch);
   T* d_x = static_cast<T*>(p.dst);
   const T* d_y = static_cast<const T*>(p.src);
-  if (pl.n_sort > INT_MAX) return "index_scatter_bwd_cuda: more than 2^31-1 indices to sort";
-  auto* keys_out = reinterpret_cast<unsigned long long*>(scratch + pl.keys_out_off);
-  auto* pos_in = reinterpret_cast<int32_t*>(scratch + pl.pos_in_off);
-  auto* pos_out = reinterpret_cast<int32_t*>(scratch + pl.pos_out_off);
-  if (pl.n_sort > 0) {
-    int64_t blocks = (pl.n_sort + 255) / 256;
+  if (pl.n > INT_MAX - 1) return "index_scatter_bwd_cuda: more than 2^31-2 indices";
+  auto* count = reinterpret_cast<int32_t*>(scratch + pl.count_off);
+  auto* head = reinterpret_cast<int32_t*>(scratch + pl.head_off);
+  auto* next = reinterpret_cast<int32_t*>(scratch + pl.next_off);
+  const bool atomic = pl.long_run != INT_MAX;
+  auto* long_done = atomic ? reinterpret_cast<unsigned*>(scratch + pl.long_off) : nullptr;
+  auto* num_slots = atomic ? reinterpret_cast<unsigned*>(scratch + pl.num_slots_off) : nullptr;
+  auto* long_acc = atomic ? reinterpret_cast<float*>(scratch + pl.long_acc_off) : nullptr;
+  auto* slot_of = atomic ? reinterpret_cast<int32_t*>(scratch + pl.slot_of_off) : nullptr;
+  cudaError_t err = cudaMemsetAsync(scratch, 0, pl.zero_bytes, stream);
+  if (err != cudaSuccess) return cudaGetErrorString(err);
+  if (pl.n > 0) {
+    int64_t blocks = (pl.n + 255) / 256;
     if (blocks > 65535 * 8) blocks = 65535 * 8;
-    iota_kernel<<<static_cast<unsigned>(blocks), 256, 0, stream>>>(pos_in, pl.n_sort);
-    size_t cub_bytes = pl.cub_bytes;
-    const cudaError_t err = cub::DeviceRadixSort::SortPairs(
-        scratch + pl.cub_off, cub_bytes, reinterpret_cast<const unsigned long long*>(p.idx),
-        keys_out, pos_in, pos_out, static_cast<int>(pl.n_sort), 0, sort_bits(pl.key_bound), stream);
-    if (err != cudaSuccess) return cudaGetErrorString(err);
+    index_rows_link_kernel<<<static_cast<unsigned>(blocks), 256, 0, stream>>>(
+        p.idx, pl.n, count, head, next, pl.long_run, slot_of, num_slots, pl.inner, long_acc,
+        long_done);
   }
-  float* long_acc = nullptr;
-  unsigned* long_count = nullptr;
-  int64_t chunks = 0;
-  if (pl.long_slots > 0) {
-    long_count = reinterpret_cast<unsigned*>(scratch + pl.long_off);
-    long_acc = reinterpret_cast<float*>(scratch + pl.long_acc_off);
-    chunks = (pl.n_sort + kLongChunk - 1) / kLongChunk;
-    const cudaError_t err = cudaMemsetAsync(long_count, 0, pl.long_bytes, stream);
-    if (err != cudaSuccess) return cudaGetErrorString(err);
-  }
+  const int64_t chunks = atomic && pl.n > kDenseLongRun ? (pl.n + 31) / 32 : 0;
   constexpr int kN = 16 / static_cast<int>(sizeof(T));
   const bool vec = pl.inner % kN == 0 && reinterpret_cast<uintptr_t>(d_y) % 16 == 0 &&
                    reinterpret_cast<uintptr_t>(d_x) % 16 == 0;
   int64_t blocks = (pl.mid + chunks + kRowWarps - 1) / kRowWarps;
   if (blocks > (1 << 20)) blocks = 1 << 20;  // grid-stride beyond
-  index_rows_dense_kernel<T><<<static_cast<unsigned>(blocks), kRowWarps * 32, 0, stream>>>(
-      keys_out, pos_out, pl.n_sort, pl.mid, pl.inner, vec, d_y, d_x, pl.long_run, chunks, long_acc,
-      long_count);
+  index_rows_list_kernel<T><<<static_cast<unsigned>(blocks), kRowWarps * 32, 0, stream>>>(
+      p.idx, count, head, next, pl.n, pl.mid, pl.inner, vec, d_y, d_x, pl.long_run, chunks, slot_of,
+      long_acc, long_done);
   return last_error();
 }
 
@@ -813,19 +998,31 @@ const char* embedding_fwd_cuda(const EmbeddingFwdParams& p, void* stream) {
     return "embedding_fwd_cuda: no error record, claim word or launch id given";
   }
   if (p.ids.n == 0) return nullptr;
-  int64_t blocks = (p.ids.n + kRowWarps - 1) / kRowWarps;
-  if (blocks > (1 << 20)) blocks = 1 << 20;  // grid-stride beyond
-  auto s = static_cast<cudaStream_t>(stream);
-  switch (p.dtype) {
-    case KernelDType::kFloat32:
-      embedding_fwd_kernel<float><<<static_cast<unsigned>(blocks), kRowWarps * 32, 0, s>>>(p);
-      return last_error();
-    case KernelDType::kBFloat16:
-      embedding_fwd_kernel<__nv_bfloat16>
-          <<<static_cast<unsigned>(blocks), kRowWarps * 32, 0, s>>>(p);
-      return last_error();
+  if (p.dtype != KernelDType::kFloat32 && p.dtype != KernelDType::kBFloat16) {
+    return "embedding_fwd_cuda: unknown dtype";
   }
-  return "embedding_fwd_cuda: unknown dtype";
+  const int64_t elem = p.dtype == KernelDType::kFloat32 ? 4 : 2;
+  const bool vec = (p.w_stride1 == 1 || p.D == 1) && (p.D * elem) % 16 == 0 &&
+                   (p.w_stride0 * elem) % 16 == 0 && p.D * elem <= 16 * 32 * kFwdVecs &&
+                   reinterpret_cast<uintptr_t>(p.weight) % 16 == 0 &&
+                   reinterpret_cast<uintptr_t>(p.out) % 16 == 0;
+  const int64_t per_block = vec ? kRowWarps * kFwdRows : kRowWarps;
+  int64_t blocks = (p.ids.n + per_block - 1) / per_block;
+  if (blocks > (1 << 20)) blocks = 1 << 20;  // grid-stride beyond
+  const auto grid = static_cast<unsigned>(blocks);
+  auto s = static_cast<cudaStream_t>(stream);
+  if (p.dtype == KernelDType::kFloat32) {
+    if (vec) {
+      embedding_fwd_vec_kernel<float><<<grid, kRowWarps * 32, 0, s>>>(p);
+    } else {
+      embedding_fwd_kernel<float><<<grid, kRowWarps * 32, 0, s>>>(p);
+    }
+  } else if (vec) {
+    embedding_fwd_vec_kernel<__nv_bfloat16><<<grid, kRowWarps * 32, 0, s>>>(p);
+  } else {
+    embedding_fwd_kernel<__nv_bfloat16><<<grid, kRowWarps * 32, 0, s>>>(p);
+  }
+  return last_error();
 }
 
 const char* index_gather_fwd_cuda(const IndexGatherParams& p, void* stream) {

@@ -13,12 +13,14 @@
 // contiguous int64 array inside [0, x_shape[dim]) (index_prepare_cuda replaces bad values
 // by 0 and reports them asynchronously).
 //
-// Backward along dim 0 of a row gather (embedding, index_select dim 0), either mode: a
-//   stable radix sort of the ids, then a warp per row of d_x that finds its run in the
-//   sorted ids and writes the row once (its d_y rows summed in float32 in position
-//   order, or zeros): no zeroing pass, deterministic, float32 equal to the CPU's sums.
-//   In atomic mode, runs of more than 32 ids are summed by several warps with float32
-//   atomics into scratch and written once (see index_rows_dense_kernel).
+// Backward along dim 0 of a row gather (embedding, index_select dim 0), either mode:
+//   one atomic pass links the positions of each id into a list (count and head per row
+//   of d_x, zeroed by a memset; next per position), then a warp per row of d_x writes
+//   the row once: its d_y rows summed in float32 in increasing position order (the list
+//   of at most 32 positions sorted in the warp; longer lists, deterministic mode, by a
+//   scan of the ids in order), or zeros: no zeroing pass of d_x, float32 equal to the
+//   CPU's sums. In atomic mode, rows of more than 32 ids are summed by several warps
+//   with float32 atomics into scratch and written once (see index_rows_list_kernel).
 // Otherwise, two modes:
 //   atomic (default): float32 atomicAdd into d_x (or into a float32 scratch copy for
 //     bfloat16, rounded once at the end). Fast; the summation order varies run to run.
@@ -91,12 +93,15 @@ const char* index_prepare_cuda(const IndexPrepareParams& p, void* stream);
 //   out[n, :] = 0                   otherwise, reported like index_prepare_cuda does
 // and, when ids_out is given, ids_out[n] = ids[n] (0 for a bad one): the int64 copy
 // the backward scatters with. A warp per position; rows move in 16-byte vectors where
-// weight's row and out's row share their offset from a 16-byte boundary.
+// weight's row and out's row share their offset from a 16-byte boundary. Rows of at most
+// 128 16-byte vectors that all start 16-byte aligned (D * elem and weight's row stride
+// multiples of 16 bytes, aligned bases) take a warp per 4 positions instead, all loads
+// issued before the stores.
 // Bytes per call: n * (ids size + 8 if ids_out) + 2 * n * D * elem; one launch.
-// The report: block b handles positions 8b .. 8b+7 (a grid-stride loop beyond 2^20
-// blocks) and keeps its smallest bad position in shared memory; at its end one thread of
-// each block that saw a bad id tries atomicCAS(claim, 0, launch), and the block that
-// claims writes the record (protocol above). So the position reported is the smallest of
+// The report: block b handles positions 8b .. 8b+7 (32b .. 32b+31 on the 4-position path;
+// a grid-stride loop beyond 2^20 blocks) and keeps its smallest bad position in shared memory; at
+// its end one thread of each block that saw a bad id tries atomicCAS(claim, 0, launch), and the
+// block that claims writes the record (protocol above). So the position reported is the smallest of
 // one block, the first to claim: the smallest of the tensor when the bad ids share a
 // block (always for n <= 8), otherwise any of the blocks' smallest. Reporting the
 // smallest of the whole launch would need a per-launch word zeroed before the launch (a

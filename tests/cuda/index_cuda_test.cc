@@ -585,6 +585,65 @@ const char* layout_name(int layout) {
   return layout == 0 ? "int64 contiguous" : layout == 1 ? "int32 transposed" : "int32 stride 2";
 }
 
+// Embedding with the ids v on the GPU (ids_in_layout) against the CPU: forward exact;
+// deterministic backward equal to the CPU's float32 sums rounded once; atomic backward
+// bit-identical to it where no id repeats more than 32 times, else within the
+// reordering bound.
+void check_embedding_cuda_ids(Generator& gen, int64_t V, int64_t D, const std::vector<int64_t>& v,
+                              DType dt, int layout, int misaligned, const std::string& label) {
+  INFO(label);
+  const int64_t n = static_cast<int64_t>(v.size());
+  const Tensor buf = round_to_bf16(gen.normal({V, D + misaligned}));
+  const Tensor w_cpu = buf.slice(1, misaligned, misaligned + D).contiguous();
+  const Tensor ids_cpu = from_vector(v, {n});
+  const Tensor ids = ids_in_layout(v, layout);
+  Shape y_shape = ids.shape();
+  y_shape.push_back(D);
+  const Tensor d_y_cpu = round_to_bf16(gen.uniform({n, D}, -1, 1));
+  const Tensor d_y = copy_to(d_y_cpu, dt, Device::cuda()).reshape(y_shape);
+  const IndexFn f = [](const Tensor& x, const Tensor& i) { return embedding(x, i); };
+  const Result ref = run(f, cpu_leaf(w_cpu), ids_cpu, d_y_cpu);
+  // The atomic mode splits rows of more than 32 equal ids over several warps that add
+  // with float32 atomics: the bound of check_case's atomic backward.
+  const std::vector<double> sv =
+      run(f, cpu_leaf(w_cpu), ids_cpu, abs(d_y_cpu)).d_x.to_vector<double>();
+  const std::vector<double> kv =
+      run(f, cpu_leaf(w_cpu), ids_cpu, ones({n, D})).d_x.to_vector<double>();
+  const std::vector<double> rv = ref.d_x.to_vector<double>();
+  double max_run = 0;
+  std::vector<double> atomic_bound(sv.size());
+  for (size_t i = 0; i < sv.size(); ++i) {
+    max_run = std::max(max_run, kv[i]);
+    const double sum_err = 2 * std::max(kv[i] - 1, 0.0) * kU32 * sv[i];
+    atomic_bound[i] =
+        dt == DType::kBFloat16 ? kBf16Rel * (std::abs(rv[i]) + sum_err) + sum_err : sum_err;
+  }
+  std::vector<uint32_t> first;
+  for (bool det : {true, false}) {
+    DeterministicGuard guard(det);
+    for (int rep = 0; rep < (det ? 2 : 1); ++rep) {
+      Tensor w = copy_to(buf, dt, Device::cuda()).slice(1, misaligned, misaligned + D);
+      w.set_requires_grad(true);
+      const Tensor y = embedding(w, ids);
+      y.backward(d_y);
+      check_exact(y.reshape({n, D}), copy_to(ref.y, dt, Device::cpu()),
+                  label + (det ? " forward (deterministic)" : " forward"));
+      if (det && rep == 0) {
+        check_exact(w.grad(), copy_to(ref.d_x, dt, Device::cpu()),
+                    label + " backward (deterministic)");
+        first = bits(w.grad());
+      } else if (det) {
+        CHECK_MESSAGE(bits(w.grad()) == first, label, " deterministic rerun differs");
+      } else if (max_run <= 32) {
+        CHECK_MESSAGE(bits(w.grad()) == first, label, " atomic and deterministic differ");
+      } else {
+        check_bound(w.grad(), ref.d_x, atomic_bound, label + " backward (atomic, long runs)");
+      }
+    }
+  }
+  CHECK_NOTHROW(backend_for(Device::cuda()).synchronize(0));
+}
+
 }  // namespace
 
 RESONA_GPU_TEST(
@@ -608,55 +667,50 @@ RESONA_GPU_TEST(
                                     ",D=" + std::to_string(c.D) + ",n=" + std::to_string(c.n) +
                                     "," + dtype_name(dt) + ",ids " + layout_name(layout) +
                                     (misaligned ? ",weight columns 1..D+1" : "") + ")";
-          INFO(label);
-          const Tensor buf = round_to_bf16(gen.normal({c.V, c.D + misaligned}));
-          const Tensor w_cpu = buf.slice(1, misaligned, misaligned + c.D).contiguous();
-          const Tensor ids_cpu = random_index(gen, {c.n}, c.V);
-          const std::vector<int64_t> v = ids_cpu.to_vector<int64_t>();
-          const Tensor ids = ids_in_layout(v, layout);
-          Shape y_shape = ids.shape();
-          y_shape.push_back(c.D);
-          const Tensor d_y_cpu = round_to_bf16(gen.uniform({c.n, c.D}, -1, 1));
-          const Tensor d_y = copy_to(d_y_cpu, dt, Device::cuda()).reshape(y_shape);
-          const IndexFn f = [](const Tensor& x, const Tensor& i) { return embedding(x, i); };
-          const Result ref = run(f, cpu_leaf(w_cpu), ids_cpu, d_y_cpu);
-          // The atomic mode splits runs of more than 32 equal ids over several warps that
-          // add with float32 atomics: the bound of check_case's atomic backward.
-          const std::vector<double> sv =
-              run(f, cpu_leaf(w_cpu), ids_cpu, abs(d_y_cpu)).d_x.to_vector<double>();
-          const std::vector<double> kv =
-              run(f, cpu_leaf(w_cpu), ids_cpu, ones({c.n, c.D})).d_x.to_vector<double>();
-          const std::vector<double> rv = ref.d_x.to_vector<double>();
-          double max_run = 0;
-          std::vector<double> atomic_bound(sv.size());
-          for (size_t i = 0; i < sv.size(); ++i) {
-            max_run = std::max(max_run, kv[i]);
-            const double sum_err = 2 * std::max(kv[i] - 1, 0.0) * kU32 * sv[i];
-            atomic_bound[i] =
-                dt == DType::kBFloat16 ? kBf16Rel * (std::abs(rv[i]) + sum_err) + sum_err : sum_err;
-          }
-          std::vector<uint32_t> first;
-          for (bool det : {true, false}) {
-            DeterministicGuard guard(det);
-            Tensor w = copy_to(buf, dt, Device::cuda()).slice(1, misaligned, misaligned + c.D);
-            w.set_requires_grad(true);
-            const Tensor y = embedding(w, ids);
-            y.backward(d_y);
-            check_exact(y.reshape({c.n, c.D}), copy_to(ref.y, dt, Device::cpu()),
-                        label + (det ? " forward (deterministic)" : " forward"));
-            if (det) {
-              check_exact(w.grad(), copy_to(ref.d_x, dt, Device::cpu()),
-                          label + " backward (deterministic)");
-              first = bits(w.grad());
-            } else if (max_run <= 32) {
-              CHECK_MESSAGE(bits(w.grad()) == first, label, " atomic and deterministic differ");
-            } else {
-              check_bound(w.grad(), ref.d_x, atomic_bound, label + " backward (atomic, long runs)");
-            }
-          }
+          const std::vector<int64_t> v = random_index(gen, {c.n}, c.V).to_vector<int64_t>();
+          check_embedding_cuda_ids(gen, c.V, c.D, v, dt, layout, misaligned, label);
           CHECK_NOTHROW(backend_for(Device::cuda()).synchronize(0));
         }
       }
+    }
+  }
+}
+
+RESONA_GPU_TEST(
+    "embedding dim-0 backward lists (CUDA ids, float32, bfloat16, both modes, deterministic "
+    "reruns): every id equal (V=5,D=24,n=3000); rows of exactly 32 and 33 ids beside single "
+    "ones (V=64,D=600,n=200); one id repeated in a long run then scattered (V=1000,D=40, "
+    "n=4096); V much larger than n (V=100000,D=8,n=64); n much larger than V (V=2,D=600, "
+    "n=20000); the benchmark's rows (V=32000,D=600,n=1024); D of 4, 8 and 1032 bfloat16 "
+    "elements around the 4-row forward's limit of 128 vectors") {
+  struct Case {
+    int64_t V, D, n;
+    const char* kind;
+  };
+  const Case cases[] = {
+      {5, 24, 3000, "all equal"}, {64, 600, 200, "runs of 32 and 33"}, {1000, 40, 4096, "long run"},
+      {100000, 8, 64, "random"},  {2, 600, 20000, "random"},           {32000, 600, 1024, "random"},
+      {50, 4, 300, "random"},     {50, 1024, 100, "random"},           {50, 1032, 100, "random"}};
+  Generator gen(92);
+  for (const Case& c : cases) {
+    std::vector<int64_t> v = random_index(gen, {c.n}, c.V).to_vector<int64_t>();
+    const std::string kind = c.kind;
+    if (kind == "all equal") {
+      for (int64_t& e : v) e = 2;
+    } else if (kind == "runs of 32 and 33") {
+      // Row 7 gets 32 ids, row 9 gets 33, spread over the positions; the rest single.
+      for (int64_t i = 0; i < c.n; ++i) v[i] = 10 + i % 54;
+      for (int64_t k = 0; k < 32; ++k) v[k * 6] = 7;
+      for (int64_t k = 0; k < 33; ++k) v[k * 6 + 1] = 9;
+    } else if (kind == "long run") {
+      for (int64_t i = 1000; i < 3000; ++i) v[i] = 5;  // 2000 equal ids in a row
+      for (int64_t i = 3000; i < c.n; i += 7) v[i] = 5;
+    }
+    for (DType dt : {DType::kFloat32, DType::kBFloat16}) {
+      const std::string label = "embedding(V=" + std::to_string(c.V) + ",D=" + std::to_string(c.D) +
+                                ",n=" + std::to_string(c.n) + "," + kind + "," + dtype_name(dt) +
+                                ")";
+      check_embedding_cuda_ids(gen, c.V, c.D, v, dt, 0, 0, label);
     }
   }
 }
