@@ -466,7 +466,8 @@ template <class T, class Store>
 __device__ __forceinline__ void sum_rows(const T* __restrict__ d_y, const int32_t* __restrict__ pos,
                                          int64_t a, int64_t b, int64_t inner, bool vec, int lane,
                                          const Store& store) {
-  constexpr int kUnroll = 4;
+  // Vectors per lane in flight: a row of up to 640 float32 or 768 bfloat16 in one round.
+  constexpr int kUnroll = sizeof(T) == sizeof(float) ? 5 : 3;
   constexpr int kN = Vec16<T>::kN;
   if (vec) {
     const int64_t nv = inner / kN;
@@ -660,17 +661,29 @@ __global__ void __launch_bounds__(kRowWarps * 32)
   const int lane = threadIdx.x & 31;
   int32_t* my_pos = sorted_pos[threadIdx.x / 32];
   const int64_t step = static_cast<int64_t>(gridDim.x) * kRowWarps;
-  for (int64_t w = static_cast<int64_t>(blockIdx.x) * kRowWarps + threadIdx.x / 32;
-       w < mid + chunks; w += step) {
+  int64_t w = static_cast<int64_t>(blockIdx.x) * kRowWarps + threadIdx.x / 32;
+  // count and head of row w, loaded together, and those of the warp's next row loaded
+  // before this row's sum (grid-stride loop): the row's only dependent global loads are
+  // then its list walk (rows of 2 or more) and its d_y rows.
+  int32_t c_next = 0, h_next = 0;
+  if (w < mid) {
+    c_next = count[w];
+    h_next = head[w];
+  }
+  for (; w < mid + chunks; w += step) {
     if (w < mid) {
       const int64_t v = w;
-      const int32_t c = count[v];
+      const int32_t c = c_next, h = h_next;
+      if (w + step < mid) {
+        c_next = count[w + step];
+        h_next = head[w + step];
+      }
       if (c <= 32) {
         int32_t mine = INT_MAX;
-        int32_t link = head[v];
+        int32_t link = h;
         for (int32_t m = 0; m < c && link != 0; ++m) {
           if (lane == m) mine = link - 1;
-          link = next[link - 1];
+          if (m + 1 < c) link = next[link - 1];  // no load past the list's last link
         }
         int rank = 0;
         for (int32_t l = 0; l < c; ++l) rank += __shfl_sync(0xffffffffu, mine, l) < mine ? 1 : 0;
@@ -893,6 +906,15 @@ const char* launch_dense(const IndexGatherParams& p, const Plan& pl, cudaStream_
                    reinterpret_cast<uintptr_t>(d_x) % 16 == 0;
   int64_t blocks = (pl.mid + chunks + kRowWarps - 1) / kRowWarps;
   if (blocks > (1 << 20)) blocks = 1 << 20;  // grid-stride beyond
+  // At most 4 blocks per SM: each warp then walks several rows (grid-stride) and has the
+  // next row's count and head loaded while it sums this one; with a warp per row there is
+  // no such overlap and every row's d_y loads wait on its count and head.
+  int dev = 0, sms = 0;
+  if (cudaGetDevice(&dev) == cudaSuccess &&
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess && sms > 0 &&
+      blocks > 4 * sms) {
+    blocks = 4 * sms;
+  }
   index_rows_list_kernel<T><<<static_cast<unsigned>(blocks), kRowWarps * 32, 0, stream>>>(
       p.idx, count, head, next, pl.n, pl.mid, pl.inner, vec, d_y, d_x, pl.long_run, chunks, slot_of,
       long_acc, long_done);

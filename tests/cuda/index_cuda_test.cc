@@ -682,15 +682,19 @@ RESONA_GPU_TEST(
     "ones (V=64,D=600,n=200); one id repeated in a long run then scattered (V=1000,D=40, "
     "n=4096); V much larger than n (V=100000,D=8,n=64); n much larger than V (V=2,D=600, "
     "n=20000); the benchmark's rows (V=32000,D=600,n=1024); D of 4, 8 and 1032 bfloat16 "
-    "elements around the 4-row forward's limit of 128 vectors") {
+    "elements around the 4-row forward's limit of 128 vectors; V=4003 with about 2 ids a row "
+    "linked from different warps (lists of up to 8 put in position order), D of 600, 8 (one "
+    "vector a row in bfloat16) and 1 (no vectors)") {
   struct Case {
     int64_t V, D, n;
     const char* kind;
   };
-  const Case cases[] = {
-      {5, 24, 3000, "all equal"}, {64, 600, 200, "runs of 32 and 33"}, {1000, 40, 4096, "long run"},
-      {100000, 8, 64, "random"},  {2, 600, 20000, "random"},           {32000, 600, 1024, "random"},
-      {50, 4, 300, "random"},     {50, 1024, 100, "random"},           {50, 1032, 100, "random"}};
+  const Case cases[] = {{5, 24, 3000, "all equal"},   {64, 600, 200, "runs of 32 and 33"},
+                        {1000, 40, 4096, "long run"}, {100000, 8, 64, "random"},
+                        {2, 600, 20000, "random"},    {32000, 600, 1024, "random"},
+                        {50, 4, 300, "random"},       {50, 1024, 100, "random"},
+                        {50, 1032, 100, "random"},    {4003, 600, 9000, "random"},
+                        {4003, 8, 9000, "random"},    {4003, 1, 9000, "random"}};
   Generator gen(92);
   for (const Case& c : cases) {
     std::vector<int64_t> v = random_index(gen, {c.n}, c.V).to_vector<int64_t>();
