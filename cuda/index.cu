@@ -457,6 +457,23 @@ struct Vec16<__nv_bfloat16> {
   }
 };
 
+// acc[u] += the 16-byte vector j0 + 32 u of `row` for each u < kUnroll with j0 + 32 u < nv,
+// all loads issued before the adds (sum_rows and sum_rows_scan).
+template <class T, int kUnroll>
+__device__ __forceinline__ void add_row_vecs(float (&acc)[kUnroll][Vec16<T>::kN], const T* row,
+                                             int64_t j0, int64_t nv) {
+  const uint4* r4 = reinterpret_cast<const uint4*>(row);
+  uint4 r[kUnroll];
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    if (j0 + u * 32 < nv) r[u] = r4[j0 + u * 32];
+  }
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    if (j0 + u * 32 < nv) Vec16<T>::add(acc[u], r[u]);
+  }
+}
+
 // Sums the d_y rows pos[a], ..., pos[b - 1] ([n, inner]) in that order in float32, a warp
 // over the columns, and hands each finished column group to `store`: store.vec(j, acc)
 // for 16-byte vector j (acc: Vec16<T>::kN floats; vec paths only), store.scalar(j, acc)
@@ -479,17 +496,7 @@ __device__ __forceinline__ void sum_rows(const T* __restrict__ d_y, const int32_
         for (int e = 0; e < kN; ++e) acc[u][e] = 0.f;
       }
       for (int64_t m = a; m < b; ++m) {
-        const uint4* row =
-            reinterpret_cast<const uint4*>(d_y + static_cast<int64_t>(pos[m]) * inner);
-        uint4 r[kUnroll];
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-          if (j0 + u * 32 < nv) r[u] = row[j0 + u * 32];
-        }
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-          if (j0 + u * 32 < nv) Vec16<T>::add(acc[u], r[u]);
-        }
+        add_row_vecs<T>(acc, d_y + static_cast<int64_t>(pos[m]) * inner, j0, nv);
       }
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
@@ -597,16 +604,7 @@ __device__ __forceinline__ void sum_rows_scan(const T* __restrict__ d_y,
         while (hits != 0u) {
           const int64_t p = base + __ffs(hits) - 1;
           hits &= hits - 1u;
-          const uint4* row = reinterpret_cast<const uint4*>(d_y + p * inner);
-          uint4 r[kUnroll];
-#pragma unroll
-          for (int u = 0; u < kUnroll; ++u) {
-            if (j0 + u * 32 < nv) r[u] = row[j0 + u * 32];
-          }
-#pragma unroll
-          for (int u = 0; u < kUnroll; ++u) {
-            if (j0 + u * 32 < nv) Vec16<T>::add(acc[u], r[u]);
-          }
+          add_row_vecs<T>(acc, d_y + p * inner, j0, nv);
         }
       }
 #pragma unroll
