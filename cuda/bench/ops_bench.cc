@@ -341,16 +341,21 @@ void bench_cross_entropy(Table& t, DType dt) {
 }
 
 void bench_embedding(Table& t, DType dt) {
-  const int64_t vocab = 32000, d = 600, n = 16384;
-  const double s = dtype_size(dt);
-  Tensor w = leaf(rand_cuda({vocab, d}, dt));
-  Tensor ids = rand_ids(n, vocab);
-  // Forward reads the ids and n rows and writes n rows; backward reads d_out and the ids
-  // and writes the whole dense d_weight (zeros where no id points).
-  const double fwd = n * 8.0 + 2.0 * n * d * s;
-  const double bwd = n * 8.0 + n * d * s + vocab * d * s;
-  fwd_and_bwd(t, "embedding", dims({vocab, d}) + " x " + std::to_string(n), dt, fwd, 0, fwd + bwd,
-              0, Bound::kMemory, {w}, [&] { return embedding(w, ids); });
+  // [32000, 600] x 16384 ids: the model's vocabulary and width at the paper's batch;
+  // x 131072 ids: the same table at enough positions to fill the card (~630 MB of float32
+  // forward traffic, ~4 ids per d_weight row in the backward).
+  const int64_t vocab = 32000, d = 600;
+  for (int64_t n : {int64_t{16384}, int64_t{131072}}) {
+    const double s = dtype_size(dt);
+    Tensor w = leaf(rand_cuda({vocab, d}, dt));
+    Tensor ids = rand_ids(n, vocab);
+    // Forward reads the ids and n rows and writes n rows; backward reads d_out and the ids
+    // and writes the whole dense d_weight (zeros where no id points).
+    const double fwd = n * 8.0 + 2.0 * n * d * s;
+    const double bwd = n * 8.0 + n * d * s + vocab * d * s;
+    fwd_and_bwd(t, "embedding", dims({vocab, d}) + " x " + std::to_string(n), dt, fwd, 0, fwd + bwd,
+                0, Bound::kMemory, {w}, [&] { return embedding(w, ids); });
+  }
 }
 
 void bench_conv(Table& t, DType dt) {
