@@ -1,11 +1,11 @@
 // Chunked GLA kernels (the algorithm and the maps are in cuda/gla.h).
 //
-// gla_fwd_state_kernel   block (b, h, 32-key x 32-value state tile): chunks in order,
-//                        writes states[n] and S_T
+// gla_chunk_state_kernel block (b, h, chunk): the chunk's state term (U_n forward, W_n
+//                        backward, tensor cores) and decays, into the state slots
+// gla_state_scan_kernel  thread (b, h, state element): chunks in order (forward: states[n],
+//                        S_T) or reverse (backward: end-state gradients d_states[n], d_h0)
 // gla_fwd_kernel         block (b, h, chunk): A [64, 64] from 32-channel key tiles, then
 //                        o in 64-column value tiles (tensor cores)
-// gla_bwd_state_kernel   block (b, h, state tile): chunks in reverse, writes the end-state
-//                        gradients d_states[n] and d_h0
 // gla_bwd_dv_kernel      block (b, h, chunk): A again, then d_v and d_A (to scratch) on
 //                        tensor cores
 // gla_bwd_dqkg_kernel    block (b, h, chunk, 32-channel key tile): d_q, d_k, d_g (the
@@ -36,6 +36,7 @@
 
 #include "cuda/convert.cuh"
 #include "cuda/gla.h"
+#include "cuda/mma.cuh"
 
 namespace resona::cuda {
 namespace {
@@ -52,15 +53,13 @@ constexpr int kVO = 64;          // value columns per tile in gla_fwd_kernel / g
 constexpr int kVT = 32;          // value columns per tile in gla_bwd_dqkg_kernel
 constexpr int kLdS = kVT + 4;    // row stride of gla_bwd_dqkg_kernel's kVT-column tiles (wmma:
                                  // a multiple of 4)
-constexpr int kST = 32;          // state tile: kST keys x kST values
-constexpr int kStateBlocks = 4;  // resident blocks per SM the state kernels are built for
 constexpr int kChunkBlocks = 2;  // ... and gla_fwd_kernel / gla_bwd_dv_kernel (K <= 96: ~95 KB)
 constexpr int kPairs = 6;        // sub-chunk pairs J < I of a 64-row tile
 constexpr float kLog2e = 1.4426950408889634f;
 static_assert(kGlaMaxChunk == kRows, "the chunk tile holds the largest chunk");
 static_assert(kRows == 4 * kSub && kSub == 16, "sub-chunk pairs and 4-row blocks assume 4 x 16");
 static_assert(kThreads == 256, "thread maps assume 16 x 16 threads");
-static_assert(kThreads / 8 == kKT && kKT == kST, "the column scan covers the 32 columns of a tile");
+static_assert(kThreads / 8 == kKT, "the column scan covers the 32 columns of a tile");
 
 // One (b, h) sequence of a [B, T, H, N] input: element (t, c) at p[t * st + c * sc].
 template <class T>
@@ -79,6 +78,11 @@ __device__ __forceinline__ SeqIn<T> seq(const GlaInput& x, int64_t b, int64_t h)
 }
 
 __device__ __forceinline__ int64_t num_chunks(int64_t T, int64_t C) { return (T + C - 1) / C; }
+
+// Key channels rounded up to whole kKT-channel tiles.
+__host__ __device__ __forceinline__ int k_pad(int64_t K) {
+  return static_cast<int>((K + kKT - 1) / kKT * kKT);
+}
 
 __device__ __forceinline__ float4 ld4(const float* p) {
   return *reinterpret_cast<const float4*>(p);
@@ -307,97 +311,240 @@ __device__ __forceinline__ void triangle_block(int t, int& bi, int& bj) {
 
 // ---- forward ---------------------------------------------------------------------------
 
-template <class T>
-__global__ void __launch_bounds__(kThreads, kStateBlocks)
-    gla_fwd_state_kernel(const GlaFwdParams p) {
-  __shared__ float kf[kRows][kST + 1];
-  __shared__ float G[kRows][kST + 1];
-  __shared__ __align__(16) float vs[kRows][kST];
-  const int64_t NC = num_chunks(p.T, p.C);
-  const int64_t nK = (p.K + kST - 1) / kST, nV = (p.V + kST - 1) / kST;
-  const int64_t tile = blockIdx.x % (nK * nV), bh = blockIdx.x / (nK * nV);
-  const int64_t b = bh / p.H, h = bh % p.H;
-  const int k0 = static_cast<int>(tile / nV) * kST, v0 = static_cast<int>(tile % nV) * kST;
-  const int K = static_cast<int>(p.K), V = static_cast<int>(p.V);
-  const SeqIn<T> k = seq<T>(p.k, b, h), g = seq<T>(p.g, b, h), v = seq<T>(p.v, b, h);
+// ---- chunk states: per-chunk products, then a scan over the chunks ----------------------
 
-  // This thread's part of the state tile: key row kk, values vv .. vv + 3.
-  const int kk = threadIdx.x / 8, vv = (threadIdx.x % 8) * 4;
-  const bool row_in = k0 + kk < K;
-  const int64_t s_off = (bh * p.K + k0 + kk) * p.V + v0 + vv;
-  float S[4];
-#pragma unroll
-  for (int e = 0; e < 4; ++e) {
-    S[e] = p.h0 != nullptr && row_in && v0 + vv + e < V ? p.h0[s_off + e] : 0.f;
+// The state recurrences in two steps. (1) Per (b, h, chunk n) in parallel, the chunk's own
+// term X_n^T Y_n ([K, V]) on tensor cores and its decay 2^(G_last) per key:
+//   forward   X = k * 2^(G_last - G), Y = v      (U_n: S_end = diag(2^G_last) S0 + U_n)
+//   backward  X = scale q * 2^G,     Y = d_o    (W_n: d_S of chunk n - 1 =
+//                                                 diag(2^G_last) d_S of chunk n + W_n)
+// (2) per state element, the chunks in order (reverse in backward): one FMA per chunk,
+// every load of a group of kScanAhead chunks issued before its stores.
+// Slots: the forward writes U_n to states[n + 1] (S_T for the last chunk), which the scan
+// then replaces by the state entering chunk n + 1; the backward writes W_n to
+// d_states[n - 1] (d_h0 for chunk 0, or nowhere when d_h0 is not wanted), which the scan
+// replaces by the gradient of chunk n - 1's end state.
+struct StateJob {
+  int64_t B, T, H, K, V, C;
+  GlaInput x, g, y;
+  float x_scale;       // 1 forward, scale backward
+  float* slots;        // [B, H, NC, K, V]
+  float* edge;         // S_T (forward) or d_h0 (backward, may be null)
+  const float* start;  // h0 (forward, may be null) or d_S_T (backward)
+  float* decay;        // [B, H, NC, K]: 2^(G_last) per chunk and key
+};
+
+constexpr int kStateBlocks = 3;  // resident blocks per SM gla_chunk_state_kernel is built for
+constexpr int kScanAhead = 8;    // chunks whose loads are in flight at once in the scan
+constexpr int kYCols = 160;      // value columns of Y staged at once (a multiple of 32)
+
+// Shared memory of gla_chunk_state_kernel: X [kRows][Kpad + 8] and a region that first
+// holds the cumulative gates of a 32-key group [kRows][kLdT], then a Y tile
+// [kRows][kYCols + 8]. Row strides of 8 (mod 32) floats make the fragment loads
+// conflict-free (lane (g, t) reads row t, column g: bank 8 t + g).
+__host__ __device__ constexpr int state_y_floats() {
+  return kRows * (kYCols + 8) > kTileFloats ? kRows * (kYCols + 8) : kTileFloats;
+}
+size_t chunk_state_smem_bytes(int64_t K) {
+  return sizeof(float) * (kRows * (k_pad(K) + 8) + state_y_floats());
+}
+
+// Block (b, h, chunk n). Phase 1, per 32-key group: x and g in (rows >= L and keys >= K
+// as zeros), G by a column scan, X = x_scale x 2^(G_last - G) (forward) or x_scale x 2^G
+// (backward) in place, decay = 2^(G_last). Phase 2, per Y tile of up to kYCols columns:
+// warp w takes the 32-key x 32-value output tiles w, w + 8, ..., each as 2 x 4 mma tiles
+// of 16 x 8 over the 64 rows in steps of 8 (3xTF32, operands split as they are loaded),
+// and stores its results straight from the accumulators.
+template <class T, bool kBwd>
+__global__ void __launch_bounds__(kThreads, kStateBlocks) gla_chunk_state_kernel(const StateJob j) {
+  extern __shared__ __align__(128) float4 smem4[];
+  float* smem = reinterpret_cast<float*>(smem4);
+  const int64_t NC = num_chunks(j.T, j.C);
+  const int64_t n = blockIdx.x % NC, bh = blockIdx.x / NC;
+  const int64_t b = bh / j.H, h = bh % j.H;
+  const int64_t t0 = n * j.C;
+  const int L = static_cast<int>(j.C < j.T - t0 ? j.C : j.T - t0);
+  const int K = static_cast<int>(j.K), V = static_cast<int>(j.V);
+  const int Kpad = k_pad(j.K), ldx = Kpad + 8;
+  const SeqIn<T> x = seq<T>(j.x, b, h), g = seq<T>(j.g, b, h), y = seq<T>(j.y, b, h);
+  // Where this chunk's term goes (nullptr: nowhere).
+  float* dst = nullptr;
+  if (!kBwd) dst = n + 1 < NC ? j.slots + (bh * NC + n + 1) * j.K * j.V : j.edge + bh * j.K * j.V;
+  if (kBwd) {
+    dst = n > 0 ? j.slots + (bh * NC + n - 1) * j.K * j.V
+                : (j.edge != nullptr ? j.edge + bh * j.K * j.V : nullptr);
   }
+  float* Xs = smem;                // [kRows][ldx]
+  float* Ys = smem + kRows * ldx;  // [kRows][kYCols + 8]
+  float* Gs = Ys;                  // [kRows][kLdT], phase 1 only
+  constexpr int ldy = kYCols + 8;
 
-  // The next chunk's k, g, v, fetched into registers while this one is computed.
-  // Each thread fetches column fc of rows fi, fi + kRowStep, ...
-  constexpr int kPer = kRows * kST / kThreads, kRowStep = kThreads / kST;
-  const int fi = threadIdx.x / kST, fc = threadIdx.x % kST;
-  float pk[kPer], pg[kPer], pv[kPer];
-  auto fetch = [&](int64_t n) {
-    const int64_t t0 = n * p.C;
-    const int L = static_cast<int>(p.C < p.T - t0 ? p.C : p.T - t0);
-    // Element e is row fi + e * kRowStep, column fc: three pointers walk down the rows.
-    const bool kin = k0 + fc < K, vin = v0 + fc < V;
-    const T* kp = k.p + (t0 + fi) * k.st + (k0 + fc) * k.sc;
-    const T* gp = g.p + (t0 + fi) * g.st + (k0 + fc) * g.sc;
-    const T* vp = v.p + (t0 + fi) * v.st + (v0 + fc) * v.sc;
+  const int lc = threadIdx.x % 32, lr = threadIdx.x / 32;  // load map: column, first row
+  constexpr int kRowStep = kThreads / 32;
+  for (int k0 = 0; k0 < Kpad; k0 += kKT) {
+    {
+      const bool cin = k0 + lc < K;
+      const T* xp = x.p + (t0 + lr) * x.st + (k0 + lc) * x.sc;
+      const T* gp = g.p + (t0 + lr) * g.st + (k0 + lc) * g.sc;
 #pragma unroll
-    for (int e = 0; e < kPer; ++e) {
-      const bool row = fi + e * kRowStep < L;
-      pk[e] = row && kin ? to_f32(*kp) : 0.f;
-      pg[e] = row && kin ? to_f32(*gp) * kLog2e : 0.f;
-      pv[e] = row && vin ? to_f32(*vp) : 0.f;
-      kp += kRowStep * k.st;
-      gp += kRowStep * g.st;
-      vp += kRowStep * v.st;
-    }
-  };
-  if (NC > 0) fetch(0);
-  for (int64_t n = 0; n < NC; ++n) {
-    const int64_t t0 = n * p.C;
-    const int L = static_cast<int>(p.C < p.T - t0 ? p.C : p.T - t0);
-#pragma unroll
-    for (int e = 0; e < kPer; ++e) {
-      kf[fi + e * kRowStep][fc] = pk[e];
-      G[fi + e * kRowStep][fc] = pg[e];
-      vs[fi + e * kRowStep][fc] = pv[e];
-    }
-    if (row_in) {
-      float* out = p.states + (bh * NC + n) * p.K * p.V + (k0 + kk) * p.V + v0 + vv;
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        if (v0 + vv + e < V) out[e] = S[e];
+      for (int i = lr; i < kRows; i += kRowStep) {
+        const bool in = cin && i < L;
+        Xs[i * ldx + k0 + lc] = in ? to_f32(*xp) : 0.f;
+        Gs[i * kLdT + lc] = in ? to_f32(*gp) * kLog2e : 0.f;
+        xp += kRowStep * x.st;
+        gp += kRowStep * g.st;
       }
     }
     __syncthreads();
-    if (n + 1 < NC) fetch(n + 1);
-    // G, and k_i * exp(G_last - G_i)
-    column_scan<false>(&G[0][0], kST + 1,
-                       [&](int i, int c, float Gi, float Gl) { kf[i][c] *= exp2f(Gl - Gi); });
+    column_scan<false>(Gs, kLdT, NoOp{});
     __syncthreads();
-    const float decay = exp2f(G[kRows - 1][kk]);
+    {
+      const float Gl = Gs[(kRows - 1) * kLdT + lc];
 #pragma unroll
-    for (int e = 0; e < 4; ++e) S[e] *= decay;
-#pragma unroll 4
-    for (int i = 0; i < L; ++i) {
-      const float a = kf[i][kk];
-      const float4 w = ld4(&vs[i][vv]);
-      S[0] += a * w.x;
-      S[1] += a * w.y;
-      S[2] += a * w.z;
-      S[3] += a * w.w;
+      for (int i = lr; i < kRows; i += kRowStep) {
+        const float Gi = Gs[i * kLdT + lc];
+        Xs[i * ldx + k0 + lc] *= j.x_scale * exp2f(kBwd ? Gi : Gl - Gi);
+      }
+      if (lr == 0 && k0 + lc < K) j.decay[(bh * NC + n) * j.K + k0 + lc] = exp2f(Gl);
     }
     __syncthreads();
   }
-  if (row_in) {
+  if (dst == nullptr) return;  // the same for the whole block
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, fg = lane / 4, ft = lane % 4;
+  for (int v0 = 0; v0 < V; v0 += kYCols) {
+    const int w = V - v0 < kYCols ? V - v0 : kYCols, wpad = (w + 31) / 32 * 32;
+    for (int c = lc; c < wpad; c += 32) {
+      const bool cin = c < w;
+      const T* yp = y.p + (t0 + lr) * y.st + (v0 + c) * y.sc;
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      if (v0 + vv + e < V) p.S_T[s_off + e] = S[e];
+      for (int i = lr; i < kRows; i += kRowStep) {
+        Ys[i * ldy + c] = cin && i < L ? to_f32(*yp) : 0.f;
+        yp += kRowStep * y.st;
+      }
+    }
+    __syncthreads();
+    const int nvt = wpad / 32, tiles = (Kpad / 32) * nvt;
+    for (int tile = warp; tile < tiles; tile += kThreads / 32) {
+      const int kb = (tile / nvt) * 32, vb = (tile % nvt) * 32;
+      float acc[2][4][4] = {};
+#pragma unroll 1
+      for (int s = 0; s < kRows; s += kTK) {
+        uint32_t ah[2][4], al[2][4], bh_[4][2], bl[4][2];
+        const float* xr0 = Xs + (s + ft) * ldx + kb + fg;
+        const float* xr1 = xr0 + 4 * ldx;
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+          split_tf32(xr0[16 * mt], ah[mt][0], al[mt][0]);
+          split_tf32(xr0[16 * mt + 8], ah[mt][1], al[mt][1]);
+          split_tf32(xr1[16 * mt], ah[mt][2], al[mt][2]);
+          split_tf32(xr1[16 * mt + 8], ah[mt][3], al[mt][3]);
+        }
+        const float* yr0 = Ys + (s + ft) * ldy + vb + fg;
+        const float* yr1 = yr0 + 4 * ldy;
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+          split_tf32(yr0[8 * nt], bh_[nt][0], bl[nt][0]);
+          split_tf32(yr1[8 * nt], bh_[nt][1], bl[nt][1]);
+        }
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+          for (int nt = 0; nt < 4; ++nt) {
+            mma_3xtf32_m16n8k8(acc[mt][nt], ah[mt], al[mt], bh_[nt], bl[nt]);
+          }
+        }
+      }
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int key = kb + 16 * mt + fg + 8 * half;
+          if (key >= K) continue;
+          float* row = dst + static_cast<int64_t>(key) * j.V + v0;
+#pragma unroll
+          for (int nt = 0; nt < 4; ++nt) {
+            const int c = vb + 8 * nt + 2 * ft;
+            if (c < w) row[c] = acc[mt][nt][2 * half];
+            if (c + 1 < w) row[c + 1] = acc[mt][nt][2 * half + 1];
+          }
+        }
+      }
+    }
+    __syncthreads();  // every warp is done with Ys
+  }
+}
+
+// One thread per state element e of [B * H, K * V] (key e % (K V) / V).
+// Forward: S = h0 (or 0); states[0] = S; for n = 1 .. NC - 1: S = decay[n - 1] S + U_{n-1}
+// (held in states[n]), states[n] = S; S_T = decay[NC - 1] S + U_{NC-1} (held in S_T).
+// Backward: d = d_S_T; for n = NC - 1 .. 0: d_states[n] = d; d = decay[n] d + W_n (held in
+// d_states[n - 1], or d_h0 for n = 0); d_h0 = d (when wanted).
+template <bool kBwd>
+__global__ void gla_state_scan_kernel(const StateJob j) {
+  const int64_t KV = j.K * j.V;
+  const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= j.B * j.H * KV) return;
+  const int64_t NC = num_chunks(j.T, j.C);
+  const int64_t bh = e / KV, r = e % KV, key = r / j.V;
+  float* slot = j.slots + bh * NC * KV + r;
+  const float* dec = j.decay + bh * NC * j.K + key;
+  if (!kBwd) {
+    float S = j.start != nullptr ? j.start[e] : 0.f;
+    if (NC == 0) {
+      j.edge[e] = S;
+      return;
+    }
+    slot[0] = S;
+    // Step n (1 .. NC) reads U_{n-1} from states[n] (S_T for n = NC), writes there.
+    for (int64_t n0 = 1; n0 <= NC; n0 += kScanAhead) {
+      float u[kScanAhead], d[kScanAhead];
+#pragma unroll
+      for (int a = 0; a < kScanAhead; ++a) {
+        const int64_t n = n0 + a;
+        if (n <= NC) {
+          u[a] = n < NC ? slot[n * KV] : j.edge[e];
+          d[a] = dec[(n - 1) * j.K];
+        }
+      }
+#pragma unroll
+      for (int a = 0; a < kScanAhead; ++a) {
+        const int64_t n = n0 + a;
+        if (n <= NC) {
+          S = d[a] * S + u[a];
+          if (n < NC) {
+            slot[n * KV] = S;
+          } else {
+            j.edge[e] = S;
+          }
+        }
+      }
+    }
+    return;
+  }
+  float dS = j.start[e];
+  const bool to_h0 = j.edge != nullptr;
+  // Step m (NC - 1 .. 0) writes d_states[m], then takes W_m from d_states[m - 1] (d_h0).
+  for (int64_t m0 = NC - 1; m0 >= 0; m0 -= kScanAhead) {
+    float w[kScanAhead], d[kScanAhead];
+#pragma unroll
+    for (int a = 0; a < kScanAhead; ++a) {
+      const int64_t m = m0 - a;
+      if (m >= 0 && (m > 0 || to_h0)) {
+        w[a] = m > 0 ? slot[(m - 1) * KV] : j.edge[e];
+        d[a] = dec[m * j.K];
+      }
+    }
+#pragma unroll
+    for (int a = 0; a < kScanAhead; ++a) {
+      const int64_t m = m0 - a;
+      if (m >= 0) {
+        slot[m * KV] = dS;
+        if (m > 0 || to_h0) dS = d[a] * dS + w[a];
+      }
     }
   }
+  if (to_h0) j.edge[e] = dS;
 }
 
 template <class T>
@@ -494,11 +641,13 @@ __global__ void __launch_bounds__(kThreads, kChunkBlocks) gla_fwd_kernel(const G
 // ---- backward --------------------------------------------------------------------------
 
 // Scratch: the end-state gradients [B, H, NC, K, V], d_A [B, H, NC, 64, 64] (when d_q,
-// d_k or d_g is wanted), per-channel d_g [B, T, H, K] (per-head gate), each 256-byte aligned.
+// d_k or d_g is wanted), per-channel d_g [B, T, H, K] (per-head gate), the chunks' decays
+// [B, H, NC, K], each 256-byte aligned.
 struct BwdScratch {
   float* d_states;
   float* d_A;
   float* d_g_channels;
+  float* decay;  // [B, H, NC, K]
 };
 constexpr size_t kAlign = 256;
 size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
@@ -517,6 +666,9 @@ size_t d_A_bytes(const GlaBwdParams& p) {
 size_t d_g_channels_bytes(const GlaBwdParams& p) {
   return p.scalar_gate && p.d_g != nullptr ? align_up(sizeof(float) * p.B * p.T * p.H * p.K) : 0;
 }
+size_t decay_bytes(const GlaBwdParams& p) {
+  return align_up(sizeof(float) * p.B * p.H * n_chunks_host(p) * p.K);
+}
 BwdScratch carve_scratch(const GlaBwdParams& p) {
   char* base = static_cast<char*>(p.scratch);
   BwdScratch s;
@@ -525,95 +677,9 @@ BwdScratch carve_scratch(const GlaBwdParams& p) {
   s.d_g_channels = d_g_channels_bytes(p)
                        ? reinterpret_cast<float*>(base + d_states_bytes(p) + d_A_bytes(p))
                        : nullptr;
+  s.decay =
+      reinterpret_cast<float*>(base + d_states_bytes(p) + d_A_bytes(p) + d_g_channels_bytes(p));
   return s;
-}
-
-template <class T>
-__global__ void __launch_bounds__(kThreads, kStateBlocks)
-    gla_bwd_state_kernel(const GlaBwdParams p, float* __restrict__ d_states) {
-  __shared__ float qe[kRows][kST + 1];
-  __shared__ float G[kRows][kST + 1];
-  __shared__ __align__(16) float dos[kRows][kST];
-  const int64_t NC = num_chunks(p.T, p.C);
-  const int64_t nK = (p.K + kST - 1) / kST, nV = (p.V + kST - 1) / kST;
-  const int64_t tile = blockIdx.x % (nK * nV), bh = blockIdx.x / (nK * nV);
-  const int64_t b = bh / p.H, h = bh % p.H;
-  const int k0 = static_cast<int>(tile / nV) * kST, v0 = static_cast<int>(tile % nV) * kST;
-  const int K = static_cast<int>(p.K), V = static_cast<int>(p.V);
-  const SeqIn<T> q = seq<T>(p.q, b, h), g = seq<T>(p.g, b, h), d_o = seq<T>(p.d_o, b, h);
-
-  const int kk = threadIdx.x / 8, vv = (threadIdx.x % 8) * 4;
-  const bool row_in = k0 + kk < K;
-  const int64_t s_off = (bh * p.K + k0 + kk) * p.V + v0 + vv;
-  float dS[4];
-#pragma unroll
-  for (int e = 0; e < 4; ++e) dS[e] = row_in && v0 + vv + e < V ? p.d_S_T[s_off + e] : 0.f;
-
-  constexpr int kPer = kRows * kST / kThreads, kRowStep = kThreads / kST;
-  const int fi = threadIdx.x / kST, fc = threadIdx.x % kST;
-  float pq[kPer], pg[kPer], pd[kPer];
-  auto fetch = [&](int64_t n) {
-    const int64_t t0 = n * p.C;
-    const int L = static_cast<int>(p.C < p.T - t0 ? p.C : p.T - t0);
-    const bool kin = k0 + fc < K, vin = v0 + fc < V;
-    const T* qp = q.p + (t0 + fi) * q.st + (k0 + fc) * q.sc;
-    const T* gp = g.p + (t0 + fi) * g.st + (k0 + fc) * g.sc;
-    const T* dp = d_o.p + (t0 + fi) * d_o.st + (v0 + fc) * d_o.sc;
-#pragma unroll
-    for (int e = 0; e < kPer; ++e) {
-      const bool row = fi + e * kRowStep < L;
-      pq[e] = row && kin ? to_f32(*qp) : 0.f;
-      pg[e] = row && kin ? to_f32(*gp) * kLog2e : 0.f;
-      pd[e] = row && vin ? to_f32(*dp) : 0.f;
-      qp += kRowStep * q.st;
-      gp += kRowStep * g.st;
-      dp += kRowStep * d_o.st;
-    }
-  };
-  if (NC > 0) fetch(NC - 1);
-  for (int64_t n = NC - 1; n >= 0; --n) {
-    const int64_t t0 = n * p.C;
-    const int L = static_cast<int>(p.C < p.T - t0 ? p.C : p.T - t0);
-    if (row_in) {
-      float* out = d_states + (bh * NC + n) * p.K * p.V + (k0 + kk) * p.V + v0 + vv;
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        if (v0 + vv + e < V) out[e] = dS[e];
-      }
-    }
-    if (n == 0 && p.d_h0 == nullptr) break;  // the same for the whole block
-#pragma unroll
-    for (int e = 0; e < kPer; ++e) {
-      qe[fi + e * kRowStep][fc] = pq[e];
-      G[fi + e * kRowStep][fc] = pg[e];
-      dos[fi + e * kRowStep][fc] = pd[e];
-    }
-    __syncthreads();
-    if (n > 0) fetch(n - 1);
-    // G, and scale q_i * exp(G_i)
-    column_scan<false>(&G[0][0], kST + 1,
-                       [&](int i, int c, float Gi, float) { qe[i][c] *= exp2f(Gi) * p.scale; });
-    __syncthreads();
-    const float decay = exp2f(G[kRows - 1][kk]);
-#pragma unroll
-    for (int e = 0; e < 4; ++e) dS[e] *= decay;
-#pragma unroll 4
-    for (int i = 0; i < L; ++i) {
-      const float a = qe[i][kk];
-      const float4 w = ld4(&dos[i][vv]);
-      dS[0] += a * w.x;
-      dS[1] += a * w.y;
-      dS[2] += a * w.z;
-      dS[3] += a * w.w;
-    }
-    __syncthreads();
-  }
-  if (p.d_h0 != nullptr && row_in) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      if (v0 + vv + e < V) p.d_h0[s_off + e] = dS[e];
-    }
-  }
 }
 
 template <class T>
@@ -1053,8 +1119,6 @@ const char* last_error() {
 
 constexpr int64_t kMaxGrid = 2147483647;
 
-int64_t k_pad(int64_t K) { return (K + kKT - 1) / kKT * kKT; }
-
 size_t fwd_smem_bytes(int64_t K) {
   return sizeof(float) * (kTilesFloats + k_pad(K) * kLd4 + kRows * kLd4);
 }
@@ -1072,9 +1136,8 @@ const char* check_dims(int64_t B, int64_t T, int64_t H, int64_t K, int64_t V, in
   if (V < 1 || V > (int64_t{1} << 30)) return "gla (CUDA): V must be in 1..2^30";
   if (B < 0 || T < 0 || H < 0) return "gla (CUDA): negative size";
   const int64_t NC = (T + C - 1) / C;
-  const int64_t tiles = ((K + kST - 1) / kST) * ((V + kST - 1) / kST);
-  if (B * H > 0 && (NC > kMaxGrid / (B * H) || tiles > kMaxGrid / (B * H))) {
-    return "gla (CUDA): too many blocks (B * H * chunks)";
+  if (B * H > 0 && (NC > kMaxGrid / (B * H) || K * V > kMaxGrid * 256 / (B * H))) {
+    return "gla (CUDA): too many blocks (B * H * chunks, or B * H * K * V / 256)";
   }
   return nullptr;
 }
@@ -1086,12 +1149,27 @@ const char* allow_smem(Kernel kernel, size_t bytes) {
   return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
 }
 
+// Per-chunk terms, then the scan (see gla_chunk_state_kernel).
+template <class T, bool kBwd>
+const char* chunk_states(const StateJob& j, cudaStream_t s) {
+  const int64_t NC = (j.T + j.C - 1) / j.C;
+  if (NC > 0) {
+    const size_t smem = chunk_state_smem_bytes(j.K);
+    if (const char* e = allow_smem(gla_chunk_state_kernel<T, kBwd>, smem)) return e;
+    gla_chunk_state_kernel<T, kBwd>
+        <<<static_cast<unsigned>(NC * j.B * j.H), kThreads, smem, s>>>(j);
+    if (const char* e = last_error()) return e;
+  }
+  const int64_t n = j.B * j.H * j.K * j.V;
+  gla_state_scan_kernel<kBwd><<<static_cast<unsigned>((n + 255) / 256), 256, 0, s>>>(j);
+  return last_error();
+}
+
 template <class T>
 const char* fwd_t(const GlaFwdParams& p, cudaStream_t s) {
   const int64_t NC = (p.T + p.C - 1) / p.C;
-  const int64_t tiles = ((p.K + kST - 1) / kST) * ((p.V + kST - 1) / kST);
-  gla_fwd_state_kernel<T><<<static_cast<unsigned>(tiles * p.B * p.H), kThreads, 0, s>>>(p);
-  if (const char* e = last_error()) return e;
+  StateJob j{p.B, p.T, p.H, p.K, p.V, p.C, p.k, p.g, p.v, 1.f, p.states, p.S_T, p.h0, p.decay};
+  if (const char* e = chunk_states<T, false>(j, s)) return e;
   if (NC == 0) return nullptr;
   const size_t smem = fwd_smem_bytes(p.K);
   if (const char* e = allow_smem(gla_fwd_kernel<T>, smem)) return e;
@@ -1102,11 +1180,10 @@ const char* fwd_t(const GlaFwdParams& p, cudaStream_t s) {
 template <class T>
 const char* bwd_t(const GlaBwdParams& p, cudaStream_t s) {
   const int64_t NC = (p.T + p.C - 1) / p.C;
-  const int64_t tiles = ((p.K + kST - 1) / kST) * ((p.V + kST - 1) / kST);
   const BwdScratch sc = carve_scratch(p);
-  gla_bwd_state_kernel<T>
-      <<<static_cast<unsigned>(tiles * p.B * p.H), kThreads, 0, s>>>(p, sc.d_states);
-  if (const char* e = last_error()) return e;
+  StateJob j{p.B, p.T,   p.H,     p.K,         p.V,    p.C,     p.q,
+             p.g, p.d_o, p.scale, sc.d_states, p.d_h0, p.d_S_T, sc.decay};
+  if (const char* e = chunk_states<T, true>(j, s)) return e;
   if (NC == 0) return nullptr;
   const unsigned blocks = static_cast<unsigned>(NC * p.B * p.H);
   if (p.d_v != nullptr || sc.d_A != nullptr) {
@@ -1150,7 +1227,7 @@ const char* gla_fwd_cuda(const GlaFwdParams& p, void* stream) {
 
 size_t gla_bwd_scratch_bytes(const GlaBwdParams& p) {
   if (check_dims(p.B, p.T, p.H, p.K, p.V, p.C) != nullptr) return 0;
-  return d_states_bytes(p) + d_A_bytes(p) + d_g_channels_bytes(p);
+  return d_states_bytes(p) + d_A_bytes(p) + d_g_channels_bytes(p) + decay_bytes(p);
 }
 
 const char* gla_bwd_cuda(const GlaBwdParams& p, void* stream) {

@@ -16,12 +16,14 @@
 // exp(G_i - G_{16I}) exp(G_{16I} - G_j), the second factor <= e^40; inside any other
 // sub-chunk each pair takes exp(G_i - G_j) directly (FLA's secondary chunking).
 //
-// Forward: (1) per (b, h, key tile, value tile), walk the chunks carrying the state tile,
-// write each chunk's start state to `states` (float32, kept for backward) and S_T;
-// (2) per (b, h, chunk): A, then o.
+// Forward: (1) per (b, h, chunk), the chunk's own state term U_n = (k * exp(G_last -
+// G))^T v and its decay exp(G_last) per key; then per state element, the chunks in order,
+// S <- diag(exp(G_last)) S + U_n, writing each chunk's start state to `states` (float32,
+// kept for backward) and S_T; (2) per (b, h, chunk): A, then o.
 // Backward, with d_S the gradient of the chunk's end state:
-//   (1) per (b, h, key tile, value tile), chunks in reverse: d_S entering chunk n is saved,
-//       d_S <- diag(exp(G_last)) d_S + scale (q * exp(G))^T d_o;  d_h0 = d_S of chunk 0
+//   (1) per (b, h, chunk), W_n = scale (q * exp(G))^T d_o; then per state element, chunks
+//       in reverse: d_S entering chunk n is saved, d_S <- diag(exp(G_last)) d_S + W_n;
+//       d_h0 = d_S of chunk 0
 //   (2) per (b, h, chunk): A (again) and
 //       d_v  = A^T d_o + (k * exp(G_last - G)) d_S,   d_A = scale tril(d_o v^T)
 //   (3) per (b, h, chunk, key tile):
@@ -33,7 +35,8 @@
 // Every sum has a fixed order (no atomics): results are bit-identical run to run.
 // float32 states and accumulation for float32 and bfloat16 storage; the dense chunk
 // products (q S0, A v, d_o v^T, A^T d_o, k d_S, d_o S0^T, v d_S^T) run on tensor cores
-// with their operands rounded to TF32, the rest (A, the intra-chunk d_q / d_k, the state
+// with their operands rounded to TF32; the chunks' state terms U_n and W_n on tensor cores
+// to float32 accuracy (3xTF32); the rest (A, the intra-chunk d_q / d_k, the state
 // recurrences) in float32. Inputs may have any element strides; outputs are contiguous
 // and overwritten.
 #pragma once
@@ -67,6 +70,7 @@ struct GlaFwdParams {
   void* o;          // [B, T, H, V] contiguous
   float* S_T;       // [B, H, K, V] contiguous
   float* states;    // [B, H, NC, K, V], NC = ceil(T / C): the state entering each chunk
+  float* decay;     // [B, H, NC, K] contiguous scratch: exp(G_last) per chunk and key
 };
 const char* gla_fwd_cuda(const GlaFwdParams& p, void* stream);
 

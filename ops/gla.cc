@@ -532,6 +532,7 @@ struct GlaOp {
     Tensor o = empty({d.B, d.T, d.H, d.V}, q.dtype(), dev);
     Tensor S = empty({d.B, d.H, d.K, d.V}, DType::kFloat32, dev);
     Tensor states = empty({d.B, d.H, NC, d.K, d.V}, DType::kFloat32, dev);
+    Tensor decay = empty({d.B, d.H, NC, d.K}, DType::kFloat32, dev);
     Tensor h0f = h0.defined() ? copy_to(h0.contiguous(), DType::kFloat32, dev) : Tensor();
     cuda::GlaFwdParams p{};
     p.dtype = cuda_kernel_dtype("gla", q);
@@ -550,6 +551,7 @@ struct GlaOp {
     p.o = o.raw_data();
     p.S_T = S.data<float>();
     p.states = states.data<float>();
+    p.decay = decay.data<float>();
     const char* err = cuda::gla_fwd_cuda(p, launch_stream());
     RESONA_CHECK(err == nullptr) << "gla on " << q.describe() << ": " << err;
     if (ctx.requires_grad) {
