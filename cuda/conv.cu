@@ -32,11 +32,12 @@
 //                                  twice, the W - 1 earlier x values carried over; reads w as
 //                                  given and writes w_t (no transpose kernel)
 // causal_conv1d_bwd_vec16_kernel   two threads per (b, 128-step dw time chunk, group), one
-//                                  per half: one pass reading d_y and x once, d_x, d_w and
-//                                  d_bias all from the window of the next W d_y values; the
-//                                  halves' sums, added by a shuffle, are the chunk's partial
-//                                  (same layout and final kernel as above; no shared memory,
-//                                  no block synchronisation)
+//                                  per half: one pass reading d_y and x once (the next steps'
+//                                  loads issued before the current ones are used), d_x, d_w
+//                                  and d_bias all from the window of the next W d_y values;
+//                                  the halves' sums, added by a shuffle, are the chunk's
+//                                  partial (same layout and final kernel as above; no shared
+//                                  memory, no block synchronisation)
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -597,30 +598,38 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Backward: threads per block, and steps loaded at once per thread (S new d_y and S new
-// x vectors in flight).
+// Backward: threads per block, threads per (b, dw time chunk, group) item (one per part of
+// the chunk's steps), steps per load batch S (S new d_y and S new x vectors; the next
+// batch is in flight while the current one is used), and blocks per SM the registers must
+// allow (launch bounds: up to W = 4, 6 blocks, <= 168 registers, enough for the whole grid
+// at the benchmark shapes in one wave; wider windows 4).
 constexpr int kBwd16Threads = 64;
+constexpr int kBwd16Parts = 2;
 template <int W>
-constexpr int kBwd16Steps = W <= 4 ? 8 : 4;
+constexpr int kBwd16Steps = W <= 4 ? 4 : 2;
+template <int W>
+constexpr int kBwd16MinBlocks = W <= 4 ? 6 : 4;
 
-// Item (b, dw time chunk c, 16-byte channel group g), two threads each: a warp takes 16
-// items, g fastest, lanes 0-15 the first half of each chunk's steps and lanes 16-31 the
-// second (so a warp reads two runs of 16 adjacent groups of one time step). A thread walks
-// its half in time order, S steps s at a time, with d_x[s] (when wanted) and the sums of
-// x[s] d_y[s + (W-1) - j] and d_y[s] all from the packed window buf[k] = d_y[s + k]; the
-// second half's sums are added to the first's (a shuffle, fixed order) and make the
-// chunk's partial for the group's channels, partial[(b * per_b + c) * (W+1) + j][d]
-// (taps j < W, slot W the bias), the layout and final kernel of the other paths. No
-// shared memory and no block synchronisation; the W - 1 window steps past a half are
-// read again by the thread of the next one. 128-step chunks (kBwd16DwSteps) give half the
-// partials of 64-step ones with the same number of threads; the whole grid is about one
-// wave at the benchmark shapes, so small blocks (kBwd16Threads) spread it evenly over the
-// SMs.
-// Launch bounds: up to W = 4, 6 blocks per SM (<= 170 registers); wider windows 4.
+// Item (b, dw time chunk c, 16-byte channel group g), kBwd16Parts threads each: a warp
+// takes kItems = 32 / kBwd16Parts items, g fastest, lanes q * kItems .. (q + 1) * kItems - 1
+// the q-th part of each chunk's steps (so a warp reads kBwd16Parts runs of kItems adjacent
+// groups of one time step). A thread walks its part in time order, S steps s at a time,
+// with d_x[s] (when wanted) and the sums of x[s] d_y[s + (W-1) - j] and d_y[s] all from
+// the packed window buf[k] = d_y[s + k]; the loads of the next S steps are issued before
+// the current ones are used (software pipelining: with one wave of few warps per SM, a
+// warp's loads would otherwise wait for its own arithmetic). The parts' sums are added by
+// shuffles in a fixed order (part 0 + part 1 for two parts, (p0 + p1) + (p2 + p3) for
+// four) into the chunk's partial for the group's channels,
+// partial[(b * per_b + c) * (W+1) + j][d] (taps j < W, slot W the bias), the layout and
+// final kernel of the other paths. No shared memory and no block synchronisation; the
+// W - 1 window steps past a part are read again by the thread of the next one (mostly from
+// L2). 128-step chunks (kBwd16DwSteps) give half the partials of 64-step ones with the
+// same number of threads; the whole grid is about one wave at the benchmark shapes, so
+// small blocks (kBwd16Threads) spread it evenly over the SMs.
 constexpr int64_t kBwd16DwSteps = 128;
 
 template <class T, int W>
-__global__ void __launch_bounds__(kBwd16Threads, W <= 4 ? 6 : 4)
+__global__ void __launch_bounds__(kBwd16Threads, kBwd16MinBlocks<W>)
     causal_conv1d_bwd_vec16_kernel(int64_t B, int64_t T_len, int64_t D, int64_t per_b, int64_t len,
                                    const T* __restrict__ d_y, int64_t gs0, int64_t gs1,
                                    const T* __restrict__ x, int64_t xs0, int64_t xs1,
@@ -629,27 +638,29 @@ __global__ void __launch_bounds__(kBwd16Threads, W <= 4 ? 6 : 4)
   constexpr int G = Vec16<T>::kN;
   constexpr int P = G / 4;  // channels per 32-bit word
   constexpr int S = kBwd16Steps<W>;
+  constexpr int kItems = 32 / kBwd16Parts;  // items per warp
+  static_assert(kBwd16Parts == 2 || kBwd16Parts == 4, "parts: a power of two up to 4");
   const int64_t groups = D / G;
   const int64_t items = B * per_b * groups;
   const bool want_w = partial != nullptr;
   const uint4 zero = make_uint4(0, 0, 0, 0);
-  const int lane = threadIdx.x % 32, half = lane / 16;
-  const int64_t half_len = (len + 1) / 2;
-  // Warp-uniform loop (the shuffle below needs all 32 lanes): 16 items per warp.
-  for (int64_t first = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32 * 16;
-       first < items; first += static_cast<int64_t>(gridDim.x) * blockDim.x / 2) {
-    const int64_t item = first + lane % 16;
+  const int lane = threadIdx.x % 32, part = lane / kItems;
+  const int64_t part_len = (len + kBwd16Parts - 1) / kBwd16Parts;
+  // Warp-uniform loop (the shuffles below need all 32 lanes): kItems items per warp.
+  for (int64_t first = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32 * kItems;
+       first < items; first += static_cast<int64_t>(gridDim.x) * blockDim.x / kBwd16Parts) {
+    const int64_t item = first + lane % kItems;
     const bool active = item < items;
     const int64_t d0 = active ? (item % groups) * G : 0;
     const int64_t bc = active ? item / groups : 0;
     const int64_t b = bc / per_b;
     const int64_t c0 = (bc % per_b) * len;
     const int64_t c1 = c0 + len < T_len ? c0 + len : T_len;
-    const int64_t mid = c0 + half_len < c1 ? c0 + half_len : c1;
-    // This thread's steps [t0, t1); none for an inactive lane.
-    const int64_t t0 = !active ? 0 : half == 0 ? c0 : mid;
-    const int64_t t1 = !active ? 0 : half == 0 ? mid : c1;
-    // wf[j][c] = w[d0 + c, j], float32 in registers for the whole half chunk.
+    // This thread's steps [t0, t1); none for an inactive lane or a part past the end.
+    const int64_t p0 = c0 + part * part_len;
+    const int64_t t0 = !active ? 0 : p0 < c1 ? p0 : c1;
+    const int64_t t1 = !active ? 0 : t0 + part_len < c1 ? t0 + part_len : c1;
+    // wf[j][c] = w[d0 + c, j], float32 in registers for the whole part.
     float wf[W][G];
 #pragma unroll
     for (int j = 0; j < W; ++j) {
@@ -664,21 +675,33 @@ __global__ void __launch_bounds__(kBwd16Threads, W <= 4 ? 6 : 4)
     const T* xb = x + b * xs0 + d0;  // read only when want_w
     const T* gb = d_y + b * gs0 + d0;
     T* dxb = d_x ? d_x + b * T_len * D + d0 : nullptr;
-    // Before each group of S steps from s: buf[k] = d_y[s + k] for k < W - 1.
+    // Batch of S steps from s: ng[u] = d_y[s + (W-1) + u], nx[u] = x[s + u] (zero past the
+    // part, past T, or when not wanted).
+    uint4 ng[S], nx[S];
+    auto load_batch = [&](int64_t s) {
+#pragma unroll
+      for (int u = 0; u < S; ++u) {
+        const int64_t t = s + (W - 1) + u;
+        ng[u] = s + u < t1 && t < T_len ? load_raw16(gb + t * gs1) : zero;
+        nx[u] = want_w && s + u < t1 ? load_raw16(xb + (s + u) * xs1) : zero;
+      }
+    };
+    // Before each batch from s: buf[k] = d_y[s + k] for k < W - 1.
     uint4 buf[W - 1 + S];
 #pragma unroll
     for (int k = 0; k < W - 1; ++k) {
       const int64_t t = t0 + k;
       buf[k] = t0 < t1 && t < T_len ? load_raw16(gb + t * gs1) : zero;
     }
+    load_batch(t0);
     for (int64_t s = t0; s < t1; s += S) {
       uint4 xin[S];
 #pragma unroll
       for (int u = 0; u < S; ++u) {
-        const int64_t t = s + (W - 1) + u;
-        buf[W - 1 + u] = s + u < t1 && t < T_len ? load_raw16(gb + t * gs1) : zero;
-        xin[u] = want_w && s + u < t1 ? load_raw16(xb + (s + u) * xs1) : zero;
+        buf[W - 1 + u] = ng[u];
+        xin[u] = nx[u];
       }
+      load_batch(s + S);  // all zeros (no loads) past the part
 #pragma unroll
       for (int u = 0; u < S; ++u) {
         if (s + u < t1) {
@@ -709,15 +732,20 @@ __global__ void __launch_bounds__(kBwd16Threads, W <= 4 ? 6 : 4)
 #pragma unroll
       for (int k = 0; k < W - 1; ++k) buf[k] = buf[S + k];
     }
-    // First half + second half, in that order (want_w is the same for the whole warp).
+    // Part sums in the fixed order above (want_w is the same for the whole warp).
     if (want_w) {
 #pragma unroll
       for (int j = 0; j <= W; ++j) {
 #pragma unroll
-        for (int c = 0; c < G; ++c) acc[j][c] += __shfl_down_sync(0xffffffffu, acc[j][c], 16);
+        for (int c = 0; c < G; ++c) {
+#pragma unroll
+          for (int off = kItems; off < 32; off *= 2) {
+            acc[j][c] += __shfl_down_sync(0xffffffffu, acc[j][c], off);
+          }
+        }
       }
     }
-    if (want_w && half == 0 && active) {
+    if (want_w && part == 0 && active) {
       float* out = partial + bc * (W + 1) * D + d0;
 #pragma unroll
       for (int j = 0; j <= W; ++j) {
@@ -812,10 +840,10 @@ const char* bwd_w(const CausalConv1dBwdParams& p, cudaStream_t s) {
       const DwChunks ch = dw_chunks(p.B, p.T, kBwd16DwSteps);
       float* partial = want_w ? static_cast<float*>(p.scratch) : nullptr;
       causal_conv1d_bwd_vec16_kernel<T, W>
-          <<<grid_flat(2 * p.B * ch.per_b * (p.D / G), kBwd16Threads), kBwd16Threads, 0, s>>>(
-              p.B, p.T, p.D, ch.per_b, ch.len, static_cast<const T*>(p.d_y), p.d_y_strides[0],
-              p.d_y_strides[1], static_cast<const T*>(p.x), p.x_strides[0], p.x_strides[1],
-              static_cast<const T*>(p.w_t), static_cast<T*>(p.d_x), partial);
+          <<<grid_flat(kBwd16Parts * p.B * ch.per_b * (p.D / G), kBwd16Threads), kBwd16Threads, 0,
+             s>>>(p.B, p.T, p.D, ch.per_b, ch.len, static_cast<const T*>(p.d_y), p.d_y_strides[0],
+                  p.d_y_strides[1], static_cast<const T*>(p.x), p.x_strides[0], p.x_strides[1],
+                  static_cast<const T*>(p.w_t), static_cast<T*>(p.d_x), partial);
       if (want_w) {
         causal_conv1d_bwd_dw_final_kernel<T>
             <<<grid_flat_final((p.W + 1) * p.D), dim3(32, kFinalLanes), 0, s>>>(
