@@ -629,6 +629,11 @@ __device__ __forceinline__ void sum_rows_scan(const T* __restrict__ d_y,
   }
 }
 
+// Resident blocks of index_rows_list_kernel per SM: registers are capped so that this
+// many fit (kListBlocksPerSm * kRowWarps warps per SM), and the grid is this many blocks
+// per SM, so that all blocks run in one wave.
+constexpr int kListBlocksPerSm = 3;
+
 // Warps 0 .. mid-1: a warp per row v of d_x writes the row once. With c = count[v]:
 //   c == 0: zeros;
 //   c <= 32: the warp walks v's list (lane m keeps the m-th position), ranks the c
@@ -648,7 +653,7 @@ __device__ __forceinline__ void sum_rows_scan(const T* __restrict__ d_y,
 // position); long rows add float32 atomics of their d_y elements and one read of a
 // long_acc row.
 template <class T>
-__global__ void __launch_bounds__(kRowWarps * 32)
+__global__ void __launch_bounds__(kRowWarps * 32, kListBlocksPerSm)
     index_rows_list_kernel(const int64_t* __restrict__ idx, const int32_t* __restrict__ count,
                            const int32_t* __restrict__ head, const int32_t* __restrict__ next,
                            int64_t n, int64_t mid, int64_t inner, bool vec,
@@ -904,14 +909,15 @@ const char* launch_dense(const IndexGatherParams& p, const Plan& pl, cudaStream_
                    reinterpret_cast<uintptr_t>(d_x) % 16 == 0;
   int64_t blocks = (pl.mid + chunks + kRowWarps - 1) / kRowWarps;
   if (blocks > (1 << 20)) blocks = 1 << 20;  // grid-stride beyond
-  // At most 4 blocks per SM: each warp then walks several rows (grid-stride) and has the
-  // next row's count and head loaded while it sums this one; with a warp per row there is
-  // no such overlap and every row's d_y loads wait on its count and head.
+  // At most kListBlocksPerSm blocks per SM (one wave): each warp then walks several rows
+  // (grid-stride) and has the next row's count and head loaded while it sums this one;
+  // with a warp per row there is no such overlap and every row's d_y loads wait on its
+  // count and head.
   int dev = 0, sms = 0;
   if (cudaGetDevice(&dev) == cudaSuccess &&
       cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess && sms > 0 &&
-      blocks > 4 * sms) {
-    blocks = 4 * sms;
+      blocks > kListBlocksPerSm * sms) {
+    blocks = kListBlocksPerSm * sms;
   }
   index_rows_list_kernel<T><<<static_cast<unsigned>(blocks), kRowWarps * 32, 0, stream>>>(
       p.idx, count, head, next, pl.n, pl.mid, pl.inner, vec, d_y, d_x, pl.long_run, chunks, slot_of,
