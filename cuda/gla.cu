@@ -547,6 +547,108 @@ __global__ void gla_state_scan_kernel(const StateJob j) {
   if (to_h0) j.edge[e] = dS;
 }
 
+// ---- A on tensor cores -------------------------------------------------------------------
+
+// The ten 16 x 16 tiles (I, J), J <= I, of a chunk's A, two per warp for warps 0 and 1,
+// one for the others: tile u = warp + 8 e in row order (0,0), (1,0), (1,1), (2,0), ...
+// Each is two m16n8 accumulators (columns 16 J .. + 7 and 16 J + 8 .. + 15), TF32 products
+// of the scaled tiles over the 32 channels of each key group (see load_chunk_tiles):
+//   J < I: Qs_I (Ks_J * M_IJ)^T;  J = I, factored: Qs_I Kd_I^T;  J = I otherwise: pair by
+//   pair in float32, q_ic k_jc 2^(G_ic - G_jc) for j <= i.
+struct ATiles {
+  int count;
+  int I[2], J[2];
+  float acc[2][2][4];
+};
+
+__device__ __forceinline__ ATiles a_tiles_begin() {
+  ATiles a{};
+  const int warp = threadIdx.x / 32;
+  constexpr int kLower = (kRows / kSub) * (kRows / kSub + 1) / 2;
+  a.count = 0;
+  for (int u = warp; u < kLower; u += kThreads / 32) {
+    int I = 0;
+    while ((I + 1) * (I + 2) / 2 <= u) ++I;
+    a.I[a.count] = I;
+    a.J[a.count] = u - I * (I + 1) / 2;
+    ++a.count;
+  }
+  return a;
+}
+
+// Adds one key group's terms (tiles as load_chunk_tiles leaves them).
+__device__ __forceinline__ void a_tiles_add(ATiles& a, const Tiles& s) {
+  const int lane = threadIdx.x % 32, fg = lane / 4, ft = lane % 4;
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    if (e >= a.count) break;
+    const int I = a.I[e], J = a.J[e];
+    if (J < I || s.factored[I] != 0.f) {
+      const float* M = J < I ? s.M + pair_index(I, J) * kKT : nullptr;
+      const float* Kt = J < I ? s.Ks : s.Kd;
+#pragma unroll
+      for (int kk = 0; kk < kKT; kk += kTK) {
+        const float* q0 = s.Qs + (kSub * I + fg) * kLdT + kk + ft;
+        const uint32_t af[4] = {to_tf32(q0[0]), to_tf32(q0[8 * kLdT]), to_tf32(q0[4]),
+                                to_tf32(q0[8 * kLdT + 4])};
+        const float m0 = M != nullptr ? M[kk + ft] : 1.f, m1 = M != nullptr ? M[kk + ft + 4] : 1.f;
+#pragma unroll
+        for (int nh = 0; nh < 2; ++nh) {
+          const float* k0 = Kt + (kSub * J + 8 * nh + fg) * kLdT + kk + ft;
+          const uint32_t bf[2] = {to_tf32(k0[0] * m0), to_tf32(k0[4] * m1)};
+          mma_tf32_m16n8k8(a.acc[e][nh], af, bf);
+        }
+      }
+    } else {
+      // Not factored: element (i, j) of the accumulators, j <= i, pair by pair.
+#pragma unroll
+      for (int nh = 0; nh < 2; ++nh) {
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          const int i = kSub * I + fg + 8 * (r / 2), j = kSub * J + 8 * nh + 2 * ft + r % 2;
+          if (j > i) continue;
+          float sum = 0.f;
+          for (int c = 0; c < kKT; ++c) {
+            sum += s.q[i * kLdT + c] * s.k[j * kLdT + c] *
+                   exp2f(s.G[i * kLdT + c] - s.G[j * kLdT + c]);
+          }
+          a.acc[e][nh][r] += sum;
+        }
+      }
+    }
+  }
+}
+
+// A into AS [kRows][ld] (row-major, scale included, zero above the diagonal), rounded to
+// TF32 for the products that read it. Starts and ends with the block in step.
+__device__ __forceinline__ void a_tiles_store(const ATiles& a, float* AS, int ld, float scale) {
+  for (int idx = threadIdx.x; idx < kRows * kRows; idx += kThreads) {
+    const int i = idx / kRows, j = idx % kRows;
+    if (j / kSub > i / kSub) AS[i * ld + j] = 0.f;
+  }
+  const int lane = threadIdx.x % 32, fg = lane / 4, ft = lane % 4;
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    if (e >= a.count) break;
+#pragma unroll
+    for (int nh = 0; nh < 2; ++nh) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int i = kSub * a.I[e] + fg + 8 * (r / 2), j = kSub * a.J[e] + 8 * nh + 2 * ft + r % 2;
+        AS[i * ld + j] = j <= i ? __uint_as_float(to_tf32(scale * a.acc[e][nh][r])) : 0.f;
+      }
+    }
+  }
+  __syncthreads();
+}
+
+// ---- forward ---------------------------------------------------------------------------
+
+// Block (b, h, chunk): per 32-key group the chunk tiles, A's tiles on tensor cores and
+// Qe = scale q 2^G (TF32-rounded) for all keys; then A to shared memory; then
+// o = Qe S0 + A v on tensor cores, warp w taking the 8-column value tiles w, w + 8, ...
+// over all 64 rows, its B operands (S0 rows, v rows) loaded from global memory straight
+// into the fragments, its results stored from the accumulators.
 template <class T>
 __global__ void __launch_bounds__(kThreads, kChunkBlocks) gla_fwd_kernel(const GlaFwdParams p) {
   extern __shared__ __align__(128) float4 smem4[];
@@ -557,84 +659,76 @@ __global__ void __launch_bounds__(kThreads, kChunkBlocks) gla_fwd_kernel(const G
   const int64_t t0 = n * p.C;
   const int L = static_cast<int>(p.C < p.T - t0 ? p.C : p.T - t0);
   const int K = static_cast<int>(p.K), V = static_cast<int>(p.V);
-  const int Kpad = (K + kKT - 1) / kKT * kKT;
+  const int Kpad = k_pad(p.K), ldq = Kpad + 4;
   const SeqIn<T> q = seq<T>(p.q, b, h), k = seq<T>(p.k, b, h), g = seq<T>(p.g, b, h);
   const SeqIn<T> v = seq<T>(p.v, b, h);
 
   const Tiles s = carve_tiles(smem);
-  float* QeT = smem + kTilesFloats;  // [Kpad][kLd4]: scale q * exp(G), transposed
-  float* AT = QeT + Kpad * kLd4;     // [kRows][kLd4]: A transposed, scale included
-  int bi, bj;                        // this thread's block of A
-  triangle_block(threadIdx.x, bi, bj);
+  float* Qe = smem + kTilesFloats;  // [kRows][ldq]
+  float* AS = smem;                 // [kRows][kLd4], over the tiles once A is done
+  static_assert(kRows * kLd4 <= kTilesFloats, "A fits in the tiles' space");
 
-  float acc[4][4] = {};
-  for (int k0 = 0; k0 < K; k0 += kKT) {
+  ATiles a = a_tiles_begin();
+  for (int k0 = 0; k0 < Kpad; k0 += kKT) {
     load_chunk_tiles(q, k, g, t0, L, k0, K, s);
-    accumulate_A(s, bi, bj, acc);
-    for (int idx = threadIdx.x; idx < kKT * kRows; idx += kThreads) {
-      const int c = idx / kRows, i = idx % kRows;
-      QeT[(k0 + c) * kLd4 + i] = p.scale * s.q[i * kLdT + c] * exp2f(s.G[i * kLdT + c]);
+    a_tiles_add(a, s);
+    for (int idx = threadIdx.x; idx < kRows * kKT; idx += kThreads) {
+      const int i = idx / kKT, c = idx % kKT;
+      Qe[i * ldq + k0 + c] =
+          __uint_as_float(to_tf32(p.scale * s.q[i * kLdT + c] * exp2f(s.G[i * kLdT + c])));
     }
     __syncthreads();
   }
-#pragma unroll
-  for (int cc = 0; cc < 4; ++cc) {
-    *reinterpret_cast<float4*>(&AT[(4 * bj + cc) * kLd4 + 4 * bi]) = make_float4(
-        masked_entry(acc, bi, bj, 0, cc, p.scale), masked_entry(acc, bi, bj, 1, cc, p.scale),
-        masked_entry(acc, bi, bj, 2, cc, p.scale), masked_entry(acc, bi, bj, 3, cc, p.scale));
-  }
-  __syncthreads();
+  a_tiles_store(a, AS, kLd4, p.scale);
 
-  // o = (scale q * exp(G)) S0 + A v per 64-column value tile: warp w owns the 16 x 16
-  // output tiles (rows 16 I, columns 16 (2 (w % 2) + e)), I = w / 2, e = 0, 1. The tiles'
-  // space now holds S0 and v tiles; vt then stages the finished o tile for the stores.
-  float* S0t = smem;              // [kKT][kLd4]
-  float* vt = smem + kKT * kLd4;  // [kRows][kLd4]
-  static_assert(kKT * kLd4 + kRows * kLd4 <= kTilesFloats, "S0 and v tiles fit in the tiles");
-  static_assert(kThreads / 32 == 2 * (kRows / 16) && kVO == 64, "8 warps x 2 tiles = 64 x 64");
-  const int warp = threadIdx.x / 32, I = warp / 2, jt = 2 * (warp % 2);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, fg = lane / 4, ft = lane % 4;
   const float* S0 = p.states + (bh * NC + n) * p.K * p.V;
   T* o = static_cast<T*>(p.o) + ((b * p.T + t0) * p.H + h) * p.V;
-  for (int v0 = 0; v0 < V; v0 += kVO) {
-    FragC out[2];
-    wmma::fill_fragment(out[0], 0.f);
-    wmma::fill_fragment(out[1], 0.f);
-    for (int k0 = 0; k0 < K; k0 += kKT) {
-      for (int idx = threadIdx.x; idx < kKT * kVO; idx += kThreads) {
-        const int r = idx / kVO, c = idx % kVO;
-        S0t[r * kLd4 + c] = k0 + r < K && v0 + c < V ? S0[(k0 + r) * p.V + v0 + c] : 0.f;
+  for (int v0 = 8 * warp; v0 < V; v0 += 8 * (kThreads / 32)) {
+    const int col = v0 + fg;  // this lane's B column
+    const bool cin = col < V;
+    float acc[kRows / kSub][4] = {};
+    // Qe S0 over the keys.
+#pragma unroll 2
+    for (int kk = 0; kk < Kpad; kk += kTK) {
+      const int r0 = kk + ft, r1 = r0 + 4;
+      const uint32_t bf[2] = {
+          to_tf32(cin && r0 < K ? S0[static_cast<int64_t>(r0) * V + col] : 0.f),
+          to_tf32(cin && r1 < K ? S0[static_cast<int64_t>(r1) * V + col] : 0.f)};
+#pragma unroll
+      for (int I = 0; I < kRows / kSub; ++I) {
+        const float* x = Qe + (kSub * I + fg) * ldq + kk + ft;
+        const uint32_t af[4] = {__float_as_uint(x[0]), __float_as_uint(x[8 * ldq]),
+                                __float_as_uint(x[4]), __float_as_uint(x[8 * ldq + 4])};
+        mma_tf32_m16n8k8(acc[I], af, bf);
       }
-      __syncthreads();
+    }
+    // A v over the rows j (A is zero for j beyond the row tile's diagonal tile).
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        mma_tf32<col_major, row_major>(out[e], QeT + k0 * kLd4 + 16 * I, kLd4, S0t + 16 * (jt + e),
-                                       kLd4, kKT / kTK);
+    for (int jj = 0; jj < kRows; jj += kTK) {
+      const int r0 = jj + ft, r1 = r0 + 4;
+      const uint32_t bf[2] = {to_tf32(cin && r0 < L ? v.at(t0 + r0, col) : 0.f),
+                              to_tf32(cin && r1 < L ? v.at(t0 + r1, col) : 0.f)};
+#pragma unroll
+      for (int I = jj / kSub; I < kRows / kSub; ++I) {
+        const float* x = AS + (kSub * I + fg) * kLd4 + jj + ft;
+        const uint32_t af[4] = {__float_as_uint(x[0]), __float_as_uint(x[8 * kLd4]),
+                                __float_as_uint(x[4]), __float_as_uint(x[8 * kLd4 + 4])};
+        mma_tf32_m16n8k8(acc[I], af, bf);
       }
-      __syncthreads();
     }
-    for (int idx = threadIdx.x; idx < kRows * kVO; idx += kThreads) {
-      const int r = idx / kVO, c = idx % kVO;
-      vt[r * kLd4 + c] = r < L && v0 + c < V ? v.at(t0 + r, v0 + c) : 0.f;
-    }
-    __syncthreads();
-    // A is zero above the diagonal: rows 16 I.. take columns j < 16 (I + 1) only.
+    const int c0 = v0 + 2 * ft;
 #pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      mma_tf32<col_major, row_major>(out[e], AT + 16 * I, kLd4, vt + 16 * (jt + e), kLd4,
-                                     2 * (I + 1));
-    }
-    __syncthreads();  // every warp is done with vt
+    for (int I = 0; I < kRows / kSub; ++I) {
 #pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      wmma::store_matrix_sync(vt + 16 * I * kLd4 + 16 * (jt + e), out[e], kLd4,
-                              wmma::mem_row_major);
+      for (int half = 0; half < 2; ++half) {
+        const int i = kSub * I + fg + 8 * half;
+        if (i >= L) continue;
+        T* row = o + static_cast<int64_t>(i) * p.H * p.V;
+        if (c0 < V) row[c0] = from_f32<T>(acc[I][2 * half]);
+        if (c0 + 1 < V) row[c0 + 1] = from_f32<T>(acc[I][2 * half + 1]);
+      }
     }
-    __syncthreads();
-    for (int idx = threadIdx.x; idx < kRows * kVO; idx += kThreads) {
-      const int r = idx / kVO, c = idx % kVO;
-      if (r < L && v0 + c < V) o[r * p.H * p.V + v0 + c] = from_f32<T>(vt[r * kLd4 + c]);
-    }
-    __syncthreads();
   }
 }
 
@@ -1119,9 +1213,7 @@ const char* last_error() {
 
 constexpr int64_t kMaxGrid = 2147483647;
 
-size_t fwd_smem_bytes(int64_t K) {
-  return sizeof(float) * (kTilesFloats + k_pad(K) * kLd4 + kRows * kLd4);
-}
+size_t fwd_smem_bytes(int64_t K) { return sizeof(float) * (kTilesFloats + kRows * (k_pad(K) + 4)); }
 size_t dv_smem_bytes(int64_t K) {
   constexpr int kStage = 2 * kRows * kLd4 + kKT * kLd4;
   constexpr int kUnion = kStage > kTilesFloats ? kStage : kTilesFloats;
