@@ -335,15 +335,19 @@ def bench_embedding(t, dt):
 
 
 def bench_conv(t, dt):
-    b, length, d, width = 8, 2048, 1200, 4
-    xs = b * length * d * (torch.finfo(dt).bits // 8)
-    # cuDNN's layout: x [B, D, T] (channels first), depthwise weight [D, 1, W], padded on
-    # the left by W - 1 (both sides, then the tail cut off), so y_t sees x_{t-W+1..t}.
-    x = rand((b, d, length), dt, grad=True)
-    w, bias = rand((d, 1, width), dt, grad=True), rand((d,), dt, grad=True)
-    fwd_and_bwd(t, "causal_conv1d", dims(b, length, d) + " W=4", dt, 2 * xs, 0, 5 * xs, 0,
-                False, [x, w, bias],
-                lambda: F.conv1d(x, w, bias, padding=width - 1, groups=d)[..., :length])
+    # B = 8: the paper's batch (x fits in L2); B = 64: 131072 tokens, enough to fill the
+    # card (629 MB of float32 x).
+    length, d, width = 2048, 1200, 4
+    for b in (8, 64):
+        xs = b * length * d * (torch.finfo(dt).bits // 8)
+        # cuDNN's layout: x [B, D, T] (channels first), depthwise weight [D, 1, W], padded
+        # on the left by W - 1 (both sides, then the tail cut off), so y_t sees
+        # x_{t-W+1..t}.
+        x = rand((b, d, length), dt, grad=True)
+        w, bias = rand((d, 1, width), dt, grad=True), rand((d,), dt, grad=True)
+        fwd_and_bwd(t, "causal_conv1d", dims(b, length, d) + " W=4", dt, 2 * xs, 0, 5 * xs, 0,
+                    False, [x, w, bias],
+                    lambda: F.conv1d(x, w, bias, padding=width - 1, groups=d)[..., :length])
 
 
 def bench_matmul(t, dt):

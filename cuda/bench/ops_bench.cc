@@ -359,14 +359,20 @@ void bench_embedding(Table& t, DType dt) {
 }
 
 void bench_conv(Table& t, DType dt) {
-  const int64_t b = 8, len = 2048, d = 1200, width = 4;
-  const double xs = b * len * d * static_cast<double>(dtype_size(dt));
-  Tensor x = leaf(rand_cuda({b, len, d}, dt));
-  Tensor w = leaf(rand_cuda({d, width}, dt)), bias = leaf(rand_cuda({d}, dt));
-  // Forward reads x and writes y; backward reads d_y and x, writes d_x (the [D, W]
-  // weight and [D] bias gradients are left out).
-  fwd_and_bwd(t, "causal_conv1d", dims({b, len, d}) + " W=4", dt, 2 * xs, 0, 5 * xs, 0,
-              Bound::kMemory, {x, w, bias}, [&] { return causal_conv1d(x, w, bias); });
+  // [8, 2048, 1200] W=4: the model's channels and width at the paper's batch (39 MB of
+  // bfloat16 x, which fits in the L2 of an H100/H200); [64, 2048, 1200]: the same channels
+  // and width at 131072 tokens, the positions of the other full-card rows, so x alone
+  // (629 MB float32, 315 MB bfloat16) is many times the L2 and every pass goes to DRAM.
+  const int64_t len = 2048, d = 1200, width = 4;
+  for (int64_t b : {int64_t{8}, int64_t{64}}) {
+    const double xs = b * len * d * static_cast<double>(dtype_size(dt));
+    Tensor x = leaf(rand_cuda({b, len, d}, dt));
+    Tensor w = leaf(rand_cuda({d, width}, dt)), bias = leaf(rand_cuda({d}, dt));
+    // Forward reads x and writes y; backward reads d_y and x, writes d_x (the [D, W]
+    // weight and [D] bias gradients are left out).
+    fwd_and_bwd(t, "causal_conv1d", dims({b, len, d}) + " W=4", dt, 2 * xs, 0, 5 * xs, 0,
+                Bound::kMemory, {x, w, bias}, [&] { return causal_conv1d(x, w, bias); });
+  }
 }
 
 void bench_matmul(Table& t, DType dt) {
