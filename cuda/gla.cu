@@ -5,7 +5,7 @@
 // gla_state_scan_kernel  thread (b, h, state element): chunks in order (forward: states[n],
 //                        S_T) or reverse (backward: end-state gradients d_states[n], d_h0)
 // gla_fwd_kernel         block (b, h, chunk): A [64, 64] from 32-channel key tiles, then
-//                        o in 64-column value tiles (tensor cores)
+//                        o per 8-column value tile (tensor cores)
 // gla_bwd_dv_kernel      block (b, h, chunk): A again, then d_v and d_A (to scratch) on
 //                        tensor cores
 // gla_bwd_dqkg_kernel    block (b, h, chunk, 32-channel key tile): d_q, d_k, d_g (the
@@ -13,26 +13,23 @@
 // gla_bwd_gate_sum_kernel  thread (b, t, h): d_g of a per-head gate, channels in order
 //
 // A chunk is held as a 64-row tile whatever C is (rows >= L are zeros, with g = 0 so the
-// cumulative gate stays flat). 256 threads; for the CUDA-core parts thread (tid / 16,
-// tid % 16) owns a 4x4 block of each 64x64 output tile, or 4 rows x 2 channels of a
-// [64, 32] key tile; the 4x4 blocks of A go out by triangle_block. Gates are converted to
-// log2 units on load, so every decay factor is one exp2f of a difference (<= 0, or at
-// most kMaxSpread2 in a factored diagonal sub-chunk).
+// cumulative gate stays flat). 256 threads; in gla_bwd_dqkg_kernel's CUDA-core part thread
+// (tid / 16, tid % 16) owns 4 rows x 2 channels of a [64, 32] key tile. Gates are
+// converted to log2 units on load, so every decay factor is one exp2f of a difference
+// (<= 0, or at most kMaxSpread2 in a factored diagonal sub-chunk).
 //
-// Dense chunk products (o = scale (q * exp(G)) S0 + A v; d_A = d_o v^T; d_v = A^T d_o +
-// (k * exp(G_last - G)) d_S; d_o S0^T and v d_S^T) run on tensor cores: each warp owns
-// 16 x 16 output tiles (wmma m16n16k8) whose operands are float32 tiles in shared memory,
-// rounded to TF32 (10-bit mantissa, float32's exponent range) as they are loaded, with
-// float32 accumulation. Both storage dtypes take TF32: the operands are float32 values
-// formed on chip (inputs times decay factors, A, d_A, the float32 states), and rounding
-// them to bfloat16 for bf16 MMA would add an error of the size of the storage rounding
-// itself (2^-8 against TF32's 2^-11), to the states too. The sub-chunk-factored A and the
-// intra-chunk parts of d_q and d_k stay float32 FMA.
+// Dense chunk products run on tensor cores with TF32 operands (10-bit mantissa, float32's
+// exponent range) and float32 accumulation: A's tiles (ATiles), o = scale (q * exp(G)) S0
+// + A v, d_v = A^T d_o + (k * exp(G_last - G)) d_S and d_A = d_o v^T through mma.sync
+// (cuda/mma.cuh: operands loaded straight into the fragments, results stored from the
+// accumulators), d_o S0^T and v d_S^T the same way; the chunks' state terms in 3xTF32 (float32
+// accuracy, for the float32 state recurrences). Both storage dtypes take TF32: the operands are
+// float32 values formed on chip (inputs times decay factors, A, d_A, the float32 states), and
+// rounding them to bfloat16 for bf16 MMA would add an error of the size of the storage rounding
+// itself (2^-8 against TF32's 2^-11). A diagonal sub-chunk whose gates spread too far for the
+// factored form and the intra-chunk parts of d_q and d_k stay float32 FMA.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
-#include <mma.h>
-
-#include <type_traits>
 
 #include "cuda/convert.cuh"
 #include "cuda/gla.h"
@@ -49,11 +46,9 @@ constexpr int kLdT = kKT + 1;    // row stride of [kRows][kKT] tiles: odd, so co
                                  // by one warp hit 32 different banks
 constexpr int kLd4 = 68;         // row stride of 64-wide tiles read as float4: a multiple of
                                  // 4 (16-byte rows) whose rows 4 apart fall in other banks
-constexpr int kVO = 64;          // value columns per tile in gla_fwd_kernel / gla_bwd_dv_kernel
-constexpr int kVT = 32;          // value columns per tile in gla_bwd_dqkg_kernel
-constexpr int kLdS = kVT + 4;    // row stride of gla_bwd_dqkg_kernel's kVT-column tiles (wmma:
-                                 // a multiple of 4)
-constexpr int kChunkBlocks = 2;  // ... and gla_fwd_kernel / gla_bwd_dv_kernel (K <= 96: ~95 KB)
+constexpr int kLdS = kKT + 4;    // row stride of gla_bwd_dqkg_kernel's [kRows][kKT] dq0 / dk0
+constexpr int kChunkBlocks = 2;  // resident blocks per SM of gla_fwd_kernel / gla_bwd_dv_kernel
+                                 // (K <= 128: <= 85 KB of shared memory)
 constexpr int kPairs = 6;        // sub-chunk pairs J < I of a 64-row tile
 constexpr float kLog2e = 1.4426950408889634f;
 static_assert(kGlaMaxChunk == kRows, "the chunk tile holds the largest chunk");
@@ -88,39 +83,7 @@ __device__ __forceinline__ float4 ld4(const float* p) {
   return *reinterpret_cast<const float4*>(p);
 }
 
-// ---- tensor-core tile products -------------------------------------------------------
-
-namespace wmma = nvcuda::wmma;
-constexpr int kTK = 8;  // inner length of one TF32 MMA step (m16n16k8)
-template <class Layout>
-using FragA = wmma::fragment<wmma::matrix_a, 16, 16, kTK, wmma::precision::tf32, Layout>;
-template <class Layout>
-using FragB = wmma::fragment<wmma::matrix_b, 16, 16, kTK, wmma::precision::tf32, Layout>;
-using FragC = wmma::fragment<wmma::accumulator, 16, 16, kTK, float>;
-using wmma::col_major;
-using wmma::row_major;
-
-// acc += X Y for a 16 x 16 tile, X: 16 x (steps kTK), Y: (steps kTK) x 16, from float32 in
-// shared memory rounded to TF32 (round to nearest) on load. row_major X has element (r, c)
-// at x[r * ldx + c], col_major at x[c * ldx + r]; the same for Y with (c, r). Called by a
-// whole warp; pointers 32-byte aligned, leading dimensions multiples of 4.
-template <class LX, class LY>
-__device__ __forceinline__ void mma_tf32(FragC& acc, const float* x, int ldx, const float* y,
-                                         int ldy, int steps) {
-  const int x_step = std::is_same<LX, row_major>::value ? kTK : kTK * ldx;
-  const int y_step = std::is_same<LY, row_major>::value ? kTK * ldy : kTK;
-  FragA<LX> a;
-  FragB<LY> b;
-  for (int st = 0; st < steps; ++st) {
-    wmma::load_matrix_sync(a, x + st * x_step, ldx);
-    wmma::load_matrix_sync(b, y + st * y_step, ldy);
-#pragma unroll
-    for (int e = 0; e < a.num_elements; ++e) a.x[e] = wmma::__float_to_tf32(a.x[e]);
-#pragma unroll
-    for (int e = 0; e < b.num_elements; ++e) b.x[e] = wmma::__float_to_tf32(b.x[e]);
-    wmma::mma_sync(acc, a, b, acc);
-  }
-}
+constexpr int kTK = 8;  // inner length of one TF32 MMA step (m16n8k8)
 
 // In place, down the 32 columns of a [kRows][ld] tile: inclusive prefix sums (kReverse:
 // suffix sums, x_i = sum_{r >= i} x_r). Thread (column tid / 8, segment tid % 8) sums its 8
@@ -239,77 +202,6 @@ __device__ void load_chunk_tiles(const SeqIn<T>& q, const SeqIn<T>& k, const Seq
   }
   __syncthreads();
 }
-
-// Adds this key tile's terms of A_ij = sum_c q_ic k_jc 2^(G_ic - G_jc) (unscaled) to the
-// thread's 4x4 block (rows 4 bi.., columns 4 bj..); blocks above the diagonal stay 0, and
-// entries above the diagonal inside a diagonal block are not meaningful (callers mask).
-// Across sub-chunks (J < I) and on factored diagonal blocks: a product of the scaled
-// tiles (Qs_i M_IJ Ks_j, or Qs_i Kd_j); other diagonal blocks pair by pair.
-__device__ void accumulate_A(const Tiles& s, int bi, int bj, float acc[4][4]) {
-  if (bj > bi) return;
-  const int I = bi / 4, J = bj / 4;
-  if (J < I || s.factored[I] != 0.f) {
-    const float* M = J < I ? s.M + pair_index(I, J) * kKT : nullptr;
-    const float* Kt = J < I ? s.Ks : s.Kd;
-    for (int c = 0; c < kKT; ++c) {
-      float a[4], b[4];
-      const float m = M != nullptr ? M[c] : 1.f;
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        a[r] = s.Qs[(4 * bi + r) * kLdT + c];
-        b[r] = Kt[(4 * bj + r) * kLdT + c] * m;
-      }
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-#pragma unroll
-        for (int cc = 0; cc < 4; ++cc) acc[r][cc] += a[r] * b[cc];
-      }
-    }
-    return;
-  }
-  for (int c = 0; c < kKT; ++c) {
-    float kj[4], Gj[4];
-#pragma unroll
-    for (int cc = 0; cc < 4; ++cc) {
-      kj[cc] = s.k[(4 * bj + cc) * kLdT + c];
-      Gj[cc] = s.G[(4 * bj + cc) * kLdT + c];
-    }
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const int i = 4 * bi + r;
-      const float qi = s.q[i * kLdT + c], Gi = s.G[i * kLdT + c];
-#pragma unroll
-      for (int cc = 0; cc < 4; ++cc) {
-        if (4 * bj + cc <= i) acc[r][cc] += qi * kj[cc] * exp2f(Gi - Gj[cc]);
-      }
-    }
-  }
-}
-
-// scale * acc where the entry is on or below the diagonal, else 0.
-__device__ __forceinline__ float masked_entry(const float acc[4][4], int bi, int bj, int r, int cc,
-                                              float scale) {
-  return 4 * bj + cc <= 4 * bi + r ? scale * acc[r][cc] : 0.f;
-}
-
-// The 4x4 block (bi, bj) of a [64, 64] lower-triangular matrix that thread t owns: the
-// 136 blocks on and below the diagonal go to threads 0..135 in row order (so warps 5..7
-// have none to compute), the 120 blocks above it to threads 136..255.
-__device__ __forceinline__ void triangle_block(int t, int& bi, int& bj) {
-  constexpr int kLower = 16 * 17 / 2;
-  if (t < kLower) {
-    bi = 0;
-    while ((bi + 1) * (bi + 2) / 2 <= t) ++bi;
-    bj = t - bi * (bi + 1) / 2;
-  } else {
-    const int u = t - kLower;  // u = bj (bj - 1) / 2 + bi with bi < bj
-    bj = 1;
-    while ((bj + 1) * bj / 2 <= u) ++bj;
-    bi = u - bj * (bj - 1) / 2;
-  }
-}
-
-// ---- forward ---------------------------------------------------------------------------
 
 // ---- chunk states: per-chunk products, then a scan over the chunks ----------------------
 
@@ -619,12 +511,14 @@ __device__ __forceinline__ void a_tiles_add(ATiles& a, const Tiles& s) {
   }
 }
 
-// A into AS [kRows][ld] (row-major, scale included, zero above the diagonal), rounded to
-// TF32 for the products that read it. Starts and ends with the block in step.
-__device__ __forceinline__ void a_tiles_store(const ATiles& a, float* AS, int ld, float scale) {
+// A into AS [kRows][ld] (row-major, or A^T when transposed; scale included, zero above
+// the diagonal), rounded to TF32 for the products that read it. Starts and ends with the block in
+// step.
+__device__ __forceinline__ void a_tiles_store(const ATiles& a, float* AS, int ld, float scale,
+                                              bool transposed = false) {
   for (int idx = threadIdx.x; idx < kRows * kRows; idx += kThreads) {
     const int i = idx / kRows, j = idx % kRows;
-    if (j / kSub > i / kSub) AS[i * ld + j] = 0.f;
+    if (j / kSub > i / kSub) AS[transposed ? j * ld + i : i * ld + j] = 0.f;
   }
   const int lane = threadIdx.x % 32, fg = lane / 4, ft = lane % 4;
 #pragma unroll
@@ -635,7 +529,8 @@ __device__ __forceinline__ void a_tiles_store(const ATiles& a, float* AS, int ld
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
         const int i = kSub * a.I[e] + fg + 8 * (r / 2), j = kSub * a.J[e] + 8 * nh + 2 * ft + r % 2;
-        AS[i * ld + j] = j <= i ? __uint_as_float(to_tf32(scale * a.acc[e][nh][r])) : 0.f;
+        AS[transposed ? j * ld + i : i * ld + j] =
+            j <= i ? __uint_as_float(to_tf32(scale * a.acc[e][nh][r])) : 0.f;
       }
     }
   }
@@ -776,6 +671,13 @@ BwdScratch carve_scratch(const GlaBwdParams& p) {
   return s;
 }
 
+// Block (b, h, chunk). When d_v is wanted: per 32-key group the chunk tiles, A's tiles
+// (as in the forward) and KF = k 2^(G_last - G) (TF32-rounded) for all keys; A^T to shared
+// memory; then d_v = A^T d_o + KF d_S per 8-column value tile over all 64 rows (warp w:
+// tiles w, w + 8, ...), the d_o and d_S operands loaded from global memory into the
+// fragments. When d_A is wanted: d_A = scale tril(d_o v^T), warps owning A's ten lower
+// 16 x 16 tiles, both operands from global memory, written to scratch (zeros above the
+// diagonal).
 template <class T>
 __global__ void __launch_bounds__(kThreads, kChunkBlocks)
     gla_bwd_dv_kernel(const GlaBwdParams p, const float* __restrict__ d_states,
@@ -788,136 +690,113 @@ __global__ void __launch_bounds__(kThreads, kChunkBlocks)
   const int64_t t0 = n * p.C;
   const int L = static_cast<int>(p.C < p.T - t0 ? p.C : p.T - t0);
   const int K = static_cast<int>(p.K), V = static_cast<int>(p.V);
+  const int Kpad = k_pad(p.K), ldk = Kpad + 4;
   const SeqIn<T> q = seq<T>(p.q, b, h), k = seq<T>(p.k, b, h), g = seq<T>(p.g, b, h);
   const SeqIn<T> v = seq<T>(p.v, b, h), d_o = seq<T>(p.d_o, b, h);
-  const bool want_dv = p.d_v != nullptr, want_dA = d_A != nullptr;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, fg = lane / 4, ft = lane % 4;
+  ATiles a = a_tiles_begin();  // also the d_A tiles' assignment
 
-  constexpr int kStage = 2 * kRows * kLd4 + kKT * kLd4;  // d_o, v and d_S tiles
-  constexpr int kUnion = kStage > kTilesFloats ? kStage : kTilesFloats;
-  static_assert(kUnion % 8 == 0, "32-byte aligned regions");
-  const Tiles s = carve_tiles(smem);
-  float* A = smem + kUnion;       // [kRows][kLd4], scale included
-  float* KFT = A + kRows * kLd4;  // [Kpad][kLd4]: k * exp(G_last - G), transposed
-  int bi, bj;                     // this thread's block of A
-  triangle_block(threadIdx.x, bi, bj);
-
-  if (want_dv) {
-    float acc[4][4] = {};
-    for (int k0 = 0; k0 < K; k0 += kKT) {
+  if (p.d_v != nullptr) {
+    const Tiles s = carve_tiles(smem);
+    float* KF = smem + kTilesFloats;  // [kRows][ldk]
+    float* AT = smem;                 // [kRows][kLd4], over the tiles once A is done
+    static_assert(kRows * kLd4 <= kTilesFloats, "A fits in the tiles' space");
+    for (int k0 = 0; k0 < Kpad; k0 += kKT) {
       load_chunk_tiles(q, k, g, t0, L, k0, K, s);
-      accumulate_A(s, bi, bj, acc);
-      for (int idx = threadIdx.x; idx < kKT * kRows; idx += kThreads) {
-        const int c = idx / kRows, i = idx % kRows;
-        KFT[(k0 + c) * kLd4 + i] =
-            s.k[i * kLdT + c] * exp2f(s.G[(kRows - 1) * kLdT + c] - s.G[i * kLdT + c]);
+      a_tiles_add(a, s);
+      for (int idx = threadIdx.x; idx < kRows * kKT; idx += kThreads) {
+        const int i = idx / kKT, c = idx % kKT;
+        KF[i * ldk + k0 + c] = __uint_as_float(
+            to_tf32(s.k[i * kLdT + c] * exp2f(s.G[(kRows - 1) * kLdT + c] - s.G[i * kLdT + c])));
       }
       __syncthreads();
     }
+    a_tiles_store(a, AT, kLd4, p.scale, /*transposed=*/true);
+
+    const float* dS = d_states + (bh * NC + n) * p.K * p.V;
+    T* dv = static_cast<T*>(p.d_v) + ((b * p.T + t0) * p.H + h) * p.V;
+    for (int v0 = 8 * warp; v0 < V; v0 += 8 * (kThreads / 32)) {
+      const int col = v0 + fg;
+      const bool cin = col < V;
+      float acc[kRows / kSub][4] = {};
+      // A^T d_o: rows j of tile J take i >= 16 J only (A is zero above the diagonal).
 #pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      *reinterpret_cast<float4*>(&A[(4 * bi + r) * kLd4 + 4 * bj]) = make_float4(
-          masked_entry(acc, bi, bj, r, 0, p.scale), masked_entry(acc, bi, bj, r, 1, p.scale),
-          masked_entry(acc, bi, bj, r, 2, p.scale), masked_entry(acc, bi, bj, r, 3, p.scale));
+      for (int ii = 0; ii < kRows; ii += kTK) {
+        const int r0 = ii + ft, r1 = r0 + 4;
+        const uint32_t bf[2] = {to_tf32(cin && r0 < L ? d_o.at(t0 + r0, col) : 0.f),
+                                to_tf32(cin && r1 < L ? d_o.at(t0 + r1, col) : 0.f)};
+#pragma unroll
+        for (int J = 0; J <= ii / kSub; ++J) {
+          const float* x = AT + (kSub * J + fg) * kLd4 + ii + ft;
+          const uint32_t af[4] = {__float_as_uint(x[0]), __float_as_uint(x[8 * kLd4]),
+                                  __float_as_uint(x[4]), __float_as_uint(x[8 * kLd4 + 4])};
+          mma_tf32_m16n8k8(acc[J], af, bf);
+        }
+      }
+      // KF d_S over the keys.
+#pragma unroll 2
+      for (int kk = 0; kk < Kpad; kk += kTK) {
+        const int r0 = kk + ft, r1 = r0 + 4;
+        const uint32_t bf[2] = {
+            to_tf32(cin && r0 < K ? dS[static_cast<int64_t>(r0) * V + col] : 0.f),
+            to_tf32(cin && r1 < K ? dS[static_cast<int64_t>(r1) * V + col] : 0.f)};
+#pragma unroll
+        for (int J = 0; J < kRows / kSub; ++J) {
+          const float* x = KF + (kSub * J + fg) * ldk + kk + ft;
+          const uint32_t af[4] = {__float_as_uint(x[0]), __float_as_uint(x[8 * ldk]),
+                                  __float_as_uint(x[4]), __float_as_uint(x[8 * ldk + 4])};
+          mma_tf32_m16n8k8(acc[J], af, bf);
+        }
+      }
+      const int c0 = v0 + 2 * ft;
+#pragma unroll
+      for (int J = 0; J < kRows / kSub; ++J) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int j = kSub * J + fg + 8 * half;
+          if (j >= L) continue;
+          T* row = dv + static_cast<int64_t>(j) * p.H * p.V;
+          if (c0 < V) row[c0] = from_f32<T>(acc[J][2 * half]);
+          if (c0 + 1 < V) row[c0 + 1] = from_f32<T>(acc[J][2 * half + 1]);
+        }
+      }
     }
-    __syncthreads();
   }
 
-  // Per 64-column value tile: d_A += d_o v^T (the 10 lower-triangular 16 x 16 tiles: warp
-  // w owns tile w and, for w < 2, tile w + 8, in row order (0,0), (1,0), (1,1), (2,0), ...)
-  // and d_v = A^T d_o + KF d_S (warp w owns rows 16 (w / 2), columns 16 (2 (w % 2) + e),
-  // e = 0, 1). vt then stages the finished d_v tile for the stores, dO the final d_A.
-  float* dO = smem;                // [kRows][kLd4]
-  float* vt = dO + kRows * kLd4;   // [kRows][kLd4]
-  float* dSt = vt + kRows * kLd4;  // [kKT][kLd4]
-  static_assert(kThreads / 32 == 2 * (kRows / 16) && kVO == 64, "8 warps x 2 tiles = 64 x 64");
-  constexpr int kLowerTiles = (kRows / 16) * (kRows / 16 + 1) / 2;
-  const int warp = threadIdx.x / 32, Jt = warp / 2, jt = 2 * (warp % 2);
-  int aI[2], aJ[2];  // the warp's d_A tiles (aI = -1: none)
-#pragma unroll
-  for (int e = 0; e < 2; ++e) {
-    const int t = warp + e * (kThreads / 32);
-    aI[e] = -1;
-    aJ[e] = 0;
-    if (t < kLowerTiles) {
-      aI[e] = 0;
-      while ((aI[e] + 1) * (aI[e] + 2) / 2 <= t) ++aI[e];
-      aJ[e] = t - aI[e] * (aI[e] + 1) / 2;
-    }
-  }
-  const float* dS = d_states + (bh * NC + n) * p.K * p.V;
-  T* dv = want_dv ? static_cast<T*>(p.d_v) + ((b * p.T + t0) * p.H + h) * p.V : nullptr;
-  FragC dA[2];
-  wmma::fill_fragment(dA[0], 0.f);
-  wmma::fill_fragment(dA[1], 0.f);
-  for (int v0 = 0; v0 < V; v0 += kVO) {
-    for (int idx = threadIdx.x; idx < kRows * kVO; idx += kThreads) {
-      const int r = idx / kVO, c = idx % kVO;
-      const bool in = r < L && v0 + c < V;
-      dO[r * kLd4 + c] = in ? d_o.at(t0 + r, v0 + c) : 0.f;
-      if (want_dA) vt[r * kLd4 + c] = in ? v.at(t0 + r, v0 + c) : 0.f;
-    }
-    __syncthreads();
-    if (want_dA) {
-      // d_A_ij += sum_c d_o_ic v_jc: X = d_o rows 16 I, Y = v^T (v rows 16 J read col-major).
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        if (aI[e] < 0) continue;
-        mma_tf32<row_major, col_major>(dA[e], dO + 16 * aI[e] * kLd4, kLd4, vt + 16 * aJ[e] * kLd4,
-                                       kLd4, kVO / kTK);
-      }
-    }
-    if (want_dv) {
-      // d_v rows 16 Jt..: sum_{i >= 16 Jt} A_ij d_o_i (A^T read col-major from A; A is zero
-      // for i < j) + sum_c KF_jc d_S_c.
-      FragC out[2];
-      wmma::fill_fragment(out[0], 0.f);
-      wmma::fill_fragment(out[1], 0.f);
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        mma_tf32<col_major, row_major>(out[e], A + 16 * Jt * kLd4 + 16 * Jt, kLd4,
-                                       dO + 16 * Jt * kLd4 + 16 * (jt + e), kLd4,
-                                       (kRows - 16 * Jt) / kTK);
-      }
-      for (int k0 = 0; k0 < K; k0 += kKT) {
-        for (int idx = threadIdx.x; idx < kKT * kVO; idx += kThreads) {
-          const int r = idx / kVO, c = idx % kVO;
-          dSt[r * kLd4 + c] = k0 + r < K && v0 + c < V ? dS[(k0 + r) * p.V + v0 + c] : 0.f;
-        }
-        __syncthreads();
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          mma_tf32<col_major, row_major>(out[e], KFT + k0 * kLd4 + 16 * Jt, kLd4,
-                                         dSt + 16 * (jt + e), kLd4, kKT / kTK);
-        }
-        __syncthreads();  // also: every warp is done with vt (d_A) and dO
-      }
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        wmma::store_matrix_sync(vt + 16 * Jt * kLd4 + 16 * (jt + e), out[e], kLd4,
-                                wmma::mem_row_major);
-      }
-      __syncthreads();
-      for (int idx = threadIdx.x; idx < kRows * kVO; idx += kThreads) {
-        const int r = idx / kVO, c = idx % kVO;
-        if (r < L && v0 + c < V) dv[r * p.H * p.V + v0 + c] = from_f32<T>(vt[r * kLd4 + c]);
-      }
-    }
-    __syncthreads();
-  }
-  if (want_dA) {
-    // The lower tiles through dO (free after the last barrier); entries above the
-    // diagonal (all of the upper tiles, part of the diagonal ones) are written as 0.
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      if (aI[e] < 0) continue;
-      wmma::store_matrix_sync(dO + 16 * aI[e] * kLd4 + 16 * aJ[e], dA[e], kLd4,
-                              wmma::mem_row_major);
-    }
-    __syncthreads();
+  if (d_A != nullptr) {
     float* out = d_A + (bh * NC + n) * kRows * kRows;
     for (int idx = threadIdx.x; idx < kRows * kRows; idx += kThreads) {
       const int i = idx / kRows, j = idx % kRows;
-      out[idx] = j <= i ? p.scale * dO[i * kLd4 + j] : 0.f;
+      if (j / kSub > i / kSub) out[idx] = 0.f;
+    }
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      if (e >= a.count) break;
+      const int I = a.I[e], J = a.J[e];
+      float acc[2][4] = {};
+      const int i0 = kSub * I + fg, i1 = i0 + 8;
+      for (int vv = 0; vv < V; vv += kTK) {
+        const int c0 = vv + ft, c1 = c0 + 4;
+        const uint32_t af[4] = {to_tf32(i0 < L && c0 < V ? d_o.at(t0 + i0, c0) : 0.f),
+                                to_tf32(i1 < L && c0 < V ? d_o.at(t0 + i1, c0) : 0.f),
+                                to_tf32(i0 < L && c1 < V ? d_o.at(t0 + i0, c1) : 0.f),
+                                to_tf32(i1 < L && c1 < V ? d_o.at(t0 + i1, c1) : 0.f)};
+#pragma unroll
+        for (int nh = 0; nh < 2; ++nh) {
+          const int j = kSub * J + 8 * nh + fg;
+          const uint32_t bf[2] = {to_tf32(j < L && c0 < V ? v.at(t0 + j, c0) : 0.f),
+                                  to_tf32(j < L && c1 < V ? v.at(t0 + j, c1) : 0.f)};
+          mma_tf32_m16n8k8(acc[nh], af, bf);
+        }
+      }
+#pragma unroll
+      for (int nh = 0; nh < 2; ++nh) {
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          const int i = kSub * I + fg + 8 * (r / 2), j = kSub * J + 8 * nh + 2 * ft + r % 2;
+          out[i * kRows + j] = j <= i ? p.scale * acc[nh][r] : 0.f;
+        }
+      }
     }
   }
 }
@@ -938,68 +817,62 @@ __global__ void __launch_bounds__(kThreads)
   const SeqIn<T> q = seq<T>(p.q, b, h), k = seq<T>(p.k, b, h), g = seq<T>(p.g, b, h);
   const SeqIn<T> v = seq<T>(p.v, b, h), d_o = seq<T>(p.d_o, b, h);
 
-  // Shared memory: the chunk tiles, then one region that first stages the state terms'
-  // operands (d_o, v, S0, d_S tiles) and then holds d_A and its transpose, then rs
-  // (86 KB: two blocks per SM).
+  // Shared memory: the chunk tiles, then one region that first holds the state terms
+  // dq0 and dk0 and then d_A and its transpose, then rs (86 KB: two blocks per SM).
   const Tiles s = carve_tiles(smem);
   float* dA = smem + kTilesFloats;  // [kRows][kLd4]: d_A (scale included)
   float* dAT = dA + kRows * kLd4;   // [kRows][kLd4]: transposed
-  float* dot = dA;                  // [kRows][kLdS]: d_o tile
-  float* vt = dot + kRows * kLdS;   // [kRows][kLdS]: v tile
-  float* S0t = vt + kRows * kLdS;   // [kKT][kLdS]: S0 tile (keys x values)
-  float* dSt = S0t + kKT * kLdS;    // [kKT][kLdS]
-  static_assert(2 * kRows * kLdS + 2 * kKT * kLdS <= 2 * kRows * kLd4, "staging fits");
+  float* dot = dA;                  // [kRows][kLdS]: dq0
+  float* vt = dot + kRows * kLdS;   // [kRows][kLdS]: dk0
+  static_assert(2 * kRows * kLdS <= 2 * kRows * kLd4, "dq0 and dk0 fit");
   float* rs = dA + 2 * kRows * kLd4;  // [kKT]: rowsum(S0 * d_S) per key
 
   // The state terms dq0 = d_o S0^T and dk0 = v d_S^T ([64, 32] each, this key tile) on
-  // tensor cores: warp w owns rows 16 (w % 4) and both 16-key column tiles of dq0 (w < 4)
-  // or dk0 (w >= 4). rowsum(S0 * d_S): thread (key tid / 8, part tid % 8) sums values
-  // 4 part .. 4 part + 3 of each value tile, then the 8 parts are added by shuffles.
-  static_assert(kThreads / 32 == 2 * (kRows / 16) && kKT == 32 && kVT % kTK == 0,
-                "8 warps x 2 tiles = two [64, 32] products");
+  // tensor cores: warp w owns rows 16 (w % 4), all 32 keys (4 tiles of 8), of dq0 (w < 4)
+  // or dk0 (w >= 4), its operands loaded from global memory straight into the fragments
+  // (TF32-rounded) over the values in steps of 8. rowsum(S0 * d_S): thread (key tid / 8,
+  // part tid % 8) sums values part, part + 8, ..., then the 8 parts are added by shuffles.
+  static_assert(kThreads / 32 == 2 * (kRows / 16) && kKT == 32, "8 warps x [16, 32]");
   const float* S0 = p.states + (bh * NC + n) * p.K * p.V;
   const float* dS = d_states + (bh * NC + n) * p.K * p.V;
   {
-    const int warp = threadIdx.x / 32, rt = warp % 4;
-    const float* X = warp < 4 ? dot : vt;
-    const float* Y = warp < 4 ? S0t : dSt;
-    FragC acc0[2];
-    wmma::fill_fragment(acc0[0], 0.f);
-    wmma::fill_fragment(acc0[1], 0.f);
-    float rsum = 0.f;
-    static_assert(kThreads == 8 * kKT && kVT == 4 * 8, "rowsum: 8 threads x 4 values per key");
-    for (int v0 = 0; v0 < V; v0 += kVT) {
-      for (int idx = threadIdx.x; idx < kRows * kVT; idx += kThreads) {
-        const int r = idx / kVT, c = idx % kVT;
-        const bool in = r < L && v0 + c < V;
-        dot[r * kLdS + c] = in ? d_o.at(t0 + r, v0 + c) : 0.f;
-        vt[r * kLdS + c] = in ? v.at(t0 + r, v0 + c) : 0.f;
-      }
-      for (int idx = threadIdx.x; idx < kKT * kVT; idx += kThreads) {
-        const int r = idx / kVT, c = idx % kVT;
-        const bool in = k0 + r < K && v0 + c < V;
-        S0t[r * kLdS + c] = in ? S0[(k0 + r) * p.V + v0 + c] : 0.f;
-        dSt[r * kLdS + c] = in ? dS[(k0 + r) * p.V + v0 + c] : 0.f;
-      }
-      __syncthreads();
-      // X rows 16 rt (row-major) times Y^T (keys 16 e.., read col-major).
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, fg = lane / 4, ft = lane % 4;
+    const int rt = warp % 4, i0 = 16 * rt + fg, i1 = i0 + 8;
+    const SeqIn<T> X = warp < 4 ? d_o : v;
+    const float* Y = warp < 4 ? S0 : dS;
+    float acc[4][4] = {};
+#pragma unroll 2
+    for (int vv = 0; vv < V; vv += kTK) {
+      const int c0 = vv + ft, c1 = c0 + 4;
+      const uint32_t af[4] = {to_tf32(i0 < L && c0 < V ? X.at(t0 + i0, c0) : 0.f),
+                              to_tf32(i1 < L && c0 < V ? X.at(t0 + i1, c0) : 0.f),
+                              to_tf32(i0 < L && c1 < V ? X.at(t0 + i0, c1) : 0.f),
+                              to_tf32(i1 < L && c1 < V ? X.at(t0 + i1, c1) : 0.f)};
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        mma_tf32<row_major, col_major>(acc0[e], X + 16 * rt * kLdS, kLdS, Y + 16 * e * kLdS, kLdS,
-                                       kVT / kTK);
+      for (int nt = 0; nt < 4; ++nt) {
+        const int key = k0 + 8 * nt + fg;
+        const float* yr = Y + static_cast<int64_t>(key) * V;
+        const uint32_t bf[2] = {to_tf32(key < K && c0 < V ? yr[c0] : 0.f),
+                                to_tf32(key < K && c1 < V ? yr[c1] : 0.f)};
+        mma_tf32_m16n8k8(acc[nt], af, bf);
       }
-      {
-        const int key = threadIdx.x / 8, c = 4 * (threadIdx.x % 8);
-        const float4 a = ld4(&S0t[key * kLdS + c]), w = ld4(&dSt[key * kLdS + c]);
-        rsum += a.x * w.x + a.y * w.y + a.z * w.z + a.w * w.w;
-      }
-      __syncthreads();
     }
-    // Stage dq0 in dot and dk0 in vt (both [kRows][kLdS]), free after the last barrier.
+    float* out = warp < 4 ? dot : vt;
 #pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      wmma::store_matrix_sync((warp < 4 ? dot : vt) + 16 * rt * kLdS + 16 * e, acc0[e], kLdS,
-                              wmma::mem_row_major);
+    for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        out[(16 * rt + fg + 8 * (r / 2)) * kLdS + 8 * nt + 2 * ft + r % 2] = acc[nt][r];
+      }
+    }
+    float rsum = 0.f;
+    {
+      const int key = k0 + static_cast<int>(threadIdx.x) / 8;
+      if (key < K) {
+        const float* a = S0 + static_cast<int64_t>(key) * V;
+        const float* w = dS + static_cast<int64_t>(key) * V;
+        for (int c = threadIdx.x % 8; c < V; c += 8) rsum += a[c] * w[c];
+      }
     }
 #pragma unroll
     for (int d = 1; d < 8; d <<= 1) rsum += __shfl_xor_sync(0xffffffffu, rsum, d, 8);
@@ -1213,11 +1086,9 @@ const char* last_error() {
 
 constexpr int64_t kMaxGrid = 2147483647;
 
-size_t fwd_smem_bytes(int64_t K) { return sizeof(float) * (kTilesFloats + kRows * (k_pad(K) + 4)); }
-size_t dv_smem_bytes(int64_t K) {
-  constexpr int kStage = 2 * kRows * kLd4 + kKT * kLd4;
-  constexpr int kUnion = kStage > kTilesFloats ? kStage : kTilesFloats;
-  return sizeof(float) * (kUnion + kRows * kLd4 + k_pad(K) * kLd4);
+// gla_fwd_kernel and gla_bwd_dv_kernel: the chunk tiles, then [kRows][Kpad + 4] (Qe or KF).
+size_t chunk_smem_bytes(int64_t K) {
+  return sizeof(float) * (kTilesFloats + kRows * (k_pad(K) + 4));
 }
 constexpr size_t kDqkgSmemBytes = sizeof(float) * (kTilesFloats + 2 * kRows * kLd4 + kKT);
 
@@ -1263,7 +1134,7 @@ const char* fwd_t(const GlaFwdParams& p, cudaStream_t s) {
   StateJob j{p.B, p.T, p.H, p.K, p.V, p.C, p.k, p.g, p.v, 1.f, p.states, p.S_T, p.h0, p.decay};
   if (const char* e = chunk_states<T, false>(j, s)) return e;
   if (NC == 0) return nullptr;
-  const size_t smem = fwd_smem_bytes(p.K);
+  const size_t smem = chunk_smem_bytes(p.K);
   if (const char* e = allow_smem(gla_fwd_kernel<T>, smem)) return e;
   gla_fwd_kernel<T><<<static_cast<unsigned>(NC * p.B * p.H), kThreads, smem, s>>>(p);
   return last_error();
@@ -1279,7 +1150,7 @@ const char* bwd_t(const GlaBwdParams& p, cudaStream_t s) {
   if (NC == 0) return nullptr;
   const unsigned blocks = static_cast<unsigned>(NC * p.B * p.H);
   if (p.d_v != nullptr || sc.d_A != nullptr) {
-    const size_t smem = dv_smem_bytes(p.K);
+    const size_t smem = chunk_smem_bytes(p.K);
     if (const char* e = allow_smem(gla_bwd_dv_kernel<T>, smem)) return e;
     gla_bwd_dv_kernel<T><<<blocks, kThreads, smem, s>>>(p, sc.d_states, sc.d_A);
     if (const char* e = last_error()) return e;
