@@ -61,9 +61,6 @@ template <class T>
 struct SeqIn {
   const T* p;
   int64_t st, sc;
-  __device__ __forceinline__ float at(int64_t t, int64_t c) const {
-    return to_f32(p[t * st + c * sc]);
-  }
 };
 
 template <class T>
@@ -168,12 +165,24 @@ __device__ __forceinline__ int pair_index(int I, int J) { return I * (I - 1) / 2
 template <class T>
 __device__ void load_chunk_tiles(const SeqIn<T>& q, const SeqIn<T>& k, const SeqIn<T>& g,
                                  int64_t t0, int L, int k0, int K, const Tiles& s) {
-  for (int idx = threadIdx.x; idx < kRows * kKT; idx += kThreads) {
-    const int i = idx / kKT, c = idx % kKT;
-    const bool in = i < L && k0 + c < K;
-    s.q[i * kLdT + c] = in ? q.at(t0 + i, k0 + c) : 0.f;
-    s.k[i * kLdT + c] = in ? k.at(t0 + i, k0 + c) : 0.f;
-    s.G[i * kLdT + c] = in ? g.at(t0 + i, k0 + c) * kLog2e : 0.f;
+  {
+    // Thread: column c, rows r, r + 8, ... (three pointers walk down the rows).
+    constexpr int kStep = kThreads / kKT;
+    const int c = threadIdx.x % kKT, r = threadIdx.x / kKT;
+    const bool cin = k0 + c < K;
+    const T* qp = q.p + (t0 + r) * q.st + (k0 + c) * q.sc;
+    const T* kp = k.p + (t0 + r) * k.st + (k0 + c) * k.sc;
+    const T* gp = g.p + (t0 + r) * g.st + (k0 + c) * g.sc;
+#pragma unroll
+    for (int i = r; i < kRows; i += kStep) {
+      const bool in = cin && i < L;
+      s.q[i * kLdT + c] = in ? to_f32(*qp) : 0.f;
+      s.k[i * kLdT + c] = in ? to_f32(*kp) : 0.f;
+      s.G[i * kLdT + c] = in ? to_f32(*gp) * kLog2e : 0.f;
+      qp += kStep * q.st;
+      kp += kStep * k.st;
+      gp += kStep * g.st;
+    }
   }
   __syncthreads();
   column_scan<false>(s.G, kLdT, NoOp{});
@@ -583,13 +592,13 @@ __global__ void __launch_bounds__(kThreads, kChunkBlocks) gla_fwd_kernel(const G
     const int col = v0 + fg;  // this lane's B column
     const bool cin = col < V;
     float acc[kRows / kSub][4] = {};
-    // Qe S0 over the keys.
+    // Qe S0 over the keys; sp walks down S0's rows ft, ft + 8, ... of column col.
+    const float* sp = S0 + static_cast<int64_t>(ft) * V + col;
 #pragma unroll 2
-    for (int kk = 0; kk < Kpad; kk += kTK) {
+    for (int kk = 0; kk < Kpad; kk += kTK, sp += kTK * V) {
       const int r0 = kk + ft, r1 = r0 + 4;
-      const uint32_t bf[2] = {
-          to_tf32(cin && r0 < K ? S0[static_cast<int64_t>(r0) * V + col] : 0.f),
-          to_tf32(cin && r1 < K ? S0[static_cast<int64_t>(r1) * V + col] : 0.f)};
+      const uint32_t bf[2] = {to_tf32(cin && r0 < K ? sp[0] : 0.f),
+                              to_tf32(cin && r1 < K ? sp[4 * V] : 0.f)};
 #pragma unroll
       for (int I = 0; I < kRows / kSub; ++I) {
         const float* x = Qe + (kSub * I + fg) * ldq + kk + ft;
@@ -598,12 +607,14 @@ __global__ void __launch_bounds__(kThreads, kChunkBlocks) gla_fwd_kernel(const G
         mma_tf32_m16n8k8(acc[I], af, bf);
       }
     }
-    // A v over the rows j (A is zero for j beyond the row tile's diagonal tile).
+    // A v over the rows j (A is zero for j beyond the row tile's diagonal tile); vp walks
+    // down v's rows ft, ft + 8, ... of column col.
+    const T* vp = v.p + (t0 + ft) * v.st + col * v.sc;
 #pragma unroll
-    for (int jj = 0; jj < kRows; jj += kTK) {
+    for (int jj = 0; jj < kRows; jj += kTK, vp += kTK * v.st) {
       const int r0 = jj + ft, r1 = r0 + 4;
-      const uint32_t bf[2] = {to_tf32(cin && r0 < L ? v.at(t0 + r0, col) : 0.f),
-                              to_tf32(cin && r1 < L ? v.at(t0 + r1, col) : 0.f)};
+      const uint32_t bf[2] = {to_tf32(cin && r0 < L ? to_f32(vp[0]) : 0.f),
+                              to_tf32(cin && r1 < L ? to_f32(vp[4 * v.st]) : 0.f)};
 #pragma unroll
       for (int I = jj / kSub; I < kRows / kSub; ++I) {
         const float* x = AS + (kSub * I + fg) * kLd4 + jj + ft;
@@ -719,12 +730,14 @@ __global__ void __launch_bounds__(kThreads, kChunkBlocks)
       const int col = v0 + fg;
       const bool cin = col < V;
       float acc[kRows / kSub][4] = {};
-      // A^T d_o: rows j of tile J take i >= 16 J only (A is zero above the diagonal).
+      // A^T d_o: rows j of tile J take i >= 16 J only (A is zero above the diagonal); dp
+      // walks down d_o's rows ft, ft + 8, ... of column col.
+      const T* dp = d_o.p + (t0 + ft) * d_o.st + col * d_o.sc;
 #pragma unroll
-      for (int ii = 0; ii < kRows; ii += kTK) {
+      for (int ii = 0; ii < kRows; ii += kTK, dp += kTK * d_o.st) {
         const int r0 = ii + ft, r1 = r0 + 4;
-        const uint32_t bf[2] = {to_tf32(cin && r0 < L ? d_o.at(t0 + r0, col) : 0.f),
-                                to_tf32(cin && r1 < L ? d_o.at(t0 + r1, col) : 0.f)};
+        const uint32_t bf[2] = {to_tf32(cin && r0 < L ? to_f32(dp[0]) : 0.f),
+                                to_tf32(cin && r1 < L ? to_f32(dp[4 * d_o.st]) : 0.f)};
 #pragma unroll
         for (int J = 0; J <= ii / kSub; ++J) {
           const float* x = AT + (kSub * J + fg) * kLd4 + ii + ft;
@@ -733,13 +746,13 @@ __global__ void __launch_bounds__(kThreads, kChunkBlocks)
           mma_tf32_m16n8k8(acc[J], af, bf);
         }
       }
-      // KF d_S over the keys.
+      // KF d_S over the keys; sp walks down d_S's rows ft, ft + 8, ... of column col.
+      const float* sp = dS + static_cast<int64_t>(ft) * V + col;
 #pragma unroll 2
-      for (int kk = 0; kk < Kpad; kk += kTK) {
+      for (int kk = 0; kk < Kpad; kk += kTK, sp += kTK * V) {
         const int r0 = kk + ft, r1 = r0 + 4;
-        const uint32_t bf[2] = {
-            to_tf32(cin && r0 < K ? dS[static_cast<int64_t>(r0) * V + col] : 0.f),
-            to_tf32(cin && r1 < K ? dS[static_cast<int64_t>(r1) * V + col] : 0.f)};
+        const uint32_t bf[2] = {to_tf32(cin && r0 < K ? sp[0] : 0.f),
+                                to_tf32(cin && r1 < K ? sp[4 * V] : 0.f)};
 #pragma unroll
         for (int J = 0; J < kRows / kSub; ++J) {
           const float* x = KF + (kSub * J + fg) * ldk + kk + ft;
@@ -774,20 +787,27 @@ __global__ void __launch_bounds__(kThreads, kChunkBlocks)
       if (e >= a.count) break;
       const int I = a.I[e], J = a.J[e];
       float acc[2][4] = {};
-      const int i0 = kSub * I + fg, i1 = i0 + 8;
-      for (int vv = 0; vv < V; vv += kTK) {
-        const int c0 = vv + ft, c1 = c0 + 4;
-        const uint32_t af[4] = {to_tf32(i0 < L && c0 < V ? d_o.at(t0 + i0, c0) : 0.f),
-                                to_tf32(i1 < L && c0 < V ? d_o.at(t0 + i1, c0) : 0.f),
-                                to_tf32(i0 < L && c1 < V ? d_o.at(t0 + i0, c1) : 0.f),
-                                to_tf32(i1 < L && c1 < V ? d_o.at(t0 + i1, c1) : 0.f)};
-#pragma unroll
-        for (int nh = 0; nh < 2; ++nh) {
-          const int j = kSub * J + 8 * nh + fg;
-          const uint32_t bf[2] = {to_tf32(j < L && c0 < V ? v.at(t0 + j, c0) : 0.f),
-                                  to_tf32(j < L && c1 < V ? v.at(t0 + j, c1) : 0.f)};
-          mma_tf32_m16n8k8(acc[nh], af, bf);
-        }
+      // Rows i0, i1 of d_o and j0, j1 of v, each walked along its values ft, ft + 8, ...
+      const int i0 = kSub * I + fg, i1 = i0 + 8, j0 = kSub * J + fg, j1 = j0 + 8;
+      const bool i0in = i0 < L, i1in = i1 < L, j0in = j0 < L, j1in = j1 < L;
+      const int64_t os = d_o.sc, vs = v.sc;
+      const T* a0 = d_o.p + (t0 + i0) * d_o.st + ft * os;
+      const T* a1 = d_o.p + (t0 + i1) * d_o.st + ft * os;
+      const T* b0 = v.p + (t0 + j0) * v.st + ft * vs;
+      const T* b1 = v.p + (t0 + j1) * v.st + ft * vs;
+      for (int vv = 0; vv < V;
+           vv += kTK, a0 += kTK * os, a1 += kTK * os, b0 += kTK * vs, b1 += kTK * vs) {
+        const bool c0 = vv + ft < V, c1 = vv + ft + 4 < V;
+        const uint32_t af[4] = {to_tf32(i0in && c0 ? to_f32(a0[0]) : 0.f),
+                                to_tf32(i1in && c0 ? to_f32(a1[0]) : 0.f),
+                                to_tf32(i0in && c1 ? to_f32(a0[4 * os]) : 0.f),
+                                to_tf32(i1in && c1 ? to_f32(a1[4 * os]) : 0.f)};
+        const uint32_t bf0[2] = {to_tf32(j0in && c0 ? to_f32(b0[0]) : 0.f),
+                                 to_tf32(j0in && c1 ? to_f32(b0[4 * vs]) : 0.f)};
+        const uint32_t bf1[2] = {to_tf32(j1in && c0 ? to_f32(b1[0]) : 0.f),
+                                 to_tf32(j1in && c1 ? to_f32(b1[4 * vs]) : 0.f)};
+        mma_tf32_m16n8k8(acc[0], af, bf0);
+        mma_tf32_m16n8k8(acc[1], af, bf1);
       }
 #pragma unroll
       for (int nh = 0; nh < 2; ++nh) {
@@ -841,19 +861,30 @@ __global__ void __launch_bounds__(kThreads)
     const SeqIn<T> X = warp < 4 ? d_o : v;
     const float* Y = warp < 4 ? S0 : dS;
     float acc[4][4] = {};
+    // Rows i0, i1 of X walked along the values ft, ft + 8, ...; Y's rows (keys) per tile.
+    const bool i0in = i0 < L, i1in = i1 < L;
+    const int64_t xs = X.sc;
+    const T* a0 = X.p + (t0 + i0) * X.st + ft * xs;
+    const T* a1 = X.p + (t0 + i1) * X.st + ft * xs;
+    const float* yr[4];
+    bool kin[4];
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+      const int key = k0 + 8 * nt + fg;
+      kin[nt] = key < K;
+      yr[nt] = Y + static_cast<int64_t>(kin[nt] ? key : 0) * V + ft;
+    }
 #pragma unroll 2
-    for (int vv = 0; vv < V; vv += kTK) {
-      const int c0 = vv + ft, c1 = c0 + 4;
-      const uint32_t af[4] = {to_tf32(i0 < L && c0 < V ? X.at(t0 + i0, c0) : 0.f),
-                              to_tf32(i1 < L && c0 < V ? X.at(t0 + i1, c0) : 0.f),
-                              to_tf32(i0 < L && c1 < V ? X.at(t0 + i0, c1) : 0.f),
-                              to_tf32(i1 < L && c1 < V ? X.at(t0 + i1, c1) : 0.f)};
+    for (int vv = 0; vv < V; vv += kTK, a0 += kTK * xs, a1 += kTK * xs) {
+      const bool c0 = vv + ft < V, c1 = vv + ft + 4 < V;
+      const uint32_t af[4] = {to_tf32(i0in && c0 ? to_f32(a0[0]) : 0.f),
+                              to_tf32(i1in && c0 ? to_f32(a1[0]) : 0.f),
+                              to_tf32(i0in && c1 ? to_f32(a0[4 * xs]) : 0.f),
+                              to_tf32(i1in && c1 ? to_f32(a1[4 * xs]) : 0.f)};
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt) {
-        const int key = k0 + 8 * nt + fg;
-        const float* yr = Y + static_cast<int64_t>(key) * V;
-        const uint32_t bf[2] = {to_tf32(key < K && c0 < V ? yr[c0] : 0.f),
-                                to_tf32(key < K && c1 < V ? yr[c1] : 0.f)};
+        const uint32_t bf[2] = {to_tf32(kin[nt] && c0 ? yr[nt][vv] : 0.f),
+                                to_tf32(kin[nt] && c1 ? yr[nt][vv + 4] : 0.f)};
         mma_tf32_m16n8k8(acc[nt], af, bf);
       }
     }
