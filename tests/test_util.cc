@@ -1,17 +1,42 @@
 #include "tests/test_util.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 
 #include "cuda/backend.h"
 #include "ops/op_list.h"
+#include "ops/shape.h"  // concat
 
 namespace resona::testing {
 
 bool cuda_available() {
   cuda::register_cuda_backend();  // test registration runs before other static initialisers
   return backend_available(DeviceType::kCUDA);
+}
+
+void check_rel(const Tensor& got, const std::vector<double>& ref, double rms_tol, double max_tol) {
+  REQUIRE(got.numel() == static_cast<int64_t>(ref.size()));
+  const std::vector<double> g = got.to_vector<double>();
+  double num = 0, den = 0, worst = 0;
+  bool finite = true;
+  for (size_t i = 0; i < g.size(); ++i) {
+    finite = finite && std::isfinite(g[i]);
+    num += (g[i] - ref[i]) * (g[i] - ref[i]);
+    den += ref[i] * ref[i];
+    worst = std::max(worst, std::abs(g[i] - ref[i]));
+  }
+  const double rms = std::sqrt(den / std::max<size_t>(g.size(), 1));
+  INFO(got.describe() << ": relative RMS error " << std::sqrt(num / den) << ", max error " << worst
+                      << " with reference RMS " << rms);
+  CHECK(finite);
+  CHECK(std::sqrt(num) <= rms_tol * std::sqrt(den));
+  CHECK(worst <= max_tol * rms);
+}
+
+Tensor out_and_state(const RecurrentOutput& r) {
+  return concat({r.out.reshape({-1}), r.final_state.reshape({-1})}, 0);
 }
 
 Tensor leaf(Generator& gen, const Shape& shape, double lo, double hi) {

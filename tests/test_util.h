@@ -11,6 +11,7 @@
 #include "autograd/gradcheck.h"
 #include "core/rng.h"
 #include "core/tensor.h"
+#include "ops/scan.h"  // RecurrentOutput
 
 namespace resona::testing {
 
@@ -27,6 +28,15 @@ Tensor values(const std::vector<double>& v, const Shape& shape, bool grad = fals
 void check_close(const Tensor& t, const std::vector<double>& expected, double atol = 1e-9,
                  double rtol = 1e-9);
 void check_close(const Tensor& t, const Tensor& expected, double atol = 1e-9, double rtol = 1e-9);
+
+// A result against a float64 reference in FLA's measure (fla/utils/_testing.py):
+// ||got - ref||_2 <= rms_tol ||ref||_2, and the largest single error <= max_tol RMS(ref),
+// so one bad element cannot hide in the norm; every element finite.
+void check_rel(const Tensor& got, const std::vector<double>& ref, double rms_tol, double max_tol);
+
+// A recurrent op's output and final state, flattened and joined (output first), so one
+// gradcheck covers both.
+Tensor out_and_state(const RecurrentOutput& r);
 // Braced lists (`check_close(t, {0})`) pick this one rather than the Tensor overload.
 inline void check_close(const Tensor& t, std::initializer_list<double> expected, double atol = 1e-9,
                         double rtol = 1e-9) {

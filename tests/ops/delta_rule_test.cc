@@ -83,30 +83,6 @@ Reference reference_delta(const DeltaCase& c, const Tensor& q_t, const Tensor& k
 // below FLA's own 6e-3.
 constexpr double kRms32 = 5e-6, kMax32 = 5e-5;
 
-// ||got - ref||_2 / ||ref||_2 (FLA's measure) and the largest error relative to ref's RMS.
-void check_rel(const Tensor& got, const std::vector<double>& ref, double rms_tol, double max_tol) {
-  REQUIRE(got.numel() == static_cast<int64_t>(ref.size()));
-  const std::vector<double> g = got.to_vector<double>();
-  double num = 0, den = 0, worst = 0;
-  bool finite = true;
-  for (size_t i = 0; i < g.size(); ++i) {
-    finite = finite && std::isfinite(g[i]);
-    num += (g[i] - ref[i]) * (g[i] - ref[i]);
-    den += ref[i] * ref[i];
-    worst = std::max(worst, std::abs(g[i] - ref[i]));
-  }
-  const double rms = std::sqrt(den / std::max<size_t>(g.size(), 1));
-  INFO(got.describe() << ": relative RMS error " << std::sqrt(num / den) << ", max error " << worst
-                      << " with reference RMS " << rms);
-  CHECK(finite);
-  CHECK(std::sqrt(num) <= rms_tol * std::sqrt(den));
-  CHECK(worst <= max_tol * rms);
-}
-
-Tensor both(const RecurrentOutput& r) {
-  return concat({r.out.reshape({-1}), r.final_state.reshape({-1})}, 0);
-}
-
 // Random vectors of unit L2 norm along the last dim (DeltaNet L2-normalises q and k).
 Tensor unit_rows(Generator& gen, const Shape& shape, DType dt) {
   std::vector<double> x = gen.normal(shape, 0, 1, DType::kFloat64).to_vector<double>();
@@ -142,7 +118,7 @@ RESONA_OP_TEST(delta_rule, gradcheck,
     if (c.h0) inputs.push_back(h0);
     check_gradients(
         [&](const std::vector<Tensor>& x) {
-          return both(delta_rule(x[0], x[1], x[2], x[3], c.h0 ? x[4] : Tensor(), opt));
+          return out_and_state(delta_rule(x[0], x[1], x[2], x[3], c.h0 ? x[4] : Tensor(), opt));
         },
         inputs);
   }
@@ -152,7 +128,7 @@ RESONA_OP_TEST(delta_rule, gradcheck,
   opt.chunk = 4;
   check_gradients(
       [&](const std::vector<Tensor>& x) {
-        return both(
+        return out_and_state(
             delta_rule(x[0], x[1].transpose(1, 2), x[2].transpose(1, 2), x[3], Tensor(), opt));
       },
       {leaf(gen, {2, 9, 2, 5}), leaf(gen, {2, 2, 9, 5}, -0.5, 0.5), leaf(gen, {2, 2, 9, 7}),
@@ -177,14 +153,14 @@ RESONA_OP_TEST(delta_rule, gradcheck,
         make({c.B, c.H, c.K, c.V}, -1, 1, h0_grad)};
   };
   auto f = [&](const std::vector<Tensor>& x) {
-    return both(delta_rule(x[0], x[1], x[2], x[3], x[4], opt));
+    return out_and_state(delta_rule(x[0], x[1], x[2], x[3], x[4], opt));
   };
   check_gradients(f, inputs(false, false, true, false, false));
   check_gradients(f, inputs(false, false, false, true, true));
   check_gradients(f, inputs(true, false, false, false, false));
   check_gradients(f, inputs(false, true, false, false, false));
   std::vector<Tensor> x = inputs(true, false, false, false, false);
-  sum(both(delta_rule(x[0], x[1], x[2], x[3], x[4], opt))).backward();
+  sum(out_and_state(delta_rule(x[0], x[1], x[2], x[3], x[4], opt))).backward();
   CHECK(x[0].grad().defined());
   CHECK_FALSE(x[1].grad().defined());
   CHECK_FALSE(x[3].grad().defined());

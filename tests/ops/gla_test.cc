@@ -89,32 +89,6 @@ Reference reference_gla(const GlaCase& c, const Tensor& q_t, const Tensor& k_t, 
 // the order of one decay step, >= 1e-3 relative), and 1000x below FLA's own 5e-3.
 constexpr double kRms32 = 5e-6, kMax32 = 5e-5;
 
-// FLA's measure (fla/utils/_testing.py): ||got - ref||_2 / ||ref||_2, and the largest
-// single error relative to the RMS of ref, so one bad element cannot hide in the norm.
-void check_rel(const Tensor& got, const std::vector<double>& ref, double rms_tol, double max_tol) {
-  REQUIRE(got.numel() == static_cast<int64_t>(ref.size()));
-  const std::vector<double> g = got.to_vector<double>();
-  double num = 0, den = 0, worst = 0;
-  bool finite = true;
-  for (size_t i = 0; i < g.size(); ++i) {
-    finite = finite && std::isfinite(g[i]);
-    num += (g[i] - ref[i]) * (g[i] - ref[i]);
-    den += ref[i] * ref[i];
-    worst = std::max(worst, std::abs(g[i] - ref[i]));
-  }
-  const double rms = std::sqrt(den / std::max<size_t>(g.size(), 1));
-  INFO(got.describe() << ": relative RMS error " << std::sqrt(num / den) << ", max error " << worst
-                      << " with reference RMS " << rms);
-  CHECK(finite);
-  CHECK(std::sqrt(num) <= rms_tol * std::sqrt(den));
-  CHECK(worst <= max_tol * rms);
-}
-
-// Flattened o followed by S_T, so one gradcheck covers both outputs.
-Tensor both(const RecurrentOutput& r) {
-  return concat({r.out.reshape({-1}), r.final_state.reshape({-1})}, 0);
-}
-
 // GLA's gate as FLA builds it: logsigmoid(x) / 16 with x ~ N(0, 1), i.e. in about
 // [-0.3, -0.003]: long memory.
 Tensor gla_gate(Generator& gen, const Shape& shape, DType dt) {
@@ -153,7 +127,7 @@ RESONA_OP_TEST(gla, gradcheck,
     if (c.h0) inputs.push_back(h0);
     check_gradients(
         [&](const std::vector<Tensor>& x) {
-          return both(gla(x[0], x[1], x[2], x[3], c.h0 ? x[4] : Tensor(), opt));
+          return out_and_state(gla(x[0], x[1], x[2], x[3], c.h0 ? x[4] : Tensor(), opt));
         },
         inputs);
   }
@@ -163,7 +137,8 @@ RESONA_OP_TEST(gla, gradcheck,
   opt.chunk = 4;
   check_gradients(
       [&](const std::vector<Tensor>& x) {
-        return both(gla(x[0].transpose(1, 2), x[1], x[2].transpose(1, 2), x[3], Tensor(), opt));
+        return out_and_state(
+            gla(x[0].transpose(1, 2), x[1], x[2].transpose(1, 2), x[3], Tensor(), opt));
       },
       {leaf(gen, {2, 2, 9, 5}), leaf(gen, {2, 9, 2, 5}), leaf(gen, {2, 2, 9, 7}),
        leaf(gen, {2, 9, 2, 5}, -1, -0.05)});
@@ -186,14 +161,14 @@ RESONA_OP_TEST(gla, gradcheck, "gla subsets of inputs needing grad: v only, g an
         make({c.B, c.H, c.K, c.V}, -1, 1, h0_grad)};
   };
   auto f = [&](const std::vector<Tensor>& x) {
-    return both(gla(x[0], x[1], x[2], x[3], x[4], opt));
+    return out_and_state(gla(x[0], x[1], x[2], x[3], x[4], opt));
   };
   check_gradients(f, inputs(false, false, true, false, false));
   check_gradients(f, inputs(false, false, false, true, true));
   check_gradients(f, inputs(true, true, false, false, false));
   // Gradients not asked for stay undefined.
   std::vector<Tensor> x = inputs(false, false, true, false, false);
-  sum(both(gla(x[0], x[1], x[2], x[3], x[4], opt))).backward();
+  sum(out_and_state(gla(x[0], x[1], x[2], x[3], x[4], opt))).backward();
   CHECK(x[2].grad().defined());
   CHECK_FALSE(x[0].grad().defined());
   CHECK_FALSE(x[3].grad().defined());
@@ -367,7 +342,7 @@ RESONA_OP_TEST(gla, values,
       std::vector<Tensor> x = {q32.detach(), k32.detach(), v32.detach(), g32.detach(),
                                h32.detach()};
       for (Tensor& t : x) t.set_requires_grad(true);
-      sum(both(gla(x[0], x[1], x[2], x[3], x[4]))).backward();
+      sum(out_and_state(gla(x[0], x[1], x[2], x[3], x[4]))).backward();
       for (Tensor& t : x) {
         std::vector<double> gr = t.grad().to_vector<double>();
         bool finite = true;

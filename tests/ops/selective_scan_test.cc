@@ -76,29 +76,6 @@ Reference reference_scan(const ScanCase& c, const Tensor& x_t, const Tensor& del
 // 10x or more above that, far below what a wrong step or index produces.
 constexpr double kRms32 = 5e-6, kMax32 = 5e-5;
 
-void check_rel(const Tensor& got, const std::vector<double>& ref, double rms_tol, double max_tol) {
-  REQUIRE(got.numel() == static_cast<int64_t>(ref.size()));
-  const std::vector<double> g = got.to_vector<double>();
-  double num = 0, den = 0, worst = 0;
-  bool finite = true;
-  for (size_t i = 0; i < g.size(); ++i) {
-    finite = finite && std::isfinite(g[i]);
-    num += (g[i] - ref[i]) * (g[i] - ref[i]);
-    den += ref[i] * ref[i];
-    worst = std::max(worst, std::abs(g[i] - ref[i]));
-  }
-  const double rms = std::sqrt(den / std::max<size_t>(g.size(), 1));
-  INFO(got.describe() << ": relative RMS error " << std::sqrt(num / den) << ", max error " << worst
-                      << " with reference RMS " << rms);
-  CHECK(finite);
-  CHECK(std::sqrt(num) <= rms_tol * std::sqrt(den));
-  CHECK(worst <= max_tol * rms);
-}
-
-Tensor both(const RecurrentOutput& r) {
-  return concat({r.out.reshape({-1}), r.final_state.reshape({-1})}, 0);
-}
-
 // Inputs in Mamba's ranges: delta = softplus(.) in (0.01, 1), A = -exp(A_log) in
 // (-4, -0.5), B, C, x, D_skip, h0 of order 1.
 struct Inputs {
@@ -146,7 +123,7 @@ RESONA_OP_TEST(selective_scan, gradcheck,
           size_t i = 5;
           Tensor D_skip = c.D_skip ? v[i++] : Tensor();
           Tensor h0 = c.h0 ? v[i++] : Tensor();
-          return both(selective_scan(v[0], v[1], v[2], v[3], v[4], D_skip, h0));
+          return out_and_state(selective_scan(v[0], v[1], v[2], v[3], v[4], D_skip, h0));
         },
         as_list(in));
   }
@@ -159,7 +136,7 @@ RESONA_OP_TEST(selective_scan, gradcheck,
   Inputs in = make_inputs(gen, c, DType::kFloat64, true);
   std::vector<Tensor> all = as_list(in);
   auto f = [](const std::vector<Tensor>& v) {
-    return both(selective_scan(v[0], v[1], v[2], v[3], v[4], v[5], v[6]));
+    return out_and_state(selective_scan(v[0], v[1], v[2], v[3], v[4], v[5], v[6]));
   };
   for (const std::vector<int>& subset :
        std::vector<std::vector<int>>{{2, 5}, {1}, {3, 4, 6}, {0}}) {
