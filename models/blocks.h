@@ -229,4 +229,19 @@ class CausalLM : public LanguageModel {
   std::unique_ptr<Linear> lm_head_;  // untied only
 };
 
+// A CausalLM of cfg.num_hidden_layers blocks BlockT(Mixer(cfg, g), cfg, layer, g): the
+// families' build functions (PrenormBlock for GLA, DeltaNet, RetNet; MixerBlock for Mamba).
+template <class BlockT, class Mixer>
+std::unique_ptr<LanguageModel> build_causal_lm(const ModelConfig& cfg, Generator& gen,
+                                               const CausalLMLayout& layout) {
+  return std::make_unique<CausalLM>(cfg, gen, layout, [&cfg](int64_t layer, Generator& g) {
+    return std::make_unique<BlockT>(std::make_unique<Mixer>(cfg, g), cfg, layer, g);
+  });
+}
+
+// Linear layers without bias at the model's init_std (the attention projections).
+inline LinearOptions no_bias(const ModelConfig& cfg) {
+  return {.bias = false, .init_std = cfg.init_std};
+}
+
 }  // namespace resona::models

@@ -15,7 +15,6 @@ const ModelConfig& validated(const ModelConfig& cfg) {
   validate_deltanet_config(cfg);
   return cfg;
 }
-LinearOptions no_bias(const ModelConfig& cfg) { return {.bias = false, .init_std = cfg.init_std}; }
 }  // namespace
 
 DeltaNet::DeltaNet(const ModelConfig& cfg, Generator& gen)
@@ -122,11 +121,7 @@ Tensor DeltaNet::forward(const Tensor& x) const {
 
 std::unique_ptr<LanguageModel> build_deltanet(const ModelConfig& cfg, Generator& gen) {
   validate_deltanet_config(cfg);
-  return std::make_unique<CausalLM>(
-      cfg, gen, CausalLMLayout{"model", "norm"}, [&cfg](int64_t layer, Generator& g) {
-        auto attn = std::make_unique<DeltaNet>(cfg, g);
-        return std::make_unique<PrenormBlock>(std::move(attn), cfg, layer, g);
-      });
+  return build_causal_lm<PrenormBlock, DeltaNet>(cfg, gen, CausalLMLayout{"model", "norm"});
 }
 
 }  // namespace resona::models

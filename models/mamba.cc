@@ -87,10 +87,7 @@ Tensor MambaMixer::forward(const Tensor& x) const {
 
 std::unique_ptr<LanguageModel> build_mamba(const ModelConfig& cfg, Generator& gen) {
   validate_mamba_config(cfg);
-  return std::make_unique<CausalLM>(
-      cfg, gen, CausalLMLayout{"backbone", "norm_f"}, [&cfg](int64_t layer, Generator& g) {
-        return std::make_unique<MixerBlock>(std::make_unique<MambaMixer>(cfg, g), cfg, layer, g);
-      });
+  return build_causal_lm<MixerBlock, MambaMixer>(cfg, gen, CausalLMLayout{"backbone", "norm_f"});
 }
 
 }  // namespace resona::models

@@ -101,10 +101,7 @@ Tensor Mamba2Mixer::forward(const Tensor& x) const {
 
 std::unique_ptr<LanguageModel> build_mamba2(const ModelConfig& cfg, Generator& gen) {
   validate_mamba2_config(cfg);
-  return std::make_unique<CausalLM>(
-      cfg, gen, CausalLMLayout{"backbone", "norm_f"}, [&cfg](int64_t layer, Generator& g) {
-        return std::make_unique<MixerBlock>(std::make_unique<Mamba2Mixer>(cfg, g), cfg, layer, g);
-      });
+  return build_causal_lm<MixerBlock, Mamba2Mixer>(cfg, gen, CausalLMLayout{"backbone", "norm_f"});
 }
 
 }  // namespace resona::models

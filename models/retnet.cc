@@ -20,7 +20,6 @@ const ModelConfig& validated(const ModelConfig& cfg) {
   validate_retnet_config(cfg);
   return cfg;
 }
-LinearOptions no_bias(const ModelConfig& cfg) { return {.bias = false, .init_std = cfg.init_std}; }
 }  // namespace
 
 std::vector<double> MultiScaleRetention::log_decays(int64_t num_heads) {
@@ -85,11 +84,8 @@ Tensor MultiScaleRetention::forward(const Tensor& x) const {
 
 std::unique_ptr<LanguageModel> build_retnet(const ModelConfig& cfg, Generator& gen) {
   validate_retnet_config(cfg);
-  return std::make_unique<CausalLM>(
-      cfg, gen, CausalLMLayout{"model", "norm"}, [&cfg](int64_t layer, Generator& g) {
-        auto attn = std::make_unique<MultiScaleRetention>(cfg, g);
-        return std::make_unique<PrenormBlock>(std::move(attn), cfg, layer, g);
-      });
+  return build_causal_lm<PrenormBlock, MultiScaleRetention>(cfg, gen,
+                                                            CausalLMLayout{"model", "norm"});
 }
 
 }  // namespace resona::models
