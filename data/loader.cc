@@ -40,6 +40,19 @@ bool LoaderState::operator==(const LoaderState& o) const {
          add_bos == o.add_bos && add_eos == o.add_eos;
 }
 
+void LoaderState::check_same_settings(const LoaderState& saved) const {
+  auto same = [&](bool eq, const char* key, const auto& then, const auto& now) {
+    RESONA_CHECK(eq) << "data loader position was saved with " << key << " = " << then
+                     << ", this loader has " << key << " = " << now;
+  };
+  same(saved.seed == seed, "seed", saved.seed, seed);
+  same(saved.seq_len == seq_len, "seq_len", saved.seq_len, seq_len);
+  same(saved.global_batch == global_batch, "global_batch", saved.global_batch, global_batch);
+  same(saved.shuffle == shuffle, "shuffle", saved.shuffle, shuffle);
+  same(saved.add_bos == add_bos, "add_bos", saved.add_bos, add_bos);
+  same(saved.add_eos == add_eos, "add_eos", saved.add_eos, add_eos);
+}
+
 std::string LoaderState::to_json() const {
   nlohmann::json j = {{"epoch", epoch},     {"step", step},
                       {"seed", seed},       {"dataset_fingerprint", hex64(dataset_fingerprint)},
@@ -256,17 +269,9 @@ void DataLoader::set_state(const LoaderState& s) {
       << "data loader position was saved on another dataset (fingerprint "
       << hex64(s.dataset_fingerprint) << ", " << dir << " has " << hex64(mine.dataset_fingerprint)
       << ")";
-  auto same = [&](bool eq, const char* key, const auto& saved, const auto& now) {
-    RESONA_CHECK(eq) << "data loader position was saved with " << key << " = " << saved
-                     << ", this loader has " << key << " = " << now;
-  };
-  same(s.seed == mine.seed, "seed", s.seed, mine.seed);
-  same(s.seq_len == mine.seq_len, "seq_len", s.seq_len, mine.seq_len);
-  same(s.global_batch == mine.global_batch, "global_batch", s.global_batch, mine.global_batch);
-  same(s.mode == mine.mode, "mode", s.mode, mine.mode);
-  same(s.shuffle == mine.shuffle, "shuffle", s.shuffle, mine.shuffle);
-  same(s.add_bos == mine.add_bos, "add_bos", s.add_bos, mine.add_bos);
-  same(s.add_eos == mine.add_eos, "add_eos", s.add_eos, mine.add_eos);
+  RESONA_CHECK(s.mode == mine.mode) << "data loader position was saved with mode = " << s.mode
+                                    << ", this loader has mode = " << mine.mode;
+  mine.check_same_settings(s);
   RESONA_CHECK(s.step <= steps_per_epoch())
       << "data loader position step " << s.step << " is past the end of an epoch of "
       << steps_per_epoch() << " steps";

@@ -73,6 +73,10 @@ struct LoaderState {
   bool shuffle = true, add_bos = false, add_eos = true;
 
   bool operator==(const LoaderState& o) const;
+  // Throws, naming the key and both values, unless `saved` was written by a loader with
+  // this one's seed, seq_len, global_batch, shuffle, add_bos and add_eos (the settings
+  // that fix the order of the batches; the dataset and the mode are each loader's own).
+  void check_same_settings(const LoaderState& saved) const;
   std::string to_json() const;
   // `what` names the source (e.g. the checkpoint file) in errors.
   static LoaderState from_json(const std::string& text, const std::string& what);

@@ -133,16 +133,7 @@ void TaskLoader::set_state(const LoaderState& s) {
       << "data loader position was saved on other task data (dataset_fingerprint "
       << hex64(s.dataset_fingerprint) << ", this task's rows have "
       << hex64(mine.dataset_fingerprint) << ")";
-  auto same = [&](bool eq, const char* key, const auto& saved, const auto& now) {
-    RESONA_CHECK(eq) << "data loader position was saved with " << key << " = " << saved
-                     << ", this loader has " << key << " = " << now;
-  };
-  same(s.seed == mine.seed, "seed", s.seed, mine.seed);
-  same(s.seq_len == mine.seq_len, "seq_len", s.seq_len, mine.seq_len);
-  same(s.global_batch == mine.global_batch, "global_batch", s.global_batch, mine.global_batch);
-  same(s.shuffle == mine.shuffle, "shuffle", s.shuffle, mine.shuffle);
-  same(s.add_bos == mine.add_bos, "add_bos", s.add_bos, mine.add_bos);
-  same(s.add_eos == mine.add_eos, "add_eos", s.add_eos, mine.add_eos);
+  mine.check_same_settings(s);
   RESONA_CHECK(s.epoch >= 0 && s.step >= 0 && s.step <= steps_per_epoch())
       << "data loader position (epoch " << s.epoch << ", step " << s.step
       << ") is outside an epoch of " << steps_per_epoch() << " steps";
