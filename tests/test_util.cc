@@ -35,6 +35,12 @@ void check_rel(const Tensor& got, const std::vector<double>& ref, double rms_tol
   CHECK(worst <= max_tol * rms);
 }
 
+void check_contains(const std::string& msg, const std::string& needle) {
+  INFO("message: " << msg);
+  INFO("expected to contain: " << needle);
+  CHECK(msg.find(needle) != std::string::npos);
+}
+
 Tensor out_and_state(const RecurrentOutput& r) {
   return concat({r.out.reshape({-1}), r.final_state.reshape({-1})}, 0);
 }

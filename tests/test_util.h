@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "autograd/gradcheck.h"
+#include "core/check.h"  // Error
 #include "core/rng.h"
 #include "core/tensor.h"
 #include "ops/scan.h"  // RecurrentOutput
@@ -33,6 +34,25 @@ void check_close(const Tensor& t, const Tensor& expected, double atol = 1e-9, do
 // ||got - ref||_2 <= rms_tol ||ref||_2, and the largest single error <= max_tol RMS(ref),
 // so one bad element cannot hide in the norm; every element finite.
 void check_rel(const Tensor& got, const std::vector<double>& ref, double rms_tol, double max_tol);
+
+// The message of the resona::Error that `f` throws; a failed check (and "") when `f`
+// throws something else or nothing.
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    FAIL("threw a non-resona exception: " << e.what());
+    return "";
+  }
+  FAIL("no error was thrown");
+  return "";
+}
+
+// Checks that msg contains needle (both shown on failure).
+void check_contains(const std::string& msg, const std::string& needle);
 
 // A recurrent op's output and final state, flattened and joined (output first), so one
 // gradcheck covers both.

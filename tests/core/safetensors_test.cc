@@ -81,27 +81,6 @@ std::string make_file(const std::string& header, size_t data_bytes) {
   return le64(h.size()) + h + std::string(data_bytes, '\0');
 }
 
-// The message of the resona::Error that `f` throws ("" and a failed check if none).
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    FAIL("threw a non-resona exception: " << e.what());
-    return "";
-  }
-  FAIL("no error was thrown");
-  return "";
-}
-
-void check_contains(const std::string& msg, const std::string& needle) {
-  INFO("message: " << msg);
-  INFO("expected to contain: " << needle);
-  CHECK(msg.find(needle) != std::string::npos);
-}
-
 // Tensors of every dtype and several layouts, with bit patterns that a value-converting
 // copy would change (NaN payloads, signalling NaN, -0, denormals, integer extremes).
 NamedTensors sample_tensors() {

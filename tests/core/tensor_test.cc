@@ -13,24 +13,6 @@
 namespace resona::testing {
 namespace {
 
-// The message of the resona::Error that `f` throws (and a failed check if none).
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  FAIL("no error was thrown");
-  return "";
-}
-
-void check_contains(const std::string& msg, const std::string& needle) {
-  INFO("message: " << msg);
-  INFO("expected to contain: " << needle);
-  CHECK(msg.find(needle) != std::string::npos);
-}
-
 // 0, 1, ..., n-1 as float64 in the given shape (a fresh contiguous tensor).
 Tensor iota(const Shape& shape) {
   return arange(shape_numel(shape), DType::kFloat64).reshape(shape);

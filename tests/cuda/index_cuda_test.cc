@@ -186,18 +186,6 @@ void check_case(const std::string& name, const IndexFn& f, const Tensor& x, cons
   }
 }
 
-// The message of the Error that f throws; empty when f returns (the asynchronous index
-// checks throw at a synchronisation, so the tests look at what one reports).
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return {};
-}
-
 }  // namespace
 
 RESONA_GPU_TEST(
