@@ -5,12 +5,12 @@
 //                               (thread c solves column c), W = N diag(beta) k,
 //                               U = N diag(beta) v (forward), P = tril(q k^T); in
 //                               backward N and G are written instead of U
-// delta_rule_fwd_state_kernel   block (b, h, 32 columns of V): the chunks in order,
-//                               V' = U - W S, S <- S + k^T V', S in shared memory
+// delta_rule_fwd_state_kernel   block (b, h, 16, 32 or 48 columns of V): the chunks in
+//                               order, V' = U - W S, S <- S + k^T V'
 // delta_rule_fwd_out_kernel     block (b, h, chunk, 64 columns of V):
 //                               o = scale (q S0 + P V')
-// delta_rule_bwd_state_kernel   block (b, h, 32 columns of V): the chunks in reverse,
-//                               d_V' = scale P^T d_o + k d_S,
+// delta_rule_bwd_state_kernel   block (b, h, 16, 32 or 48 columns of V): the chunks in
+//                               reverse, d_V' = scale P^T d_o + k d_S,
 //                               d_S <- d_S + scale q^T d_o - W^T d_V'
 // delta_rule_bwd_grad_kernel    block (b, h, chunk): over 32-column tiles of V,
 //                               R = v - k S0, V' = N diag(beta) R, Y = N^T d_V',
@@ -18,23 +18,29 @@
 //                               Y V'^T and R . Y; then d_beta, and d_q, d_k over
 //                               64-column tiles of K
 //
-// Every product is one block-level tiled product in float32: 256 threads, each owning a
-// 4 x TN block of a 64 x 16 TN output tile, the operands staged through shared memory
-// 16 contraction steps at a time (the next step's loads are issued before the current
-// step's arithmetic). Operands are read through small accessors (strided inputs of
-// either dtype, float32 scratch, shared-memory matrices, transposes), so no layout needs
-// a copy. A block's sums always run in the same order and no two blocks add into one
-// value: the results are bit-identical from run to run. Each block first asks L2 for the
-// rows it is about to read (prefetch hints; the two recurrences one chunk ahead), since
-// the recurrences, with few blocks per SM, would otherwise wait on memory at every step.
+// The parallel kernels' products are block-level tiled products in float32: 256 threads,
+// each owning a 4 x TN block of a 64 x 16 TN output tile, the operands staged through
+// shared memory 16 contraction steps at a time (the next step's loads are issued before
+// the current step's arithmetic). Operands are read through small accessors (strided
+// inputs of either dtype, float32 scratch, shared-memory matrices, transposes), so no
+// layout needs a copy; each block first asks L2 for the rows it is about to read. The
+// recurrences stage whole chunks and multiply on tensor cores (section (2)). A block's
+// sums always run in the same order and no two blocks add into one value: the results
+// are bit-identical from run to run.
 //
 // Rows past the chunk's length L and columns past V or K are never read or written; the
 // contraction bounds carry L, so chunk 1..64 and any K, V work unchanged.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <cstdlib>
+#include <type_traits>
+
 #include "cuda/convert.cuh"
+#include "cuda/cp_async.cuh"
 #include "cuda/delta_rule.h"
+#include "cuda/mma.cuh"
 
 namespace resona::cuda {
 namespace {
@@ -44,13 +50,10 @@ constexpr int kBM = 64;        // rows of an output tile: 4 per thread, 16 apart
 constexpr int kBK = 16;        // contraction steps staged at a time
 constexpr int kC = static_cast<int>(kDeltaMaxChunk);
 constexpr int kLd = kC + 1;                // row stride of the C x C matrices in shared memory
-constexpr int kStateCols = 32;             // columns of S / d_S per block of the sequential kernels
 constexpr int kOutCols = 64;               // columns of o per block of the output kernel
 constexpr int kGradCols = 32;              // columns of V per step of the gradient kernel
-constexpr int kStateTN = kStateCols / 16;  // output columns per thread in those products
 constexpr int kGradTN = kGradCols / 16;
 static_assert(kC == kBM, "one output tile covers the rows of a chunk");
-static_assert(kStateCols % 16 == 0 && kStateTN >= 1 && kStateTN <= 4, "16..64 state columns");
 static_assert(kGradCols % 16 == 0 && kGradTN >= 1 && kGradTN <= 4, "16..64 gradient columns");
 static_assert(kOutCols == 64, "the output kernel's tiles are 64 wide");
 
@@ -378,86 +381,328 @@ __global__ void __launch_bounds__(kThreads)
                [&](int i, int j, float p) { P[chunk * C * C + i * C + j] = j <= i ? p : 0.f; });
 }
 
-// ---- (2) forward: the chunks in order, one 32-column tile of S per block ----
+// ---- (2) the recurrences: forward in chunk order, backward in reverse ----
 //
-// Shared memory: Stage, S [K][32], V' [64][32].
-size_t state_smem(int64_t K) { return sizeof(Stage) + (K + kC) * kStateCols * sizeof(float); }
+// One block per (b, h, kBV-column tile of S or d_S); the columns are independent. The block
+// keeps its state tile in shared memory in float32 (rows K padded to 16 with zero rows) and
+// walks the chunks; each chunk's operands are staged whole into shared memory with
+// cp.async while the previous product runs (cuda/cp_async.cuh), and every product is a
+// warp-level tensor-core product (mma.sync m16n8k8, cuda/mma.cuh) over 16-row x kBV/2-column
+// units: 3xTF32 (float32 accuracy) for float32 operands, with the low-part product dropped
+// for a bfloat16 operand, which TF32 holds exactly. Contractions over K run over K padded
+// to 8, over a chunk's rows over L padded to 8; the staging writes zeros there.
+//
+// Forward, per chunk:  V' = U - W S                 64 x kBV: one unit per warp
+//                      S <- S + k^T V'              kp16 x kBV: units round-robin over warps
+// Backward, per chunk: d_V' = scale P^T d_o + k d_S    64 x kBV
+//                      d_S <- d_S + scale q^T d_o - W^T d_V'   kp16 x kBV
+// The forward writes V' and each chunk's start state, the backward d_V' and each chunk's
+// end-state gradient, for the parallel kernels (3) and (3').
+
+constexpr int kWarps = kThreads / 32;
+constexpr int kRecurCols[] = {48, 32, 16};  // column-tile widths the recurrences come in
+
+// Shared-memory layout of a recurrence block (built on the host by recur_layout). Strides
+// are in elements, offsets in bytes from the start of the dynamic shared memory.
+struct RecurLayout {
+  int kp8, kp16;               // K rounded up to 8 (contractions) and 16 (state rows)
+  int w_ld, k_ld, q_ld;        // rows of the staged W, k, q
+  int p_ld, o_ld, v_ld, s_ld;  // rows of P, the d_o tile, the V' / d_V' tile, the state tile
+  int off_a, off_b;            // forward: W, k; backward: the two buffers k, q, W rotate through
+  int off_p, off_o0, off_o1;   // backward: P, the two d_o tiles
+  int off_v, off_s;            // V' or d_V' [64][v_ld], S or d_S [kp16][s_ld]
+  int bytes;
+};
+
+// d_o and its strides, by value.
+struct DoView {
+  const void* p;
+  int64_t s[4];
+};
 
 template <class T>
-__global__ void __launch_bounds__(kThreads)
-    delta_rule_fwd_state_kernel(DeltaRuleInputs in, int64_t NC, const float* __restrict__ W,
-                                const float* __restrict__ U, float* __restrict__ Vn,
-                                float* __restrict__ states, float* __restrict__ S_T) {
+constexpr bool kExactTf32 = std::is_same_v<T, __nv_bfloat16>;  // every value is a TF32 value
+
+__device__ __forceinline__ void split_or_exact(float x, bool exact, uint32_t& hi, uint32_t& lo) {
+  if (exact) {
+    hi = __float_as_uint(x);
+    lo = 0;
+  } else {
+    split_tf32(x, hi, lo);
+  }
+}
+
+// acc[c] (column tile c of the warp's 16 x 8 NT unit) += sum over x < 8 ksteps of
+// A(i, x) B(x, j), with A(i, x) for i in [0, 16) and B(x, j) for j in [0, 8 NT) read
+// through the accessors. 3xTF32: Al Bh + Ah Bl + Ah Bh, where kAExact / kBExact (the
+// operand is a bfloat16 value) drop the product of the zero low part.
+template <int NT, bool kAExact, bool kBExact, class AFn, class BFn>
+__device__ __forceinline__ void warp_mma(float (&acc)[NT][4], int ksteps, const AFn& a,
+                                         const BFn& b) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  for (int s = 0; s < ksteps; ++s) {
+    const int x = 8 * s + t;
+    uint32_t ah[4], al[4];
+    split_or_exact(a(g, x), kAExact, ah[0], al[0]);
+    split_or_exact(a(g + 8, x), kAExact, ah[1], al[1]);
+    split_or_exact(a(g, x + 4), kAExact, ah[2], al[2]);
+    split_or_exact(a(g + 8, x + 4), kAExact, ah[3], al[3]);
+#pragma unroll
+    for (int c = 0; c < NT; ++c) {
+      uint32_t bh[2], bl[2];
+      split_or_exact(b(x, 8 * c + g), kBExact, bh[0], bl[0]);
+      split_or_exact(b(x + 4, 8 * c + g), kBExact, bh[1], bl[1]);
+      if (!kAExact) mma_tf32_m16n8k8(acc[c], al, bh);
+      if (!kBExact) mma_tf32_m16n8k8(acc[c], ah, bl);
+      mma_tf32_m16n8k8(acc[c], ah, bh);
+    }
+  }
+}
+
+// f(i, j, r, c) over the thread's elements of a warp's 16 x 8 NT unit: element r of column
+// tile c sits at row g + 8 (r / 2), column 8 c + 2 t + r % 2 (cuda/mma.cuh).
+template <int NT, class F>
+__device__ __forceinline__ void for_each_frag(const F& f) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int c = 0; c < NT; ++c) {
+#pragma unroll
+    for (int r = 0; r < 4; ++r) f(g + 8 * (r / 2), 8 * c + 2 * t + r % 2, r, c);
+  }
+}
+
+template <class T, int kBV>
+__global__ void __launch_bounds__(kThreads, 1)
+    delta_rule_fwd_state_kernel(DeltaRuleInputs in, int64_t NC, RecurLayout lay,
+                                const float* __restrict__ W, const float* __restrict__ U,
+                                float* __restrict__ Vn, float* __restrict__ states,
+                                float* __restrict__ S_T) {
+  constexpr int NT = kBV / 16, kHalf = kBV / 2;
   extern __shared__ __align__(16) unsigned char delta_smem[];
-  Stage& st = *reinterpret_cast<Stage*>(delta_smem);
-  float* S = reinterpret_cast<float*>(delta_smem + sizeof(Stage));
-  float* Vs = S + in.K * kStateCols;
-  const int64_t n_tiles = (in.V + kStateCols - 1) / kStateCols;
+  float* Ws = reinterpret_cast<float*>(delta_smem + lay.off_a);
+  T* Ks = reinterpret_cast<T*>(delta_smem + lay.off_b);
+  float* Vs = reinterpret_cast<float*>(delta_smem + lay.off_v);
+  float* Ss = reinterpret_cast<float*>(delta_smem + lay.off_s);
+  const int64_t n_tiles = (in.V + kBV - 1) / kBV;
   const int64_t bh = blockIdx.x / n_tiles;
-  const int v0 = static_cast<int>(blockIdx.x % n_tiles) * kStateCols;
-  const int K = static_cast<int>(in.K), vw = imin(kStateCols, static_cast<int>(in.V) - v0);
+  const int v0 = static_cast<int>(blockIdx.x % n_tiles) * kBV;
+  const int K = static_cast<int>(in.K), vw = imin(kBV, static_cast<int>(in.V) - v0);
   const int64_t b = bh / in.H, h = bh % in.H, KV = in.K * in.V, C = in.C;
-  const int tid = threadIdx.x;
-  for (int e = tid; e < K * kStateCols; e += kThreads) {
-    const int x = e / kStateCols, j = e % kStateCols;
+  const int tid = threadIdx.x, warp = tid / 32;
+  for (int e = tid; e < lay.kp16 * kBV; e += kThreads) {
+    const int x = e / kBV, j = e % kBV;
     float s = 0.f;
-    if (in.h0 != nullptr && j < vw) {
+    if (in.h0 != nullptr && x < K && j < vw) {
       s = load_state(in.h0, in.h0_dtype,
                      b * in.h0_strides[0] + h * in.h0_strides[1] + x * in.h0_strides[2] +
                          (v0 + j) * in.h0_strides[3]);
     }
-    S[e] = s;
+    Ss[x * lay.s_ld + j] = s;
   }
-  // The operands of chunk n (W, the tile of U, k) into L2, one chunk ahead.
-  auto prefetch_chunk = [&](int64_t n) {
-    if (n >= NC) return;
-    const ChunkAt c = chunk_at(in, bh, n);
-    const int64_t chunk = bh * NC + n;
-    prefetch_bytes(W + chunk * C * in.K, c.L * in.K * sizeof(float), tid, kThreads);
-    prefetch_rows(RowsView<float>{U + chunk * C * in.V, in.V, 1}, c.L, v0, vw);
-    prefetch_rows(rows<T>(in.k, in.k_strides, c), c.L, 0, K);
+  auto stage_w = [&](int64_t n) {
+    stage_rows<float>(Ws, lay.w_ld, W + (bh * NC + n) * C * in.K, in.K, 1,
+                      chunk_at(in, bh, n).L, K, kC, lay.kp16);
   };
-  prefetch_chunk(0);
-  __syncthreads();
-  float acc[4][kStateTN];
-  for (int64_t n = 0; n < NC; ++n) {
+  auto stage_k = [&](int64_t n) {
     const ChunkAt c = chunk_at(in, bh, n);
-    const int L = c.L;
-    const int64_t chunk = bh * NC + n;
-    prefetch_chunk(n + 1);
-    float* s_n = states + chunk * KV;
-    for (int e = tid; e < K * kStateCols; e += kThreads) {
-      const int x = e / kStateCols, j = e % kStateCols;
-      if (j < vw) s_n[x * in.V + v0 + j] = S[e];
-    }
-    // V' = U - W S
-    const float* Wn = W + chunk * C * in.K;
-    const float* Un = U + chunk * C * in.V;
-    float* Vnn = Vn + chunk * C * in.V;
-    zero(acc);
-    gemm_acc<kStateTN, true, true>(
-        acc, 0, 0, L, vw, K, [&](int i, int x) { return Wn[i * in.K + x]; },
-        [&](int x, int j) { return S[x * kStateCols + j]; }, st);
-    for_each_out(acc, 0, 0, L, vw, [&](int i, int j, float ws) {
-      const float y = Un[i * in.V + v0 + j] - ws;
-      Vs[i * kStateCols + j] = y;
-      Vnn[i * in.V + v0 + j] = y;
-    });
-    __syncthreads();
-    // S += k^T V'
     const RowsView<T> k = rows<T>(in.k, in.k_strides, c);
-    for (int m0 = 0; m0 < K; m0 += kBM) {
-      zero(acc);
-      gemm_acc<kStateTN, false, true>(
-          acc, m0, 0, K, vw, L, [&](int x, int i) { return k(i, x); },
-          [&](int i, int j) { return Vs[i * kStateCols + j]; }, st);
-      for_each_out(acc, m0, 0, K, vw, [&](int x, int j, float kv) { S[x * kStateCols + j] += kv; });
+    stage_rows<T>(Ks, lay.k_ld, k.p, k.rs, k.cs, c.L, K, kC, lay.kp16);
+  };
+  if (NC > 0) stage_w(0);
+  cp_async_commit();
+  if (NC > 0) stage_k(0);
+  cp_async_commit();
+  const int rt = warp % 4, cg = warp / 4;      // this warp's unit of V'
+  const int n_units = 2 * (lay.kp16 / 16);  // units of S
+  for (int64_t n = 0; n < NC; ++n) {
+    const int L = chunk_at(in, bh, n).L, lsteps = (L + 7) / 8;
+    const int64_t chunk = bh * NC + n;
+    const float* Un = U + chunk * C * in.V + v0;
+    float u[NT][4];
+    for_each_frag<NT>([&](int i, int j, int r, int c) {
+      i += 16 * rt;
+      j += kHalf * cg;
+      u[c][r] = i < L && j < vw ? Un[i * in.V + j] : 0.f;
+    });
+    cp_async_wait<1>();  // W
+    __syncthreads();
+    // V' = U - W S
+    float acc[NT][4] = {};
+    warp_mma<NT, false, false>(
+        acc, lay.kp8 / 8, [&](int i, int x) { return Ws[(16 * rt + i) * lay.w_ld + x]; },
+        [&](int x, int j) { return Ss[x * lay.s_ld + kHalf * cg + j]; });
+    float* Vnn = Vn + chunk * C * in.V + v0;
+    for_each_frag<NT>([&](int i, int j, int r, int c) {
+      i += 16 * rt;
+      j += kHalf * cg;
+      const float y = i < L ? u[c][r] - acc[c][r] : 0.f;
+      Vs[i * lay.v_ld + j] = y;
+      if (i < L && j < vw) Vnn[i * in.V + j] = y;
+    });
+    cp_async_wait<0>();  // k
+    __syncthreads();
+    if (n + 1 < NC) stage_w(n + 1);
+    cp_async_commit();
+    // S <- S + k^T V', after writing out the chunk's start state
+    float* s_n = states + chunk * KV + v0;
+    for (int un = warp; un < n_units; un += kWarps) {
+      const int rs = un / 2, cs = un % 2;
+      float sacc[NT][4];
+      for_each_frag<NT>([&](int x, int j, int r, int c) {
+        x += 16 * rs;
+        j += kHalf * cs;
+        sacc[c][r] = Ss[x * lay.s_ld + j];
+        if (x < K && j < vw) s_n[x * in.V + j] = sacc[c][r];
+      });
+      warp_mma<NT, kExactTf32<T>, false>(
+          sacc, lsteps, [&](int x, int i) { return to_f32(Ks[i * lay.k_ld + 16 * rs + x]); },
+          [&](int i, int j) { return Vs[i * lay.v_ld + kHalf * cs + j]; });
+      for_each_frag<NT>([&](int x, int j, int r, int c) {
+        Ss[(16 * rs + x) * lay.s_ld + kHalf * cs + j] = sacc[c][r];
+      });
     }
     __syncthreads();
+    if (n + 1 < NC) stage_k(n + 1);
+    cp_async_commit();
   }
-  for (int e = tid; e < K * kStateCols; e += kThreads) {
-    const int x = e / kStateCols, j = e % kStateCols;
-    if (j < vw) S_T[bh * KV + x * in.V + v0 + j] = S[e];
+  cp_async_wait<0>();
+  for (int e = tid; e < K * kBV; e += kThreads) {
+    const int x = e / kBV, j = e % kBV;
+    if (j < vw) S_T[bh * KV + x * in.V + v0 + j] = Ss[x * lay.s_ld + j];
+  }
+}
+
+template <class T, int kBV>
+__global__ void __launch_bounds__(kThreads, 1)
+    delta_rule_bwd_state_kernel(DeltaRuleInputs in, int64_t NC, RecurLayout lay, DoView d_o,
+                                const float* __restrict__ P, const float* __restrict__ W,
+                                const float* __restrict__ d_S_T, float* __restrict__ dVn,
+                                float* __restrict__ dstates, void* d_h0) {
+  constexpr int NT = kBV / 16, kHalf = kBV / 2;
+  extern __shared__ __align__(16) unsigned char delta_smem[];
+  unsigned char* const buf0 = delta_smem + lay.off_a;
+  unsigned char* const buf1 = delta_smem + lay.off_b;
+  float* Ps = reinterpret_cast<float*>(delta_smem + lay.off_p);
+  T* const dO0 = reinterpret_cast<T*>(delta_smem + lay.off_o0);
+  T* const dO1 = reinterpret_cast<T*>(delta_smem + lay.off_o1);
+  float* dVs = reinterpret_cast<float*>(delta_smem + lay.off_v);
+  float* dSs = reinterpret_cast<float*>(delta_smem + lay.off_s);
+  const int64_t n_tiles = (in.V + kBV - 1) / kBV;
+  const int64_t bh = blockIdx.x / n_tiles;
+  const int v0 = static_cast<int>(blockIdx.x % n_tiles) * kBV;
+  const int K = static_cast<int>(in.K), vw = imin(kBV, static_cast<int>(in.V) - v0);
+  const int64_t KV = in.K * in.V, C = in.C;
+  const int tid = threadIdx.x, warp = tid / 32;
+  const float scale = in.scale;
+  for (int e = tid; e < lay.kp16 * kBV; e += kThreads) {
+    const int x = e / kBV, j = e % kBV;
+    dSs[x * lay.s_ld + j] = x < K && j < vw ? d_S_T[bh * KV + x * in.V + v0 + j] : 0.f;
+  }
+  // k, q and W of a chunk go through buf0 and buf1 in turn: k_n and q_n are staged
+  // first, W_n replaces k_n once d_V' is done, k_{n-1} replaces q_n and q_{n-1} W_n.
+  auto stage_in = [&](const void* x, const int64_t* s, int64_t n, void* dst, int ld) {
+    const ChunkAt c = chunk_at(in, bh, n);
+    const RowsView<T> r = rows<T>(x, s, c);
+    stage_rows<T>(static_cast<T*>(dst), ld, r.p, r.rs, r.cs, c.L, K, kC, lay.kp16);
+  };
+  auto stage_w = [&](int64_t n, void* dst) {
+    stage_rows<float>(static_cast<float*>(dst), lay.w_ld, W + (bh * NC + n) * C * in.K, in.K,
+                      1, chunk_at(in, bh, n).L, K, kC, lay.kp16);
+  };
+  auto stage_p_do = [&](int64_t n, T* dst) {
+    const ChunkAt c = chunk_at(in, bh, n);
+    stage_rows<float>(Ps, lay.p_ld, P + (bh * NC + n) * C * C, C, 1, c.L, c.L, kC, kC);
+    const RowsView<T> r = rows<T>(d_o.p, d_o.s, c);
+    stage_rows<T>(dst, lay.o_ld, r.p + v0 * r.cs, r.rs, r.cs, c.L, vw, kC, kBV);
+  };
+  bool flip = false;  // k_n sits in buf0 and q_n in buf1, d_o_n in dO0; swapped when flip
+  if (NC > 0) {
+    stage_in(in.k, in.k_strides, NC - 1, buf0, lay.k_ld);
+    stage_p_do(NC - 1, dO0);
+  }
+  cp_async_commit();
+  if (NC > 0) stage_in(in.q, in.q_strides, NC - 1, buf1, lay.q_ld);
+  cp_async_commit();
+  const int rt = warp % 4, cg = warp / 4;      // this warp's unit of d_V'
+  const int n_units = 2 * (lay.kp16 / 16);  // units of d_S
+  for (int64_t n = NC - 1; n >= 0; --n) {
+    const int L = chunk_at(in, bh, n).L, lsteps = (L + 7) / 8;
+    const int64_t chunk = bh * NC + n;
+    unsigned char* const kbuf = flip ? buf1 : buf0;  // k_n, then W_n, then q_{n-1}
+    unsigned char* const qbuf = flip ? buf0 : buf1;  // q_n, then k_{n-1}
+    const T* kb = reinterpret_cast<const T*>(kbuf);
+    const T* qb = reinterpret_cast<const T*>(qbuf);
+    const float* wb = reinterpret_cast<const float*>(kbuf);
+    const T* dO = flip ? dO1 : dO0;
+    T* const dO_next = flip ? dO0 : dO1;
+    cp_async_wait<1>();  // k, P, d_o
+    __syncthreads();
+    // d_V' = scale P^T d_o + k d_S
+    float acc[NT][4] = {};
+    warp_mma<NT, false, kExactTf32<T>>(
+        acc, lsteps, [&](int i, int l) { return Ps[l * lay.p_ld + 16 * rt + i]; },
+        [&](int l, int j) { return to_f32(dO[l * lay.o_ld + kHalf * cg + j]); });
+    for_each_frag<NT>([&](int, int, int r, int c) { acc[c][r] *= scale; });
+    warp_mma<NT, kExactTf32<T>, false>(
+        acc, lay.kp8 / 8, [&](int i, int x) { return to_f32(kb[(16 * rt + i) * lay.k_ld + x]); },
+        [&](int x, int j) { return dSs[x * lay.s_ld + kHalf * cg + j]; });
+    float* dVnn = dVn + chunk * C * in.V + v0;
+    for_each_frag<NT>([&](int i, int j, int r, int c) {
+      i += 16 * rt;
+      j += kHalf * cg;
+      const float y = i < L ? acc[c][r] : 0.f;
+      dVs[i * lay.v_ld + j] = y;
+      if (i < L && j < vw) dVnn[i * in.V + j] = y;
+    });
+    cp_async_wait<0>();  // q
+    __syncthreads();
+    stage_w(n, kbuf);
+    if (n > 0) stage_p_do(n - 1, dO_next);
+    cp_async_commit();
+    // d_S += scale q^T d_o, after writing out the chunk's end-state gradient
+    float* ds_n = dstates + chunk * KV + v0;
+    for (int un = warp; un < n_units; un += kWarps) {
+      const int rs = un / 2, cs = un % 2;
+      float sacc[NT][4], t[NT][4] = {};
+      for_each_frag<NT>([&](int x, int j, int r, int c) {
+        x += 16 * rs;
+        j += kHalf * cs;
+        sacc[c][r] = dSs[x * lay.s_ld + j];
+        if (x < K && j < vw) ds_n[x * in.V + j] = sacc[c][r];
+      });
+      warp_mma<NT, kExactTf32<T>, kExactTf32<T>>(
+          t, lsteps, [&](int x, int i) { return to_f32(qb[i * lay.q_ld + 16 * rs + x]); },
+          [&](int i, int j) { return to_f32(dO[i * lay.o_ld + kHalf * cs + j]); });
+      for_each_frag<NT>([&](int x, int j, int r, int c) {
+        dSs[(16 * rs + x) * lay.s_ld + kHalf * cs + j] = sacc[c][r] + scale * t[c][r];
+      });
+    }
+    cp_async_wait<0>();  // W
+    __syncthreads();
+    if (n > 0) stage_in(in.k, in.k_strides, n - 1, qbuf, lay.k_ld);
+    cp_async_commit();
+    // d_S -= W^T d_V' (each warp updates the units it updated above)
+    for (int un = warp; un < n_units; un += kWarps) {
+      const int rs = un / 2, cs = un % 2;
+      float t[NT][4] = {};
+      warp_mma<NT, false, false>(
+          t, lsteps, [&](int x, int i) { return wb[i * lay.w_ld + 16 * rs + x]; },
+          [&](int i, int j) { return dVs[i * lay.v_ld + kHalf * cs + j]; });
+      for_each_frag<NT>([&](int x, int j, int r, int c) {
+        dSs[(16 * rs + x) * lay.s_ld + kHalf * cs + j] -= t[c][r];
+      });
+    }
+    __syncthreads();
+    if (n > 0) stage_in(in.q, in.q_strides, n - 1, kbuf, lay.q_ld);
+    cp_async_commit();
+    flip = !flip;
+  }
+  cp_async_wait<0>();
+  if (d_h0 != nullptr) {
+    for (int e = tid; e < K * kBV; e += kThreads) {
+      const int x = e / kBV, j = e % kBV;
+      if (j < vw) store_state(d_h0, in.h0_dtype, bh * KV + x * in.V + v0 + j, dSs[x * lay.s_ld + j]);
+    }
   }
 }
 
@@ -493,98 +738,6 @@ __global__ void __launch_bounds__(kThreads)
   for_each_out(acc, 0, v0, L, V, [&](int i, int j, float y) {
     o[((c.b * in.T + c.t0 + i) * in.H + c.h) * in.V + j] = from_f32<T>(scale * y);
   });
-}
-
-// ---- (2') backward: the chunks in reverse, one 32-column tile of d_S per block ----
-
-// d_o and its strides, by value.
-struct DoView {
-  const void* p;
-  int64_t s[4];
-};
-
-template <class T>
-__global__ void __launch_bounds__(kThreads)
-    delta_rule_bwd_state_kernel(DeltaRuleInputs in, int64_t NC, DoView d_o,
-                                const float* __restrict__ P, const float* __restrict__ W,
-                                const float* __restrict__ d_S_T, float* __restrict__ dVn,
-                                float* __restrict__ dstates, void* d_h0) {
-  extern __shared__ __align__(16) unsigned char delta_smem[];
-  Stage& st = *reinterpret_cast<Stage*>(delta_smem);
-  float* dS = reinterpret_cast<float*>(delta_smem + sizeof(Stage));
-  float* dVs = dS + in.K * kStateCols;
-  const int64_t n_tiles = (in.V + kStateCols - 1) / kStateCols;
-  const int64_t bh = blockIdx.x / n_tiles;
-  const int v0 = static_cast<int>(blockIdx.x % n_tiles) * kStateCols;
-  const int K = static_cast<int>(in.K), vw = imin(kStateCols, static_cast<int>(in.V) - v0);
-  const int64_t KV = in.K * in.V, C = in.C;
-  const int tid = threadIdx.x;
-  const float scale = in.scale;
-  for (int e = tid; e < K * kStateCols; e += kThreads) {
-    const int x = e / kStateCols, j = e % kStateCols;
-    dS[e] = j < vw ? d_S_T[bh * KV + x * in.V + v0 + j] : 0.f;
-  }
-  // The operands of chunk n (P, W, k, q, the tile of d_o) into L2, one chunk ahead.
-  auto prefetch_chunk = [&](int64_t n) {
-    if (n < 0) return;
-    const ChunkAt c = chunk_at(in, bh, n);
-    const int64_t chunk = bh * NC + n;
-    prefetch_bytes(P + chunk * C * C, c.L * C * sizeof(float), tid, kThreads);
-    prefetch_bytes(W + chunk * C * in.K, c.L * in.K * sizeof(float), tid, kThreads);
-    prefetch_rows(rows<T>(in.k, in.k_strides, c), c.L, 0, K);
-    prefetch_rows(rows<T>(in.q, in.q_strides, c), c.L, 0, K);
-    prefetch_rows(rows<T>(d_o.p, d_o.s, c), c.L, v0, vw);
-  };
-  prefetch_chunk(NC - 1);
-  __syncthreads();
-  float acc[4][kStateTN];
-  for (int64_t n = NC - 1; n >= 0; --n) {
-    const ChunkAt c = chunk_at(in, bh, n);
-    const int L = c.L;
-    const int64_t chunk = bh * NC + n;
-    prefetch_chunk(n - 1);
-    float* ds_n = dstates + chunk * KV;
-    for (int e = tid; e < K * kStateCols; e += kThreads) {
-      const int x = e / kStateCols, j = e % kStateCols;
-      if (j < vw) ds_n[x * in.V + v0 + j] = dS[e];
-    }
-    const RowsView<T> dO = rows<T>(d_o.p, d_o.s, c);
-    const RowsView<T> k = rows<T>(in.k, in.k_strides, c);
-    const RowsView<T> q = rows<T>(in.q, in.q_strides, c);
-    const float* Pn = P + chunk * C * C;
-    const float* Wn = W + chunk * C * in.K;
-    float* dVnn = dVn + chunk * C * in.V;
-    // d_V' = scale P^T d_o + k d_S
-    zero(acc);
-    gemm_acc<kStateTN, false, true>(
-        acc, 0, 0, L, vw, L, [&](int i, int j) { return scale * Pn[j * C + i]; },
-        [&](int j, int jj) { return dO(j, v0 + jj); }, st);
-    gemm_acc<kStateTN, true, true>(
-        acc, 0, 0, L, vw, K, k, [&](int x, int j) { return dS[x * kStateCols + j]; }, st);
-    for_each_out(acc, 0, 0, L, vw, [&](int i, int j, float d) {
-      dVs[i * kStateCols + j] = d;
-      dVnn[i * in.V + v0 + j] = d;
-    });
-    __syncthreads();
-    // d_S += scale q^T d_o - W^T d_V'
-    for (int m0 = 0; m0 < K; m0 += kBM) {
-      zero(acc);
-      gemm_acc<kStateTN, false, true>(
-          acc, m0, 0, K, vw, L, [&](int x, int i) { return scale * q(i, x); },
-          [&](int i, int j) { return dO(i, v0 + j); }, st);
-      gemm_acc<kStateTN, false, true>(
-          acc, m0, 0, K, vw, L, [&](int x, int i) { return -Wn[i * in.K + x]; },
-          [&](int i, int j) { return dVs[i * kStateCols + j]; }, st);
-      for_each_out(acc, m0, 0, K, vw, [&](int x, int j, float d) { dS[x * kStateCols + j] += d; });
-    }
-    __syncthreads();
-  }
-  if (d_h0 != nullptr) {
-    for (int e = tid; e < K * kStateCols; e += kThreads) {
-      const int x = e / kStateCols, j = e % kStateCols;
-      if (j < vw) store_state(d_h0, in.h0_dtype, bh * KV + x * in.V + v0 + j, dS[e]);
-    }
-  }
 }
 
 // ---- (3') backward: the gradients of one chunk ----
@@ -774,10 +927,10 @@ const char* check_inputs(const DeltaRuleInputs& in) {
     return "delta_rule CUDA: negative B, T, H or K, V < 1";
   }
   if (in.K > (1 << 20) || in.V > (1 << 20)) return "delta_rule CUDA: K or V above 2^20";
-  const int64_t n_tiles = (in.V + kStateCols - 1) / kStateCols;
+  const int64_t n_tiles = (in.V + 15) / 16;  // of the narrowest recurrence tiles
   const int64_t blocks =
       in.B * in.H * ((in.T + in.C - 1) / in.C > n_tiles ? (in.T + in.C - 1) / in.C : n_tiles);
-  if (blocks > 0x7fffffff) return "delta_rule CUDA: B * H * max(T / C, V / 32) above 2^31 - 1";
+  if (blocks > 0x7fffffff) return "delta_rule CUDA: B * H * max(T / C, V / 16) above 2^31 - 1";
   if (in.h0_dtype != KernelDType::kFloat32 && in.h0_dtype != in.dtype) {
     return "delta_rule CUDA: h0 must be float32 or the inputs' dtype";
   }
@@ -805,6 +958,157 @@ const char* allow_smem(Kernel kernel, size_t bytes) {
 
 int64_t num_chunks(const DeltaRuleInputs& in) { return (in.T + in.C - 1) / in.C; }
 
+// ---- the recurrences' tiles ----
+
+// The smallest row stride >= n elements (a multiple of 8 bytes, so rows take 8-byte
+// copies) at which a warp's fragment read of esize-byte elements meets no bank conflict:
+// lane (g, t) = (lane / 4, lane % 4) reads row g, column t, or with by_cols row t, column g
+// (an operand read transposed).
+int conflict_free_ld(int n, int esize, bool by_cols) {
+  const int step = 8 / esize, first = (n + step - 1) / step * step;
+  for (int ld = first; ld < first + 32 * step; ld += step) {
+    int word_at[32];
+    std::fill(word_at, word_at + 32, -1);
+    bool ok = true;
+    for (int lane = 0; lane < 32 && ok; ++lane) {
+      const int g = lane / 4, t = lane % 4, row = by_cols ? t : g, col = by_cols ? g : t;
+      const int word = (row * ld + col) * esize / 4, bank = word % 32;
+      ok = word_at[bank] < 0 || word_at[bank] == word;
+      word_at[bank] = word;
+    }
+    if (ok) return ld;
+  }
+  return first;
+}
+
+// Shared memory of a recurrence block with bv state columns (esize: bytes of the inputs).
+RecurLayout recur_layout(const DeltaRuleInputs& in, bool fwd, int esize, int bv) {
+  RecurLayout l{};
+  const int K = static_cast<int>(in.K);
+  l.kp8 = (K + 7) / 8 * 8;
+  l.kp16 = (K + 15) / 16 * 16;
+  int off = 0;
+  auto take = [&](int bytes) {
+    const int at = off;
+    off += (bytes + 15) / 16 * 16;
+    return at;
+  };
+  if (fwd) {
+    l.w_ld = conflict_free_ld(l.kp16, 4, false);  // W as A, read by rows
+    l.k_ld = conflict_free_ld(l.kp16, esize, true);  // k^T as A
+    l.off_a = take(kC * l.w_ld * 4);
+    l.off_b = take(kC * l.k_ld * esize);
+  } else {
+    l.w_ld = conflict_free_ld(l.kp16, 4, true);       // W^T as A
+    l.k_ld = conflict_free_ld(l.kp16, esize, false);  // k as A
+    l.q_ld = conflict_free_ld(l.kp16, esize, true);   // q^T as A
+    const int buf = std::max({kC * l.w_ld * 4, kC * l.k_ld * esize, kC * l.q_ld * esize});
+    l.off_a = take(buf);
+    l.off_b = take(buf);
+    l.p_ld = conflict_free_ld(kC, 4, true);  // P^T as A
+    l.o_ld = conflict_free_ld(bv, esize, true);
+    l.off_p = take(kC * l.p_ld * 4);
+    l.off_o0 = take(kC * l.o_ld * esize);
+    l.off_o1 = take(kC * l.o_ld * esize);
+  }
+  l.v_ld = conflict_free_ld(bv, 4, true);
+  l.s_ld = conflict_free_ld(bv, 4, true);
+  l.off_v = take(kC * l.v_ld * 4);
+  l.off_s = take(l.kp16 * l.s_ld * 4);
+  l.bytes = off;
+  return l;
+}
+
+// f(std::integral_constant<int, bv>) for bv one of kRecurCols.
+template <class F>
+void with_cols(int bv, const F& f) {
+  if (bv == 48) {
+    f(std::integral_constant<int, 48>{});
+  } else if (bv == 32) {
+    f(std::integral_constant<int, 32>{});
+  } else {
+    f(std::integral_constant<int, 16>{});
+  }
+}
+
+template <class T>
+const void* fwd_state_kernel(int bv) {
+  const void* k = nullptr;
+  with_cols(bv, [&](auto cols) {
+    k = reinterpret_cast<const void*>(delta_rule_fwd_state_kernel<T, cols.value>);
+  });
+  return k;
+}
+template <class T>
+const void* bwd_state_kernel(int bv) {
+  const void* k = nullptr;
+  with_cols(bv, [&](auto cols) {
+    k = reinterpret_cast<const void*>(delta_rule_bwd_state_kernel<T, cols.value>);
+  });
+  return k;
+}
+
+unsigned recur_blocks(const DeltaRuleInputs& in, int bv) {
+  return static_cast<unsigned>(in.B * in.H * ((in.V + bv - 1) / bv));
+}
+
+struct RecurPlan {
+  int bv = 0;
+  RecurLayout lay{};
+};
+
+// Picks the column-tile width of a recurrence: of kRecurCols, the one whose shared memory
+// fits and whose grid takes the fewest waves of resident blocks, weighted by the width
+// plus the width-independent part of a block's work (staging W, k, q); the widest on a
+// tie. RESONA_DELTA_RULE_STATE_COLS (16, 32 or 48) forces one. Allows the chosen kernel its
+// shared memory.
+template <class KernelOf>
+const char* plan_recurrence(const DeltaRuleInputs& in, bool fwd, int esize,
+                            const KernelOf& kernel_of, RecurPlan& plan) {
+  int dev = 0, sms = 0, max_optin = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&max_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) !=
+          cudaSuccess) {
+    return last_error();
+  }
+  int forced = 0;
+  if (const char* e = std::getenv("RESONA_DELTA_RULE_STATE_COLS"); e != nullptr && *e != 0) {
+    forced = std::atoi(e);
+    if (forced != 16 && forced != 32 && forced != 48) {
+      return "delta_rule CUDA: RESONA_DELTA_RULE_STATE_COLS must be 16, 32 or 48";
+    }
+  }
+  double best = 0;
+  plan = RecurPlan{};
+  for (int bv : kRecurCols) {
+    if (forced != 0 && bv != forced) continue;
+    const RecurLayout lay = recur_layout(in, fwd, esize, bv);
+    if (lay.bytes > max_optin) continue;
+    const void* kernel = kernel_of(bv);
+    int per_sm = 0;
+    if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, lay.bytes) !=
+            cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, lay.bytes) !=
+            cudaSuccess) {
+      return last_error();
+    }
+    if (per_sm < 1) continue;
+    const int64_t resident = static_cast<int64_t>(sms) * per_sm;
+    const int64_t waves = (recur_blocks(in, bv) + resident - 1) / resident;
+    const double cost = static_cast<double>(waves) * (bv + 32);
+    if (plan.bv == 0 || cost < best) {
+      best = cost;
+      plan = RecurPlan{bv, lay};
+    }
+  }
+  if (plan.bv == 0) {
+    return "delta_rule CUDA: K too large for the state recurrences' shared-memory tiles on this "
+           "device (K up to about 300 fits in 227 KiB)";
+  }
+  return nullptr;
+}
+
 template <class T>
 const char* fwd_impl(const DeltaRuleFwdParams& p, cudaStream_t stream) {
   const DeltaRuleInputs& in = p.in;
@@ -819,11 +1123,13 @@ const char* fwd_impl(const DeltaRuleFwdParams& p, cudaStream_t stream) {
         in, NC, s.W, s.U, s.P, nullptr, nullptr);
     if ((err = last_error())) return err;
   }
-  const int64_t n_tiles = (in.V + kStateCols - 1) / kStateCols;
-  const size_t smem = state_smem(in.K);
-  if ((err = allow_smem(delta_rule_fwd_state_kernel<T>, smem))) return err;
-  delta_rule_fwd_state_kernel<T><<<static_cast<unsigned>(BH * n_tiles), kThreads, smem, stream>>>(
-      in, NC, s.W, s.U, s.Vn, p.states, p.S_T);
+  RecurPlan plan;
+  if ((err = plan_recurrence(in, true, sizeof(T), fwd_state_kernel<T>, plan))) return err;
+  with_cols(plan.bv, [&](auto cols) {
+    delta_rule_fwd_state_kernel<T, cols.value>
+        <<<recur_blocks(in, plan.bv), kThreads, plan.lay.bytes, stream>>>(
+            in, NC, plan.lay, s.W, s.U, s.Vn, p.states, p.S_T);
+  });
   if ((err = last_error())) return err;
   if (NC > 0) {
     const dim3 grid(static_cast<unsigned>(BH * NC),
@@ -850,11 +1156,13 @@ const char* bwd_impl(const DeltaRuleBwdParams& p, cudaStream_t stream) {
         in, NC, s.W, nullptr, s.P, s.N, s.G);
     if ((err = last_error())) return err;
   }
-  const int64_t n_tiles = (in.V + kStateCols - 1) / kStateCols;
-  const size_t smem = state_smem(in.K);
-  if ((err = allow_smem(delta_rule_bwd_state_kernel<T>, smem))) return err;
-  delta_rule_bwd_state_kernel<T><<<static_cast<unsigned>(BH * n_tiles), kThreads, smem, stream>>>(
-      in, NC, d_o, s.P, s.W, p.d_S_T, s.dVn, s.dstates, p.d_h0);
+  RecurPlan plan;
+  if ((err = plan_recurrence(in, false, sizeof(T), bwd_state_kernel<T>, plan))) return err;
+  with_cols(plan.bv, [&](auto cols) {
+    delta_rule_bwd_state_kernel<T, cols.value>
+        <<<recur_blocks(in, plan.bv), kThreads, plan.lay.bytes, stream>>>(
+            in, NC, plan.lay, d_o, s.P, s.W, p.d_S_T, s.dVn, s.dstates, p.d_h0);
+  });
   if ((err = last_error())) return err;
   const bool any = p.d_q != nullptr || p.d_k != nullptr || p.d_v != nullptr || p.d_beta != nullptr;
   if (NC > 0 && any) {

@@ -10,7 +10,7 @@
 //   V' = U - W S0,   o = scale (q S0 + tril(q k^T) V'),   S_end = S0 + k^T V'
 //
 // Forward: (1) per (b, h, chunk) in parallel, N by forward substitution, W, U and
-// P = tril(q k^T); (2) per (b, h, 32-column tile of V), the chunks in order carrying that
+// P = tril(q k^T); (2) per (b, h, column tile of V), the chunks in order carrying that
 // tile of S, writing V' and each chunk's start state; (3) per (b, h, chunk, 64-column
 // tile of V) in parallel, o from the chunk's start state, P and V'.
 // Backward: (1) again, with N and k k^T instead of U; (2) per (b, h, V tile) the chunks

@@ -4,8 +4,9 @@
 // K = V = 150 (DeltaNet at hidden 600 with 4 heads), 64 and 128, odd sizes, B > 1,
 // H > 1, with and without h0; q, k, v as slices of one fused [B, T, H, 2K + V]
 // projection with beta and d_o strided too; reruns bit-identical; the split-sequence
-// property on the GPU; refusals. With RESONA_TIME_DELTA=1 a timing case prints the
-// forward and forward + backward time at B=8, T=2048, H=4, K=V=150 in bfloat16.
+// property on the GPU; each column-tile width of the recurrences; refusals. With
+// RESONA_TIME_DELTA=1 a timing case prints the forward and forward + backward time at
+// B=8, T=2048, H=4, K=V=150 in bfloat16.
 //
 // The reference is the CPU op in float32 on the same values (bf16-rounded for bfloat16;
 // h0 and d_S_T stay float32, the state dtype). Tolerances: the CPU op's own tests
@@ -350,6 +351,52 @@ RESONA_GPU_TEST(
       check_against(name + " d_h0", grads[8], host_f32(full.d_h0), 0);
     }
   }
+}
+
+// Sets RESONA_DELTA_RULE_STATE_COLS for its lifetime (the recurrences' column-tile width;
+// unset: the kernels pick one per shape).
+class StateColsEnv {
+ public:
+  explicit StateColsEnv(const char* value) { setenv("RESONA_DELTA_RULE_STATE_COLS", value, 1); }
+  ~StateColsEnv() { unsetenv("RESONA_DELTA_RULE_STATE_COLS"); }
+  StateColsEnv(const StateColsEnv&) = delete;
+  StateColsEnv& operator=(const StateColsEnv&) = delete;
+};
+
+RESONA_GPU_TEST(
+    "delta_rule CUDA vs CPU with the recurrences' column tiles forced to 16, 32 and 48 "
+    "columns: K=V=150 (B,T,H = 2,129,2) h0, K=130 V=70 chunk=32 T=70, K=5 V=7 chunk=4 T=9; "
+    "float32 and bfloat16; contiguous and fused views") {
+  const DeltaCudaCase cases[] = {
+      {2, 129, 2, 150, 150, 64, true},
+      {1, 70, 2, 130, 70, 32, false},
+      {2, 9, 2, 5, 7, 4, true},
+  };
+  uint64_t seed = 1700;
+  for (const char* cols : {"16", "32", "48"}) {
+    INFO("state columns " << cols);
+    const StateColsEnv env(cols);
+    for (const DeltaCudaCase& c : cases) {
+      for (DType dt : {DType::kFloat32, DType::kBFloat16}) {
+        for (bool fused : {false, true}) check_case(c, dt, fused, seed++);
+      }
+    }
+  }
+}
+
+RESONA_GPU_TEST(
+    "delta_rule on CUDA refuses a K whose state-recurrence tiles do not fit in shared memory "
+    "and a bad RESONA_DELTA_RULE_STATE_COLS, naming them") {
+  const Device cuda = Device::cuda();
+  const DType f = DType::kFloat32;
+  auto z = [&](const Shape& s) { return zeros(s, f, cuda); };
+  CHECK_THROWS_WITH_AS(
+      delta_rule(z({1, 8, 1, 1024}), z({1, 8, 1, 1024}), z({1, 8, 1, 4}), z({1, 8, 1})),
+      doctest::Contains("K too large for the state recurrences' shared-memory tiles"), Error);
+  const StateColsEnv env("24");
+  CHECK_THROWS_WITH_AS(delta_rule(z({1, 8, 1, 4}), z({1, 8, 1, 4}), z({1, 8, 1, 4}), z({1, 8, 1})),
+                       doctest::Contains("RESONA_DELTA_RULE_STATE_COLS must be 16, 32 or 48"),
+                       Error);
 }
 
 RESONA_GPU_TEST("delta_rule on CUDA refuses float64, chunk > 64 and mixed devices, naming them") {

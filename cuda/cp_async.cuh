@@ -1,0 +1,86 @@
+// Asynchronous global -> shared copies (cp.async, sm_80 and later) and the staging of a
+// block of strided rows into shared memory with them. Device code only; included by .cu
+// files.
+//
+// A thread's copies complete in the order of its commit groups: cp_async_commit() closes
+// the group of copies issued since the last one, cp_async_wait<N>() returns once at most N
+// of the thread's groups are still in flight. Other threads see the data after a barrier
+// that follows the wait.
+#pragma once
+
+#include <cstdint>
+
+#include "cuda/convert.cuh"
+
+namespace resona::cuda {
+
+__device__ __forceinline__ void cp_async4(void* smem, const void* gmem) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(s), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async8(void* smem, const void* gmem) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(s), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+// Rows [0, L) x columns [0, n) of x(i, j) = src[i * rs + j * cs] into dst (row stride ds
+// elements, 16-byte aligned), and zeros into rows [L, R) x [0, n) and rows [0, R) x
+// [n, npad), so that a product over the padded R x npad extent reads zeros there. Copies
+// go through cp.async (8 bytes when the rows allow it, else 4) and join the caller's next
+// commit group; a bfloat16 source that is not contiguous in pairs is copied with plain
+// loads and stores (done on return). Called by every thread of the block with the same
+// arguments; dst must not be read or written by anyone else until the group is waited for
+// and the block has passed a barrier.
+template <class T>
+__device__ __forceinline__ void stage_rows(T* dst, int ds, const T* src, int64_t rs, int64_t cs,
+                                           int L, int n, int R, int npad) {
+  constexpr int kE8 = 8 / static_cast<int>(sizeof(T)), kE4 = 4 / static_cast<int>(sizeof(T));
+  const int tid = threadIdx.x, nt = blockDim.x;
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(src);
+  int w = 0;  // elements per copy; 0: plain loads
+  if (cs == 1 && n % kE8 == 0 && rs % kE8 == 0 && addr % 8 == 0 && ds % kE8 == 0) {
+    w = kE8;
+  } else if (kE4 == 1 ||
+             (cs == 1 && n % kE4 == 0 && rs % kE4 == 0 && addr % 4 == 0 && ds % kE4 == 0)) {
+    w = kE4;
+  }
+  if (w > 0) {
+    const int per_row = n / w;
+    for (int e = tid; e < L * per_row; e += nt) {
+      const int i = e / per_row, u = e - i * per_row;
+      T* d = dst + i * ds + u * w;
+      const T* s = src + i * rs + static_cast<int64_t>(u) * w * cs;
+      if (w * sizeof(T) == 8) {
+        cp_async8(d, s);
+      } else {
+        cp_async4(d, s);
+      }
+    }
+  } else {
+    for (int e = tid; e < L * n; e += nt) {
+      const int i = e / n, j = e - i * n;
+      dst[i * ds + j] = src[i * rs + j * cs];
+    }
+  }
+  const T zero = from_f32<T>(0.f);
+  if (npad > n) {
+    const int pad = npad - n;
+    for (int e = tid; e < R * pad; e += nt) {
+      const int i = e / pad;
+      dst[i * ds + n + (e - i * pad)] = zero;
+    }
+  }
+  for (int e = tid; e < (R - L) * n; e += nt) {
+    const int i = e / n;
+    dst[(L + i) * ds + (e - i * n)] = zero;
+  }
+}
+
+}  // namespace resona::cuda
