@@ -31,7 +31,7 @@ __device__ __forceinline__ void cp_async_wait() {
 }
 
 // Rows [0, L) x columns [0, n) of x(i, j) = src[i * rs + j * cs] into dst (row stride ds
-// elements, 16-byte aligned), and zeros into rows [L, R) x [0, n) and rows [0, R) x
+// elements, 16-byte aligned), and zeros into rows [L, R) x [0, npad) and rows [0, L) x
 // [n, npad), so that a product over the padded R x npad extent reads zeros there. Copies
 // go through cp.async (8 bytes when the rows allow it, else 4) and join the caller's next
 // commit group; a bfloat16 source that is not contiguous in pairs is copied with plain
@@ -42,7 +42,7 @@ template <class T>
 __device__ __forceinline__ void stage_rows(T* dst, int ds, const T* src, int64_t rs, int64_t cs,
                                            int L, int n, int R, int npad) {
   constexpr int kE8 = 8 / static_cast<int>(sizeof(T)), kE4 = 4 / static_cast<int>(sizeof(T));
-  const int tid = threadIdx.x, nt = blockDim.x;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
   const uintptr_t addr = reinterpret_cast<uintptr_t>(src);
   int w = 0;  // elements per copy; 0: plain loads
   if (cs == 1 && n % kE8 == 0 && rs % kE8 == 0 && addr % 8 == 0 && ds % kE8 == 0) {
@@ -51,35 +51,30 @@ __device__ __forceinline__ void stage_rows(T* dst, int ds, const T* src, int64_t
              (cs == 1 && n % kE4 == 0 && rs % kE4 == 0 && addr % 4 == 0 && ds % kE4 == 0)) {
     w = kE4;
   }
+  // A warp per row, its lanes along the row.
   if (w > 0) {
     const int per_row = n / w;
-    for (int e = tid; e < L * per_row; e += nt) {
-      const int i = e / per_row, u = e - i * per_row;
-      T* d = dst + i * ds + u * w;
-      const T* s = src + i * rs + static_cast<int64_t>(u) * w * cs;
-      if (w * sizeof(T) == 8) {
-        cp_async8(d, s);
-      } else {
-        cp_async4(d, s);
+    const int64_t step = static_cast<int64_t>(w) * cs;
+    for (int i = warp; i < L; i += warps) {
+      T* d = dst + i * ds;
+      const T* s = src + i * rs;
+      for (int u = lane; u < per_row; u += 32) {
+        if (w * sizeof(T) == 8) {
+          cp_async8(d + u * w, s + u * step);
+        } else {
+          cp_async4(d + u * w, s + u * step);
+        }
       }
     }
   } else {
-    for (int e = tid; e < L * n; e += nt) {
-      const int i = e / n, j = e - i * n;
-      dst[i * ds + j] = src[i * rs + j * cs];
+    for (int i = warp; i < L; i += warps) {
+      for (int j = lane; j < n; j += 32) dst[i * ds + j] = src[i * rs + j * cs];
     }
   }
   const T zero = from_f32<T>(0.f);
-  if (npad > n) {
-    const int pad = npad - n;
-    for (int e = tid; e < R * pad; e += nt) {
-      const int i = e / pad;
-      dst[i * ds + n + (e - i * pad)] = zero;
-    }
-  }
-  for (int e = tid; e < (R - L) * n; e += nt) {
-    const int i = e / n;
-    dst[(L + i) * ds + (e - i * n)] = zero;
+  for (int i = warp; i < R; i += warps) {
+    const int j0 = i < L ? n : 0;
+    for (int j = j0 + lane; j < npad; j += 32) dst[i * ds + j] = zero;
   }
 }
 

@@ -14,17 +14,18 @@
 
 namespace resona::cuda {
 
-// x rounded to TF32 (round to nearest, ties away: cvt.rna), as the bits mma reads.
+// x rounded to TF32 (to nearest, ties away from zero, as cvt.rna does for finite x), as
+// the bits mma reads: an integer add and a mask, where sm_90 emulates cvt.rna.tf32 in
+// about five instructions. An infinite x comes out NaN (so does a NaN).
 __device__ __forceinline__ uint32_t to_tf32(float x) {
-  uint32_t r;
-  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
-  return r;
+  return (__float_as_uint(x) + 0x1000u) & 0xffffe000u;
 }
 
-// x = hi + lo to about 2^-22 relative, both TF32: hi = x rounded, lo = (x - hi) rounded.
+// x = hi + lo to about 2^-21 relative, both TF32: hi = x rounded, lo = x - hi (exact in
+// float32, |lo| <= 2^-11 |x|) truncated to TF32.
 __device__ __forceinline__ void split_tf32(float x, uint32_t& hi, uint32_t& lo) {
   hi = to_tf32(x);
-  lo = to_tf32(x - __uint_as_float(hi));
+  lo = __float_as_uint(x - __uint_as_float(hi)) & 0xffffe000u;
 }
 
 __device__ __forceinline__ void mma_tf32_m16n8k8(float d[4], const uint32_t a[4],
@@ -37,8 +38,8 @@ __device__ __forceinline__ void mma_tf32_m16n8k8(float d[4], const uint32_t a[4]
 }
 
 // The same product to float32 accuracy (3xTF32): with A = Ah + Al and B = Bh + Bl split
-// by split_tf32, D += Al Bh + Ah Bl + Ah Bh (the dropped Al Bl and the rounding of the
-// low parts leave a relative error of about 2^-21 per term).
+// by split_tf32, D += Al Bh + Ah Bl + Ah Bh (the dropped Al Bl and the truncation of the
+// low parts leave a relative error of about 2^-20 per term).
 __device__ __forceinline__ void mma_3xtf32_m16n8k8(float d[4], const uint32_t a_hi[4],
                                                    const uint32_t a_lo[4], const uint32_t b_hi[2],
                                                    const uint32_t b_lo[2]) {

@@ -23,7 +23,7 @@
 //     relative error <= 2^-11 each, so <= 2^-10 per product) and accumulated in float32.
 //     For these sums of mixed-sign terms the error's RMS is about 2^-11 of the result's;
 //     2^-9 leaves 4x for sums that partly cancel. S_T and d_h0 come from the state
-//     recurrences, whose per-chunk terms are 3xTF32 products (float32 accuracy, ~2^-21
+//     recurrences, whose per-chunk terms are 3xTF32 products (float32 accuracy, ~2^-20
 //     per term) and whose scan over the chunks is float32 FMA: e32.
 //   o, S_T, d_q, d_k, d_v, d_h0: relative RMS error <= bf + tol and every element within
 //     bf |ref| + 10 tol RMS(ref), tol = etc or e32 as above, with bf = 2^-8 where the GPU
