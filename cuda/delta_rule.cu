@@ -18,15 +18,15 @@
 //                               Y V'^T and R . Y; then d_beta, and d_q, d_k over
 //                               64-column tiles of K
 //
-// The parallel kernels' products are block-level tiled products in float32: 256 threads,
-// each owning a 4 x TN block of a 64 x 16 TN output tile, the operands staged through
-// shared memory 16 contraction steps at a time (the next step's loads are issued before
-// the current step's arithmetic). Operands are read through small accessors (strided
-// inputs of either dtype, float32 scratch, shared-memory matrices, transposes), so no
-// layout needs a copy; each block first asks L2 for the rows it is about to read. The
-// recurrences stage whole chunks and multiply on tensor cores (section (2)). A block's
-// sums always run in the same order and no two blocks add into one value: the results
-// are bit-identical from run to run.
+// The output and gradient kernels' products are block-level tiled products in float32:
+// 256 threads, each owning a 4 x TN block of a 64 x 16 TN output tile, the operands staged
+// through shared memory 16 contraction steps at a time (the next step's loads are issued
+// before the current step's arithmetic). Operands are read through small accessors
+// (strided inputs of either dtype, float32 scratch, shared-memory matrices, transposes),
+// so no layout needs a copy; each block first asks L2 for the rows it is about to read.
+// The WY kernel and the recurrences stage whole chunk operands with cp.async and multiply
+// on tensor cores in 3xTF32 (warp_mma). A block's sums always run in the same order and no
+// two blocks add into one value: the results are bit-identical from run to run.
 //
 // Rows past the chunk's length L and columns past V or K are never read or written; the
 // contraction bounds carry L, so chunk 1..64 and any K, V work unchanged.
@@ -46,8 +46,9 @@ namespace resona::cuda {
 namespace {
 
 constexpr int kThreads = 256;  // 16 x 16 threads per block
-constexpr int kBM = 64;        // rows of an output tile: 4 per thread, 16 apart
-constexpr int kBK = 16;        // contraction steps staged at a time
+constexpr int kWarps = kThreads / 32;
+constexpr int kBM = 64;  // rows of an output tile: 4 per thread, 16 apart
+constexpr int kBK = 16;  // contraction steps staged at a time
 constexpr int kC = static_cast<int>(kDeltaMaxChunk);
 constexpr int kLd = kC + 1;    // row stride of the C x C matrices in shared memory
 constexpr int kOutCols = 64;   // columns of o per block of the output kernel
@@ -298,130 +299,7 @@ int64_t layout(const DeltaRuleInputs& in, bool fwd, float* base, Scratch& s) {
   return off;
 }
 
-// ---- (1) the WY matrices of a chunk ----
-//
-// Shared memory: Stage, G and N [64][kLd], beta [64].
-constexpr size_t kWySmem = sizeof(Stage) + (2 * kC * kLd + kC) * sizeof(float);
-
-template <class T>
-__global__ void __launch_bounds__(kThreads)
-    delta_rule_wy_kernel(DeltaRuleInputs in, int64_t NC, float* __restrict__ W,
-                         float* __restrict__ U, float* __restrict__ P, float* __restrict__ N_out,
-                         float* __restrict__ G_out) {
-  extern __shared__ __align__(16) unsigned char delta_smem[];
-  Stage& st = *reinterpret_cast<Stage*>(delta_smem);
-  float* G = reinterpret_cast<float*>(delta_smem + sizeof(Stage));
-  float* Nm = G + kC * kLd;
-  float* bs = Nm + kC * kLd;
-  const ChunkAt c = chunk_at(in, blockIdx.x / NC, blockIdx.x % NC);
-  const int L = c.L, K = static_cast<int>(in.K), V = static_cast<int>(in.V);
-  const int tid = threadIdx.x;
-  const RowsView<T> k = rows<T>(in.k, in.k_strides, c);
-  const RowsView<T> q = rows<T>(in.q, in.q_strides, c);
-  prefetch_rows(k, L, 0, K);
-  prefetch_rows(q, L, 0, K);
-  if (U != nullptr) prefetch_rows(rows<T>(in.v, in.v_strides, c), L, 0, V);
-  const T* beta = static_cast<const T*>(in.beta) + c.b * in.beta_strides[0] +
-                  c.t0 * in.beta_strides[1] + c.h * in.beta_strides[2];
-  for (int i = tid; i < kC; i += kThreads)
-    bs[i] = i < L ? to_f32(beta[i * in.beta_strides[1]]) : 0.f;
-
-  // G = k k^T
-  float acc[4][4];
-  zero(acc);
-  gemm_acc<4, true, false>(
-      acc, 0, 0, L, L, K, k, [&](int x, int j) { return k(j, x); }, st);
-  for_each_out(acc, 0, 0, L, L, [&](int i, int j, float g) { G[i * kLd + j] = g; });
-  __syncthreads();
-
-  // Column c of N = (I + tril(diag(beta) G, -1))^-1: N_cc = 1, zero above, and below
-  // N_ic = -beta_i sum_{c <= j < i} G_ij N_jc (row i of M N = I).
-  if (tid < L) {
-    const int col = tid;
-    for (int i = 0; i < col; ++i) Nm[i * kLd + col] = 0.f;
-    Nm[col * kLd + col] = 1.f;
-    for (int i = col + 1; i < L; ++i) {
-      float x = 0.f;
-      for (int j = col; j < i; ++j) x = fmaf(G[i * kLd + j], Nm[j * kLd + col], x);
-      Nm[i * kLd + col] = -bs[i] * x;
-    }
-  }
-  __syncthreads();
-
-  const int64_t chunk = c.bh * NC + c.n;
-  const int64_t C = in.C;
-  if (N_out != nullptr) {
-    for (int e = tid; e < L * L; e += kThreads) {
-      const int i = e / L, j = e % L;
-      N_out[chunk * C * C + i * C + j] = Nm[i * kLd + j];
-      G_out[chunk * C * C + i * C + j] = G[i * kLd + j];
-    }
-  }
-  // T = N diag(beta): T_ij = N_ij beta_j (zero above the diagonal, as N is).
-  auto Tm = [&](int i, int j) { return Nm[i * kLd + j] * bs[j]; };
-  for (int n0 = 0; n0 < K; n0 += 64) {
-    zero(acc);
-    gemm_acc<4, true, true>(acc, 0, n0, L, K, L, Tm, k, st);
-    for_each_out(acc, 0, n0, L, K,
-                 [&](int i, int j, float w) { W[(chunk * C + i) * in.K + j] = w; });
-  }
-  if (U != nullptr) {
-    const RowsView<T> v = rows<T>(in.v, in.v_strides, c);
-    for (int n0 = 0; n0 < V; n0 += 64) {
-      zero(acc);
-      gemm_acc<4, true, true>(acc, 0, n0, L, V, L, Tm, v, st);
-      for_each_out(acc, 0, n0, L, V,
-                   [&](int i, int j, float u) { U[(chunk * C + i) * in.V + j] = u; });
-    }
-  }
-  zero(acc);
-  gemm_acc<4, true, false>(
-      acc, 0, 0, L, L, K, q, [&](int x, int j) { return k(j, x); }, st);
-  for_each_out(acc, 0, 0, L, L,
-               [&](int i, int j, float p) { P[chunk * C * C + i * C + j] = j <= i ? p : 0.f; });
-}
-
-// ---- (2) the recurrences: forward in chunk order, backward in reverse ----
-//
-// One block per (b, h, kBV-column tile of S or d_S); the columns are independent. The block
-// walks the chunks; each chunk's operands are staged whole into shared memory with
-// cp.async while the previous product runs (cuda/cp_async.cuh), and every product is a
-// warp-level tensor-core product (mma.sync m16n8k8, cuda/mma.cuh) over units of 16 rows x
-// kBV/2 columns: 3xTF32 (float32 accuracy) for float32 operands, with the low-part product
-// dropped for a bfloat16 operand, which TF32 holds exactly. The state tile stays in the
-// warps' accumulators (float32) from the first chunk to the last; shared memory holds its
-// copy split into TF32 high and low parts, which is what the other product reads, and V'
-// or d_V' split the same way. Contractions over K run over K padded to 8, over a chunk's
-// rows over L padded to 8; the staging writes zeros there.
-//
-// Forward, per chunk:  V' = U - W S                 64 x kBV: one unit per warp
-//                      S <- S + k^T V'              kp16 x kBV: units round-robin over warps
-// Backward, per chunk: d_V' = scale P^T d_o + k d_S    64 x kBV
-//                      d_S <- d_S + scale q^T d_o - W^T d_V'   kp16 x kBV
-// The forward writes V' and each chunk's start state, the backward d_V' and each chunk's
-// end-state gradient, for the parallel kernels (3) and (3').
-
-constexpr int kWarps = kThreads / 32;
-constexpr int kRecurCols[] = {48, 32, 16};  // column-tile widths the recurrences come in
-constexpr int kMaxStateUnits = 5;           // state units per warp: K up to 320
-
-// Shared-memory layout of a recurrence block (built on the host by recur_layout). Strides
-// are in elements, offsets in bytes from the start of the dynamic shared memory.
-struct RecurLayout {
-  int kp8, kp16;               // K rounded up to 8 (contractions) and 16 (state rows)
-  int w_ld, k_ld, q_ld;        // rows of the staged W, k, q
-  int p_ld, o_ld, v_ld, s_ld;  // rows of P, the d_o tile, split V' / d_V', split S / d_S
-  int off_a, off_b;            // forward: W, k; backward: the two buffers k, q, W rotate through
-  int off_p, off_o0, off_o1;   // backward: P, the two d_o tiles
-  int off_v, off_s;            // split V' or d_V' [64][v_ld], split S or d_S [kp16][s_ld]
-  int bytes;
-};
-
-// d_o and its strides, by value.
-struct DoView {
-  const void* p;
-  int64_t s[4];
-};
+// ---- tensor-core products of tiles staged in shared memory ----
 
 // The TF32 high and low parts of an operand element: split from float32, exact from a
 // bfloat16 value (low part zero), or read pre-split (x, y) = (hi, lo).
@@ -439,11 +317,12 @@ __device__ __forceinline__ void tf32_parts(uint2 x, uint32_t& hi, uint32_t& lo) 
 
 // acc[c] (column tile c of the warp's 16 x 8 NT unit) += A B over 8 ksteps contraction
 // steps, A(i, x) = a[i * a_ld + x] (a[x * a_ld + i] when kATrans) for the unit's 16 rows,
-// B(x, j) = b[x * b_ld + j] for its 8 NT columns. Elements are float32 (split here),
-// bfloat16 (exact: no low part) or pre-split uint2; 3xTF32, Ah Bh + (Al Bh + Ah Bl), less
-// the products of a zero low part, the low-part products summed apart (a second
-// dependency chain) and added at the end. Each lane walks one pointer per operand.
-template <int NT, bool kATrans, class TA, class TB>
+// B(x, j) = b[x * b_ld + j] (b[j * b_ld + x] when kBTrans) for its 8 NT columns. Elements
+// are float32 (split here), bfloat16 (exact: no low part) or pre-split uint2; 3xTF32,
+// Ah Bh + (Al Bh + Ah Bl), less the products of a zero low part, the low-part products
+// summed apart (a second dependency chain) and added at the end. Each lane walks one
+// pointer per operand.
+template <int NT, bool kATrans, bool kBTrans = false, class TA, class TB>
 __device__ __forceinline__ void warp_mma(float (&acc)[NT][4], int ksteps, const TA* a, int a_ld,
                                          const TB* b, int b_ld) {
   constexpr bool kAExact = std::is_same_v<TA, __nv_bfloat16>;
@@ -453,8 +332,10 @@ __device__ __forceinline__ void warp_mma(float (&acc)[NT][4], int ksteps, const 
   const int a8 = kATrans ? 8 : 8 * a_ld;  // row i + 8
   const int a4 = kATrans ? 4 * a_ld : 4;  // column x + 4
   const int a_step = kATrans ? 8 * a_ld : 8;
-  const TB* pb = b + t * b_ld + g;
-  const int b4 = 4 * b_ld, b_step = 8 * b_ld;
+  const TB* pb = kBTrans ? b + g * b_ld + t : b + t * b_ld + g;
+  const int b4 = kBTrans ? 4 : 4 * b_ld;  // row x + 4
+  const int b8 = kBTrans ? 8 * b_ld : 8;  // column tile c + 1
+  const int b_step = kBTrans ? 8 : 8 * b_ld;
   float lo[NT][4] = {};
   for (int s = 0; s < ksteps; ++s, pa += a_step, pb += b_step) {
     uint32_t ah[4], al[4];
@@ -465,8 +346,8 @@ __device__ __forceinline__ void warp_mma(float (&acc)[NT][4], int ksteps, const 
 #pragma unroll
     for (int c = 0; c < NT; ++c) {
       uint32_t bh[2], bl[2];
-      tf32_parts(pb[8 * c], bh[0], bl[0]);
-      tf32_parts(pb[b4 + 8 * c], bh[1], bl[1]);
+      tf32_parts(pb[b8 * c], bh[0], bl[0]);
+      tf32_parts(pb[b4 + b8 * c], bh[1], bl[1]);
       if (!kAExact) mma_tf32_m16n8k8(lo[c], al, bh);
       if (!kBExact) mma_tf32_m16n8k8(lo[c], ah, bl);
       mma_tf32_m16n8k8(acc[c], ah, bh);
@@ -549,6 +430,154 @@ __device__ __forceinline__ void store_split(uint2* dst, int ld, const float (&ac
     }
   }
 }
+
+// ---- (1) the WY matrices of a chunk ----
+//
+// k and q are staged whole (cp.async) for G = k k^T and P = tril(q k^T); v then replaces q
+// while one thread per column solves for N; T = N diag(beta) replaces N, and W = T k,
+// U = T v follow. Every product is warp_mma over 16 x 32 units (3xTF32). Shared memory:
+// k [64][k_ld] and q or v [64][x_ld] in the inputs' dtype, G and N [64][kLdG], beta [64].
+constexpr int kLdG = 68;  // rows of G and N (68 = 4 mod 32: A-operand reads are conflict-free)
+
+struct WyLayout {
+  int kp8, kp32, vp32;  // K rounded up to 8 (contractions), K and V to 32 (W, U tiles)
+  int k_ld, q_ld, v_ld;
+  int off_k, off_x, off_g, off_n, off_b, bytes;
+};
+
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    delta_rule_wy_kernel(DeltaRuleInputs in, int64_t NC, WyLayout lay, float* __restrict__ W,
+                         float* __restrict__ U, float* __restrict__ P, float* __restrict__ N_out,
+                         float* __restrict__ G_out) {
+  extern __shared__ __align__(16) unsigned char delta_smem[];
+  T* Ks = reinterpret_cast<T*>(delta_smem + lay.off_k);
+  T* Xs = reinterpret_cast<T*>(delta_smem + lay.off_x);  // q, then v
+  float* G = reinterpret_cast<float*>(delta_smem + lay.off_g);
+  float* Nm = reinterpret_cast<float*>(delta_smem + lay.off_n);
+  float* bs = reinterpret_cast<float*>(delta_smem + lay.off_b);
+  const ChunkAt c = chunk_at(in, blockIdx.x / NC, blockIdx.x % NC);
+  const int L = c.L, K = static_cast<int>(in.K), V = static_cast<int>(in.V);
+  const int tid = threadIdx.x, warp = tid / 32, rt = warp % 4, cg = warp / 4;
+  const int64_t chunk = c.bh * NC + c.n, C = in.C;
+  const RowsView<T> k = rows<T>(in.k, in.k_strides, c);
+  const RowsView<T> q = rows<T>(in.q, in.q_strides, c);
+  stage_rows<T>(Ks, lay.k_ld, k.p, k.rs, k.cs, L, K, kC, lay.kp32);
+  stage_rows<T>(Xs, lay.q_ld, q.p, q.rs, q.cs, L, K, kC, lay.kp8);
+  cp_async_commit();
+  const T* beta = static_cast<const T*>(in.beta) + c.b * in.beta_strides[0] +
+                  c.t0 * in.beta_strides[1] + c.h * in.beta_strides[2];
+  for (int i = tid; i < kC; i += kThreads) {
+    bs[i] = i < L ? to_f32(beta[i * in.beta_strides[1]]) : 0.f;
+  }
+  for (int e = tid; e < kC * kC; e += kThreads) Nm[(e / kC) * kLdG + e % kC] = 0.f;
+  cp_async_wait<0>();
+  __syncthreads();
+
+  // G = k k^T (into shared memory and, for the backward, out), P = tril(q k^T)
+  {
+    float g[4][4] = {}, p[4][4] = {};
+    warp_mma<4, false, true>(g, lay.kp8 / 8, Ks + 16 * rt * lay.k_ld, lay.k_ld,
+                             Ks + 32 * cg * lay.k_ld, lay.k_ld);
+    warp_mma<4, false, true>(p, lay.kp8 / 8, Xs + 16 * rt * lay.q_ld, lay.q_ld,
+                             Ks + 32 * cg * lay.k_ld, lay.k_ld);
+    for_each_frag<4>([&](int i, int j, int r, int cc) {
+      i += 16 * rt;
+      j += 32 * cg;
+      G[i * kLdG + j] = g[cc][r];
+      if (i < L && j < L) {
+        P[chunk * C * C + i * C + j] = j <= i ? p[cc][r] : 0.f;
+        if (G_out != nullptr) G_out[chunk * C * C + i * C + j] = g[cc][r];
+      }
+    });
+  }
+  __syncthreads();
+  if (U != nullptr) {
+    const RowsView<T> v = rows<T>(in.v, in.v_strides, c);
+    stage_rows<T>(Xs, lay.v_ld, v.p, v.rs, v.cs, L, V, kC, lay.vp32);
+  }
+  cp_async_commit();
+
+  // Column c of N = (I + tril(diag(beta) G, -1))^-1: N_cc = 1, zero above, and below
+  // N_ic = -beta_i sum_{c <= j < i} G_ij N_jc (row i of M N = I).
+  if (tid < L) {
+    const int col = tid;
+    Nm[col * kLdG + col] = 1.f;
+    for (int i = col + 1; i < L; ++i) {
+      float x = 0.f;
+      for (int j = col; j < i; ++j) x = fmaf(G[i * kLdG + j], Nm[j * kLdG + col], x);
+      Nm[i * kLdG + col] = -bs[i] * x;
+    }
+  }
+  __syncthreads();
+  // N out (backward), then T = N diag(beta) in its place (zero past L: beta is).
+  for (int e = tid; e < kC * kC; e += kThreads) {
+    const int i = e / kC, j = e % kC;
+    float& n = Nm[i * kLdG + j];
+    if (N_out != nullptr && i < L && j < L) N_out[chunk * C * C + i * C + j] = n;
+    n *= bs[j];
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+
+  // W = T k, U = T v over 16 x 32 units
+  const int lsteps = (L + 7) / 8;
+  auto t_times = [&](const T* x, int ld, int width, float* out, int64_t out_ld) {
+    for (int u = warp; u < 4 * (width / 32); u += kWarps) {
+      const int ur = u % 4, uc = u / 4;
+      float acc[4][4] = {};
+      warp_mma<4, false>(acc, lsteps, Nm + 16 * ur * kLdG, kLdG, x + 32 * uc, ld);
+      for_each_frag<4>([&](int i, int j, int r, int cc) {
+        i += 16 * ur;
+        j += 32 * uc;
+        if (i < L && j < out_ld) out[(chunk * C + i) * out_ld + j] = acc[cc][r];
+      });
+    }
+  };
+  t_times(Ks, lay.k_ld, lay.kp32, W, in.K);
+  if (U != nullptr) t_times(Xs, lay.v_ld, lay.vp32, U, in.V);
+}
+
+// ---- (2) the recurrences: forward in chunk order, backward in reverse ----
+//
+// One block per (b, h, kBV-column tile of S or d_S); the columns are independent. The block
+// walks the chunks; each chunk's operands are staged whole into shared memory with
+// cp.async while the previous product runs (cuda/cp_async.cuh), and every product is a
+// warp-level tensor-core product (mma.sync m16n8k8, cuda/mma.cuh) over units of 16 rows x
+// kBV/2 columns: 3xTF32 (float32 accuracy) for float32 operands, with the low-part product
+// dropped for a bfloat16 operand, which TF32 holds exactly. The state tile stays in the
+// warps' accumulators (float32) from the first chunk to the last; shared memory holds its
+// copy split into TF32 high and low parts, which is what the other product reads, and V'
+// or d_V' split the same way. Contractions over K run over K padded to 8, over a chunk's
+// rows over L padded to 8; the staging writes zeros there.
+//
+// Forward, per chunk:  V' = U - W S                 64 x kBV: one unit per warp
+//                      S <- S + k^T V'              kp16 x kBV: units round-robin over warps
+// Backward, per chunk: d_V' = scale P^T d_o + k d_S    64 x kBV
+//                      d_S <- d_S + scale q^T d_o - W^T d_V'   kp16 x kBV
+// The forward writes V' and each chunk's start state, the backward d_V' and each chunk's
+// end-state gradient, for the parallel kernels (3) and (3').
+
+constexpr int kRecurCols[] = {48, 32, 16};  // column-tile widths the recurrences come in
+constexpr int kMaxStateUnits = 5;           // state units per warp: K up to 320
+
+// Shared-memory layout of a recurrence block (built on the host by recur_layout). Strides
+// are in elements, offsets in bytes from the start of the dynamic shared memory.
+struct RecurLayout {
+  int kp8, kp16;               // K rounded up to 8 (contractions) and 16 (state rows)
+  int w_ld, k_ld, q_ld;        // rows of the staged W, k, q
+  int p_ld, o_ld, v_ld, s_ld;  // rows of P, the d_o tile, split V' / d_V', split S / d_S
+  int off_a, off_b;            // forward: W, k; backward: the two buffers k, q, W rotate through
+  int off_p, off_o0, off_o1;   // backward: P, the two d_o tiles
+  int off_v, off_s;            // split V' or d_V' [64][v_ld], split S or d_S [kp16][s_ld]
+  int bytes;
+};
+
+// d_o and its strides, by value.
+struct DoView {
+  const void* p;
+  int64_t s[4];
+};
 
 template <class T, int kBV>
 __global__ void __launch_bounds__(kThreads, 1)
@@ -1040,6 +1069,10 @@ const char* check_inputs(const DeltaRuleInputs& in) {
   return nullptr;
 }
 
+constexpr const char* kKTooLarge =
+    "delta_rule CUDA: K too large for the shared-memory tiles on this device (K up to 320, and "
+    "about 250 for float32 inputs, fits in 227 KiB)";
+
 // Allows `kernel` `bytes` of dynamic shared memory, or says why it cannot.
 template <class Kernel>
 const char* allow_smem(Kernel kernel, size_t bytes) {
@@ -1050,7 +1083,7 @@ const char* allow_smem(Kernel kernel, size_t bytes) {
     return last_error();
   }
   if (bytes > static_cast<size_t>(max_optin)) {
-    return "delta_rule CUDA: K too large for the shared-memory state tile of this device";
+    return kKTooLarge;
   }
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                            static_cast<int>(bytes)) != cudaSuccess) {
@@ -1124,6 +1157,31 @@ RecurLayout recur_layout(const DeltaRuleInputs& in, bool fwd, int esize, int bv)
   l.s_ld = conflict_free_ld(bv, 8, true);  // split S / d_S as B
   l.off_v = take(kC * l.v_ld * 8);
   l.off_s = take(l.kp16 * l.s_ld * 8);
+  l.bytes = off;
+  return l;
+}
+
+// Shared memory of the WY kernel (esize: bytes of the inputs).
+WyLayout wy_layout(const DeltaRuleInputs& in, int esize) {
+  WyLayout l{};
+  const int K = static_cast<int>(in.K), V = static_cast<int>(in.V);
+  l.kp8 = (K + 7) / 8 * 8;
+  l.kp32 = (K + 31) / 32 * 32;
+  l.vp32 = (V + 31) / 32 * 32;
+  l.k_ld = conflict_free_ld(l.kp32, esize, false);  // k as A and as transposed B
+  l.q_ld = conflict_free_ld(l.kp8, esize, false);   // q as A
+  l.v_ld = conflict_free_ld(l.vp32, esize, true);   // v as B
+  int off = 0;
+  auto take = [&](int bytes) {
+    const int at = off;
+    off += (bytes + 15) / 16 * 16;
+    return at;
+  };
+  l.off_k = take(kC * l.k_ld * esize);
+  l.off_x = take(kC * std::max(l.q_ld, l.v_ld) * esize);
+  l.off_g = take(kC * kLdG * 4);
+  l.off_n = take(kC * kLdG * 4);
+  l.off_b = take(kC * 4);
   l.bytes = off;
   return l;
 }
@@ -1214,8 +1272,7 @@ const char* plan_recurrence(const DeltaRuleInputs& in, bool fwd, int esize,
     }
   }
   if (plan.bv == 0) {
-    return "delta_rule CUDA: K too large for the state recurrences' shared-memory tiles on this "
-           "device (K up to 320, and about 250 for float32 inputs, fits in 227 KiB)";
+    return kKTooLarge;
   }
   return nullptr;
 }
@@ -1229,9 +1286,10 @@ const char* fwd_impl(const DeltaRuleFwdParams& p, cudaStream_t stream) {
   layout(in, true, static_cast<float*>(p.scratch), s);
   const char* err = nullptr;
   if (NC > 0) {
-    if ((err = allow_smem(delta_rule_wy_kernel<T>, kWySmem))) return err;
-    delta_rule_wy_kernel<T><<<static_cast<unsigned>(BH * NC), kThreads, kWySmem, stream>>>(
-        in, NC, s.W, s.U, s.P, nullptr, nullptr);
+    const WyLayout wy = wy_layout(in, sizeof(T));
+    if ((err = allow_smem(delta_rule_wy_kernel<T>, wy.bytes))) return err;
+    delta_rule_wy_kernel<T><<<static_cast<unsigned>(BH * NC), kThreads, wy.bytes, stream>>>(
+        in, NC, wy, s.W, s.U, s.P, nullptr, nullptr);
     if ((err = last_error())) return err;
   }
   RecurPlan plan;
@@ -1262,9 +1320,10 @@ const char* bwd_impl(const DeltaRuleBwdParams& p, cudaStream_t stream) {
   DoView d_o{p.d_o, {p.d_o_strides[0], p.d_o_strides[1], p.d_o_strides[2], p.d_o_strides[3]}};
   const char* err = nullptr;
   if (NC > 0) {
-    if ((err = allow_smem(delta_rule_wy_kernel<T>, kWySmem))) return err;
-    delta_rule_wy_kernel<T><<<static_cast<unsigned>(BH * NC), kThreads, kWySmem, stream>>>(
-        in, NC, s.W, nullptr, s.P, s.N, s.G);
+    const WyLayout wy = wy_layout(in, sizeof(T));
+    if ((err = allow_smem(delta_rule_wy_kernel<T>, wy.bytes))) return err;
+    delta_rule_wy_kernel<T><<<static_cast<unsigned>(BH * NC), kThreads, wy.bytes, stream>>>(
+        in, NC, wy, s.W, nullptr, s.P, s.N, s.G);
     if ((err = last_error())) return err;
   }
   RecurPlan plan;

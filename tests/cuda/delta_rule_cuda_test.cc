@@ -385,14 +385,14 @@ RESONA_GPU_TEST(
 }
 
 RESONA_GPU_TEST(
-    "delta_rule on CUDA refuses a K whose state-recurrence tiles do not fit in shared memory "
+    "delta_rule on CUDA refuses a K whose tiles do not fit in shared memory "
     "and a bad RESONA_DELTA_RULE_STATE_COLS, naming them") {
   const Device cuda = Device::cuda();
   const DType f = DType::kFloat32;
   auto z = [&](const Shape& s) { return zeros(s, f, cuda); };
   CHECK_THROWS_WITH_AS(
       delta_rule(z({1, 8, 1, 1024}), z({1, 8, 1, 1024}), z({1, 8, 1, 4}), z({1, 8, 1})),
-      doctest::Contains("K too large for the state recurrences' shared-memory tiles"), Error);
+      doctest::Contains("K too large for the shared-memory tiles"), Error);
   const StateColsEnv env("24");
   CHECK_THROWS_WITH_AS(delta_rule(z({1, 8, 1, 4}), z({1, 8, 1, 4}), z({1, 8, 1, 4}), z({1, 8, 1})),
                        doctest::Contains("RESONA_DELTA_RULE_STATE_COLS must be 16, 32 or 48"),
