@@ -25,6 +25,12 @@
 // (KernelDType), arithmetic and states in float32; h0 and d_h0 in float32 or the inputs'
 // dtype. Inputs and d_o may have any strides (elements); outputs are contiguous and
 // overwritten. Scratch: float32 buffers laid out [B*H, NC, C, .] (NC = ceil(T / C)).
+//
+// Limits: the WY kernel and the recurrences hold a chunk's operands in shared memory, so K
+// is bounded by the device (up to 320 in bfloat16 and about 250 in float32 on 227 KiB);
+// a larger K is refused by name (the CPU path has no bound). The recurrences' column-tile
+// width (16, 32 or 48 columns of V per block) is picked per shape from the device's
+// occupancy; RESONA_DELTA_RULE_STATE_COLS=16|32|48 forces one (the tests run each).
 #pragma once
 
 #include <cstddef>
