@@ -433,14 +433,19 @@ __device__ __forceinline__ void store_split(uint2* dst, int ld, const float (&ac
 
 // ---- (1) the WY matrices of a chunk ----
 //
-// k and q are staged whole (cp.async) for G = k k^T and P = tril(q k^T); v then replaces q
-// while one thread per column solves for N; T = N diag(beta) replaces N, and W = T k,
-// U = T v follow. Every product is warp_mma over 16 x 32 units (3xTF32). Shared memory:
-// k [64][k_ld] and q or v [64][x_ld] in the inputs' dtype, G and N [64][kLdG], beta [64].
+// k and q are staged whole (cp.async) for G = k k^T and P = tril(q k^T); the first
+// v_piece columns of v then replace q while one thread per column solves for N;
+// T = N diag(beta) replaces N, and W = T k and U = T v follow, U a piece of v at a time
+// (so V is not bounded by shared memory). Every product is warp_mma over 16 x 32 units
+// (3xTF32). Shared memory: k [64][k_ld] and q or a piece of v [64][x_ld] in the inputs'
+// dtype, G and N [64][kLdG], beta [64].
 constexpr int kLdG = 68;  // rows of G and N (68 = 4 mod 32: A-operand reads are conflict-free)
 
+constexpr int kWyVPiece = 160;  // columns of v staged at a time
+
 struct WyLayout {
-  int kp8, kp32, vp32;  // K rounded up to 8 (contractions), K and V to 32 (W, U tiles)
+  int kp8, kp32;  // K rounded up to 8 (contractions) and 32 (W's tiles)
+  int v_piece;    // columns of v per piece: min(V rounded up to 32, kWyVPiece)
   int k_ld, q_ld, v_ld;
   int off_k, off_x, off_g, off_n, off_b, bytes;
 };
@@ -492,10 +497,12 @@ __global__ void __launch_bounds__(kThreads)
     });
   }
   __syncthreads();
-  if (U != nullptr) {
-    const RowsView<T> v = rows<T>(in.v, in.v_strides, c);
-    stage_rows<T>(Xs, lay.v_ld, v.p, v.rs, v.cs, L, V, kC, lay.vp32);
-  }
+  const RowsView<T> v = rows<T>(in.v, in.v_strides, c);
+  auto stage_v = [&](int p0) {  // columns [p0, p0 + v_piece) of v, zeros past V
+    const int w = imin(lay.v_piece, V - p0);
+    stage_rows<T>(Xs, lay.v_ld, v.p + p0 * v.cs, v.rs, v.cs, L, w, kC, lay.v_piece);
+  };
+  if (U != nullptr) stage_v(0);
   cp_async_commit();
 
   // Column c of N = (I + tril(diag(beta) G, -1))^-1: N_cc = 1, zero above, and below
@@ -522,7 +529,9 @@ __global__ void __launch_bounds__(kThreads)
 
   // W = T k, U = T v over 16 x 32 units
   const int lsteps = (L + 7) / 8;
-  auto t_times = [&](const T* x, int ld, int width, float* out, int64_t out_ld) {
+  // out[:, o0 + j] = (T x)[:, j] for j < valid, x [64][ld] with width (a multiple of 32)
+  // columns
+  auto t_times = [&](const T* x, int ld, int width, int valid, float* out, int64_t out_ld, int o0) {
     for (int u = warp; u < 4 * (width / 32); u += kWarps) {
       const int ur = u % 4, uc = u / 4;
       float acc[4][4] = {};
@@ -530,12 +539,22 @@ __global__ void __launch_bounds__(kThreads)
       for_each_frag<4>([&](int i, int j, int r, int cc) {
         i += 16 * ur;
         j += 32 * uc;
-        if (i < L && j < out_ld) out[(chunk * C + i) * out_ld + j] = acc[cc][r];
+        if (i < L && j < valid) out[(chunk * C + i) * out_ld + o0 + j] = acc[cc][r];
       });
     }
   };
-  t_times(Ks, lay.k_ld, lay.kp32, W, in.K);
-  if (U != nullptr) t_times(Xs, lay.v_ld, lay.vp32, U, in.V);
+  t_times(Ks, lay.k_ld, lay.kp32, K, W, in.K, 0);
+  if (U == nullptr) return;
+  for (int p0 = 0; p0 < V; p0 += lay.v_piece) {
+    if (p0 > 0) {
+      __syncthreads();  // the previous piece is read
+      stage_v(p0);
+      cp_async_commit();
+      cp_async_wait<0>();
+      __syncthreads();
+    }
+    t_times(Xs, lay.v_ld, lay.v_piece, imin(lay.v_piece, V - p0), U, in.V, p0);
+  }
 }
 
 // ---- (2) the recurrences: forward in chunk order, backward in reverse ----
@@ -1070,8 +1089,8 @@ const char* check_inputs(const DeltaRuleInputs& in) {
 }
 
 constexpr const char* kKTooLarge =
-    "delta_rule CUDA: K too large for the shared-memory tiles on this device (K up to 320, and "
-    "about 250 for float32 inputs, fits in 227 KiB)";
+    "delta_rule CUDA: K too large for the shared-memory tiles on this device (K up to 272 in "
+    "float32 and 288 in bfloat16 fits in 227 KiB)";
 
 // Allows `kernel` `bytes` of dynamic shared memory, or says why it cannot.
 template <class Kernel>
@@ -1167,10 +1186,10 @@ WyLayout wy_layout(const DeltaRuleInputs& in, int esize) {
   const int K = static_cast<int>(in.K), V = static_cast<int>(in.V);
   l.kp8 = (K + 7) / 8 * 8;
   l.kp32 = (K + 31) / 32 * 32;
-  l.vp32 = (V + 31) / 32 * 32;
-  l.k_ld = conflict_free_ld(l.kp32, esize, false);  // k as A and as transposed B
-  l.q_ld = conflict_free_ld(l.kp8, esize, false);   // q as A
-  l.v_ld = conflict_free_ld(l.vp32, esize, true);   // v as B
+  l.v_piece = std::min((V + 31) / 32 * 32, kWyVPiece);
+  l.k_ld = conflict_free_ld(l.kp32, esize, false);    // k as A and as transposed B
+  l.q_ld = conflict_free_ld(l.kp8, esize, false);     // q as A
+  l.v_ld = conflict_free_ld(l.v_piece, esize, true);  // v as B
   int off = 0;
   auto take = [&](int bytes) {
     const int at = off;

@@ -27,8 +27,8 @@
 // overwritten. Scratch: float32 buffers laid out [B*H, NC, C, .] (NC = ceil(T / C)).
 //
 // Limits: the WY kernel and the recurrences hold a chunk's operands in shared memory, so K
-// is bounded by the device (up to 320 in bfloat16 and about 250 in float32 on 227 KiB);
-// a larger K is refused by name (the CPU path has no bound). The recurrences' column-tile
+// is bounded by the device (up to 272 in float32 and 288 in bfloat16 on 227 KiB; V is
+// not bounded); a larger K is refused by name (the CPU path has no bound). The recurrences' column-tile
 // width (16, 32 or 48 columns of V per block) is picked per shape from the device's
 // occupancy; RESONA_DELTA_RULE_STATE_COLS=16|32|48 forces one (the tests run each).
 #pragma once
