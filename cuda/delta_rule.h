@@ -28,8 +28,8 @@
 //
 // Limits: the WY kernel and the recurrences hold a chunk's operands in shared memory, so K
 // is bounded by the device (up to 272 in float32 and 288 in bfloat16 on 227 KiB; V is
-// not bounded); a larger K is refused by name (the CPU path has no bound). The recurrences' column-tile
-// width (16, 32 or 48 columns of V per block) is picked per shape from the device's
+// not bounded); a larger K is refused by name (the CPU path has no bound). The recurrences'
+// column-tile width (16, 32 or 48 columns of V per block) is picked per shape from the device's
 // occupancy; RESONA_DELTA_RULE_STATE_COLS=16|32|48 forces one (the tests run each).
 #pragma once
 
