@@ -78,4 +78,44 @@ __device__ __forceinline__ void stage_rows(T* dst, int ds, const T* src, int64_t
   }
 }
 
+// stage_rows for a destination kW columns wide (npad = kW): when the columns are
+// contiguous (cs = 1), the block's threads walk the tile's 8-byte (else 4-byte) slots flat,
+// one cp.async each, a few instructions per slot where stage_rows walks row by row; a slot
+// that straddles column n is copied with plain loads. Other layouts go to stage_rows.
+template <int kW, int kBytes, class T>
+__device__ __forceinline__ void stage_tile_slots(T* dst, int ds, const T* src, int64_t rs, int L,
+                                                 int n, int R) {
+  constexpr int kE = kBytes / static_cast<int>(sizeof(T)), kPer = kW / kE;
+  static_assert(kE >= 1 && kW % kE == 0, "whole slots per row");
+  const T zero = from_f32<T>(0.f);
+  for (int e = threadIdx.x; e < R * kPer; e += blockDim.x) {
+    const int i = e / kPer, j = e % kPer * kE;
+    T* d = dst + i * ds + j;
+    if (i < L && j + kE <= n) {
+      if (kBytes == 8) {
+        cp_async8(d, src + i * rs + j);
+      } else {
+        cp_async4(d, src + i * rs + j);
+      }
+    } else {
+#pragma unroll
+      for (int x = 0; x < kE; ++x) d[x] = i < L && j + x < n ? src[i * rs + j + x] : zero;
+    }
+  }
+}
+
+template <int kW, class T>
+__device__ __forceinline__ void stage_tile(T* dst, int ds, const T* src, int64_t rs, int64_t cs,
+                                           int L, int n, int R) {
+  constexpr int kE8 = 8 / static_cast<int>(sizeof(T)), kE4 = 4 / static_cast<int>(sizeof(T));
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(src);
+  if (cs == 1 && rs % kE8 == 0 && addr % 8 == 0 && ds % kE8 == 0) {
+    stage_tile_slots<kW, 8>(dst, ds, src, rs, L, n, R);
+  } else if (cs == 1 && rs % kE4 == 0 && addr % 4 == 0 && ds % kE4 == 0) {
+    stage_tile_slots<kW, 4>(dst, ds, src, rs, L, n, R);
+  } else {
+    stage_rows<T>(dst, ds, src, rs, cs, L, n, R, kW);
+  }
+}
+
 }  // namespace resona::cuda

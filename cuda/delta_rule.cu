@@ -50,12 +50,8 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kBM = 64;  // rows of an output tile: 4 per thread, 16 apart
 constexpr int kBK = 16;  // contraction steps staged at a time
 constexpr int kC = static_cast<int>(kDeltaMaxChunk);
-constexpr int kLd = kC + 1;    // row stride of the C x C matrices in shared memory
-constexpr int kOutCols = 64;   // columns of o per block of the output kernel
-constexpr int kGradCols = 32;  // columns of V per step of the gradient kernel
-constexpr int kGradTN = kGradCols / 16;
+constexpr int kOutCols = 64;  // columns of o per block of the output kernel
 static_assert(kC == kBM, "one output tile covers the rows of a chunk");
-static_assert(kGradCols % 16 == 0 && kGradTN >= 1 && kGradTN <= 4, "16..64 gradient columns");
 static_assert(kOutCols == 64, "the output kernel's tiles are 64 wide");
 
 __device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
@@ -270,6 +266,7 @@ __device__ __forceinline__ void store_state(void* p, KernelDType dt, int64_t off
 struct Scratch {
   float *W = nullptr, *U = nullptr, *P = nullptr, *N = nullptr, *G = nullptr;
   float *Vn = nullptr, *dVn = nullptr, *dR = nullptr, *dstates = nullptr;
+  float *dP = nullptr, *dPT = nullptr, *Zs = nullptr;  // backward: d_P, d_P^T, Z + Z^T
 };
 
 int64_t round4(int64_t n) { return (n + 3) / 4 * 4; }
@@ -293,8 +290,11 @@ int64_t layout(const DeltaRuleInputs& in, bool fwd, float* base, Scratch& s) {
     take(s.N, cc);
     take(s.G, cc);
     take(s.dVn, cv);
-    take(s.dR, cv);
+    take(s.dR, cv);  // -d_R
     take(s.dstates, kv);
+    take(s.dP, cc);
+    take(s.dPT, cc);
+    take(s.Zs, cc);
   }
   return off;
 }
@@ -891,177 +891,309 @@ __global__ void __launch_bounds__(kThreads)
   });
 }
 
-// ---- (3') backward: the gradients of one chunk ----
+// ---- (3') backward: the gradients of a chunk, in two kernels ----
 //
-// Shared memory: Stage, N, d_P, Z [64][kLd]; R, V', Y [64][32]; beta, d_beta [64].
-constexpr size_t kGradSmem =
-    sizeof(Stage) + (3 * kC * kLd + 3 * kC * kGradCols + 2 * kC) * sizeof(float);
+// delta_rule_bwd_vgrad_kernel, block (b, h, chunk): over pieces of 32 columns of V,
+//   R = v - k S0, V' = N diag(beta) R, Y = N^T d_V'   64 x 32 products, 16 x 16 units
+//   d_v = diag(beta) Y, and the sums over V of
+//   d_o V'^T and Y V'^T                                 64 x 64, 16 x 32 units held in the
+//                                                       accumulators, and R_i . Y_i;
+// then d_P = scale tril(d_o V'^T), dM = -(Y V'^T) strictly below the diagonal,
+// d_beta_i = R_i . Y_i + sum_{j<i} dM_ij G_ij and Z = diag(beta) dM. It writes V', -d_R
+// (d_R = d_v), d_P, d_P^T and Z + Z^T to scratch for
+// delta_rule_bwd_kgrad_kernel, block (b, h, chunk, 64 columns of K):
+//   d_q = scale d_o S0^T + d_P k
+//   d_k = V' d_S^T - d_R S0^T + d_P^T q + (Z + Z^T) k
+// the contractions over V a piece of 32 columns at a time (the next piece staged while
+// the current one is multiplied), then those over the chunk's rows.
+// Operands are staged with cp.async (zeros past L, K and V) and multiplied with warp_mma
+// (3xTF32), as in (1) and (2).
+constexpr int kGradPiece = 32;  // columns of V per step of both gradient kernels
+constexpr int kGradKTile = 64;  // columns of K per block of the K-gradient kernel
 
-struct GradOut {
-  void *d_q, *d_k, *d_v, *d_beta;
+struct VgradLayout {
+  int kp8;  // K rounded up to 8 (the contraction of R)
+  int k_ld, s_ld, v_ld, dv_ld, o_ld, r_ld, vn_ld, y_ld;
+  int off_k, off_n, off_s, off_v, off_dv, off_o, off_r, off_vn, off_y, off_beta, off_part;
+  int bytes;
+};
+
+struct KgradLayout {
+  int o_ld, a_ld, b_ld;                // a piece: d_o [64][o_ld]; V', -d_R [64][a_ld];
+                                       // S0, d_S rows of the K tile [64][b_ld]
+  int po_o, po_vn, po_r, po_s, po_ds;  // offsets inside a piece buffer
+  int off_buf0, off_buf1;              // the two piece buffers
+  int p_ld, k_ld;                      // d_P, d_P^T, Z + Z^T [64][p_ld]; k, q tiles [64][k_ld]
+  int off_dp, off_dpt, off_z, off_kt, off_qt;  // over the piece buffers, after the pieces
+  int bytes;
 };
 
 template <class T>
 __global__ void __launch_bounds__(kThreads, 2)
-    delta_rule_bwd_grad_kernel(DeltaRuleInputs in, int64_t NC, DoView d_o, Scratch s,
-                               const float* __restrict__ states, GradOut out) {
+    delta_rule_bwd_vgrad_kernel(DeltaRuleInputs in, int64_t NC, VgradLayout lay, DoView d_o,
+                                Scratch s, const float* __restrict__ states, void* d_v_out,
+                                void* d_beta_out) {
   extern __shared__ __align__(16) unsigned char delta_smem[];
-  Stage& st = *reinterpret_cast<Stage*>(delta_smem);
-  float* Nm = reinterpret_cast<float*>(delta_smem + sizeof(Stage));
-  float* dP = Nm + kC * kLd;
-  float* Z = dP + kC * kLd;
-  float* Rs = Z + kC * kLd;
-  float* Vs = Rs + kC * kGradCols;
-  float* Ys = Vs + kC * kGradCols;
-  float* bs = Ys + kC * kGradCols;
-  float* dbs = bs + kC;
+  T* Ks = reinterpret_cast<T*>(delta_smem + lay.off_k);
+  float* Nm = reinterpret_cast<float*>(delta_smem + lay.off_n);  // N, then Z
+  float* S0s = reinterpret_cast<float*>(delta_smem + lay.off_s);
+  T* Vs = reinterpret_cast<T*>(delta_smem + lay.off_v);
+  float* dVs = reinterpret_cast<float*>(delta_smem + lay.off_dv);
+  T* dOs = reinterpret_cast<T*>(delta_smem + lay.off_o);
+  float* bR = reinterpret_cast<float*>(delta_smem + lay.off_r);
+  float* Vns = reinterpret_cast<float*>(delta_smem + lay.off_vn);
+  float* Ys = reinterpret_cast<float*>(delta_smem + lay.off_y);
+  float* bs = reinterpret_cast<float*>(delta_smem + lay.off_beta);
+  float* part = reinterpret_cast<float*>(delta_smem + lay.off_part);  // [4][64]
   const ChunkAt c = chunk_at(in, blockIdx.x / NC, blockIdx.x % NC);
   const int L = c.L, K = static_cast<int>(in.K), V = static_cast<int>(in.V);
-  const int tid = threadIdx.x;
-  const int64_t chunk = c.bh * NC + c.n, C = in.C, KV = in.K * in.V;
-  const float scale = in.scale;
-  const float* S0 = states + chunk * KV;
-  const float* dS = s.dstates + chunk * KV;
-  const float* Nn = s.N + chunk * C * C;
-  const float* Gn = s.G + chunk * C * C;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, rt = warp % 4, cg = warp / 4;
+  const int lsteps = (L + 7) / 8;
+  const int64_t chunk = c.bh * NC + c.n, C = in.C;
+  const float* S0 = states + chunk * in.K * in.V;
   const float* dVnn = s.dVn + chunk * C * in.V;
   float* VnG = s.Vn + chunk * C * in.V;
-  float* dRG = s.dR + chunk * C * in.V;
-  const RowsView<T> q = rows<T>(in.q, in.q_strides, c);
+  float* mdRG = s.dR + chunk * C * in.V;
   const RowsView<T> k = rows<T>(in.k, in.k_strides, c);
   const RowsView<T> v = rows<T>(in.v, in.v_strides, c);
   const RowsView<T> dO = rows<T>(d_o.p, d_o.s, c);
-  // This chunk's operands into L2: the start state and end-state gradient (K x V each),
-  // N, G, d_V' and the rows of v, k, q, d_o.
-  prefetch_bytes(S0, KV * sizeof(float), tid, kThreads);
-  prefetch_bytes(dS, KV * sizeof(float), tid, kThreads);
-  prefetch_bytes(Nn, L * C * sizeof(float), tid, kThreads);
-  prefetch_bytes(Gn, L * C * sizeof(float), tid, kThreads);
-  prefetch_bytes(dVnn, L * in.V * sizeof(float), tid, kThreads);
-  prefetch_rows(v, L, 0, V);
-  prefetch_rows(k, L, 0, K);
-  prefetch_rows(q, L, 0, K);
-  prefetch_rows(dO, L, 0, V);
+  // Columns [y0, y0 + 32) of: S0 and v (group A), d_V' (B), d_o (C).
+  auto stage_a = [&](int y0) {
+    const int w = imin(kGradPiece, V - y0);
+    stage_tile<kGradPiece>(S0s, lay.s_ld, S0 + y0, in.V, 1, K, w, lay.kp8);
+    stage_tile<kGradPiece>(Vs, lay.v_ld, v.p + y0 * v.cs, v.rs, v.cs, L, w, kC);
+  };
+  auto stage_b = [&](int y0) {
+    stage_tile<kGradPiece>(dVs, lay.dv_ld, dVnn + y0, in.V, 1, L, imin(kGradPiece, V - y0), kC);
+  };
+  auto stage_c = [&](int y0) {
+    stage_tile<kGradPiece>(dOs, lay.o_ld, dO.p + y0 * dO.cs, dO.rs, dO.cs, L,
+                           imin(kGradPiece, V - y0), kC);
+  };
+  stage_rows<T>(Ks, lay.k_ld, k.p, k.rs, k.cs, L, K, kC, lay.kp8);
+  stage_tile<kC>(Nm, kLdG, s.N + chunk * C * C, C, 1, L, L, kC);
+  stage_a(0);
+  cp_async_commit();
+  stage_b(0);
+  cp_async_commit();
   const T* beta = static_cast<const T*>(in.beta) + c.b * in.beta_strides[0] +
                   c.t0 * in.beta_strides[1] + c.h * in.beta_strides[2];
-  for (int e = tid; e < L * L; e += kThreads) {
-    const int i = e / L, j = e % L;
-    Nm[i * kLd + j] = Nn[i * C + j];
-  }
-  for (int i = tid; i < kC; i += kThreads) {
+  for (int i = tid; i < kC; i += kThreads)
     bs[i] = i < L ? to_f32(beta[i * in.beta_strides[1]]) : 0.f;
-    dbs[i] = 0.f;
-  }
-  __syncthreads();
 
-  // Over 32-column tiles of V: R, V', Y, d_v, and the sums d_P = d_o V'^T, M = Y V'^T,
-  // r_i = R_i . Y_i accumulated tile by tile (d_P and M in registers).
-  float acc_dP[4][4], acc_M[4][4], acc[4][kGradTN];
-  zero(acc_dP);
-  zero(acc_M);
-  T* d_v = static_cast<T*>(out.d_v);
-  for (int v0 = 0; v0 < V; v0 += kGradCols) {
-    const int vw = imin(kGradCols, V - v0);
-    // R = v - k S0
-    zero(acc);
-    gemm_acc<kGradTN, true, true>(
-        acc, 0, 0, L, vw, K, k, [&](int x, int j) { return S0[x * in.V + v0 + j]; }, st);
-    for_each_out(acc, 0, 0, L, vw,
-                 [&](int i, int j, float ks) { Rs[i * kGradCols + j] = v(i, v0 + j) - ks; });
-    __syncthreads();
-    // V' = N diag(beta) R
-    zero(acc);
-    gemm_acc<kGradTN, true, true>(
-        acc, 0, 0, L, vw, L, [&](int i, int j) { return Nm[i * kLd + j]; },
-        [&](int j, int jj) { return bs[j] * Rs[j * kGradCols + jj]; }, st);
-    for_each_out(acc, 0, 0, L, vw, [&](int i, int j, float y) {
-      Vs[i * kGradCols + j] = y;
-      VnG[i * in.V + v0 + j] = y;
+  // Groups in flight at each wait: A and B of this piece at its start, then B and C, then
+  // C and the next A; one wait<1> each time leaves exactly the one needed next pending.
+  float acc_dP[4][4] = {}, acc_M[4][4] = {};
+  float ry[2] = {0.f, 0.f};  // R_i . Y_i over the warp's columns, rows g and g + 8
+  for (int y0 = 0; y0 < V; y0 += kGradPiece) {
+    const int w = imin(kGradPiece, V - y0), yn = y0 + kGradPiece;
+    cp_async_wait<1>();  // A (and k, N)
+    __syncthreads();     // also: the previous piece's d_o, V', Y are read
+    stage_c(y0);
+    cp_async_commit();
+    // R = v - k S0 on the warp's 16 x 16 unit; diag(beta) R to shared memory
+    float R[2][4] = {};
+    warp_mma<2, false>(R, lay.kp8 / 8, Ks + 16 * rt * lay.k_ld, lay.k_ld, S0s + 16 * cg, lay.s_ld);
+    for_each_frag<2>([&](int i, int j, int r, int cc) {
+      i += 16 * rt;
+      j += 16 * cg;
+      R[cc][r] = i < L && j < w ? to_f32(Vs[i * lay.v_ld + j]) - R[cc][r] : 0.f;
+      bR[i * lay.r_ld + j] = bs[i] * R[cc][r];
     });
-    // Y = N^T d_V', d_R = diag(beta) Y = d_v
-    zero(acc);
-    gemm_acc<kGradTN, false, true>(
-        acc, 0, 0, L, vw, L, [&](int i, int j) { return Nm[j * kLd + i]; },
-        [&](int j, int jj) { return dVnn[j * in.V + v0 + jj]; }, st);
-    for_each_out(acc, 0, 0, L, vw, [&](int i, int j, float y) {
-      Ys[i * kGradCols + j] = y;
-      const float dr = bs[i] * y;
-      dRG[i * in.V + v0 + j] = dr;
-      if (d_v != nullptr) {
-        d_v[((c.b * in.T + c.t0 + i) * in.H + c.h) * in.V + v0 + j] = from_f32<T>(dr);
+    cp_async_wait<1>();  // B
+    __syncthreads();
+    if (yn < V) stage_a(yn);
+    cp_async_commit();
+    // V' = N diag(beta) R, Y = N^T d_V'
+    float Vp[2][4] = {}, Y[2][4] = {};
+    warp_mma<2, false>(Vp, lsteps, Nm + 16 * rt * kLdG, kLdG, bR + 16 * cg, lay.r_ld);
+    warp_mma<2, true>(Y, lsteps, Nm + 16 * rt, kLdG, dVs + 16 * cg, lay.dv_ld);
+    T* d_v = static_cast<T*>(d_v_out);
+    for_each_frag<2>([&](int i, int j, int r, int cc) {
+      ry[r / 2] = fmaf(R[cc][r], Y[cc][r], ry[r / 2]);
+      i += 16 * rt;
+      j += 16 * cg;
+      Vns[i * lay.vn_ld + j] = Vp[cc][r];
+      Ys[i * lay.y_ld + j] = Y[cc][r];
+      if (i < L && j < w) {
+        const float dr = bs[i] * Y[cc][r];
+        VnG[i * in.V + y0 + j] = Vp[cc][r];
+        mdRG[i * in.V + y0 + j] = -dr;
+        if (d_v != nullptr) {
+          d_v[((c.b * in.T + c.t0 + i) * in.H + c.h) * in.V + y0 + j] = from_f32<T>(dr);
+        }
       }
     });
+    cp_async_wait<1>();  // C
     __syncthreads();
-    gemm_acc<4, true, false>(
-        acc_dP, 0, 0, L, L, vw, [&](int i, int jj) { return dO(i, v0 + jj); },
-        [&](int jj, int j) { return Vs[j * kGradCols + jj]; }, st);
-    gemm_acc<4, true, false>(
-        acc_M, 0, 0, L, L, vw, [&](int i, int jj) { return Ys[i * kGradCols + jj]; },
-        [&](int jj, int j) { return Vs[j * kGradCols + jj]; }, st);
-    if (tid < L) {
-      float r = dbs[tid];
-      for (int jj = 0; jj < vw; ++jj)
-        r = fmaf(Rs[tid * kGradCols + jj], Ys[tid * kGradCols + jj], r);
-      dbs[tid] = r;
-    }
-    __syncthreads();
+    if (yn < V) stage_b(yn);
+    cp_async_commit();
+    // d_P += d_o V'^T, M += Y V'^T over the piece's columns
+    const int ysteps = (w + 7) / 8;
+    warp_mma<4, false, true>(acc_dP, ysteps, dOs + 16 * rt * lay.o_ld, lay.o_ld,
+                             Vns + 32 * cg * lay.vn_ld, lay.vn_ld);
+    warp_mma<4, false, true>(acc_M, ysteps, Ys + 16 * rt * lay.y_ld, lay.y_ld,
+                             Vns + 32 * cg * lay.vn_ld, lay.vn_ld);
   }
-  // d_P = scale tril(d_o V'^T); dM = -Y V'^T below the diagonal (in Z for now).
-  for_each_out(acc_dP, 0, 0, L, L,
-               [&](int i, int j, float x) { dP[i * kLd + j] = j <= i ? scale * x : 0.f; });
-  for_each_out(acc_M, 0, 0, L, L,
-               [&](int i, int j, float x) { Z[i * kLd + j] = j < i ? -x : 0.f; });
-  __syncthreads();
-  // d_beta_i = R_i . Y_i + sum_{j<i} dM_ij G_ij
-  if (tid < L) {
-    float r = dbs[tid];
-    for (int j = 0; j < tid; ++j) r = fmaf(Z[tid * kLd + j], Gn[tid * C + j], r);
-    if (out.d_beta != nullptr) {
-      static_cast<T*>(out.d_beta)[(c.b * in.T + c.t0 + tid) * in.H + c.h] = from_f32<T>(r);
+  cp_async_wait<0>();
+  __syncthreads();  // N is read
+
+  // d_P and d_P^T out; Z = diag(beta) dM into Nm; sum_j dM_ij G_ij over the warp's columns
+  const float scale = in.scale;
+  float* dPg = s.dP + chunk * C * C;
+  float* dPTg = s.dPT + chunk * C * C;
+  const float* Gn = s.G + chunk * C * C;
+  float mg[2] = {0.f, 0.f};
+  for_each_frag<4>([&](int i, int j, int r, int cc) {
+    i += 16 * rt;
+    j += 32 * cg;
+    if (i < L && j < L) {
+      const float dp = j <= i ? scale * acc_dP[cc][r] : 0.f;
+      dPg[i * C + j] = dp;
+      dPTg[j * C + i] = dp;
+    }
+    float dm = 0.f;
+    if (j < i && i < L) {
+      dm = -acc_M[cc][r];
+      mg[r / 2] = fmaf(dm, Gn[i * C + j], mg[r / 2]);
+    }
+    Nm[i * kLdG + j] = bs[i] * dm;
+  });
+  // Row sums over the quad of lanes sharing a row, then per column group into part.
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+#pragma unroll
+    for (int m = 1; m <= 2; m *= 2) {
+      ry[h] += __shfl_xor_sync(0xffffffffu, ry[h], m);
+      mg[h] += __shfl_xor_sync(0xffffffffu, mg[h], m);
+    }
+    if (lane % 4 == 0) {
+      const int i = 16 * rt + lane / 4 + 8 * h;
+      part[cg * kC + i] = ry[h];
+      part[(2 + cg) * kC + i] = mg[h];
     }
   }
   __syncthreads();
-  // Z = diag(beta) dM (strictly lower)
+  if (tid < L && d_beta_out != nullptr) {
+    const float db = (part[tid] + part[kC + tid]) + (part[2 * kC + tid] + part[3 * kC + tid]);
+    static_cast<T*>(d_beta_out)[(c.b * in.T + c.t0 + tid) * in.H + c.h] = from_f32<T>(db);
+  }
+  float* Zg = s.Zs + chunk * C * C;
   for (int e = tid; e < L * L; e += kThreads) {
     const int i = e / L, j = e % L;
-    Z[i * kLd + j] *= bs[i];
+    Zg[i * C + j] = Nm[i * kLdG + j] + Nm[j * kLdG + i];
   }
-  __syncthreads();
+}
 
-  float acc4[4][4];
-  for (int n0 = 0; n0 < K; n0 += 64) {
-    if (out.d_q != nullptr) {
-      // d_q = scale d_o S0^T + d_P k
-      zero(acc4);
-      gemm_acc<4, true, false>(
-          acc4, 0, n0, L, K, V, [&](int i, int y) { return scale * dO(i, y); },
-          [&](int y, int x) { return S0[x * in.V + y]; }, st);
-      gemm_acc<4, true, true>(
-          acc4, 0, n0, L, K, L, [&](int i, int j) { return dP[i * kLd + j]; }, k, st);
-      T* d_q = static_cast<T*>(out.d_q);
-      for_each_out(acc4, 0, n0, L, K, [&](int i, int x, float g) {
-        d_q[((c.b * in.T + c.t0 + i) * in.H + c.h) * in.K + x] = from_f32<T>(g);
-      });
+template <class T>
+__global__ void __launch_bounds__(kThreads, 2)
+    delta_rule_bwd_kgrad_kernel(DeltaRuleInputs in, int64_t NC, KgradLayout lay, DoView d_o,
+                                Scratch s, const float* __restrict__ states, void* d_q_out,
+                                void* d_k_out) {
+  extern __shared__ __align__(16) unsigned char delta_smem[];
+  const int64_t n_ktiles = (in.K + kGradKTile - 1) / kGradKTile;
+  const ChunkAt c = chunk_at(in, blockIdx.x / (NC * n_ktiles), blockIdx.x / n_ktiles % NC);
+  const int k0 = static_cast<int>(blockIdx.x % n_ktiles) * kGradKTile;
+  const int L = c.L, K = static_cast<int>(in.K), V = static_cast<int>(in.V);
+  const int kw = imin(kGradKTile, K - k0);
+  const int warp = threadIdx.x / 32, rt = warp % 4, cg = warp / 4;
+  const bool active = 32 * cg < kw;  // the warp's 32 columns hold some of the tile
+  const int64_t chunk = c.bh * NC + c.n, C = in.C, KV = in.K * in.V;
+  const float* S0 = states + chunk * KV + k0 * in.V;
+  const float* dS = s.dstates + chunk * KV + k0 * in.V;
+  const float* VnG = s.Vn + chunk * C * in.V;
+  const float* mdRG = s.dR + chunk * C * in.V;
+  const RowsView<T> dO = rows<T>(d_o.p, d_o.s, c);
+  const bool want_q = d_q_out != nullptr, want_k = d_k_out != nullptr;
+  auto stage_piece = [&](int y0, unsigned char* buf) {
+    const int w = imin(kGradPiece, V - y0);
+    if (want_q) {
+      stage_tile<kGradPiece>(reinterpret_cast<T*>(buf + lay.po_o), lay.o_ld, dO.p + y0 * dO.cs,
+                             dO.rs, dO.cs, L, w, kC);
     }
-    if (out.d_k != nullptr) {
-      // d_k = d_P^T q + V' d_S^T - d_R S0^T + (Z + Z^T) k
-      zero(acc4);
-      gemm_acc<4, false, true>(
-          acc4, 0, n0, L, K, L, [&](int i, int j) { return dP[j * kLd + i]; }, q, st);
-      gemm_acc<4, true, false>(
-          acc4, 0, n0, L, K, V, [&](int i, int y) { return VnG[i * in.V + y]; },
-          [&](int y, int x) { return dS[x * in.V + y]; }, st);
-      gemm_acc<4, true, false>(
-          acc4, 0, n0, L, K, V, [&](int i, int y) { return -dRG[i * in.V + y]; },
-          [&](int y, int x) { return S0[x * in.V + y]; }, st);
-      gemm_acc<4, true, true>(
-          acc4, 0, n0, L, K, L, [&](int i, int j) { return Z[i * kLd + j] + Z[j * kLd + i]; }, k,
-          st);
-      T* d_k = static_cast<T*>(out.d_k);
-      for_each_out(acc4, 0, n0, L, K, [&](int i, int x, float g) {
-        d_k[((c.b * in.T + c.t0 + i) * in.H + c.h) * in.K + x] = from_f32<T>(g);
-      });
+    if (want_k) {
+      stage_tile<kGradPiece>(reinterpret_cast<float*>(buf + lay.po_vn), lay.a_ld, VnG + y0, in.V, 1,
+                             L, w, kC);
+      stage_tile<kGradPiece>(reinterpret_cast<float*>(buf + lay.po_r), lay.a_ld, mdRG + y0, in.V, 1,
+                             L, w, kC);
+      stage_tile<kGradPiece>(reinterpret_cast<float*>(buf + lay.po_ds), lay.b_ld, dS + y0, in.V, 1,
+                             kw, w, kGradKTile);
     }
+    stage_tile<kGradPiece>(reinterpret_cast<float*>(buf + lay.po_s), lay.b_ld, S0 + y0, in.V, 1, kw,
+                           w, kGradKTile);
+  };
+  // The contractions over V: acc_q = d_o S0^T, acc_k = V' d_S^T - d_R S0^T.
+  float acc_q[4][4] = {}, acc_k[4][4] = {};
+  unsigned char* cur = delta_smem + lay.off_buf0;
+  unsigned char* nxt = delta_smem + lay.off_buf1;
+  stage_piece(0, cur);
+  cp_async_commit();
+  for (int y0 = 0; y0 < V; y0 += kGradPiece) {
+    if (y0 + kGradPiece < V) stage_piece(y0 + kGradPiece, nxt);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    if (active) {
+      const int ysteps = (imin(kGradPiece, V - y0) + 7) / 8;
+      const float* S0s = reinterpret_cast<const float*>(cur + lay.po_s) + 32 * cg * lay.b_ld;
+      if (want_q) {
+        warp_mma<4, false, true>(acc_q, ysteps,
+                                 reinterpret_cast<const T*>(cur + lay.po_o) + 16 * rt * lay.o_ld,
+                                 lay.o_ld, S0s, lay.b_ld);
+      }
+      if (want_k) {
+        warp_mma<4, false, true>(
+            acc_k, ysteps, reinterpret_cast<const float*>(cur + lay.po_vn) + 16 * rt * lay.a_ld,
+            lay.a_ld, reinterpret_cast<const float*>(cur + lay.po_ds) + 32 * cg * lay.b_ld,
+            lay.b_ld);
+        warp_mma<4, false, true>(
+            acc_k, ysteps, reinterpret_cast<const float*>(cur + lay.po_r) + 16 * rt * lay.a_ld,
+            lay.a_ld, S0s, lay.b_ld);
+      }
+    }
+    __syncthreads();  // cur is read: it takes the piece after next
+    unsigned char* const t = cur;
+    cur = nxt;
+    nxt = t;
+  }
+  // The contractions over the chunk's rows: d_P k, d_P^T q, (Z + Z^T) k.
+  float* dPs = reinterpret_cast<float*>(delta_smem + lay.off_dp);
+  float* dPTs = reinterpret_cast<float*>(delta_smem + lay.off_dpt);
+  float* Zs = reinterpret_cast<float*>(delta_smem + lay.off_z);
+  T* kt = reinterpret_cast<T*>(delta_smem + lay.off_kt);
+  T* qt = reinterpret_cast<T*>(delta_smem + lay.off_qt);
+  const RowsView<T> k = rows<T>(in.k, in.k_strides, c);
+  stage_tile<kGradKTile>(kt, lay.k_ld, k.p + k0 * k.cs, k.rs, k.cs, L, kw, kC);
+  if (want_q) stage_tile<kC>(dPs, lay.p_ld, s.dP + chunk * C * C, C, 1, L, L, kC);
+  if (want_k) {
+    const RowsView<T> q = rows<T>(in.q, in.q_strides, c);
+    stage_tile<kGradKTile>(qt, lay.k_ld, q.p + k0 * q.cs, q.rs, q.cs, L, kw, kC);
+    stage_tile<kC>(dPTs, lay.p_ld, s.dPT + chunk * C * C, C, 1, L, L, kC);
+    stage_tile<kC>(Zs, lay.p_ld, s.Zs + chunk * C * C, C, 1, L, L, kC);
+  }
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+  if (!active) return;
+  const int lsteps = (L + 7) / 8;
+  auto store = [&](void* out, const float(&acc)[4][4]) {
+    T* o = static_cast<T*>(out);
+    for_each_frag<4>([&](int i, int x, int r, int cc) {
+      i += 16 * rt;
+      x += 32 * cg;
+      if (i < L && x < kw)
+        o[((c.b * in.T + c.t0 + i) * in.H + c.h) * in.K + k0 + x] = from_f32<T>(acc[cc][r]);
+    });
+  };
+  if (want_q) {
+    for_each_frag<4>([&](int, int, int r, int cc) { acc_q[cc][r] *= in.scale; });
+    warp_mma<4, false>(acc_q, lsteps, dPs + 16 * rt * lay.p_ld, lay.p_ld, kt + 32 * cg, lay.k_ld);
+    store(d_q_out, acc_q);
+  }
+  if (want_k) {
+    warp_mma<4, false>(acc_k, lsteps, dPTs + 16 * rt * lay.p_ld, lay.p_ld, qt + 32 * cg, lay.k_ld);
+    warp_mma<4, false>(acc_k, lsteps, Zs + 16 * rt * lay.p_ld, lay.p_ld, kt + 32 * cg, lay.k_ld);
+    store(d_k_out, acc_k);
   }
 }
 
@@ -1078,10 +1210,13 @@ const char* check_inputs(const DeltaRuleInputs& in) {
     return "delta_rule CUDA: negative B, T, H or K, V < 1";
   }
   if (in.K > (1 << 20) || in.V > (1 << 20)) return "delta_rule CUDA: K or V above 2^20";
-  const int64_t n_tiles = (in.V + 15) / 16;  // of the narrowest recurrence tiles
-  const int64_t blocks =
-      in.B * in.H * ((in.T + in.C - 1) / in.C > n_tiles ? (in.T + in.C - 1) / in.C : n_tiles);
-  if (blocks > 0x7fffffff) return "delta_rule CUDA: B * H * max(T / C, V / 16) above 2^31 - 1";
+  // Blocks of the widest grids: the narrowest recurrence tiles, the K-gradient kernel's.
+  const int64_t n_tiles = (in.V + 15) / 16,
+                chunk_tiles = (in.T + in.C - 1) / in.C * ((in.K + kGradKTile - 1) / kGradKTile);
+  const int64_t blocks = in.B * in.H * std::max(n_tiles, chunk_tiles);
+  if (blocks > 0x7fffffff) {
+    return "delta_rule CUDA: B * H * max(V / 16, T / C * K / 64) above 2^31 - 1";
+  }
   if (in.h0_dtype != KernelDType::kFloat32 && in.h0_dtype != in.dtype) {
     return "delta_rule CUDA: h0 must be float32 or the inputs' dtype";
   }
@@ -1202,6 +1337,72 @@ WyLayout wy_layout(const DeltaRuleInputs& in, int esize) {
   l.off_n = take(kC * kLdG * 4);
   l.off_b = take(kC * 4);
   l.bytes = off;
+  return l;
+}
+
+// Shared memory of the V-gradient kernel (esize: bytes of the inputs).
+VgradLayout vgrad_layout(const DeltaRuleInputs& in, int esize) {
+  VgradLayout l{};
+  l.kp8 = (static_cast<int>(in.K) + 7) / 8 * 8;
+  l.k_ld = conflict_free_ld(l.kp8, esize, false);       // k as A
+  l.s_ld = conflict_free_ld(kGradPiece, 4, true);       // S0 as B
+  l.v_ld = conflict_free_ld(kGradPiece, esize, false);  // v, read at the fragments
+  l.dv_ld = conflict_free_ld(kGradPiece, 4, true);      // d_V' as B
+  l.o_ld = conflict_free_ld(kGradPiece, esize, false);  // d_o as A
+  l.r_ld = conflict_free_ld(kGradPiece, 4, true);       // diag(beta) R as B
+  l.vn_ld = conflict_free_ld(kGradPiece, 4, false);     // V' as transposed B
+  l.y_ld = conflict_free_ld(kGradPiece, 4, false);      // Y as A
+  int off = 0;
+  auto take = [&](int bytes) {
+    const int at = off;
+    off += (bytes + 15) / 16 * 16;
+    return at;
+  };
+  l.off_k = take(kC * l.k_ld * esize);
+  l.off_n = take(kC * kLdG * 4);
+  l.off_s = take(l.kp8 * l.s_ld * 4);
+  l.off_v = take(kC * l.v_ld * esize);
+  l.off_dv = take(kC * l.dv_ld * 4);
+  l.off_o = take(kC * l.o_ld * esize);
+  l.off_r = take(kC * l.r_ld * 4);
+  l.off_vn = take(kC * l.vn_ld * 4);
+  l.off_y = take(kC * l.y_ld * 4);
+  l.off_beta = take(kC * 4);
+  l.off_part = take(4 * kC * 4);
+  l.bytes = off;
+  return l;
+}
+
+// Shared memory of the K-gradient kernel (esize: bytes of the inputs); K and V do not
+// enter it.
+KgradLayout kgrad_layout(int esize) {
+  KgradLayout l{};
+  l.o_ld = conflict_free_ld(kGradPiece, esize, false);  // d_o as A
+  l.a_ld = conflict_free_ld(kGradPiece, 4, false);      // V', -d_R as A
+  l.b_ld = conflict_free_ld(kGradPiece, 4, false);      // S0, d_S as transposed B
+  l.p_ld = conflict_free_ld(kC, 4, false);              // d_P, d_P^T, Z + Z^T as A
+  l.k_ld = conflict_free_ld(kGradKTile, esize, true);   // k, q as B
+  int off = 0;
+  auto take = [&](int bytes) {
+    const int at = off;
+    off += (bytes + 15) / 16 * 16;
+    return at;
+  };
+  l.po_o = take(kC * l.o_ld * esize);
+  l.po_vn = take(kC * l.a_ld * 4);
+  l.po_r = take(kC * l.a_ld * 4);
+  l.po_s = take(kGradKTile * l.b_ld * 4);
+  l.po_ds = take(kGradKTile * l.b_ld * 4);
+  l.off_buf0 = 0;
+  l.off_buf1 = off;
+  const int pieces = 2 * off;
+  off = 0;
+  l.off_dp = take(kC * l.p_ld * 4);
+  l.off_dpt = take(kC * l.p_ld * 4);
+  l.off_z = take(kC * l.p_ld * 4);
+  l.off_kt = take(kC * l.k_ld * esize);
+  l.off_qt = take(kC * l.k_ld * esize);
+  l.bytes = std::max(pieces, off);
   return l;
 }
 
@@ -1355,9 +1556,19 @@ const char* bwd_impl(const DeltaRuleBwdParams& p, cudaStream_t stream) {
   if ((err = last_error())) return err;
   const bool any = p.d_q != nullptr || p.d_k != nullptr || p.d_v != nullptr || p.d_beta != nullptr;
   if (NC > 0 && any) {
-    if ((err = allow_smem(delta_rule_bwd_grad_kernel<T>, kGradSmem))) return err;
-    delta_rule_bwd_grad_kernel<T><<<static_cast<unsigned>(BH * NC), kThreads, kGradSmem, stream>>>(
-        in, NC, d_o, s, p.states, GradOut{p.d_q, p.d_k, p.d_v, p.d_beta});
+    const VgradLayout vl = vgrad_layout(in, sizeof(T));
+    if ((err = allow_smem(delta_rule_bwd_vgrad_kernel<T>, vl.bytes))) return err;
+    delta_rule_bwd_vgrad_kernel<T><<<static_cast<unsigned>(BH * NC), kThreads, vl.bytes, stream>>>(
+        in, NC, vl, d_o, s, p.states, p.d_v, p.d_beta);
+    if ((err = last_error())) return err;
+  }
+  if (NC > 0 && (p.d_q != nullptr || p.d_k != nullptr)) {
+    const KgradLayout kl = kgrad_layout(sizeof(T));
+    const int64_t n_ktiles = (in.K + kGradKTile - 1) / kGradKTile;
+    if ((err = allow_smem(delta_rule_bwd_kgrad_kernel<T>, kl.bytes))) return err;
+    delta_rule_bwd_kgrad_kernel<T>
+        <<<static_cast<unsigned>(BH * NC * n_ktiles), kThreads, kl.bytes, stream>>>(
+            in, NC, kl, d_o, s, p.states, p.d_q, p.d_k);
     if ((err = last_error())) return err;
   }
   return nullptr;
