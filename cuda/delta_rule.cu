@@ -12,21 +12,18 @@
 // delta_rule_bwd_state_kernel   block (b, h, 16, 32 or 48 columns of V): the chunks in
 //                               reverse, d_V' = scale P^T d_o + k d_S,
 //                               d_S <- d_S + scale q^T d_o - W^T d_V'
-// delta_rule_bwd_grad_kernel    block (b, h, chunk): over 32-column tiles of V,
+// delta_rule_bwd_vgrad_kernel   block (b, h, chunk): over 32-column pieces of V,
 //                               R = v - k S0, V' = N diag(beta) R, Y = N^T d_V',
 //                               d_v = diag(beta) Y, and the sums over V of d_o V'^T,
-//                               Y V'^T and R . Y; then d_beta, and d_q, d_k over
-//                               64-column tiles of K
+//                               Y V'^T and R . Y; then d_beta, d_P and Z
+// delta_rule_bwd_kgrad_kernel   block (b, h, chunk, 64 columns of K): d_q and d_k
 //
-// The output and gradient kernels' products are block-level tiled products in float32:
-// 256 threads, each owning a 4 x TN block of a 64 x 16 TN output tile, the operands staged
-// through shared memory 16 contraction steps at a time (the next step's loads are issued
-// before the current step's arithmetic). Operands are read through small accessors
-// (strided inputs of either dtype, float32 scratch, shared-memory matrices, transposes),
-// so no layout needs a copy; each block first asks L2 for the rows it is about to read.
-// The WY kernel and the recurrences stage whole chunk operands with cp.async and multiply
-// on tensor cores in 3xTF32 (warp_mma). A block's sums always run in the same order and no
-// two blocks add into one value: the results are bit-identical from run to run.
+// 256 threads (8 warps) per block. Every kernel stages its operands into shared memory
+// with cp.async (cuda/cp_async.cuh: whole chunk operands, or pieces of a contraction
+// with the next piece in flight while the current one is multiplied) and multiplies on
+// tensor cores in 3xTF32 (warp_mma: float32 accuracy; a bfloat16 operand is exact in TF32
+// and skips its low-part product). A block's sums always run in the same order and no two
+// blocks add into one value: the results are bit-identical from run to run.
 //
 // Rows past the chunk's length L and columns past V or K are never read or written; the
 // contraction bounds carry L, so chunk 1..64 and any K, V work unchanged.
@@ -45,186 +42,20 @@
 namespace resona::cuda {
 namespace {
 
-constexpr int kThreads = 256;  // 16 x 16 threads per block
+constexpr int kThreads = 256;  // 8 warps per block
 constexpr int kWarps = kThreads / 32;
-constexpr int kBM = 64;  // rows of an output tile: 4 per thread, 16 apart
-constexpr int kBK = 16;  // contraction steps staged at a time
 constexpr int kC = static_cast<int>(kDeltaMaxChunk);
 constexpr int kOutCols = 64;  // columns of o per block of the output kernel
-static_assert(kC == kBM, "one output tile covers the rows of a chunk");
-static_assert(kOutCols == 64, "the output kernel's tiles are 64 wide");
+static_assert(kOutCols == 64, "the output kernel's two column groups of warps are 32 wide");
 
 __device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
-
-// Staging buffers of one contraction step, k-major. Rows of 68 floats keep every row
-// 16-byte aligned, so a thread reads its 4 rows of A and TN columns of B with one vector
-// load each (the k-fast stores then meet at most 2-way bank conflicts).
-struct Stage {
-  float a[kBK][kBM + 4];
-  float b[kBK][kBM + 4];
-};
-
-// The thread's 4 consecutive rows of A, or TN consecutive columns of B, of one staged step.
-__device__ __forceinline__ void load4(const float* p, float (&v)[4]) {
-  const float4 t = *reinterpret_cast<const float4*>(p);
-  v[0] = t.x;
-  v[1] = t.y;
-  v[2] = t.z;
-  v[3] = t.w;
-}
-template <int TN>
-__device__ __forceinline__ void load_cols(const float* p, float (&v)[TN]) {
-  if constexpr (TN == 4) {
-    load4(p, v);
-  } else if constexpr (TN == 2) {
-    const float2 t = *reinterpret_cast<const float2*>(p);
-    v[0] = t.x;
-    v[1] = t.y;
-  } else {
-#pragma unroll
-    for (int c = 0; c < TN; ++c) v[c] = p[c];
-  }
-}
-
-// L2 prefetch of the cache lines of n bytes from p: a hint, no effect on results. Every
-// address handed to the prefetch lies inside [p, p + n).
-__device__ __forceinline__ void prefetch_l2(const void* p) {
-  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
-}
-__device__ __forceinline__ void prefetch_bytes(const void* p, int64_t n, int tid, int threads) {
-  if (p == nullptr || n <= 0) return;
-  const char* c = static_cast<const char*>(p);
-  const int64_t lines = n / 128 + 1;
-  for (int64_t l = tid; l < lines; l += threads) prefetch_l2(c + (l * 128 < n ? l * 128 : n - 1));
-}
 
 // Rows of one (b, h) sequence from a chunk's first row: x(i, j) = p[i * rs + j * cs].
 template <class T>
 struct RowsView {
   const T* p;
   int64_t rs, cs;
-  __device__ __forceinline__ float operator()(int i, int j) const {
-    return to_f32(p[i * rs + j * cs]);
-  }
 };
-
-// L2 prefetch of columns [c0, c0 + n) of rows [0, L) of a row view, when its columns are
-// contiguous (a hint; other layouts are simply not prefetched).
-template <class T>
-__device__ __forceinline__ void prefetch_rows(const RowsView<T>& x, int L, int c0, int n) {
-  if (x.cs != 1 || n <= 0) return;
-  const int64_t bytes = static_cast<int64_t>(n) * sizeof(T), lines = bytes / 128 + 1;
-  for (int64_t e = threadIdx.x; e < L * lines; e += blockDim.x) {
-    const int64_t i = e / lines, l = e % lines;
-    prefetch_l2(reinterpret_cast<const char*>(x.p + i * x.rs + c0) +
-                (l * 128 < bytes ? l * 128 : bytes - 1));
-  }
-}
-
-template <int TN>
-__device__ __forceinline__ void zero(float (&acc)[4][TN]) {
-#pragma unroll
-  for (int r = 0; r < 4; ++r) {
-#pragma unroll
-    for (int c = 0; c < TN; ++c) acc[r][c] = 0.f;
-  }
-}
-
-// acc += A B over the output tile rows [m0, m0 + 64) x columns [n0, n0 + 16 TN), where
-// A(i, x) for i < M, x < Kd and B(x, j) for j < N come from the accessors (anything out
-// of range counts as zero). kAFastK / kBFastN pick which index consecutive threads walk
-// when loading (the one contiguous in memory). Called by every thread of the block with
-// the same bounds; starts and ends at a barrier-safe point (the staging buffers are free
-// on return).
-template <int TN, bool kAFastK, bool kBFastN, class AFn, class BFn>
-__device__ __forceinline__ void gemm_acc(float (&acc)[4][TN], int m0, int n0, int M, int N, int Kd,
-                                         const AFn& a, const BFn& b, Stage& st) {
-  constexpr int BN = 16 * TN;
-  constexpr int NA = kBM * kBK / kThreads;
-  constexpr int NB = kBK * BN / kThreads;
-  static_assert(NA * kThreads == kBM * kBK && NB * kThreads == kBK * BN, "tile split");
-  const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
-  float ra[NA], rb[NB];
-  auto a_at = [&](int r, int& i, int& x) {
-    const int e = tid + r * kThreads;
-    if (kAFastK) {
-      i = e / kBK;
-      x = e % kBK;
-    } else {
-      x = e / kBM;
-      i = e % kBM;
-    }
-  };
-  auto b_at = [&](int r, int& x, int& j) {
-    const int e = tid + r * kThreads;
-    if (kBFastN) {
-      x = e / BN;
-      j = e % BN;
-    } else {
-      j = e / kBK;
-      x = e % kBK;
-    }
-  };
-  auto fetch = [&](int k0) {
-#pragma unroll
-    for (int r = 0; r < NA; ++r) {
-      int i, x;
-      a_at(r, i, x);
-      ra[r] = (m0 + i < M && k0 + x < Kd) ? a(m0 + i, k0 + x) : 0.f;
-    }
-#pragma unroll
-    for (int r = 0; r < NB; ++r) {
-      int x, j;
-      b_at(r, x, j);
-      rb[r] = (k0 + x < Kd && n0 + j < N) ? b(k0 + x, n0 + j) : 0.f;
-    }
-  };
-  if (Kd <= 0) return;
-  fetch(0);
-  for (int k0 = 0; k0 < Kd; k0 += kBK) {
-#pragma unroll
-    for (int r = 0; r < NA; ++r) {
-      int i, x;
-      a_at(r, i, x);
-      st.a[x][i] = ra[r];
-    }
-#pragma unroll
-    for (int r = 0; r < NB; ++r) {
-      int x, j;
-      b_at(r, x, j);
-      st.b[x][j] = rb[r];
-    }
-    __syncthreads();
-    if (k0 + kBK < Kd) fetch(k0 + kBK);
-#pragma unroll
-    for (int x = 0; x < kBK; ++x) {
-      float av[4], bv[TN];
-      load4(&st.a[x][4 * ty], av);
-      load_cols<TN>(&st.b[x][TN * tx], bv);
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-#pragma unroll
-        for (int c = 0; c < TN; ++c) acc[r][c] = fmaf(av[r], bv[c], acc[r][c]);
-      }
-    }
-    __syncthreads();
-  }
-}
-
-// f(i, j, value) for this thread's elements of the tile at (m0, n0) inside M x N.
-template <int TN, class F>
-__device__ __forceinline__ void for_each_out(const float (&acc)[4][TN], int m0, int n0, int M,
-                                             int N, const F& f) {
-  const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
-#pragma unroll
-  for (int r = 0; r < 4; ++r) {
-#pragma unroll
-    for (int c = 0; c < TN; ++c) {
-      const int i = m0 + 4 * ty + r, j = n0 + TN * tx + c;
-      if (i < M && j < N) f(i, j, acc[r][c]);
-    }
-  }
-}
 
 // Where block-level quantities of one (b, h) sequence and one chunk live.
 struct ChunkAt {
@@ -429,6 +260,33 @@ __device__ __forceinline__ void store_split(uint2* dst, int ld, const float (&ac
       *reinterpret_cast<uint4*>(dst + (g + 8 * h) * ld + 8 * c + 2 * t) = v;
     }
   }
+}
+
+// The pieces [y0, y0 + kPiece) of a contraction of length n, double-buffered: the next
+// piece is staged (stage(y0, buf) issuing cp.async copies) while the current one is
+// multiplied (mul(y0, buf)). Called by every thread of the block; any cp.async group the
+// caller committed before is complete by the first mul, and on return the buffers are free
+// and no copy is in flight.
+template <int kPiece, class StageFn, class MulFn>
+__device__ __forceinline__ void pipelined_pieces(int n, unsigned char* buf0, unsigned char* buf1,
+                                                 const StageFn& stage, const MulFn& mul) {
+  unsigned char* cur = buf0;
+  unsigned char* nxt = buf1;
+  if (n > 0) stage(0, cur);
+  cp_async_commit();
+  for (int y0 = 0; y0 < n; y0 += kPiece) {
+    if (y0 + kPiece < n) stage(y0 + kPiece, nxt);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    mul(y0, static_cast<const unsigned char*>(cur));
+    __syncthreads();  // cur is read: it takes the piece after next
+    unsigned char* const t = cur;
+    cur = nxt;
+    nxt = t;
+  }
+  cp_async_wait<0>();
+  __syncthreads();
 }
 
 // ---- (1) the WY matrices of a chunk ----
@@ -858,36 +716,64 @@ __global__ void __launch_bounds__(kThreads, 1)
 }
 
 // ---- (3) forward: o of a chunk ----
+//
+// Block (b, h, chunk, 64 columns of V): o = scale (q S0 + P V'), a 64 x 64 tile of 16 x 32
+// units. P and the chunk's V' columns are staged first; q S0 runs over 32-step pieces of
+// K, double-buffered (pipelined_pieces), then P V' is added.
+constexpr int kOutPiece = 32;  // contraction steps of q S0 per piece
+
+struct OutLayout {
+  int q_ld, s_ld, p_ld, v_ld;  // q piece [64][q_ld], S0 piece [32][s_ld], P, V' [64][.]
+  int po_q, po_s;              // offsets inside a piece buffer
+  int off_buf0, off_buf1, off_p, off_v;
+  int bytes;
+};
+
 template <class T>
-__global__ void __launch_bounds__(kThreads)
-    delta_rule_fwd_out_kernel(DeltaRuleInputs in, int64_t NC, const float* __restrict__ P,
-                              const float* __restrict__ Vn, const float* __restrict__ states,
-                              T* __restrict__ o) {
+__global__ void __launch_bounds__(kThreads, 3)
+    delta_rule_fwd_out_kernel(DeltaRuleInputs in, int64_t NC, OutLayout lay,
+                              const float* __restrict__ P, const float* __restrict__ Vn,
+                              const float* __restrict__ states, T* __restrict__ o) {
   extern __shared__ __align__(16) unsigned char delta_smem[];
-  Stage& st = *reinterpret_cast<Stage*>(delta_smem);
+  float* Ps = reinterpret_cast<float*>(delta_smem + lay.off_p);
+  float* Vs = reinterpret_cast<float*>(delta_smem + lay.off_v);
   const ChunkAt c = chunk_at(in, blockIdx.x / NC, blockIdx.x % NC);
   const int L = c.L, K = static_cast<int>(in.K), V = static_cast<int>(in.V);
-  const int v0 = blockIdx.y * kOutCols;
+  const int v0 = blockIdx.y * kOutCols, vw = imin(kOutCols, V - v0);
+  const int warp = threadIdx.x / 32, rt = warp % 4, cg = warp / 4;
   const int64_t chunk = c.bh * NC + c.n, C = in.C;
-  const float* S0 = states + chunk * in.K * in.V;
-  const float* Pn = P + chunk * C * C;
-  const float* Vnn = Vn + chunk * C * in.V;
+  const float* S0 = states + chunk * in.K * in.V + v0;
   const RowsView<T> q = rows<T>(in.q, in.q_strides, c);
-  const int vw = imin(kOutCols, V - v0);
-  prefetch_rows(q, L, 0, K);
-  prefetch_rows(RowsView<float>{S0, in.V, 1}, K, v0, vw);
-  prefetch_bytes(Pn, L * C * sizeof(float), threadIdx.x, kThreads);
-  prefetch_rows(RowsView<float>{Vnn, in.V, 1}, L, v0, vw);
-  float acc[4][4];
-  zero(acc);
-  gemm_acc<4, true, true>(
-      acc, 0, v0, L, V, K, q, [&](int x, int j) { return S0[x * in.V + j]; }, st);
-  gemm_acc<4, true, true>(
-      acc, 0, v0, L, V, L, [&](int i, int j) { return Pn[i * C + j]; },
-      [&](int j, int jj) { return Vnn[j * in.V + jj]; }, st);
+  stage_tile<kC>(Ps, lay.p_ld, P + chunk * C * C, C, 1, L, L, kC);
+  stage_tile<kOutCols>(Vs, lay.v_ld, Vn + chunk * C * in.V + v0, in.V, 1, L, vw, kC);
+  cp_async_commit();
+  const bool active = 32 * cg < vw;  // the warp's 32 columns hold some of the tile
+  float acc[4][4] = {};
+  pipelined_pieces<kOutPiece>(
+      K, delta_smem + lay.off_buf0, delta_smem + lay.off_buf1,
+      [&](int x0, unsigned char* buf) {
+        const int w = imin(kOutPiece, K - x0);
+        stage_tile<kOutPiece>(reinterpret_cast<T*>(buf + lay.po_q), lay.q_ld, q.p + x0 * q.cs, q.rs,
+                              q.cs, L, w, kC);
+        stage_tile<kOutCols>(reinterpret_cast<float*>(buf + lay.po_s), lay.s_ld, S0 + x0 * in.V,
+                             in.V, 1, w, vw, kOutPiece);
+      },
+      [&](int x0, const unsigned char* buf) {
+        if (!active) return;
+        warp_mma<4, false>(acc, (imin(kOutPiece, K - x0) + 7) / 8,
+                           reinterpret_cast<const T*>(buf + lay.po_q) + 16 * rt * lay.q_ld,
+                           lay.q_ld, reinterpret_cast<const float*>(buf + lay.po_s) + 32 * cg,
+                           lay.s_ld);
+      });
+  if (!active) return;
+  warp_mma<4, false>(acc, (L + 7) / 8, Ps + 16 * rt * lay.p_ld, lay.p_ld, Vs + 32 * cg, lay.v_ld);
   const float scale = in.scale;
-  for_each_out(acc, 0, v0, L, V, [&](int i, int j, float y) {
-    o[((c.b * in.T + c.t0 + i) * in.H + c.h) * in.V + j] = from_f32<T>(scale * y);
+  for_each_frag<4>([&](int i, int j, int r, int cc) {
+    i += 16 * rt;
+    j += 32 * cg;
+    if (i < L && j < vw) {
+      o[((c.b * in.T + c.t0 + i) * in.H + c.h) * in.V + v0 + j] = from_f32<T>(scale * acc[cc][r]);
+    }
   });
 }
 
@@ -1124,38 +1010,27 @@ __global__ void __launch_bounds__(kThreads, 2)
   };
   // The contractions over V: acc_q = d_o S0^T, acc_k = V' d_S^T - d_R S0^T.
   float acc_q[4][4] = {}, acc_k[4][4] = {};
-  unsigned char* cur = delta_smem + lay.off_buf0;
-  unsigned char* nxt = delta_smem + lay.off_buf1;
-  stage_piece(0, cur);
-  cp_async_commit();
-  for (int y0 = 0; y0 < V; y0 += kGradPiece) {
-    if (y0 + kGradPiece < V) stage_piece(y0 + kGradPiece, nxt);
-    cp_async_commit();
-    cp_async_wait<1>();
-    __syncthreads();
-    if (active) {
-      const int ysteps = (imin(kGradPiece, V - y0) + 7) / 8;
-      const float* S0s = reinterpret_cast<const float*>(cur + lay.po_s) + 32 * cg * lay.b_ld;
-      if (want_q) {
-        warp_mma<4, false, true>(acc_q, ysteps,
-                                 reinterpret_cast<const T*>(cur + lay.po_o) + 16 * rt * lay.o_ld,
-                                 lay.o_ld, S0s, lay.b_ld);
-      }
-      if (want_k) {
-        warp_mma<4, false, true>(
-            acc_k, ysteps, reinterpret_cast<const float*>(cur + lay.po_vn) + 16 * rt * lay.a_ld,
-            lay.a_ld, reinterpret_cast<const float*>(cur + lay.po_ds) + 32 * cg * lay.b_ld,
-            lay.b_ld);
-        warp_mma<4, false, true>(
-            acc_k, ysteps, reinterpret_cast<const float*>(cur + lay.po_r) + 16 * rt * lay.a_ld,
-            lay.a_ld, S0s, lay.b_ld);
-      }
-    }
-    __syncthreads();  // cur is read: it takes the piece after next
-    unsigned char* const t = cur;
-    cur = nxt;
-    nxt = t;
-  }
+  pipelined_pieces<kGradPiece>(
+      V, delta_smem + lay.off_buf0, delta_smem + lay.off_buf1, stage_piece,
+      [&](int y0, const unsigned char* cur) {
+        if (!active) return;
+        const int ysteps = (imin(kGradPiece, V - y0) + 7) / 8;
+        const float* S0s = reinterpret_cast<const float*>(cur + lay.po_s) + 32 * cg * lay.b_ld;
+        if (want_q) {
+          warp_mma<4, false, true>(acc_q, ysteps,
+                                   reinterpret_cast<const T*>(cur + lay.po_o) + 16 * rt * lay.o_ld,
+                                   lay.o_ld, S0s, lay.b_ld);
+        }
+        if (want_k) {
+          warp_mma<4, false, true>(
+              acc_k, ysteps, reinterpret_cast<const float*>(cur + lay.po_vn) + 16 * rt * lay.a_ld,
+              lay.a_ld, reinterpret_cast<const float*>(cur + lay.po_ds) + 32 * cg * lay.b_ld,
+              lay.b_ld);
+          warp_mma<4, false, true>(
+              acc_k, ysteps, reinterpret_cast<const float*>(cur + lay.po_r) + 16 * rt * lay.a_ld,
+              lay.a_ld, S0s, lay.b_ld);
+        }
+      });
   // The contractions over the chunk's rows: d_P k, d_P^T q, (Z + Z^T) k.
   float* dPs = reinterpret_cast<float*>(delta_smem + lay.off_dp);
   float* dPTs = reinterpret_cast<float*>(delta_smem + lay.off_dpt);
@@ -1336,6 +1211,30 @@ WyLayout wy_layout(const DeltaRuleInputs& in, int esize) {
   l.off_g = take(kC * kLdG * 4);
   l.off_n = take(kC * kLdG * 4);
   l.off_b = take(kC * 4);
+  l.bytes = off;
+  return l;
+}
+
+// Shared memory of the output kernel (esize: bytes of the inputs).
+OutLayout out_layout(int esize) {
+  OutLayout l{};
+  l.q_ld = conflict_free_ld(kOutPiece, esize, false);  // q as A
+  l.s_ld = conflict_free_ld(kOutCols, 4, true);        // S0 as B
+  l.p_ld = conflict_free_ld(kC, 4, false);             // P as A
+  l.v_ld = conflict_free_ld(kOutCols, 4, true);        // V' as B
+  int off = 0;
+  auto take = [&](int bytes) {
+    const int at = off;
+    off += (bytes + 15) / 16 * 16;
+    return at;
+  };
+  l.po_q = take(kC * l.q_ld * esize);
+  l.po_s = take(kOutPiece * l.s_ld * 4);
+  const int piece = off;
+  l.off_buf0 = 0;
+  l.off_buf1 = take(piece);
+  l.off_p = take(kC * l.p_ld * 4);
+  l.off_v = take(kC * l.v_ld * 4);
   l.bytes = off;
   return l;
 }
@@ -1523,8 +1422,10 @@ const char* fwd_impl(const DeltaRuleFwdParams& p, cudaStream_t stream) {
   if (NC > 0) {
     const dim3 grid(static_cast<unsigned>(BH * NC),
                     static_cast<unsigned>((in.V + kOutCols - 1) / kOutCols));
-    delta_rule_fwd_out_kernel<T><<<grid, kThreads, sizeof(Stage), stream>>>(
-        in, NC, s.P, s.Vn, p.states, static_cast<T*>(p.o));
+    const OutLayout ol = out_layout(sizeof(T));
+    if ((err = allow_smem(delta_rule_fwd_out_kernel<T>, ol.bytes))) return err;
+    delta_rule_fwd_out_kernel<T><<<grid, kThreads, ol.bytes, stream>>>(
+        in, NC, ol, s.P, s.Vn, p.states, static_cast<T*>(p.o));
     if ((err = last_error())) return err;
   }
   return nullptr;
