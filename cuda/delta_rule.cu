@@ -1,8 +1,8 @@
 // Chunked delta-rule kernels (maps and formulas in cuda/delta_rule.h; the CPU path and the
 // derivation of the backward are in ops/delta_rule.cc).
 //
-// delta_rule_wy_kernel          block (b, h, chunk): G = k k^T, N by forward substitution
-//                               (thread c solves column c), W = N diag(beta) k,
+// delta_rule_wy_kernel          block (b, h, chunk): G = k k^T, N by blocked forward
+//                               substitution (16 x 16 blocks), W = N diag(beta) k,
 //                               U = N diag(beta) v (forward), P = tril(q k^T); in
 //                               backward N and G are written instead of U
 // delta_rule_fwd_state_kernel   block (b, h, 16, 32 or 48 columns of V): the chunks in
@@ -292,20 +292,21 @@ __device__ __forceinline__ void pipelined_pieces(int n, unsigned char* buf0, uns
 // ---- (1) the WY matrices of a chunk ----
 //
 // k and q are staged whole (cp.async) for G = k k^T and P = tril(q k^T); the first
-// v_piece columns of v then replace q while one thread per column solves for N;
+// v_piece columns of v then replace q while N is solved in 16 x 16 blocks;
 // T = N diag(beta) replaces N, and W = T k and U = T v follow, U a piece of v at a time
 // (so V is not bounded by shared memory). Every product is warp_mma over 16 x 32 units
 // (3xTF32). Shared memory: k [64][k_ld] and q or a piece of v [64][x_ld] in the inputs'
-// dtype, G and N [64][kLdG], beta [64].
+// dtype, G and N [64][kLdG], beta [64], the solve's strip X [16][kLdX].
 constexpr int kLdG = 68;  // rows of G and N (68 = 4 mod 32: A-operand reads are conflict-free)
 
-constexpr int kWyVPiece = 160;  // columns of v staged at a time
+constexpr int kWyVPiece = 160;     // columns of v staged at a time
+constexpr int kLdX = kC - 16 + 4;  // rows of the solve's block-row strip X [16][kLdX]
 
 struct WyLayout {
   int kp8, kp32;  // K rounded up to 8 (contractions) and 32 (W's tiles)
   int v_piece;    // columns of v per piece: min(V rounded up to 32, kWyVPiece)
   int k_ld, q_ld, v_ld;
-  int off_k, off_x, off_g, off_n, off_b, bytes;
+  int off_k, off_x, off_g, off_n, off_b, off_t, bytes;
 };
 
 template <class T>
@@ -319,6 +320,7 @@ __global__ void __launch_bounds__(kThreads)
   float* G = reinterpret_cast<float*>(delta_smem + lay.off_g);
   float* Nm = reinterpret_cast<float*>(delta_smem + lay.off_n);
   float* bs = reinterpret_cast<float*>(delta_smem + lay.off_b);
+  float* Xt = reinterpret_cast<float*>(delta_smem + lay.off_t);
   const ChunkAt c = chunk_at(in, blockIdx.x / NC, blockIdx.x % NC);
   const int L = c.L, K = static_cast<int>(in.K), V = static_cast<int>(in.V);
   const int tid = threadIdx.x, warp = tid / 32, rt = warp % 4, cg = warp / 4;
@@ -363,15 +365,36 @@ __global__ void __launch_bounds__(kThreads)
   if (U != nullptr) stage_v(0);
   cp_async_commit();
 
-  // Column c of N = (I + tril(diag(beta) G, -1))^-1: N_cc = 1, zero above, and below
-  // N_ic = -beta_i sum_{c <= j < i} G_ij N_jc (row i of M N = I).
+  // N = (I + A)^-1, A = tril(diag(beta) G, -1), in blocks of 16 rows and columns (row i of
+  // (I + A) N = I). The diagonal blocks by forward substitution, thread c solving column c
+  // of its block: N_cc = 1, N_ic = -beta_i sum_{c <= j < i} G_ij N_jc. Then block row r from
+  // the rows above it: N_rj = -N_rr X_j with X_j = sum_{j <= m < r} A_rm N_mj (blocks),
+  // all 256 threads on each step; the dependency chain is about 300 steps where a column
+  // by column solve takes L^2 / 2.
   if (tid < L) {
-    const int col = tid;
+    const int col = tid, end = imin(col / 16 * 16 + 16, L);
     Nm[col * kLdG + col] = 1.f;
-    for (int i = col + 1; i < L; ++i) {
+    for (int i = col + 1; i < end; ++i) {
       float x = 0.f;
       for (int j = col; j < i; ++j) x = fmaf(G[i * kLdG + j], Nm[j * kLdG + col], x);
       Nm[i * kLdG + col] = -bs[i] * x;
+    }
+  }
+  for (int r = 1; r < (L + 15) / 16; ++r) {
+    const int cols = 16 * r;  // the columns left of block r
+    __syncthreads();
+    for (int e = tid; e < 16 * cols; e += kThreads) {
+      const int i = 16 * r + e / cols, col = e % cols;
+      float x = 0.f;
+      for (int m = col; m < cols; ++m) x = fmaf(G[i * kLdG + m], Nm[m * kLdG + col], x);
+      Xt[(e / cols) * kLdX + col] = bs[i] * x;
+    }
+    __syncthreads();
+    for (int e = tid; e < 16 * cols; e += kThreads) {
+      const int ii = e / cols, i = 16 * r + ii, col = e % cols;
+      float y = 0.f;
+      for (int m = 0; m <= ii; ++m) y = fmaf(Nm[i * kLdG + 16 * r + m], Xt[m * kLdX + col], y);
+      Nm[i * kLdG + col] = -y;
     }
   }
   __syncthreads();
@@ -1211,6 +1234,7 @@ WyLayout wy_layout(const DeltaRuleInputs& in, int esize) {
   l.off_g = take(kC * kLdG * 4);
   l.off_n = take(kC * kLdG * 4);
   l.off_b = take(kC * 4);
+  l.off_t = take(16 * kLdX * 4);
   l.bytes = off;
   return l;
 }
