@@ -1175,41 +1175,46 @@ int conflict_free_ld(int n, int esize, bool by_cols) {
   return first;
 }
 
+// Hands out consecutive 16-byte aligned regions of a block's dynamic shared memory.
+struct SmemCursor {
+  int off = 0;  // bytes handed out so far
+  int take(int bytes) {
+    const int at = off;
+    off += (bytes + 15) / 16 * 16;
+    return at;
+  }
+};
+
 // Shared memory of a recurrence block with bv state columns (esize: bytes of the inputs).
 RecurLayout recur_layout(const DeltaRuleInputs& in, bool fwd, int esize, int bv) {
   RecurLayout l{};
   const int K = static_cast<int>(in.K);
   l.kp8 = (K + 7) / 8 * 8;
   l.kp16 = (K + 15) / 16 * 16;
-  int off = 0;
-  auto take = [&](int bytes) {
-    const int at = off;
-    off += (bytes + 15) / 16 * 16;
-    return at;
-  };
+  SmemCursor smem;
   if (fwd) {
     l.w_ld = conflict_free_ld(l.kp16, 4, false);     // W as A, read by rows
     l.k_ld = conflict_free_ld(l.kp16, esize, true);  // k^T as A
-    l.off_a = take(kC * l.w_ld * 4);
-    l.off_b = take(kC * l.k_ld * esize);
+    l.off_a = smem.take(kC * l.w_ld * 4);
+    l.off_b = smem.take(kC * l.k_ld * esize);
   } else {
     l.w_ld = conflict_free_ld(l.kp16, 4, true);       // W^T as A
     l.k_ld = conflict_free_ld(l.kp16, esize, false);  // k as A
     l.q_ld = conflict_free_ld(l.kp16, esize, true);   // q^T as A
     const int buf = std::max({kC * l.w_ld * 4, kC * l.k_ld * esize, kC * l.q_ld * esize});
-    l.off_a = take(buf);
-    l.off_b = take(buf);
+    l.off_a = smem.take(buf);
+    l.off_b = smem.take(buf);
     l.p_ld = conflict_free_ld(kC, 4, true);  // P^T as A
     l.o_ld = conflict_free_ld(bv, esize, true);
-    l.off_p = take(kC * l.p_ld * 4);
-    l.off_o0 = take(kC * l.o_ld * esize);
-    l.off_o1 = take(kC * l.o_ld * esize);
+    l.off_p = smem.take(kC * l.p_ld * 4);
+    l.off_o0 = smem.take(kC * l.o_ld * esize);
+    l.off_o1 = smem.take(kC * l.o_ld * esize);
   }
   l.v_ld = conflict_free_ld(bv, 8, true);  // split V' / d_V' as B
   l.s_ld = conflict_free_ld(bv, 8, true);  // split S / d_S as B
-  l.off_v = take(kC * l.v_ld * 8);
-  l.off_s = take(l.kp16 * l.s_ld * 8);
-  l.bytes = off;
+  l.off_v = smem.take(kC * l.v_ld * 8);
+  l.off_s = smem.take(l.kp16 * l.s_ld * 8);
+  l.bytes = smem.off;
   return l;
 }
 
@@ -1223,19 +1228,14 @@ WyLayout wy_layout(const DeltaRuleInputs& in, int esize) {
   l.k_ld = conflict_free_ld(l.kp32, esize, false);    // k as A and as transposed B
   l.q_ld = conflict_free_ld(l.kp8, esize, false);     // q as A
   l.v_ld = conflict_free_ld(l.v_piece, esize, true);  // v as B
-  int off = 0;
-  auto take = [&](int bytes) {
-    const int at = off;
-    off += (bytes + 15) / 16 * 16;
-    return at;
-  };
-  l.off_k = take(kC * l.k_ld * esize);
-  l.off_x = take(kC * std::max(l.q_ld, l.v_ld) * esize);
-  l.off_g = take(kC * kLdG * 4);
-  l.off_n = take(kC * kLdG * 4);
-  l.off_b = take(kC * 4);
-  l.off_t = take(16 * kLdX * 4);
-  l.bytes = off;
+  SmemCursor smem;
+  l.off_k = smem.take(kC * l.k_ld * esize);
+  l.off_x = smem.take(kC * std::max(l.q_ld, l.v_ld) * esize);
+  l.off_g = smem.take(kC * kLdG * 4);
+  l.off_n = smem.take(kC * kLdG * 4);
+  l.off_b = smem.take(kC * 4);
+  l.off_t = smem.take(16 * kLdX * 4);
+  l.bytes = smem.off;
   return l;
 }
 
@@ -1246,20 +1246,15 @@ OutLayout out_layout(int esize) {
   l.s_ld = conflict_free_ld(kOutCols, 4, true);        // S0 as B
   l.p_ld = conflict_free_ld(kC, 4, false);             // P as A
   l.v_ld = conflict_free_ld(kOutCols, 4, true);        // V' as B
-  int off = 0;
-  auto take = [&](int bytes) {
-    const int at = off;
-    off += (bytes + 15) / 16 * 16;
-    return at;
-  };
-  l.po_q = take(kC * l.q_ld * esize);
-  l.po_s = take(kOutPiece * l.s_ld * 4);
-  const int piece = off;
+  SmemCursor smem;
+  l.po_q = smem.take(kC * l.q_ld * esize);
+  l.po_s = smem.take(kOutPiece * l.s_ld * 4);
+  const int piece = smem.off;
   l.off_buf0 = 0;
-  l.off_buf1 = take(piece);
-  l.off_p = take(kC * l.p_ld * 4);
-  l.off_v = take(kC * l.v_ld * 4);
-  l.bytes = off;
+  l.off_buf1 = smem.take(piece);
+  l.off_p = smem.take(kC * l.p_ld * 4);
+  l.off_v = smem.take(kC * l.v_ld * 4);
+  l.bytes = smem.off;
   return l;
 }
 
@@ -1275,24 +1270,19 @@ VgradLayout vgrad_layout(const DeltaRuleInputs& in, int esize) {
   l.r_ld = conflict_free_ld(kGradPiece, 4, true);       // diag(beta) R as B
   l.vn_ld = conflict_free_ld(kGradPiece, 4, false);     // V' as transposed B
   l.y_ld = conflict_free_ld(kGradPiece, 4, false);      // Y as A
-  int off = 0;
-  auto take = [&](int bytes) {
-    const int at = off;
-    off += (bytes + 15) / 16 * 16;
-    return at;
-  };
-  l.off_k = take(kC * l.k_ld * esize);
-  l.off_n = take(kC * kLdG * 4);
-  l.off_s = take(l.kp8 * l.s_ld * 4);
-  l.off_v = take(kC * l.v_ld * esize);
-  l.off_dv = take(kC * l.dv_ld * 4);
-  l.off_o = take(kC * l.o_ld * esize);
-  l.off_r = take(kC * l.r_ld * 4);
-  l.off_vn = take(kC * l.vn_ld * 4);
-  l.off_y = take(kC * l.y_ld * 4);
-  l.off_beta = take(kC * 4);
-  l.off_part = take(4 * kC * 4);
-  l.bytes = off;
+  SmemCursor smem;
+  l.off_k = smem.take(kC * l.k_ld * esize);
+  l.off_n = smem.take(kC * kLdG * 4);
+  l.off_s = smem.take(l.kp8 * l.s_ld * 4);
+  l.off_v = smem.take(kC * l.v_ld * esize);
+  l.off_dv = smem.take(kC * l.dv_ld * 4);
+  l.off_o = smem.take(kC * l.o_ld * esize);
+  l.off_r = smem.take(kC * l.r_ld * 4);
+  l.off_vn = smem.take(kC * l.vn_ld * 4);
+  l.off_y = smem.take(kC * l.y_ld * 4);
+  l.off_beta = smem.take(kC * 4);
+  l.off_part = smem.take(4 * kC * 4);
+  l.bytes = smem.off;
   return l;
 }
 
@@ -1305,27 +1295,22 @@ KgradLayout kgrad_layout(int esize) {
   l.b_ld = conflict_free_ld(kGradPiece, 4, false);      // S0, d_S as transposed B
   l.p_ld = conflict_free_ld(kC, 4, false);              // d_P, d_P^T, Z + Z^T as A
   l.k_ld = conflict_free_ld(kGradKTile, esize, true);   // k, q as B
-  int off = 0;
-  auto take = [&](int bytes) {
-    const int at = off;
-    off += (bytes + 15) / 16 * 16;
-    return at;
-  };
-  l.po_o = take(kC * l.o_ld * esize);
-  l.po_vn = take(kC * l.a_ld * 4);
-  l.po_r = take(kC * l.a_ld * 4);
-  l.po_s = take(kGradKTile * l.b_ld * 4);
-  l.po_ds = take(kGradKTile * l.b_ld * 4);
+  SmemCursor smem;
+  l.po_o = smem.take(kC * l.o_ld * esize);
+  l.po_vn = smem.take(kC * l.a_ld * 4);
+  l.po_r = smem.take(kC * l.a_ld * 4);
+  l.po_s = smem.take(kGradKTile * l.b_ld * 4);
+  l.po_ds = smem.take(kGradKTile * l.b_ld * 4);
   l.off_buf0 = 0;
-  l.off_buf1 = off;
-  const int pieces = 2 * off;
-  off = 0;
-  l.off_dp = take(kC * l.p_ld * 4);
-  l.off_dpt = take(kC * l.p_ld * 4);
-  l.off_z = take(kC * l.p_ld * 4);
-  l.off_kt = take(kC * l.k_ld * esize);
-  l.off_qt = take(kC * l.k_ld * esize);
-  l.bytes = std::max(pieces, off);
+  l.off_buf1 = smem.off;
+  const int pieces = 2 * smem.off;
+  smem.off = 0;
+  l.off_dp = smem.take(kC * l.p_ld * 4);
+  l.off_dpt = smem.take(kC * l.p_ld * 4);
+  l.off_z = smem.take(kC * l.p_ld * 4);
+  l.off_kt = smem.take(kC * l.k_ld * esize);
+  l.off_qt = smem.take(kC * l.k_ld * esize);
+  l.bytes = std::max(pieces, smem.off);
   return l;
 }
 

@@ -17,20 +17,23 @@
 // in reverse, d_V' = scale P^T d_o + k d_S and d_S <- d_S + scale q^T d_o - W^T d_V'
 // (the columns of d_S are independent, as those of S are in the forward), writing d_V'
 // and the gradient of each chunk's end state; (3) per (b, h, chunk) in parallel, the
-// gradients of q, k, v and beta of the chunk from its start state, its end-state
-// gradient and d_V'. Every sum runs in a fixed order (no atomics): results are
-// bit-identical run to run.
+// gradients of v and beta of the chunk from its start state and d_V' (with the chunk's
+// d_P, d_P^T and Z + Z^T for the next step), then per (b, h, chunk, 64 columns of K)
+// those of q and k from the start state, the end-state gradient, V', d_R and those
+// matrices. Every sum runs in a fixed order (no atomics): results are bit-identical run
+// to run.
 //
 // Storage: q, k, v, beta, o and the gradients of q, k, v, beta in float32 or bfloat16
 // (KernelDType), arithmetic and states in float32; h0 and d_h0 in float32 or the inputs'
 // dtype. Inputs and d_o may have any strides (elements); outputs are contiguous and
 // overwritten. Scratch: float32 buffers laid out [B*H, NC, C, .] (NC = ceil(T / C)).
 //
-// Limits: the WY kernel and the recurrences hold a chunk's operands in shared memory, so K
-// is bounded by the device (up to 272 in float32 and 288 in bfloat16 on 227 KiB; V is
-// not bounded); a larger K is refused by name (the CPU path has no bound). The recurrences'
-// column-tile width (16, 32 or 48 columns of V per block) is picked per shape from the device's
-// occupancy; RESONA_DELTA_RULE_STATE_COLS=16|32|48 forces one (the tests run each).
+// Limits: the WY, recurrence and V-gradient kernels hold a chunk's operands in shared
+// memory, so K is bounded by the device (up to 272 in float32 and 288 in bfloat16 on 227
+// KiB; V is not bounded); a larger K is refused by name (the CPU path has no bound). The
+// recurrences' column-tile width (16, 32 or 48 columns of V per block) is picked per shape
+// from the device's occupancy; RESONA_DELTA_RULE_STATE_COLS=16|32|48 forces one (the tests
+// run each).
 #pragma once
 
 #include <cstddef>
