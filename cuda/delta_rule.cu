@@ -461,6 +461,27 @@ __global__ void __launch_bounds__(kThreads)
 constexpr int kRecurCols[] = {48, 32, 16};  // column-tile widths the recurrences come in
 constexpr int kMaxStateUnits = 5;           // state units per warp: K up to 320
 
+// f(u, row0, col0) for this warp's state units u (unit warp + 8 u of n_units: rows
+// [row0, row0 + 16) and columns [col0, col0 + kBV / 2) of the state tile, kBV = 16 NT).
+template <int NT, class F>
+__device__ __forceinline__ void for_each_state_unit(int n_units, const F& f) {
+  const int warp = threadIdx.x / 32;
+#pragma unroll
+  for (int u = 0; u < kMaxStateUnits; ++u) {
+    const int un = warp + kWarps * u;
+    if (un < n_units) f(u, 16 * (un / 2), 8 * NT * (un % 2));
+  }
+}
+
+// f(u, x, j, r, c) over the thread's elements of its state units: element r of column tile
+// c of unit u sits at row x, column j of the state tile.
+template <int NT, class F>
+__device__ __forceinline__ void for_each_state_elem(int n_units, const F& f) {
+  for_each_state_unit<NT>(n_units, [&](int u, int row0, int col0) {
+    for_each_frag<NT>([&](int x, int j, int r, int c) { f(u, row0 + x, col0 + j, r, c); });
+  });
+}
+
 // Shared-memory layout of a recurrence block (built on the host by recur_layout). Strides
 // are in elements, offsets in bytes from the start of the dynamic shared memory.
 struct RecurLayout {
@@ -502,21 +523,16 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int my_units = n_units > warp ? (n_units - warp + kWarps - 1) / kWarps : 0;
   // S from h0 (zeros past K and vw), in the accumulators and split in S2.
   float S[kMaxStateUnits][NT][4];
-#pragma unroll
-  for (int u = 0; u < kMaxStateUnits; ++u) {
-    const int un = warp + kWarps * u, rs = un / 2, cs = un % 2;
-    if (un >= n_units) continue;
-    for_each_frag<NT>([&](int x, int j, int r, int c) {
-      x += 16 * rs;
-      j += kHalf * cs;
-      S[u][c][r] = in.h0 != nullptr && x < K && j < vw
-                       ? load_state(in.h0, in.h0_dtype,
-                                    b * in.h0_strides[0] + h * in.h0_strides[1] +
-                                        x * in.h0_strides[2] + (v0 + j) * in.h0_strides[3])
-                       : 0.f;
-    });
-    store_split<NT>(S2 + 16 * rs * lay.s_ld + kHalf * cs, lay.s_ld, S[u]);
-  }
+  for_each_state_elem<NT>(n_units, [&](int u, int x, int j, int r, int c) {
+    S[u][c][r] = in.h0 != nullptr && x < K && j < vw
+                     ? load_state(in.h0, in.h0_dtype,
+                                  b * in.h0_strides[0] + h * in.h0_strides[1] +
+                                      x * in.h0_strides[2] + (v0 + j) * in.h0_strides[3])
+                     : 0.f;
+  });
+  for_each_state_unit<NT>(n_units, [&](int u, int row0, int col0) {
+    store_split<NT>(S2 + row0 * lay.s_ld + col0, lay.s_ld, S[u]);
+  });
   auto stage_w = [&](int64_t n) {
     stage_rows<float>(Ws, lay.w_ld, W + (bh * NC + n) * C * in.K, in.K, 1, chunk_at(in, bh, n).L, K,
                       kC, lay.kp16);
@@ -560,39 +576,22 @@ __global__ void __launch_bounds__(kThreads, 1)
     cp_async_commit();
     // S <- S + k^T V', after writing out the chunk's start state
     float* s_n = states + chunk * KV + v0;
-#pragma unroll
-    for (int u = 0; u < kMaxStateUnits; ++u) {
-      const int un = warp + kWarps * u, rs = un / 2, cs = un % 2;
-      if (un >= n_units) continue;
-      for_each_frag<NT>([&](int x, int j, int r, int c) {
-        x += 16 * rs;
-        j += kHalf * cs;
-        if (x < K && j < vw) s_n[x * in.V + j] = S[u][c][r];
-      });
-    }
+    for_each_state_elem<NT>(n_units, [&](int u, int x, int j, int r, int c) {
+      if (x < K && j < vw) s_n[x * in.V + j] = S[u][c][r];
+    });
     warp_mma_units<NT>(S, my_units, lsteps, Ks + 16 * (warp / 2), lay.k_ld, V2 + kHalf * (warp % 2),
                        lay.v_ld);
-#pragma unroll
-    for (int u = 0; u < kMaxStateUnits; ++u) {
-      const int un = warp + kWarps * u, rs = un / 2, cs = un % 2;
-      if (un >= n_units) continue;
-      store_split<NT>(S2 + 16 * rs * lay.s_ld + kHalf * cs, lay.s_ld, S[u]);
-    }
+    for_each_state_unit<NT>(n_units, [&](int u, int row0, int col0) {
+      store_split<NT>(S2 + row0 * lay.s_ld + col0, lay.s_ld, S[u]);
+    });
     __syncthreads();
     if (n + 1 < NC) stage_k(n + 1);
     cp_async_commit();
   }
   cp_async_wait<0>();
-#pragma unroll
-  for (int u = 0; u < kMaxStateUnits; ++u) {
-    const int un = warp + kWarps * u, rs = un / 2, cs = un % 2;
-    if (un >= n_units) continue;
-    for_each_frag<NT>([&](int x, int j, int r, int c) {
-      x += 16 * rs;
-      j += kHalf * cs;
-      if (x < K && j < vw) S_T[bh * KV + x * in.V + v0 + j] = S[u][c][r];
-    });
-  }
+  for_each_state_elem<NT>(n_units, [&](int u, int x, int j, int r, int c) {
+    if (x < K && j < vw) S_T[bh * KV + x * in.V + v0 + j] = S[u][c][r];
+  });
 }
 
 template <class T, int kBV>
@@ -622,17 +621,12 @@ __global__ void __launch_bounds__(kThreads, 1)
   const float scale = in.scale;
   // d_S from d_S_T (zeros past K and vw), in the accumulators and split in dS2.
   float dS[kMaxStateUnits][NT][4];
-#pragma unroll
-  for (int u = 0; u < kMaxStateUnits; ++u) {
-    const int un = warp + kWarps * u, rs = un / 2, cs = un % 2;
-    if (un >= n_units) continue;
-    for_each_frag<NT>([&](int x, int j, int r, int c) {
-      x += 16 * rs;
-      j += kHalf * cs;
-      dS[u][c][r] = x < K && j < vw ? d_S_T[bh * KV + x * in.V + v0 + j] : 0.f;
-    });
-    store_split<NT>(dS2 + 16 * rs * lay.s_ld + kHalf * cs, lay.s_ld, dS[u]);
-  }
+  for_each_state_elem<NT>(n_units, [&](int u, int x, int j, int r, int c) {
+    dS[u][c][r] = x < K && j < vw ? d_S_T[bh * KV + x * in.V + v0 + j] : 0.f;
+  });
+  for_each_state_unit<NT>(n_units, [&](int u, int row0, int col0) {
+    store_split<NT>(dS2 + row0 * lay.s_ld + col0, lay.s_ld, dS[u]);
+  });
   // k, q and W of a chunk go through buf0 and buf1 in turn: k_n and q_n are staged
   // first, W_n replaces k_n once d_V' is done, k_{n-1} replaces q_n and q_{n-1} W_n.
   auto stage_in = [&](const void* x, const int64_t* s, int64_t n, void* dst, int ld) {
@@ -692,17 +686,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       float t[kMaxStateUnits][NT][4] = {};
       warp_mma_units<NT>(t, my_units, lsteps, reinterpret_cast<const T*>(qbuf) + 16 * (warp / 2),
                          lay.q_ld, dO + kHalf * (warp % 2), lay.o_ld);
-#pragma unroll
-      for (int u = 0; u < kMaxStateUnits; ++u) {
-        const int un = warp + kWarps * u, rs = un / 2, cs = un % 2;
-        if (un >= n_units) continue;
-        for_each_frag<NT>([&](int x, int j, int r, int c) {
-          x += 16 * rs;
-          j += kHalf * cs;
-          if (x < K && j < vw) ds_n[x * in.V + j] = dS[u][c][r];
-          dS[u][c][r] += scale * t[u][c][r];
-        });
-      }
+      for_each_state_elem<NT>(n_units, [&](int u, int x, int j, int r, int c) {
+        if (x < K && j < vw) ds_n[x * in.V + j] = dS[u][c][r];
+        dS[u][c][r] += scale * t[u][c][r];
+      });
     }
     cp_async_wait<0>();  // W
     __syncthreads();
@@ -711,12 +698,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     // d_S -= W^T d_V' (d_V' is held negated in dV2)
     warp_mma_units<NT>(dS, my_units, lsteps, reinterpret_cast<const float*>(kbuf) + 16 * (warp / 2),
                        lay.w_ld, dV2 + kHalf * (warp % 2), lay.v_ld);
-#pragma unroll
-    for (int u = 0; u < kMaxStateUnits; ++u) {
-      const int un = warp + kWarps * u, rs = un / 2, cs = un % 2;
-      if (un >= n_units) continue;
-      store_split<NT>(dS2 + 16 * rs * lay.s_ld + kHalf * cs, lay.s_ld, dS[u]);
-    }
+    for_each_state_unit<NT>(n_units, [&](int u, int row0, int col0) {
+      store_split<NT>(dS2 + row0 * lay.s_ld + col0, lay.s_ld, dS[u]);
+    });
     __syncthreads();
     if (n > 0) stage_in(in.q, in.q_strides, n - 1, kbuf, lay.q_ld);
     cp_async_commit();
@@ -724,17 +708,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   cp_async_wait<0>();
   if (d_h0 != nullptr) {
-#pragma unroll
-    for (int u = 0; u < kMaxStateUnits; ++u) {
-      const int un = warp + kWarps * u, rs = un / 2, cs = un % 2;
-      if (un >= n_units) continue;
-      for_each_frag<NT>([&](int x, int j, int r, int c) {
-        x += 16 * rs;
-        j += kHalf * cs;
-        if (x < K && j < vw)
-          store_state(d_h0, in.h0_dtype, bh * KV + x * in.V + v0 + j, dS[u][c][r]);
-      });
-    }
+    for_each_state_elem<NT>(n_units, [&](int u, int x, int j, int r, int c) {
+      if (x < K && j < vw) store_state(d_h0, in.h0_dtype, bh * KV + x * in.V + v0 + j, dS[u][c][r]);
+    });
   }
 }
 
