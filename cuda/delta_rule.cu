@@ -75,6 +75,22 @@ __device__ __forceinline__ ChunkAt chunk_at(const DeltaRuleInputs& in, int64_t b
   return c;
 }
 
+// The row of the chunk's row i in a contiguous output [B, T, H, D] (o, d_q, d_k, d_v,
+// d_beta).
+__device__ __forceinline__ int64_t out_row(const DeltaRuleInputs& in, const ChunkAt& c, int i) {
+  return (c.b * in.T + c.t0 + i) * in.H + c.h;
+}
+
+// beta of the chunk's rows as float32 into bs[0, kC), zeros past L (every thread).
+template <class T>
+__device__ __forceinline__ void load_beta(const DeltaRuleInputs& in, const ChunkAt& c, float* bs) {
+  const T* beta = static_cast<const T*>(in.beta) + c.b * in.beta_strides[0] +
+                  c.t0 * in.beta_strides[1] + c.h * in.beta_strides[2];
+  for (int i = threadIdx.x; i < kC; i += blockDim.x) {
+    bs[i] = i < c.L ? to_f32(beta[i * in.beta_strides[1]]) : 0.f;
+  }
+}
+
 // Rows t0.. of x [B, T, H, D] with strides s for sequence (b, h).
 template <class T>
 __device__ __forceinline__ RowsView<T> rows(const void* x, const int64_t* s, const ChunkAt& c) {
@@ -330,11 +346,7 @@ __global__ void __launch_bounds__(kThreads)
   stage_rows<T>(Ks, lay.k_ld, k.p, k.rs, k.cs, L, K, kC, lay.kp32);
   stage_rows<T>(Xs, lay.q_ld, q.p, q.rs, q.cs, L, K, kC, lay.kp8);
   cp_async_commit();
-  const T* beta = static_cast<const T*>(in.beta) + c.b * in.beta_strides[0] +
-                  c.t0 * in.beta_strides[1] + c.h * in.beta_strides[2];
-  for (int i = tid; i < kC; i += kThreads) {
-    bs[i] = i < L ? to_f32(beta[i * in.beta_strides[1]]) : 0.f;
-  }
+  load_beta<T>(in, c, bs);
   for (int e = tid; e < kC * kC; e += kThreads) Nm[(e / kC) * kLdG + e % kC] = 0.f;
   cp_async_wait<0>();
   __syncthreads();
@@ -771,7 +783,7 @@ __global__ void __launch_bounds__(kThreads, 3)
     i += 16 * rt;
     j += 32 * cg;
     if (i < L && j < vw) {
-      o[((c.b * in.T + c.t0 + i) * in.H + c.h) * in.V + v0 + j] = from_f32<T>(scale * acc[cc][r]);
+      o[out_row(in, c, i) * in.V + v0 + j] = from_f32<T>(scale * acc[cc][r]);
     }
   });
 }
@@ -861,10 +873,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   cp_async_commit();
   stage_b(0);
   cp_async_commit();
-  const T* beta = static_cast<const T*>(in.beta) + c.b * in.beta_strides[0] +
-                  c.t0 * in.beta_strides[1] + c.h * in.beta_strides[2];
-  for (int i = tid; i < kC; i += kThreads)
-    bs[i] = i < L ? to_f32(beta[i * in.beta_strides[1]]) : 0.f;
+  load_beta<T>(in, c, bs);
 
   // Groups in flight at each wait: A and B of this piece at its start, then B and C, then
   // C and the next A; one wait<1> each time leaves exactly the one needed next pending.
@@ -905,7 +914,7 @@ __global__ void __launch_bounds__(kThreads, 2)
         VnG[i * in.V + y0 + j] = Vp[cc][r];
         mdRG[i * in.V + y0 + j] = -dr;
         if (d_v != nullptr) {
-          d_v[((c.b * in.T + c.t0 + i) * in.H + c.h) * in.V + y0 + j] = from_f32<T>(dr);
+          d_v[out_row(in, c, i) * in.V + y0 + j] = from_f32<T>(dr);
         }
       }
     });
@@ -961,7 +970,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   __syncthreads();
   if (tid < L && d_beta_out != nullptr) {
     const float db = (part[tid] + part[kC + tid]) + (part[2 * kC + tid] + part[3 * kC + tid]);
-    static_cast<T*>(d_beta_out)[(c.b * in.T + c.t0 + tid) * in.H + c.h] = from_f32<T>(db);
+    static_cast<T*>(d_beta_out)[out_row(in, c, tid)] = from_f32<T>(db);
   }
   float* Zg = s.Zs + chunk * C * C;
   for (int e = tid; e < L * L; e += kThreads) {
@@ -1055,8 +1064,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     for_each_frag<4>([&](int i, int x, int r, int cc) {
       i += 16 * rt;
       x += 32 * cg;
-      if (i < L && x < kw)
-        o[((c.b * in.T + c.t0 + i) * in.H + c.h) * in.K + k0 + x] = from_f32<T>(acc[cc][r]);
+      if (i < L && x < kw) o[out_row(in, c, i) * in.K + k0 + x] = from_f32<T>(acc[cc][r]);
     });
   };
   if (want_q) {
