@@ -78,43 +78,56 @@ __device__ __forceinline__ void stage_rows(T* dst, int ds, const T* src, int64_t
   }
 }
 
-// stage_rows for a destination kW columns wide (npad = kW): when the columns are
-// contiguous (cs = 1), the block's threads walk the tile's 8-byte (else 4-byte) slots flat,
-// one cp.async each, a few instructions per slot where stage_rows walks row by row; a slot
-// that straddles column n is copied with plain loads. Other layouts go to stage_rows.
-template <int kW, int kBytes, class T>
+// stage_rows for a destination npad columns wide, when the columns are contiguous (cs = 1):
+// the block's threads walk the tile's 8-byte (else 4-byte) slots flat, one cp.async each,
+// a thread stepping blockDim.x slots at a time with its row and column carried from step
+// to step (a few instructions per slot, where stage_rows walks row by row and leaves lanes
+// idle on short rows); a slot that straddles column n, or lies past row L, is written with
+// plain loads and zeros. Other layouts go to stage_rows.
+template <int kBytes, class T>
 __device__ __forceinline__ void stage_tile_slots(T* dst, int ds, const T* src, int64_t rs, int L,
-                                                 int n, int R) {
-  constexpr int kE = kBytes / static_cast<int>(sizeof(T)), kPer = kW / kE;
-  static_assert(kE >= 1 && kW % kE == 0, "whole slots per row");
+                                                 int n, int R, int npad) {
+  constexpr int kE = kBytes / static_cast<int>(sizeof(T));
+  static_assert(kE >= 1, "whole elements per slot");
   const T zero = from_f32<T>(0.f);
-  for (int e = threadIdx.x; e < R * kPer; e += blockDim.x) {
-    const int i = e / kPer, j = e % kPer * kE;
+  const int per = npad / kE, step = static_cast<int>(blockDim.x);
+  const int di = step / per, dj = step % per * kE;
+  int i = static_cast<int>(threadIdx.x) / per, j = static_cast<int>(threadIdx.x) % per * kE;
+  while (i < R) {
     T* d = dst + i * ds + j;
+    const T* s = src + i * rs + j;
     if (i < L && j + kE <= n) {
       if (kBytes == 8) {
-        cp_async8(d, src + i * rs + j);
+        cp_async8(d, s);
       } else {
-        cp_async4(d, src + i * rs + j);
+        cp_async4(d, s);
       }
     } else {
 #pragma unroll
-      for (int x = 0; x < kE; ++x) d[x] = i < L && j + x < n ? src[i * rs + j + x] : zero;
+      for (int x = 0; x < kE; ++x) d[x] = i < L && j + x < n ? s[x] : zero;
+    }
+    i += di;
+    j += dj;
+    if (j >= npad) {
+      j -= npad;
+      ++i;
     }
   }
 }
 
-template <int kW, class T>
+// stage_rows' contract (rows [0, L) x columns [0, n) of x(i, j) = src[i * rs + j * cs]
+// into dst, zeros over the rest of R x npad), with npad a multiple of 4.
+template <class T>
 __device__ __forceinline__ void stage_tile(T* dst, int ds, const T* src, int64_t rs, int64_t cs,
-                                           int L, int n, int R) {
+                                           int L, int n, int R, int npad) {
   constexpr int kE8 = 8 / static_cast<int>(sizeof(T)), kE4 = 4 / static_cast<int>(sizeof(T));
   const uintptr_t addr = reinterpret_cast<uintptr_t>(src);
-  if (cs == 1 && rs % kE8 == 0 && addr % 8 == 0 && ds % kE8 == 0) {
-    stage_tile_slots<kW, 8>(dst, ds, src, rs, L, n, R);
-  } else if (cs == 1 && rs % kE4 == 0 && addr % 4 == 0 && ds % kE4 == 0) {
-    stage_tile_slots<kW, 4>(dst, ds, src, rs, L, n, R);
+  if (cs == 1 && rs % kE8 == 0 && addr % 8 == 0 && ds % kE8 == 0 && npad % kE8 == 0) {
+    stage_tile_slots<8>(dst, ds, src, rs, L, n, R, npad);
+  } else if (cs == 1 && rs % kE4 == 0 && addr % 4 == 0 && ds % kE4 == 0 && npad % kE4 == 0) {
+    stage_tile_slots<4>(dst, ds, src, rs, L, n, R, npad);
   } else {
-    stage_rows<T>(dst, ds, src, rs, cs, L, n, R, kW);
+    stage_rows<T>(dst, ds, src, rs, cs, L, n, R, npad);
   }
 }
 

@@ -18,12 +18,12 @@
 //                               Y V'^T and R . Y; then d_beta, d_P and Z
 // delta_rule_bwd_kgrad_kernel   block (b, h, chunk, 64 columns of K): d_q and d_k
 //
-// 256 threads (8 warps) per block. Every kernel stages its operands into shared memory
-// with cp.async (cuda/cp_async.cuh: whole chunk operands, or pieces of a contraction
-// with the next piece in flight while the current one is multiplied) and multiplies on
-// tensor cores in 3xTF32 (warp_mma: float32 accuracy; a bfloat16 operand is exact in TF32
-// and skips its low-part product). A block's sums always run in the same order and no two
-// blocks add into one value: the results are bit-identical from run to run.
+// 256 threads (8 warps) per block, 512 (16 warps) for the recurrences. Every kernel stages its
+// operands into shared memory with cp.async (cuda/cp_async.cuh: whole chunk operands, or pieces of
+// a contraction with the next piece in flight while the current one is multiplied) and multiplies
+// on tensor cores in 3xTF32 (warp_mma: float32 accuracy; a bfloat16 operand is exact in TF32 and
+// skips its low-part product). A block's sums always run in the same order and no two blocks add
+// into one value: the results are bit-identical from run to run.
 //
 // Rows past the chunk's length L and columns past V or K are never read or written; the
 // contraction bounds carry L, so chunk 1..64 and any K, V work unchanged.
@@ -42,8 +42,12 @@
 namespace resona::cuda {
 namespace {
 
-constexpr int kThreads = 256;  // 8 warps per block
+constexpr int kThreads = 256;  // 8 warps per block (the recurrences: kRecurThreads)
 constexpr int kWarps = kThreads / 32;
+constexpr int kRecurThreads = 512;  // 16 warps per recurrence block
+constexpr int kRecurWarps = kRecurThreads / 32;
+constexpr int kMaxStateUnits = 3;                   // state units per recurrence warp: K up to 384
+constexpr int kUnitRowStep = 16 * kRecurWarps / 2;  // rows from one of a warp's units to the next
 constexpr int kC = static_cast<int>(kDeltaMaxChunk);
 constexpr int kOutCols = 64;  // columns of o per block of the output kernel
 static_assert(kOutCols == 64, "the output kernel's two column groups of warps are 32 wide");
@@ -210,8 +214,9 @@ __device__ __forceinline__ void warp_mma(float (&acc)[NT][4], int ksteps, const 
 }
 
 // The state products: acc[u] += A_u B for the warp's state units u < n, unit u being rows
-// 16 (warp / 2) + 64 u of the state and columns kBV/2 (warp % 2) on (so every unit of a
-// warp has the same columns and shares B's fragments). A_u(x, i) = a[i * a_ld + 64 u + x]
+// 16 (warp / 2) + kUnitRowStep u of the state and columns kBV/2 (warp % 2) on (so every
+// unit of a warp has the same columns and shares B's fragments). A_u(x, i) =
+// a[i * a_ld + kUnitRowStep u + x]
 // (a transposed operand: k^T, q^T, W^T), B(i, j) = b[i * b_ld + j], as in warp_mma; the
 // units' products are independent, so they interleave.
 template <int NT, int kU, class TA, class TB>
@@ -233,7 +238,7 @@ __device__ __forceinline__ void warp_mma_units(float (&acc)[kU][NT][4], int n, i
 #pragma unroll
     for (int u = 0; u < kU; ++u) {
       if (u >= n) continue;
-      const TA* q = pa + 64 * u;
+      const TA* q = pa + kUnitRowStep * u;
       uint32_t ah[4], al[4];
       tf32_parts(q[0], ah[0], al[0]);
       tf32_parts(q[8], ah[1], al[1]);
@@ -307,26 +312,28 @@ __device__ __forceinline__ void pipelined_pieces(int n, unsigned char* buf0, uns
 
 // ---- (1) the WY matrices of a chunk ----
 //
-// k and q are staged whole (cp.async) for G = k k^T and P = tril(q k^T); the first
-// v_piece columns of v then replace q while N is solved in 16 x 16 blocks;
-// T = N diag(beta) replaces N, and W = T k and U = T v follow, U a piece of v at a time
-// (so V is not bounded by shared memory). Every product is warp_mma over 16 x 32 units
-// (3xTF32). Shared memory: k [64][k_ld] and q or a piece of v [64][x_ld] in the inputs'
-// dtype, G and N [64][kLdG], beta [64], the solve's strip X [16][kLdX].
+// k is staged whole (cp.async) for G = k k^T, and q a piece of kWyPiece columns at a time
+// for P = tril(q k^T); the first v_piece columns of v then replace q while N is solved in
+// 16 x 16 blocks; T = N diag(beta) replaces N, and W = T k and U = T v follow, U a piece of
+// v at a time (so V is not bounded by shared memory). Every product is warp_mma over 16 x 32 units
+// (3xTF32). Shared memory: k [64][k_ld] and a piece of q or v [64][x_ld] in the inputs'
+// dtype (pieces, so that two blocks fit an SM in float32 and three in bfloat16), G and N
+// [64][kLdG], beta [64], the solve's strip X [16][kLdX].
 constexpr int kLdG = 68;  // rows of G and N (68 = 4 mod 32: A-operand reads are conflict-free)
 
-constexpr int kWyVPiece = 160;     // columns of v staged at a time
+constexpr int kWyPiece = 96;       // columns of q or v staged at a time
 constexpr int kLdX = kC - 16 + 4;  // rows of the solve's block-row strip X [16][kLdX]
 
 struct WyLayout {
   int kp8, kp32;  // K rounded up to 8 (contractions) and 32 (W's tiles)
-  int v_piece;    // columns of v per piece: min(V rounded up to 32, kWyVPiece)
+  int q_piece;    // columns of q per piece: min(K rounded up to 8, kWyPiece)
+  int v_piece;    // columns of v per piece: min(V rounded up to 32, kWyPiece)
   int k_ld, q_ld, v_ld;
   int off_k, off_x, off_g, off_n, off_b, off_t, bytes;
 };
 
 template <class T>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, sizeof(T) == 2 ? 3 : 2)
     delta_rule_wy_kernel(DeltaRuleInputs in, int64_t NC, WyLayout lay, float* __restrict__ W,
                          float* __restrict__ U, float* __restrict__ P, float* __restrict__ N_out,
                          float* __restrict__ G_out) {
@@ -343,8 +350,12 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t chunk = c.bh * NC + c.n, C = in.C;
   const RowsView<T> k = rows<T>(in.k, in.k_strides, c);
   const RowsView<T> q = rows<T>(in.q, in.q_strides, c);
-  stage_rows<T>(Ks, lay.k_ld, k.p, k.rs, k.cs, L, K, kC, lay.kp32);
-  stage_rows<T>(Xs, lay.q_ld, q.p, q.rs, q.cs, L, K, kC, lay.kp8);
+  auto stage_q = [&](int p0) {  // columns [p0, p0 + q_piece) of q, zeros past K
+    stage_tile(Xs, lay.q_ld, q.p + p0 * q.cs, q.rs, q.cs, L, imin(lay.q_piece, K - p0), kC,
+               lay.q_piece);
+  };
+  stage_tile(Ks, lay.k_ld, k.p, k.rs, k.cs, L, K, kC, lay.kp32);
+  stage_q(0);
   cp_async_commit();
   load_beta<T>(in, c, bs);
   for (int e = tid; e < kC * kC; e += kThreads) Nm[(e / kC) * kLdG + e % kC] = 0.f;
@@ -356,8 +367,17 @@ __global__ void __launch_bounds__(kThreads)
     float g[4][4] = {}, p[4][4] = {};
     warp_mma<4, false, true>(g, lay.kp8 / 8, Ks + 16 * rt * lay.k_ld, lay.k_ld,
                              Ks + 32 * cg * lay.k_ld, lay.k_ld);
-    warp_mma<4, false, true>(p, lay.kp8 / 8, Xs + 16 * rt * lay.q_ld, lay.q_ld,
-                             Ks + 32 * cg * lay.k_ld, lay.k_ld);
+    for (int p0 = 0; p0 < K; p0 += lay.q_piece) {
+      if (p0 > 0) {
+        __syncthreads();  // the previous piece is read
+        stage_q(p0);
+        cp_async_commit();
+        cp_async_wait<0>();
+        __syncthreads();
+      }
+      warp_mma<4, false, true>(p, (imin(lay.q_piece, K - p0) + 7) / 8, Xs + 16 * rt * lay.q_ld,
+                               lay.q_ld, Ks + 32 * cg * lay.k_ld + p0, lay.k_ld);
+    }
     for_each_frag<4>([&](int i, int j, int r, int cc) {
       i += 16 * rt;
       j += 32 * cg;
@@ -372,7 +392,7 @@ __global__ void __launch_bounds__(kThreads)
   const RowsView<T> v = rows<T>(in.v, in.v_strides, c);
   auto stage_v = [&](int p0) {  // columns [p0, p0 + v_piece) of v, zeros past V
     const int w = imin(lay.v_piece, V - p0);
-    stage_rows<T>(Xs, lay.v_ld, v.p + p0 * v.cs, v.rs, v.cs, L, w, kC, lay.v_piece);
+    stage_tile(Xs, lay.v_ld, v.p + p0 * v.cs, v.rs, v.cs, L, w, kC, lay.v_piece);
   };
   if (U != nullptr) stage_v(0);
   cp_async_commit();
@@ -463,25 +483,57 @@ __global__ void __launch_bounds__(kThreads)
 // or d_V' split the same way. Contractions over K run over K padded to 8, over a chunk's
 // rows over L padded to 8; the staging writes zeros there.
 //
-// Forward, per chunk:  V' = U - W S                 64 x kBV: one unit per warp
+// Forward, per chunk:  V' = U - W S                 64 x kBV: 8 units, each by two warps
+//                                                   over the two halves of K
 //                      S <- S + k^T V'              kp16 x kBV: units round-robin over warps
-// Backward, per chunk: d_V' = scale P^T d_o + k d_S    64 x kBV
+// Backward, per chunk: d_V' = scale P^T d_o + k d_S    64 x kBV: 8 units, each by two warps,
+//                                                   one with P^T d_o and the first K steps
 //                      d_S <- d_S + scale q^T d_o - W^T d_V'   kp16 x kBV
 // The forward writes V' and each chunk's start state, the backward d_V' and each chunk's
 // end-state gradient, for the parallel kernels (3) and (3').
 
 constexpr int kRecurCols[] = {48, 32, 16};  // column-tile widths the recurrences come in
-constexpr int kMaxStateUnits = 5;           // state units per warp: K up to 320
 
-// f(u, row0, col0) for this warp's state units u (unit warp + 8 u of n_units: rows
+// f(u, row0, col0) for this warp's state units u (unit warp + 16 u of n_units: rows
 // [row0, row0 + 16) and columns [col0, col0 + kBV / 2) of the state tile, kBV = 16 NT).
 template <int NT, class F>
 __device__ __forceinline__ void for_each_state_unit(int n_units, const F& f) {
   const int warp = threadIdx.x / 32;
 #pragma unroll
   for (int u = 0; u < kMaxStateUnits; ++u) {
-    const int un = warp + kWarps * u;
+    const int un = warp + kRecurWarps * u;
     if (un < n_units) f(u, 16 * (un / 2), 8 * NT * (un % 2));
+  }
+}
+
+// Phase 1 of a recurrence (V' or d_V', 64 x kBV) is 8 units of 16 x kBV/2, each computed by
+// two warps w and w + 8 over the two parts of its contraction: the second warp leaves its
+// partial sum in the first word of each of the unit's split slots (store_partial), which
+// are the slots the first warp then overwrites with the finished unit (add_partial, then
+// store_split), so the partial needs no shared memory of its own.
+template <int NT>
+__device__ __forceinline__ void store_partial(uint2* dst, int ld, const float (&acc)[NT][4]) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int c = 0; c < NT; ++c) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const uint4 v{__float_as_uint(acc[c][2 * h]), 0u, __float_as_uint(acc[c][2 * h + 1]), 0u};
+      *reinterpret_cast<uint4*>(dst + (g + 8 * h) * ld + 8 * c + 2 * t) = v;
+    }
+  }
+}
+template <int NT>
+__device__ __forceinline__ void add_partial(const uint2* src, int ld, float (&acc)[NT][4]) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int c = 0; c < NT; ++c) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const uint4 v = *reinterpret_cast<const uint4*>(src + (g + 8 * h) * ld + 8 * c + 2 * t);
+      acc[c][2 * h] += __uint_as_float(v.x);
+      acc[c][2 * h + 1] += __uint_as_float(v.z);
+    }
   }
 }
 
@@ -513,7 +565,7 @@ struct DoView {
 };
 
 template <class T, int kBV>
-__global__ void __launch_bounds__(kThreads, 1)
+__global__ void __launch_bounds__(kRecurThreads, 1)
     delta_rule_fwd_state_kernel(DeltaRuleInputs in, int64_t NC, RecurLayout lay,
                                 const float* __restrict__ W, const float* __restrict__ U,
                                 float* __restrict__ Vn, float* __restrict__ states,
@@ -530,9 +582,12 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int K = static_cast<int>(in.K), vw = imin(kBV, static_cast<int>(in.V) - v0);
   const int64_t b = bh / in.H, h = bh % in.H, KV = in.K * in.V, C = in.C;
   const int warp = threadIdx.x / 32;
-  const int rt = warp % 4, cg = warp / 4;   // this warp's unit of V'
-  const int n_units = 2 * (lay.kp16 / 16);  // units of S: warp + 8 u, u < kMaxStateUnits
-  const int my_units = n_units > warp ? (n_units - warp + kWarps - 1) / kWarps : 0;
+  const int rt = warp % 4, cg = warp / 4 % 2;  // this warp's unit of V'
+  const bool second = warp >= 8;               // ... and its part of the contraction over K
+  const int ksteps = lay.kp8 / 8, k_half = (ksteps + 1) / 2;
+  const int k_first = second ? k_half : 0, k_count = second ? ksteps - k_half : k_half;
+  const int n_units = 2 * (lay.kp16 / 16);  // units of S: warp + 16 u, u < kMaxStateUnits
+  const int my_units = n_units > warp ? (n_units - warp + kRecurWarps - 1) / kRecurWarps : 0;
   // S from h0 (zeros past K and vw), in the accumulators and split in S2.
   float S[kMaxStateUnits][NT][4];
   for_each_state_elem<NT>(n_units, [&](int u, int x, int j, int r, int c) {
@@ -546,13 +601,13 @@ __global__ void __launch_bounds__(kThreads, 1)
     store_split<NT>(S2 + row0 * lay.s_ld + col0, lay.s_ld, S[u]);
   });
   auto stage_w = [&](int64_t n) {
-    stage_rows<float>(Ws, lay.w_ld, W + (bh * NC + n) * C * in.K, in.K, 1, chunk_at(in, bh, n).L, K,
-                      kC, lay.kp16);
+    stage_tile(Ws, lay.w_ld, W + (bh * NC + n) * C * in.K, in.K, 1, chunk_at(in, bh, n).L, K, kC,
+               lay.kp16);
   };
   auto stage_k = [&](int64_t n) {
     const ChunkAt c = chunk_at(in, bh, n);
     const RowsView<T> k = rows<T>(in.k, in.k_strides, c);
-    stage_rows<T>(Ks, lay.k_ld, k.p, k.rs, k.cs, c.L, K, kC, lay.kp16);
+    stage_tile(Ks, lay.k_ld, k.p, k.rs, k.cs, c.L, K, kC, lay.kp16);
   };
   if (NC > 0) stage_w(0);
   cp_async_commit();
@@ -566,31 +621,38 @@ __global__ void __launch_bounds__(kThreads, 1)
     for_each_frag<NT>([&](int i, int j, int r, int c) {
       i += 16 * rt;
       j += kHalf * cg;
-      uv[c][r] = i < L && j < vw ? Un[i * in.V + j] : 0.f;
+      uv[c][r] = !second && i < L && j < vw ? Un[i * in.V + j] : 0.f;
     });
     cp_async_wait<1>();  // W
     __syncthreads();
-    // V' = U - W S
+    // V' = U - W S, W S in two parts over K
     float acc[NT][4] = {};
-    warp_mma<NT, false>(acc, lay.kp8 / 8, Ws + 16 * rt * lay.w_ld, lay.w_ld, S2 + kHalf * cg,
-                        lay.s_ld);
-    float* Vnn = Vn + chunk * C * in.V + v0;
-    for_each_frag<NT>([&](int i, int j, int r, int c) {
-      i += 16 * rt;
-      j += kHalf * cg;
-      acc[c][r] = i < L ? uv[c][r] - acc[c][r] : 0.f;
-      if (i < L && j < vw) Vnn[i * in.V + j] = acc[c][r];
-    });
-    store_split<NT>(V2 + 16 * rt * lay.v_ld + kHalf * cg, lay.v_ld, acc);
-    cp_async_wait<0>();  // k
+    warp_mma<NT, false>(acc, k_count, Ws + 16 * rt * lay.w_ld + 8 * k_first, lay.w_ld,
+                        S2 + 8 * k_first * lay.s_ld + kHalf * cg, lay.s_ld);
+    uint2* const v2_unit = V2 + 16 * rt * lay.v_ld + kHalf * cg;
+    if (second) store_partial<NT>(v2_unit, lay.v_ld, acc);
     __syncthreads();
-    if (n + 1 < NC) stage_w(n + 1);
-    cp_async_commit();
-    // S <- S + k^T V', after writing out the chunk's start state
+    if (!second) {
+      add_partial<NT>(v2_unit, lay.v_ld, acc);
+      float* Vnn = Vn + chunk * C * in.V + v0;
+      for_each_frag<NT>([&](int i, int j, int r, int c) {
+        i += 16 * rt;
+        j += kHalf * cg;
+        acc[c][r] = i < L ? uv[c][r] - acc[c][r] : 0.f;
+        if (i < L && j < vw) Vnn[i * in.V + j] = acc[c][r];
+      });
+      store_split<NT>(v2_unit, lay.v_ld, acc);
+    }
+    // the chunk's start state out
     float* s_n = states + chunk * KV + v0;
     for_each_state_elem<NT>(n_units, [&](int u, int x, int j, int r, int c) {
       if (x < K && j < vw) s_n[x * in.V + j] = S[u][c][r];
     });
+    cp_async_wait<0>();  // k
+    __syncthreads();
+    if (n + 1 < NC) stage_w(n + 1);
+    cp_async_commit();
+    // S <- S + k^T V'
     warp_mma_units<NT>(S, my_units, lsteps, Ks + 16 * (warp / 2), lay.k_ld, V2 + kHalf * (warp % 2),
                        lay.v_ld);
     for_each_state_unit<NT>(n_units, [&](int u, int row0, int col0) {
@@ -607,7 +669,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 }
 
 template <class T, int kBV>
-__global__ void __launch_bounds__(kThreads, 1)
+__global__ void __launch_bounds__(kRecurThreads, 1)
     delta_rule_bwd_state_kernel(DeltaRuleInputs in, int64_t NC, RecurLayout lay, DoView d_o,
                                 const float* __restrict__ P, const float* __restrict__ W,
                                 const float* __restrict__ d_S_T, float* __restrict__ dVn,
@@ -627,9 +689,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int K = static_cast<int>(in.K), vw = imin(kBV, static_cast<int>(in.V) - v0);
   const int64_t KV = in.K * in.V, C = in.C;
   const int warp = threadIdx.x / 32;
-  const int rt = warp % 4, cg = warp / 4;   // this warp's unit of d_V'
-  const int n_units = 2 * (lay.kp16 / 16);  // units of d_S: warp + 8 u, u < kMaxStateUnits
-  const int my_units = n_units > warp ? (n_units - warp + kWarps - 1) / kWarps : 0;
+  const int rt = warp % 4, cg = warp / 4 % 2;  // this warp's unit of d_V'
+  const bool second = warp >= 8;               // ... and its part of the contractions
+  const int ksteps = lay.kp8 / 8;
+  const int n_units = 2 * (lay.kp16 / 16);  // units of d_S: warp + 16 u, u < kMaxStateUnits
+  const int my_units = n_units > warp ? (n_units - warp + kRecurWarps - 1) / kRecurWarps : 0;
   const float scale = in.scale;
   // d_S from d_S_T (zeros past K and vw), in the accumulators and split in dS2.
   float dS[kMaxStateUnits][NT][4];
@@ -644,17 +708,17 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto stage_in = [&](const void* x, const int64_t* s, int64_t n, void* dst, int ld) {
     const ChunkAt c = chunk_at(in, bh, n);
     const RowsView<T> r = rows<T>(x, s, c);
-    stage_rows<T>(static_cast<T*>(dst), ld, r.p, r.rs, r.cs, c.L, K, kC, lay.kp16);
+    stage_tile(static_cast<T*>(dst), ld, r.p, r.rs, r.cs, c.L, K, kC, lay.kp16);
   };
   auto stage_w = [&](int64_t n, void* dst) {
-    stage_rows<float>(static_cast<float*>(dst), lay.w_ld, W + (bh * NC + n) * C * in.K, in.K, 1,
-                      chunk_at(in, bh, n).L, K, kC, lay.kp16);
+    stage_tile(static_cast<float*>(dst), lay.w_ld, W + (bh * NC + n) * C * in.K, in.K, 1,
+               chunk_at(in, bh, n).L, K, kC, lay.kp16);
   };
   auto stage_p_do = [&](int64_t n, T* dst) {
     const ChunkAt c = chunk_at(in, bh, n);
-    stage_rows<float>(Ps, lay.p_ld, P + (bh * NC + n) * C * C, C, 1, c.L, c.L, kC, kC);
+    stage_tile(Ps, lay.p_ld, P + (bh * NC + n) * C * C, C, 1, c.L, c.L, kC, kC);
     const RowsView<T> r = rows<T>(d_o.p, d_o.s, c);
-    stage_rows<T>(dst, lay.o_ld, r.p + v0 * r.cs, r.rs, r.cs, c.L, vw, kC, kBV);
+    stage_tile(dst, lay.o_ld, r.p + v0 * r.cs, r.rs, r.cs, c.L, vw, kC, kBV);
   };
   bool flip = false;  // k_n sits in buf0 and q_n in buf1, d_o_n in dO0; swapped when flip
   if (NC > 0) {
@@ -673,20 +737,32 @@ __global__ void __launch_bounds__(kThreads, 1)
     T* const dO_next = flip ? dO0 : dO1;
     cp_async_wait<1>();  // k, P, d_o
     __syncthreads();
-    // d_V' = scale P^T d_o + k d_S
+    // d_V' = scale P^T d_o + k d_S: the first warp of a unit takes P^T d_o and the first
+    // k_split steps over K, the second the rest, so that both make about as many steps
+    const int k_split = ksteps > lsteps ? (ksteps - lsteps) / 2 : 0;
+    const int k_first = second ? k_split : 0, k_count = second ? ksteps - k_split : k_split;
     float acc[NT][4] = {};
-    warp_mma<NT, true>(acc, lsteps, Ps + 16 * rt, lay.p_ld, dO + kHalf * cg, lay.o_ld);
-    for_each_frag<NT>([&](int, int, int r, int c) { acc[c][r] *= scale; });
-    warp_mma<NT, false>(acc, lay.kp8 / 8, reinterpret_cast<const T*>(kbuf) + 16 * rt * lay.k_ld,
-                        lay.k_ld, dS2 + kHalf * cg, lay.s_ld);
-    float* dVnn = dVn + chunk * C * in.V + v0;
-    for_each_frag<NT>([&](int i, int j, int r, int c) {
-      i += 16 * rt;
-      j += kHalf * cg;
-      if (i < L && j < vw) dVnn[i * in.V + j] = acc[c][r];
-      acc[c][r] = i < L ? -acc[c][r] : 0.f;
-    });
-    store_split<NT>(dV2 + 16 * rt * lay.v_ld + kHalf * cg, lay.v_ld, acc);
+    if (!second) {
+      warp_mma<NT, true>(acc, lsteps, Ps + 16 * rt, lay.p_ld, dO + kHalf * cg, lay.o_ld);
+      for_each_frag<NT>([&](int, int, int r, int c) { acc[c][r] *= scale; });
+    }
+    warp_mma<NT, false>(acc, k_count,
+                        reinterpret_cast<const T*>(kbuf) + 16 * rt * lay.k_ld + 8 * k_first,
+                        lay.k_ld, dS2 + 8 * k_first * lay.s_ld + kHalf * cg, lay.s_ld);
+    uint2* const dv2_unit = dV2 + 16 * rt * lay.v_ld + kHalf * cg;
+    if (second) store_partial<NT>(dv2_unit, lay.v_ld, acc);
+    __syncthreads();
+    if (!second) {
+      add_partial<NT>(dv2_unit, lay.v_ld, acc);
+      float* dVnn = dVn + chunk * C * in.V + v0;
+      for_each_frag<NT>([&](int i, int j, int r, int c) {
+        i += 16 * rt;
+        j += kHalf * cg;
+        if (i < L && j < vw) dVnn[i * in.V + j] = acc[c][r];
+        acc[c][r] = i < L ? -acc[c][r] : 0.f;
+      });
+      store_split<NT>(dv2_unit, lay.v_ld, acc);
+    }
     cp_async_wait<0>();  // q
     __syncthreads();
     stage_w(n, kbuf);
@@ -755,8 +831,8 @@ __global__ void __launch_bounds__(kThreads, 3)
   const int64_t chunk = c.bh * NC + c.n, C = in.C;
   const float* S0 = states + chunk * in.K * in.V + v0;
   const RowsView<T> q = rows<T>(in.q, in.q_strides, c);
-  stage_tile<kC>(Ps, lay.p_ld, P + chunk * C * C, C, 1, L, L, kC);
-  stage_tile<kOutCols>(Vs, lay.v_ld, Vn + chunk * C * in.V + v0, in.V, 1, L, vw, kC);
+  stage_tile(Ps, lay.p_ld, P + chunk * C * C, C, 1, L, L, kC, kC);
+  stage_tile(Vs, lay.v_ld, Vn + chunk * C * in.V + v0, in.V, 1, L, vw, kC, kOutCols);
   cp_async_commit();
   const bool active = 32 * cg < vw;  // the warp's 32 columns hold some of the tile
   float acc[4][4] = {};
@@ -764,10 +840,10 @@ __global__ void __launch_bounds__(kThreads, 3)
       K, delta_smem + lay.off_buf0, delta_smem + lay.off_buf1,
       [&](int x0, unsigned char* buf) {
         const int w = imin(kOutPiece, K - x0);
-        stage_tile<kOutPiece>(reinterpret_cast<T*>(buf + lay.po_q), lay.q_ld, q.p + x0 * q.cs, q.rs,
-                              q.cs, L, w, kC);
-        stage_tile<kOutCols>(reinterpret_cast<float*>(buf + lay.po_s), lay.s_ld, S0 + x0 * in.V,
-                             in.V, 1, w, vw, kOutPiece);
+        stage_tile(reinterpret_cast<T*>(buf + lay.po_q), lay.q_ld, q.p + x0 * q.cs, q.rs, q.cs, L,
+                   w, kC, kOutPiece);
+        stage_tile(reinterpret_cast<float*>(buf + lay.po_s), lay.s_ld, S0 + x0 * in.V, in.V, 1, w,
+                   vw, kOutPiece, kOutCols);
       },
       [&](int x0, const unsigned char* buf) {
         if (!active) return;
@@ -857,18 +933,18 @@ __global__ void __launch_bounds__(kThreads, 2)
   // Columns [y0, y0 + 32) of: S0 and v (group A), d_V' (B), d_o (C).
   auto stage_a = [&](int y0) {
     const int w = imin(kGradPiece, V - y0);
-    stage_tile<kGradPiece>(S0s, lay.s_ld, S0 + y0, in.V, 1, K, w, lay.kp8);
-    stage_tile<kGradPiece>(Vs, lay.v_ld, v.p + y0 * v.cs, v.rs, v.cs, L, w, kC);
+    stage_tile(S0s, lay.s_ld, S0 + y0, in.V, 1, K, w, lay.kp8, kGradPiece);
+    stage_tile(Vs, lay.v_ld, v.p + y0 * v.cs, v.rs, v.cs, L, w, kC, kGradPiece);
   };
   auto stage_b = [&](int y0) {
-    stage_tile<kGradPiece>(dVs, lay.dv_ld, dVnn + y0, in.V, 1, L, imin(kGradPiece, V - y0), kC);
+    stage_tile(dVs, lay.dv_ld, dVnn + y0, in.V, 1, L, imin(kGradPiece, V - y0), kC, kGradPiece);
   };
   auto stage_c = [&](int y0) {
-    stage_tile<kGradPiece>(dOs, lay.o_ld, dO.p + y0 * dO.cs, dO.rs, dO.cs, L,
-                           imin(kGradPiece, V - y0), kC);
+    stage_tile(dOs, lay.o_ld, dO.p + y0 * dO.cs, dO.rs, dO.cs, L, imin(kGradPiece, V - y0), kC,
+               kGradPiece);
   };
-  stage_rows<T>(Ks, lay.k_ld, k.p, k.rs, k.cs, L, K, kC, lay.kp8);
-  stage_tile<kC>(Nm, kLdG, s.N + chunk * C * C, C, 1, L, L, kC);
+  stage_tile(Ks, lay.k_ld, k.p, k.rs, k.cs, L, K, kC, lay.kp8);
+  stage_tile(Nm, kLdG, s.N + chunk * C * C, C, 1, L, L, kC, kC);
   stage_a(0);
   cp_async_commit();
   stage_b(0);
@@ -1002,19 +1078,19 @@ __global__ void __launch_bounds__(kThreads, 2)
   auto stage_piece = [&](int y0, unsigned char* buf) {
     const int w = imin(kGradPiece, V - y0);
     if (want_q) {
-      stage_tile<kGradPiece>(reinterpret_cast<T*>(buf + lay.po_o), lay.o_ld, dO.p + y0 * dO.cs,
-                             dO.rs, dO.cs, L, w, kC);
+      stage_tile(reinterpret_cast<T*>(buf + lay.po_o), lay.o_ld, dO.p + y0 * dO.cs, dO.rs, dO.cs, L,
+                 w, kC, kGradPiece);
     }
     if (want_k) {
-      stage_tile<kGradPiece>(reinterpret_cast<float*>(buf + lay.po_vn), lay.a_ld, VnG + y0, in.V, 1,
-                             L, w, kC);
-      stage_tile<kGradPiece>(reinterpret_cast<float*>(buf + lay.po_r), lay.a_ld, mdRG + y0, in.V, 1,
-                             L, w, kC);
-      stage_tile<kGradPiece>(reinterpret_cast<float*>(buf + lay.po_ds), lay.b_ld, dS + y0, in.V, 1,
-                             kw, w, kGradKTile);
+      stage_tile(reinterpret_cast<float*>(buf + lay.po_vn), lay.a_ld, VnG + y0, in.V, 1, L, w, kC,
+                 kGradPiece);
+      stage_tile(reinterpret_cast<float*>(buf + lay.po_r), lay.a_ld, mdRG + y0, in.V, 1, L, w, kC,
+                 kGradPiece);
+      stage_tile(reinterpret_cast<float*>(buf + lay.po_ds), lay.b_ld, dS + y0, in.V, 1, kw, w,
+                 kGradKTile, kGradPiece);
     }
-    stage_tile<kGradPiece>(reinterpret_cast<float*>(buf + lay.po_s), lay.b_ld, S0 + y0, in.V, 1, kw,
-                           w, kGradKTile);
+    stage_tile(reinterpret_cast<float*>(buf + lay.po_s), lay.b_ld, S0 + y0, in.V, 1, kw, w,
+               kGradKTile, kGradPiece);
   };
   // The contractions over V: acc_q = d_o S0^T, acc_k = V' d_S^T - d_R S0^T.
   float acc_q[4][4] = {}, acc_k[4][4] = {};
@@ -1046,13 +1122,13 @@ __global__ void __launch_bounds__(kThreads, 2)
   T* kt = reinterpret_cast<T*>(delta_smem + lay.off_kt);
   T* qt = reinterpret_cast<T*>(delta_smem + lay.off_qt);
   const RowsView<T> k = rows<T>(in.k, in.k_strides, c);
-  stage_tile<kGradKTile>(kt, lay.k_ld, k.p + k0 * k.cs, k.rs, k.cs, L, kw, kC);
-  if (want_q) stage_tile<kC>(dPs, lay.p_ld, s.dP + chunk * C * C, C, 1, L, L, kC);
+  stage_tile(kt, lay.k_ld, k.p + k0 * k.cs, k.rs, k.cs, L, kw, kC, kGradKTile);
+  if (want_q) stage_tile(dPs, lay.p_ld, s.dP + chunk * C * C, C, 1, L, L, kC, kC);
   if (want_k) {
     const RowsView<T> q = rows<T>(in.q, in.q_strides, c);
-    stage_tile<kGradKTile>(qt, lay.k_ld, q.p + k0 * q.cs, q.rs, q.cs, L, kw, kC);
-    stage_tile<kC>(dPTs, lay.p_ld, s.dPT + chunk * C * C, C, 1, L, L, kC);
-    stage_tile<kC>(Zs, lay.p_ld, s.Zs + chunk * C * C, C, 1, L, L, kC);
+    stage_tile(qt, lay.k_ld, q.p + k0 * q.cs, q.rs, q.cs, L, kw, kC, kGradKTile);
+    stage_tile(dPTs, lay.p_ld, s.dPT + chunk * C * C, C, 1, L, L, kC, kC);
+    stage_tile(Zs, lay.p_ld, s.Zs + chunk * C * C, C, 1, L, L, kC, kC);
   }
   cp_async_commit();
   cp_async_wait<0>();
@@ -1208,10 +1284,11 @@ WyLayout wy_layout(const DeltaRuleInputs& in, int esize) {
   const int K = static_cast<int>(in.K), V = static_cast<int>(in.V);
   l.kp8 = (K + 7) / 8 * 8;
   l.kp32 = (K + 31) / 32 * 32;
-  l.v_piece = std::min((V + 31) / 32 * 32, kWyVPiece);
-  l.k_ld = conflict_free_ld(l.kp32, esize, false);    // k as A and as transposed B
-  l.q_ld = conflict_free_ld(l.kp8, esize, false);     // q as A
-  l.v_ld = conflict_free_ld(l.v_piece, esize, true);  // v as B
+  l.q_piece = std::min(l.kp8, kWyPiece);
+  l.v_piece = std::min((V + 31) / 32 * 32, kWyPiece);
+  l.k_ld = conflict_free_ld(l.kp32, esize, false);     // k as A and as transposed B
+  l.q_ld = conflict_free_ld(l.q_piece, esize, false);  // q as A
+  l.v_ld = conflict_free_ld(l.v_piece, esize, true);   // v as B
   SmemCursor smem;
   l.off_k = smem.take(kC * l.k_ld * esize);
   l.off_x = smem.take(kC * std::max(l.q_ld, l.v_ld) * esize);
@@ -1360,7 +1437,7 @@ const char* plan_recurrence(const DeltaRuleInputs& in, bool fwd, int esize,
   }
   double best = 0;
   plan = RecurPlan{};
-  const bool units_fit = 2 * ((in.K + 15) / 16) <= kWarps * kMaxStateUnits;
+  const bool units_fit = 2 * ((in.K + 15) / 16) <= kRecurWarps * kMaxStateUnits;
   for (int bv : kRecurCols) {
     if (!units_fit) break;
     if (forced != 0 && bv != forced) continue;
@@ -1370,7 +1447,7 @@ const char* plan_recurrence(const DeltaRuleInputs& in, bool fwd, int esize,
     int per_sm = 0;
     if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, lay.bytes) !=
             cudaSuccess ||
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, lay.bytes) !=
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kRecurThreads, lay.bytes) !=
             cudaSuccess) {
       return last_error();
     }
@@ -1408,7 +1485,7 @@ const char* fwd_impl(const DeltaRuleFwdParams& p, cudaStream_t stream) {
   if ((err = plan_recurrence(in, true, sizeof(T), fwd_state_kernel<T>, plan))) return err;
   with_cols(plan.bv, [&](auto cols) {
     delta_rule_fwd_state_kernel<T, cols.value>
-        <<<recur_blocks(in, plan.bv), kThreads, plan.lay.bytes, stream>>>(
+        <<<recur_blocks(in, plan.bv), kRecurThreads, plan.lay.bytes, stream>>>(
             in, NC, plan.lay, s.W, s.U, s.Vn, p.states, p.S_T);
   });
   if ((err = last_error())) return err;
@@ -1444,7 +1521,7 @@ const char* bwd_impl(const DeltaRuleBwdParams& p, cudaStream_t stream) {
   if ((err = plan_recurrence(in, false, sizeof(T), bwd_state_kernel<T>, plan))) return err;
   with_cols(plan.bv, [&](auto cols) {
     delta_rule_bwd_state_kernel<T, cols.value>
-        <<<recur_blocks(in, plan.bv), kThreads, plan.lay.bytes, stream>>>(
+        <<<recur_blocks(in, plan.bv), kRecurThreads, plan.lay.bytes, stream>>>(
             in, NC, plan.lay, d_o, s.P, s.W, p.d_S_T, s.dVn, s.dstates, p.d_h0);
   });
   if ((err = last_error())) return err;
