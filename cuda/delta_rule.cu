@@ -266,21 +266,33 @@ __device__ __forceinline__ void for_each_frag(const F& f) {
   }
 }
 
-// A unit's accumulators, split into TF32 parts, into dst (row stride ld, even): the lane's
-// two adjacent columns as one 16-byte store per row.
-template <int NT>
-__device__ __forceinline__ void store_split(uint2* dst, int ld, const float (&acc)[NT][4]) {
+// f(p, x0, x1) for the lane's accumulators of a unit two adjacent columns at a time: x0 and
+// x1 (references into acc) and p, their two 8-byte slots of a [rows][ld] array of uint2
+// (ld even) as one 16-byte word.
+template <int NT, class F>
+__device__ __forceinline__ void for_each_slot_pair(uint2* slots, int ld, float (&acc)[NT][4],
+                                                   const F& f) {
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
 #pragma unroll
   for (int c = 0; c < NT; ++c) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      uint4 v;
-      split_tf32(acc[c][2 * h], v.x, v.y);
-      split_tf32(acc[c][2 * h + 1], v.z, v.w);
-      *reinterpret_cast<uint4*>(dst + (g + 8 * h) * ld + 8 * c + 2 * t) = v;
+      f(reinterpret_cast<uint4*>(slots + (g + 8 * h) * ld + 8 * c + 2 * t), acc[c][2 * h],
+        acc[c][2 * h + 1]);
     }
   }
+}
+
+// A unit's accumulators, split into TF32 parts, into dst (row stride ld, even): the lane's
+// two adjacent columns as one 16-byte store per row.
+template <int NT>
+__device__ __forceinline__ void store_split(uint2* dst, int ld, float (&acc)[NT][4]) {
+  for_each_slot_pair<NT>(dst, ld, acc, [](uint4* p, float x0, float x1) {
+    uint4 v;
+    split_tf32(x0, v.x, v.y);
+    split_tf32(x1, v.z, v.w);
+    *p = v;
+  });
 }
 
 // The pieces [y0, y0 + kPiece) of a contraction of length n, double-buffered: the next
@@ -308,6 +320,24 @@ __device__ __forceinline__ void pipelined_pieces(int n, unsigned char* buf0, uns
   }
   cp_async_wait<0>();
   __syncthreads();
+}
+
+// mul(p0) for the pieces [p0, p0 + piece) of a length n in one buffer: the first piece is
+// staged and waited for by the caller, each later one is staged (stage(p0)) once the
+// previous one is read. Called by every thread of the block.
+template <class StageFn, class MulFn>
+__device__ __forceinline__ void staged_pieces(int n, int piece, const StageFn& stage,
+                                              const MulFn& mul) {
+  for (int p0 = 0; p0 < n; p0 += piece) {
+    if (p0 > 0) {
+      __syncthreads();  // the previous piece is read
+      stage(p0);
+      cp_async_commit();
+      cp_async_wait<0>();
+      __syncthreads();
+    }
+    mul(p0);
+  }
 }
 
 // ---- (1) the WY matrices of a chunk ----
@@ -367,17 +397,10 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 2 ? 3 : 2)
     float g[4][4] = {}, p[4][4] = {};
     warp_mma<4, false, true>(g, lay.kp8 / 8, Ks + 16 * rt * lay.k_ld, lay.k_ld,
                              Ks + 32 * cg * lay.k_ld, lay.k_ld);
-    for (int p0 = 0; p0 < K; p0 += lay.q_piece) {
-      if (p0 > 0) {
-        __syncthreads();  // the previous piece is read
-        stage_q(p0);
-        cp_async_commit();
-        cp_async_wait<0>();
-        __syncthreads();
-      }
+    staged_pieces(K, lay.q_piece, stage_q, [&](int p0) {
       warp_mma<4, false, true>(p, (imin(lay.q_piece, K - p0) + 7) / 8, Xs + 16 * rt * lay.q_ld,
                                lay.q_ld, Ks + 32 * cg * lay.k_ld + p0, lay.k_ld);
-    }
+    });
     for_each_frag<4>([&](int i, int j, int r, int cc) {
       i += 16 * rt;
       j += 32 * cg;
@@ -458,16 +481,9 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 2 ? 3 : 2)
   };
   t_times(Ks, lay.k_ld, lay.kp32, K, W, in.K, 0);
   if (U == nullptr) return;
-  for (int p0 = 0; p0 < V; p0 += lay.v_piece) {
-    if (p0 > 0) {
-      __syncthreads();  // the previous piece is read
-      stage_v(p0);
-      cp_async_commit();
-      cp_async_wait<0>();
-      __syncthreads();
-    }
+  staged_pieces(V, lay.v_piece, stage_v, [&](int p0) {
     t_times(Xs, lay.v_ld, lay.v_piece, imin(lay.v_piece, V - p0), U, in.V, p0);
-  }
+  });
 }
 
 // ---- (2) the recurrences: forward in chunk order, backward in reverse ----
@@ -512,29 +528,33 @@ __device__ __forceinline__ void for_each_state_unit(int n_units, const F& f) {
 // are the slots the first warp then overwrites with the finished unit (add_partial, then
 // store_split), so the partial needs no shared memory of its own.
 template <int NT>
-__device__ __forceinline__ void store_partial(uint2* dst, int ld, const float (&acc)[NT][4]) {
-  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-#pragma unroll
-  for (int c = 0; c < NT; ++c) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const uint4 v{__float_as_uint(acc[c][2 * h]), 0u, __float_as_uint(acc[c][2 * h + 1]), 0u};
-      *reinterpret_cast<uint4*>(dst + (g + 8 * h) * ld + 8 * c + 2 * t) = v;
-    }
-  }
+__device__ __forceinline__ void store_partial(uint2* dst, int ld, float (&acc)[NT][4]) {
+  for_each_slot_pair<NT>(dst, ld, acc, [](uint4* p, float x0, float x1) {
+    *p = uint4{__float_as_uint(x0), 0u, __float_as_uint(x1), 0u};
+  });
 }
 template <int NT>
-__device__ __forceinline__ void add_partial(const uint2* src, int ld, float (&acc)[NT][4]) {
-  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-#pragma unroll
-  for (int c = 0; c < NT; ++c) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const uint4 v = *reinterpret_cast<const uint4*>(src + (g + 8 * h) * ld + 8 * c + 2 * t);
-      acc[c][2 * h] += __uint_as_float(v.x);
-      acc[c][2 * h + 1] += __uint_as_float(v.z);
-    }
-  }
+__device__ __forceinline__ void add_partial(uint2* src, int ld, float (&acc)[NT][4]) {
+  for_each_slot_pair<NT>(src, ld, acc, [](const uint4* p, float& x0, float& x1) {
+    const uint4 v = *p;
+    x0 += __uint_as_float(v.x);
+    x1 += __uint_as_float(v.z);
+  });
+}
+
+// The end of phase 1 for a unit held by warps w (first) and w + 8 (second): the second
+// leaves its partial sum in the unit's slots, the block meets at a barrier, and the first
+// adds the partial, calls f(i, j, r, c) on each element (row i, column j of the tile) to
+// finish it in acc and write it out, and stores the unit split into its slots.
+template <int NT, class F>
+__device__ __forceinline__ void finish_phase1(bool second, uint2* unit, int ld, int row0, int col0,
+                                              float (&acc)[NT][4], const F& f) {
+  if (second) store_partial<NT>(unit, ld, acc);
+  __syncthreads();
+  if (second) return;
+  add_partial<NT>(unit, ld, acc);
+  for_each_frag<NT>([&](int i, int j, int r, int c) { f(row0 + i, col0 + j, r, c); });
+  store_split<NT>(unit, ld, acc);
 }
 
 // f(u, x, j, r, c) over the thread's elements of its state units: element r of column tile
@@ -629,20 +649,12 @@ __global__ void __launch_bounds__(kRecurThreads, 1)
     float acc[NT][4] = {};
     warp_mma<NT, false>(acc, k_count, Ws + 16 * rt * lay.w_ld + 8 * k_first, lay.w_ld,
                         S2 + 8 * k_first * lay.s_ld + kHalf * cg, lay.s_ld);
-    uint2* const v2_unit = V2 + 16 * rt * lay.v_ld + kHalf * cg;
-    if (second) store_partial<NT>(v2_unit, lay.v_ld, acc);
-    __syncthreads();
-    if (!second) {
-      add_partial<NT>(v2_unit, lay.v_ld, acc);
-      float* Vnn = Vn + chunk * C * in.V + v0;
-      for_each_frag<NT>([&](int i, int j, int r, int c) {
-        i += 16 * rt;
-        j += kHalf * cg;
-        acc[c][r] = i < L ? uv[c][r] - acc[c][r] : 0.f;
-        if (i < L && j < vw) Vnn[i * in.V + j] = acc[c][r];
-      });
-      store_split<NT>(v2_unit, lay.v_ld, acc);
-    }
+    float* Vnn = Vn + chunk * C * in.V + v0;
+    finish_phase1<NT>(second, V2 + 16 * rt * lay.v_ld + kHalf * cg, lay.v_ld, 16 * rt, kHalf * cg,
+                      acc, [&](int i, int j, int r, int c) {
+                        acc[c][r] = i < L ? uv[c][r] - acc[c][r] : 0.f;
+                        if (i < L && j < vw) Vnn[i * in.V + j] = acc[c][r];
+                      });
     // the chunk's start state out
     float* s_n = states + chunk * KV + v0;
     for_each_state_elem<NT>(n_units, [&](int u, int x, int j, int r, int c) {
@@ -749,20 +761,12 @@ __global__ void __launch_bounds__(kRecurThreads, 1)
     warp_mma<NT, false>(acc, k_count,
                         reinterpret_cast<const T*>(kbuf) + 16 * rt * lay.k_ld + 8 * k_first,
                         lay.k_ld, dS2 + 8 * k_first * lay.s_ld + kHalf * cg, lay.s_ld);
-    uint2* const dv2_unit = dV2 + 16 * rt * lay.v_ld + kHalf * cg;
-    if (second) store_partial<NT>(dv2_unit, lay.v_ld, acc);
-    __syncthreads();
-    if (!second) {
-      add_partial<NT>(dv2_unit, lay.v_ld, acc);
-      float* dVnn = dVn + chunk * C * in.V + v0;
-      for_each_frag<NT>([&](int i, int j, int r, int c) {
-        i += 16 * rt;
-        j += kHalf * cg;
-        if (i < L && j < vw) dVnn[i * in.V + j] = acc[c][r];
-        acc[c][r] = i < L ? -acc[c][r] : 0.f;
-      });
-      store_split<NT>(dv2_unit, lay.v_ld, acc);
-    }
+    float* dVnn = dVn + chunk * C * in.V + v0;
+    finish_phase1<NT>(second, dV2 + 16 * rt * lay.v_ld + kHalf * cg, lay.v_ld, 16 * rt, kHalf * cg,
+                      acc, [&](int i, int j, int r, int c) {
+                        if (i < L && j < vw) dVnn[i * in.V + j] = acc[c][r];
+                        acc[c][r] = i < L ? -acc[c][r] : 0.f;
+                      });
     cp_async_wait<0>();  // q
     __syncthreads();
     stage_w(n, kbuf);
