@@ -60,7 +60,7 @@ double max_diff(const Tensor& a, const Tensor& b, int64_t t0, int64_t t1) {
 TEST_CASE("resona: perturbing token t changes no output before t, for every backbone") {
   const int64_t B = 2, T = 17;
   for (const std::string& name : kBackbones) {
-    for (const std::string& encoder : {"shared", "separate", "lexical"}) {
+    for (const std::string encoder : {"shared", "separate", "lexical"}) {
       for (int64_t block : {1, 4}) {
         const int64_t window = block == 1 ? 0 : 2;
         CAPTURE(name);
@@ -118,7 +118,7 @@ TEST_CASE("resona: an addition to the backbone (same backbone weights; no chunk 
 }
 
 TEST_CASE("resona: parameter names and gradients by encoder") {
-  for (const std::string& encoder : {"shared", "separate", "lexical"}) {
+  for (const std::string encoder : {"shared", "separate", "lexical"}) {
     CAPTURE(encoder);
     Generator gen(3);
     ModelConfig cfg = resona_config("gla", encoder, 1, 0);
