@@ -32,6 +32,7 @@
 #include <cuda_runtime.h>
 
 #include "cuda/convert.cuh"
+#include "cuda/fast_exp.cuh"
 #include "cuda/gla.h"
 #include "cuda/mma.cuh"
 
@@ -50,7 +51,6 @@ constexpr int kLdS = kKT + 4;    // row stride of gla_bwd_dqkg_kernel's [kRows][
 constexpr int kChunkBlocks = 2;  // resident blocks per SM of gla_fwd_kernel / gla_bwd_dv_kernel
                                  // (K <= 128: <= 85 KB of shared memory)
 constexpr int kPairs = 6;        // sub-chunk pairs J < I of a 64-row tile
-constexpr float kLog2e = 1.4426950408889634f;
 static_assert(kGlaMaxChunk == kRows, "the chunk tile holds the largest chunk");
 static_assert(kRows == 4 * kSub && kSub == 16, "sub-chunk pairs and 4-row blocks assume 4 x 16");
 static_assert(kThreads == 256, "thread maps assume 16 x 16 threads");

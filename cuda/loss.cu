@@ -19,6 +19,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "cuda/fast_exp.cuh"
 #include "cuda/loss.h"
 #include "cuda/row_reduce.cuh"
 #include "cuda/vec_io.cuh"
@@ -45,7 +46,6 @@ __device__ __forceinline__ int64_t head_len(const T* p, int64_t v) {
 // as float32). `m_log2e` is m * log2(e), computed once per row or batch; 2^-inf = +0, so a
 // -inf logit adds exactly 0 and needs no test. Denormal results flush to 0 (.ftz): they
 // are below 2^-126 of the row's largest term, which float32 sums cannot see anyway.
-constexpr float kLog2e = 1.4426950408889634f;
 __device__ __forceinline__ float exp_shifted(float x, float m_log2e) {
   float r;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(fmaf(x, kLog2e, -m_log2e)));

@@ -33,13 +33,13 @@
 #include <cuda_runtime.h>
 
 #include "cuda/convert.cuh"
+#include "cuda/fast_exp.cuh"
 #include "cuda/selective_scan.h"
 
 namespace resona::cuda {
 namespace {
 
 constexpr int64_t L = kSelectiveScanChunk;
-constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
 template <int NMAX>
