@@ -116,7 +116,9 @@ __device__ __forceinline__ void stage_tile_slots(T* dst, int ds, const T* src, i
 }
 
 // stage_rows' contract (rows [0, L) x columns [0, n) of x(i, j) = src[i * rs + j * cs]
-// into dst, zeros over the rest of R x npad), with npad a multiple of 4.
+// into dst, zeros over the rest of R x npad) through stage_tile_slots where the layout
+// allows 8- or 4-byte slots (cs = 1, rows, dst stride and npad whole slots), else
+// stage_rows.
 template <class T>
 __device__ __forceinline__ void stage_tile(T* dst, int ds, const T* src, int64_t rs, int64_t cs,
                                            int L, int n, int R, int npad) {
