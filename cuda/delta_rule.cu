@@ -256,14 +256,19 @@ __device__ __forceinline__ void warp_mma_units(float (&acc)[kU][NT][4], int n, i
 
 // f(i, j, r, c) over the thread's elements of a warp's 16 x 8 NT unit: element r of column
 // tile c sits at row g + 8 (r / 2), column 8 c + 2 t + r % 2 (cuda/mma.cuh).
+// With an origin, i and j count from row row0 and column col0 of a larger tile.
 template <int NT, class F>
-__device__ __forceinline__ void for_each_frag(const F& f) {
+__device__ __forceinline__ void for_each_frag(int row0, int col0, const F& f) {
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
 #pragma unroll
   for (int c = 0; c < NT; ++c) {
 #pragma unroll
-    for (int r = 0; r < 4; ++r) f(g + 8 * (r / 2), 8 * c + 2 * t + r % 2, r, c);
+    for (int r = 0; r < 4; ++r) f(g + 8 * (r / 2) + row0, 8 * c + 2 * t + r % 2 + col0, r, c);
   }
+}
+template <int NT, class F>
+__device__ __forceinline__ void for_each_frag(const F& f) {
+  for_each_frag<NT>(0, 0, f);
 }
 
 // f(p, x0, x1) for the lane's accumulators of a unit two adjacent columns at a time: x0 and
@@ -401,9 +406,7 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 2 ? 3 : 2)
       warp_mma<4, false, true>(p, (imin(lay.q_piece, K - p0) + 7) / 8, Xs + 16 * rt * lay.q_ld,
                                lay.q_ld, Ks + 32 * cg * lay.k_ld + p0, lay.k_ld);
     });
-    for_each_frag<4>([&](int i, int j, int r, int cc) {
-      i += 16 * rt;
-      j += 32 * cg;
+    for_each_frag<4>(16 * rt, 32 * cg, [&](int i, int j, int r, int cc) {
       G[i * kLdG + j] = g[cc][r];
       if (i < L && j < L) {
         P[chunk * C * C + i * C + j] = j <= i ? p[cc][r] : 0.f;
@@ -472,9 +475,7 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 2 ? 3 : 2)
       const int ur = u % 4, uc = u / 4;
       float acc[4][4] = {};
       warp_mma<4, false>(acc, lsteps, Nm + 16 * ur * kLdG, kLdG, x + 32 * uc, ld);
-      for_each_frag<4>([&](int i, int j, int r, int cc) {
-        i += 16 * ur;
-        j += 32 * uc;
+      for_each_frag<4>(16 * ur, 32 * uc, [&](int i, int j, int r, int cc) {
         if (i < L && j < valid) out[(chunk * C + i) * out_ld + o0 + j] = acc[cc][r];
       });
     }
@@ -553,7 +554,7 @@ __device__ __forceinline__ void finish_phase1(bool second, uint2* unit, int ld, 
   __syncthreads();
   if (second) return;
   add_partial<NT>(unit, ld, acc);
-  for_each_frag<NT>([&](int i, int j, int r, int c) { f(row0 + i, col0 + j, r, c); });
+  for_each_frag<NT>(row0, col0, f);
   store_split<NT>(unit, ld, acc);
 }
 
@@ -562,7 +563,7 @@ __device__ __forceinline__ void finish_phase1(bool second, uint2* unit, int ld, 
 template <int NT, class F>
 __device__ __forceinline__ void for_each_state_elem(int n_units, const F& f) {
   for_each_state_unit<NT>(n_units, [&](int u, int row0, int col0) {
-    for_each_frag<NT>([&](int x, int j, int r, int c) { f(u, row0 + x, col0 + j, r, c); });
+    for_each_frag<NT>(row0, col0, [&](int x, int j, int r, int c) { f(u, x, j, r, c); });
   });
 }
 
@@ -638,9 +639,7 @@ __global__ void __launch_bounds__(kRecurThreads, 1)
     const int64_t chunk = bh * NC + n;
     const float* Un = U + chunk * C * in.V + v0;
     float uv[NT][4];
-    for_each_frag<NT>([&](int i, int j, int r, int c) {
-      i += 16 * rt;
-      j += kHalf * cg;
+    for_each_frag<NT>(16 * rt, kHalf * cg, [&](int i, int j, int r, int c) {
       uv[c][r] = !second && i < L && j < vw ? Un[i * in.V + j] : 0.f;
     });
     cp_async_wait<1>();  // W
@@ -859,9 +858,7 @@ __global__ void __launch_bounds__(kThreads, 3)
   if (!active) return;
   warp_mma<4, false>(acc, (L + 7) / 8, Ps + 16 * rt * lay.p_ld, lay.p_ld, Vs + 32 * cg, lay.v_ld);
   const float scale = in.scale;
-  for_each_frag<4>([&](int i, int j, int r, int cc) {
-    i += 16 * rt;
-    j += 32 * cg;
+  for_each_frag<4>(16 * rt, 32 * cg, [&](int i, int j, int r, int cc) {
     if (i < L && j < vw) {
       o[out_row(in, c, i) * in.V + v0 + j] = from_f32<T>(scale * acc[cc][r]);
     }
@@ -968,9 +965,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     // R = v - k S0 on the warp's 16 x 16 unit; diag(beta) R to shared memory
     float R[2][4] = {};
     warp_mma<2, false>(R, lay.kp8 / 8, Ks + 16 * rt * lay.k_ld, lay.k_ld, S0s + 16 * cg, lay.s_ld);
-    for_each_frag<2>([&](int i, int j, int r, int cc) {
-      i += 16 * rt;
-      j += 16 * cg;
+    for_each_frag<2>(16 * rt, 16 * cg, [&](int i, int j, int r, int cc) {
       R[cc][r] = i < L && j < w ? to_f32(Vs[i * lay.v_ld + j]) - R[cc][r] : 0.f;
       bR[i * lay.r_ld + j] = bs[i] * R[cc][r];
     });
@@ -983,10 +978,8 @@ __global__ void __launch_bounds__(kThreads, 2)
     warp_mma<2, false>(Vp, lsteps, Nm + 16 * rt * kLdG, kLdG, bR + 16 * cg, lay.r_ld);
     warp_mma<2, true>(Y, lsteps, Nm + 16 * rt, kLdG, dVs + 16 * cg, lay.dv_ld);
     T* d_v = static_cast<T*>(d_v_out);
-    for_each_frag<2>([&](int i, int j, int r, int cc) {
+    for_each_frag<2>(16 * rt, 16 * cg, [&](int i, int j, int r, int cc) {
       ry[r / 2] = fmaf(R[cc][r], Y[cc][r], ry[r / 2]);
-      i += 16 * rt;
-      j += 16 * cg;
       Vns[i * lay.vn_ld + j] = Vp[cc][r];
       Ys[i * lay.y_ld + j] = Y[cc][r];
       if (i < L && j < w) {
@@ -1018,9 +1011,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   float* dPTg = s.dPT + chunk * C * C;
   const float* Gn = s.G + chunk * C * C;
   float mg[2] = {0.f, 0.f};
-  for_each_frag<4>([&](int i, int j, int r, int cc) {
-    i += 16 * rt;
-    j += 32 * cg;
+  for_each_frag<4>(16 * rt, 32 * cg, [&](int i, int j, int r, int cc) {
     if (i < L && j < L) {
       const float dp = j <= i ? scale * acc_dP[cc][r] : 0.f;
       dPg[i * C + j] = dp;
@@ -1141,9 +1132,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int lsteps = (L + 7) / 8;
   auto store = [&](void* out, const float(&acc)[4][4]) {
     T* o = static_cast<T*>(out);
-    for_each_frag<4>([&](int i, int x, int r, int cc) {
-      i += 16 * rt;
-      x += 32 * cg;
+    for_each_frag<4>(16 * rt, 32 * cg, [&](int i, int x, int r, int cc) {
       if (i < L && x < kw) o[out_row(in, c, i) * in.K + k0 + x] = from_f32<T>(acc[cc][r]);
     });
   };
