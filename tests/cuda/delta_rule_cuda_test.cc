@@ -20,6 +20,7 @@
 // |got - want| <= 2^-8 (|want| + e32) + e32.
 #include <chrono>
 #include <cmath>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -240,6 +241,17 @@ void check_case(const DeltaCudaCase& c, DType dt, bool fused, uint64_t seed,
   }
 }
 
+// check_case for every case, in both dtypes and both views (contiguous, fused), with the
+// seeds from `seed` on (advanced past them).
+template <size_t N>
+void check_cases(const DeltaCudaCase (&cases)[N], uint64_t& seed) {
+  for (const DeltaCudaCase& c : cases) {
+    for (DType dt : {DType::kFloat32, DType::kBFloat16}) {
+      for (bool fused : {false, true}) check_case(c, dt, fused, seed++);
+    }
+  }
+}
+
 }  // namespace
 
 RESONA_GPU_TEST(
@@ -252,11 +264,7 @@ RESONA_GPU_TEST(
       {1, 200, 1, 150, 150, 32, true},
   };
   uint64_t seed = 1200;
-  for (const DeltaCudaCase& c : cases) {
-    for (DType dt : {DType::kFloat32, DType::kBFloat16}) {
-      for (bool fused : {false, true}) check_case(c, dt, fused, seed++);
-    }
-  }
+  check_cases(cases, seed);
 }
 
 RESONA_GPU_TEST(
@@ -268,27 +276,19 @@ RESONA_GPU_TEST(
       {2, 33, 2, 75, 150, 16, true},
   };
   uint64_t seed = 1300;
-  for (const DeltaCudaCase& c : cases) {
-    for (DType dt : {DType::kFloat32, DType::kBFloat16}) {
-      for (bool fused : {false, true}) check_case(c, dt, fused, seed++);
-    }
-  }
+  check_cases(cases, seed);
 }
 
 RESONA_GPU_TEST(
-    "delta_rule CUDA vs CPU at large V and K: K=32 V=330 T=65 (v in three pieces in the WY "
-    "kernel, eleven in the gradient kernels), K=256 V=512 T=65 (four K tiles); float32 and "
-    "bfloat16; contiguous and fused views") {
+    "delta_rule CUDA vs CPU at large V and K: K=32 V=330 T=65 (v in four pieces in the WY "
+    "kernel, eleven in the gradient kernels), K=256 V=512 T=65 (q in three pieces in the WY "
+    "kernel, four K tiles); float32 and bfloat16; contiguous and fused views") {
   const DeltaCudaCase cases[] = {
       {1, 65, 2, 32, 330, 64, true},
       {1, 65, 1, 256, 512, 64, true},
   };
   uint64_t seed = 1312;
-  for (const DeltaCudaCase& c : cases) {
-    for (DType dt : {DType::kFloat32, DType::kBFloat16}) {
-      for (bool fused : {false, true}) check_case(c, dt, fused, seed++);
-    }
-  }
+  check_cases(cases, seed);
 }
 
 RESONA_GPU_TEST(
@@ -301,11 +301,7 @@ RESONA_GPU_TEST(
       {1, 70, 1, 70, 33, 64, false},
   };
   uint64_t seed = 1350;
-  for (const DeltaCudaCase& c : cases) {
-    for (DType dt : {DType::kFloat32, DType::kBFloat16}) {
-      for (bool fused : {false, true}) check_case(c, dt, fused, seed++);
-    }
-  }
+  check_cases(cases, seed);
 }
 
 RESONA_GPU_TEST(
@@ -392,11 +388,7 @@ RESONA_GPU_TEST(
   for (const char* cols : {"16", "32", "48"}) {
     INFO("state columns " << cols);
     const StateColsEnv env(cols);
-    for (const DeltaCudaCase& c : cases) {
-      for (DType dt : {DType::kFloat32, DType::kBFloat16}) {
-        for (bool fused : {false, true}) check_case(c, dt, fused, seed++);
-      }
-    }
+    check_cases(cases, seed);
   }
 }
 
