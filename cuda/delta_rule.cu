@@ -3,8 +3,8 @@
 //
 // delta_rule_wy_kernel          block (b, h, chunk): G = k k^T, N by blocked forward
 //                               substitution (16 x 16 blocks), W = N diag(beta) k,
-//                               U = N diag(beta) v (forward), P = tril(q k^T); in
-//                               backward N and G are written instead of U
+//                               U = N diag(beta) v, P = tril(q k^T); for a backward
+//                               N and G too, which the backward reads with W and P
 // delta_rule_fwd_state_kernel   block (b, h, 16, 32 or 48 columns of V): the chunks in
 //                               order, V' = U - W S, S <- S + k^T V'
 // delta_rule_fwd_out_kernel     block (b, h, chunk, 64 columns of V):
@@ -113,41 +113,85 @@ __device__ __forceinline__ void store_state(void* p, KernelDType dt, int64_t off
   }
 }
 
-// Scratch of the kernels, float32, each region a multiple of 4 floats (16 bytes).
+// The WY products of every chunk, float32 [B*H, NC, C, .]: W and P, which the forward's
+// later kernels read, and N and G, which only the backward reads. A forward run for a
+// backward writes all four into the caller's buffer (DeltaRuleFwdParams::wy), which the
+// backward reads instead of running the WY kernel again; a forward without one keeps W and P
+// in its scratch. F is float (written) or const float (read).
+template <class F>
+struct WyKept {
+  F *W = nullptr, *P = nullptr, *N = nullptr, *G = nullptr;
+};
+
+// The rest of the kernels' scratch, float32, each region a multiple of 4 floats (16 bytes).
 struct Scratch {
-  float *W = nullptr, *U = nullptr, *P = nullptr, *N = nullptr, *G = nullptr;
-  float *Vn = nullptr, *dVn = nullptr, *dR = nullptr, *dstates = nullptr;
+  WyKept<const float> wy;
+  float *U = nullptr, *Vn = nullptr, *dVn = nullptr, *dR = nullptr, *dstates = nullptr;
   float *dP = nullptr, *dPT = nullptr, *Zs = nullptr;  // backward: d_P, d_P^T, Z + Z^T
 };
 
 int64_t round4(int64_t n) { return (n + 3) / 4 * 4; }
 
-// Offsets (in floats) of the regions; `fwd` picks the forward's set. Returns the total.
-int64_t layout(const DeltaRuleInputs& in, bool fwd, float* base, Scratch& s) {
+struct ChunkSizes {
+  int64_t ck, cv, cc,
+      kv;  // floats of [chunks, C, K], [chunks, C, V], [chunks, C, C], [chunks, K, V]
+};
+ChunkSizes chunk_sizes(const DeltaRuleInputs& in) {
   const int64_t NC = (in.T + in.C - 1) / in.C, chunks = in.B * in.H * NC;
-  const int64_t ck = round4(chunks * in.C * in.K), cv = round4(chunks * in.C * in.V);
-  const int64_t cc = round4(chunks * in.C * in.C), kv = round4(chunks * in.K * in.V);
+  return {round4(chunks * in.C * in.K), round4(chunks * in.C * in.V), round4(chunks * in.C * in.C),
+          round4(chunks * in.K * in.V)};
+}
+
+// Hands out consecutive regions of `base` (nullptr: only counts); off is the total.
+template <class F>
+struct Carver {
+  F* base;
   int64_t off = 0;
-  auto take = [&](float*& p, int64_t n) {
+  template <class G>
+  void take(G*& p, int64_t n) {
     p = base == nullptr ? nullptr : base + off;
     off += n;
-  };
-  take(s.W, ck);
-  take(s.P, cc);
-  take(s.Vn, cv);
-  if (fwd) {
-    take(s.U, cv);
-  } else {
-    take(s.N, cc);
-    take(s.G, cc);
-    take(s.dVn, cv);
-    take(s.dR, cv);  // -d_R
-    take(s.dstates, kv);
-    take(s.dP, cc);
-    take(s.dPT, cc);
-    take(s.Zs, cc);
   }
-  return off;
+};
+
+// W and P, and N and G when `with_ng`, from `base`. Returns the floats taken.
+template <class F>
+int64_t wy_regions(const DeltaRuleInputs& in, bool with_ng, F* base, WyKept<F>& w) {
+  const ChunkSizes z = chunk_sizes(in);
+  Carver<F> c{base};
+  c.take(w.W, z.ck);
+  c.take(w.P, z.cc);
+  if (with_ng) {
+    c.take(w.N, z.cc);
+    c.take(w.G, z.cc);
+  }
+  return c.off;
+}
+
+// The forward's scratch: W and P first when `kept_apart` is false (no WY buffer), then U
+// and V'. Returns the floats taken.
+int64_t fwd_layout(const DeltaRuleInputs& in, bool kept_apart, float* base, WyKept<float>& w,
+                   Scratch& s) {
+  const ChunkSizes z = chunk_sizes(in);
+  Carver<float> c{base};
+  if (!kept_apart) c.off = wy_regions(in, false, base, w);
+  c.take(s.U, z.cv);
+  c.take(s.Vn, z.cv);
+  return c.off;
+}
+
+// The backward's scratch. Returns the floats taken.
+int64_t bwd_layout(const DeltaRuleInputs& in, float* base, Scratch& s) {
+  const ChunkSizes z = chunk_sizes(in);
+  Carver<float> c{base};
+  c.take(s.Vn, z.cv);
+  c.take(s.dVn, z.cv);
+  c.take(s.dR, z.cv);  // -d_R
+  c.take(s.dstates, z.kv);
+  c.take(s.dP, z.cc);
+  c.take(s.dPT, z.cc);
+  c.take(s.Zs, z.cc);
+  return c.off;
 }
 
 // ---- tensor-core products of tiles staged in shared memory ----
@@ -945,7 +989,7 @@ __global__ void __launch_bounds__(kThreads, 2)
                kGradPiece);
   };
   stage_tile(Ks, lay.k_ld, k.p, k.rs, k.cs, L, K, kC, lay.kp8);
-  stage_tile(Nm, kLdG, s.N + chunk * C * C, C, 1, L, L, kC, kC);
+  stage_tile(Nm, kLdG, s.wy.N + chunk * C * C, C, 1, L, L, kC, kC);
   stage_a(0);
   cp_async_commit();
   stage_b(0);
@@ -1009,7 +1053,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   const float scale = in.scale;
   float* dPg = s.dP + chunk * C * C;
   float* dPTg = s.dPT + chunk * C * C;
-  const float* Gn = s.G + chunk * C * C;
+  const float* Gn = s.wy.G + chunk * C * C;
   float mg[2] = {0.f, 0.f};
   for_each_frag<4>(16 * rt, 32 * cg, [&](int i, int j, int r, int cc) {
     if (i < L && j < L) {
@@ -1465,13 +1509,15 @@ const char* fwd_impl(const DeltaRuleFwdParams& p, cudaStream_t stream) {
   const int64_t NC = num_chunks(in), BH = in.B * in.H;
   if (BH == 0) return nullptr;
   Scratch s;
-  layout(in, true, static_cast<float*>(p.scratch), s);
+  WyKept<float> kw;
+  fwd_layout(in, p.wy != nullptr, static_cast<float*>(p.scratch), kw, s);
+  if (p.wy != nullptr) wy_regions(in, true, p.wy, kw);
   const char* err = nullptr;
   if (NC > 0) {
-    const WyLayout wy = wy_layout(in, sizeof(T));
-    if ((err = allow_smem(delta_rule_wy_kernel<T>, wy.bytes))) return err;
-    delta_rule_wy_kernel<T><<<static_cast<unsigned>(BH * NC), kThreads, wy.bytes, stream>>>(
-        in, NC, wy, s.W, s.U, s.P, nullptr, nullptr);
+    const WyLayout wl = wy_layout(in, sizeof(T));
+    if ((err = allow_smem(delta_rule_wy_kernel<T>, wl.bytes))) return err;
+    delta_rule_wy_kernel<T><<<static_cast<unsigned>(BH * NC), kThreads, wl.bytes, stream>>>(
+        in, NC, wl, kw.W, s.U, kw.P, kw.N, kw.G);
     if ((err = last_error())) return err;
   }
   RecurPlan plan;
@@ -1479,7 +1525,7 @@ const char* fwd_impl(const DeltaRuleFwdParams& p, cudaStream_t stream) {
   with_cols(plan.bv, [&](auto cols) {
     delta_rule_fwd_state_kernel<T, cols.value>
         <<<recur_blocks(in, plan.bv), kRecurThreads, plan.lay.bytes, stream>>>(
-            in, NC, plan.lay, s.W, s.U, s.Vn, p.states, p.S_T);
+            in, NC, plan.lay, kw.W, s.U, s.Vn, p.states, p.S_T);
   });
   if ((err = last_error())) return err;
   if (NC > 0) {
@@ -1488,34 +1534,29 @@ const char* fwd_impl(const DeltaRuleFwdParams& p, cudaStream_t stream) {
     const OutLayout ol = out_layout(sizeof(T));
     if ((err = allow_smem(delta_rule_fwd_out_kernel<T>, ol.bytes))) return err;
     delta_rule_fwd_out_kernel<T><<<grid, kThreads, ol.bytes, stream>>>(
-        in, NC, ol, s.P, s.Vn, p.states, static_cast<T*>(p.o));
+        in, NC, ol, kw.P, s.Vn, p.states, static_cast<T*>(p.o));
     if ((err = last_error())) return err;
   }
   return nullptr;
 }
 
+// The backward reads W, P, N and G from the forward's WY buffer (no WY kernel).
 template <class T>
 const char* bwd_impl(const DeltaRuleBwdParams& p, cudaStream_t stream) {
   const DeltaRuleInputs& in = p.in;
   const int64_t NC = num_chunks(in), BH = in.B * in.H;
   if (BH == 0) return nullptr;
   Scratch s;
-  layout(in, false, static_cast<float*>(p.scratch), s);
+  bwd_layout(in, static_cast<float*>(p.scratch), s);
+  wy_regions(in, true, p.wy, s.wy);
   DoView d_o{p.d_o, {p.d_o_strides[0], p.d_o_strides[1], p.d_o_strides[2], p.d_o_strides[3]}};
   const char* err = nullptr;
-  if (NC > 0) {
-    const WyLayout wy = wy_layout(in, sizeof(T));
-    if ((err = allow_smem(delta_rule_wy_kernel<T>, wy.bytes))) return err;
-    delta_rule_wy_kernel<T><<<static_cast<unsigned>(BH * NC), kThreads, wy.bytes, stream>>>(
-        in, NC, wy, s.W, nullptr, s.P, s.N, s.G);
-    if ((err = last_error())) return err;
-  }
   RecurPlan plan;
   if ((err = plan_recurrence(in, false, sizeof(T), bwd_state_kernel<T>, plan))) return err;
   with_cols(plan.bv, [&](auto cols) {
     delta_rule_bwd_state_kernel<T, cols.value>
         <<<recur_blocks(in, plan.bv), kRecurThreads, plan.lay.bytes, stream>>>(
-            in, NC, plan.lay, d_o, s.P, s.W, p.d_S_T, s.dVn, s.dstates, p.d_h0);
+            in, NC, plan.lay, d_o, s.wy.P, s.wy.W, p.d_S_T, s.dVn, s.dstates, p.d_h0);
   });
   if ((err = last_error())) return err;
   const bool any = p.d_q != nullptr || p.d_k != nullptr || p.d_v != nullptr || p.d_beta != nullptr;
@@ -1540,14 +1581,20 @@ const char* bwd_impl(const DeltaRuleBwdParams& p, cudaStream_t stream) {
 
 }  // namespace
 
+size_t delta_rule_wy_bytes(const DeltaRuleInputs& in) {
+  WyKept<float> w;
+  return static_cast<size_t>(wy_regions<float>(in, true, nullptr, w)) * sizeof(float);
+}
+
 size_t delta_rule_fwd_scratch_bytes(const DeltaRuleFwdParams& p) {
   Scratch s;
-  return static_cast<size_t>(layout(p.in, true, nullptr, s)) * sizeof(float);
+  WyKept<float> w;
+  return static_cast<size_t>(fwd_layout(p.in, p.wy != nullptr, nullptr, w, s)) * sizeof(float);
 }
 
 size_t delta_rule_bwd_scratch_bytes(const DeltaRuleBwdParams& p) {
   Scratch s;
-  return static_cast<size_t>(layout(p.in, false, nullptr, s)) * sizeof(float);
+  return static_cast<size_t>(bwd_layout(p.in, nullptr, s)) * sizeof(float);
 }
 
 const char* delta_rule_fwd_cuda(const DeltaRuleFwdParams& p, void* stream) {
@@ -1571,8 +1618,9 @@ const char* delta_rule_bwd_cuda(const DeltaRuleBwdParams& p, void* stream) {
   if (const char* err = check_inputs(p.in)) return err;
   const bool rows = p.in.B * p.in.H > 0 && p.in.T > 0;
   if (p.in.B * p.in.H > 0 && p.d_S_T == nullptr) return "delta_rule_bwd_cuda: d_S_T not given";
-  if (rows && (p.states == nullptr || p.d_o == nullptr || p.scratch == nullptr)) {
-    return "delta_rule_bwd_cuda: states, d_o or scratch not given";
+  if (rows &&
+      (p.states == nullptr || p.wy == nullptr || p.d_o == nullptr || p.scratch == nullptr)) {
+    return "delta_rule_bwd_cuda: states, wy, d_o or scratch not given";
   }
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   switch (p.in.dtype) {

@@ -238,6 +238,14 @@ void check_case(const DeltaCudaCase& c, DType dt, bool fused, uint64_t seed,
     CHECK_MESSAGE(same_bits(again.d_v, got.d_v), name, " d_v rerun");
     CHECK_MESSAGE(same_bits(again.d_beta, got.d_beta), name, " d_beta rerun");
     if (c.h0) CHECK_MESSAGE(same_bits(again.d_h0, got.d_h0), name, " d_h0 rerun");
+    // A forward without a backward to come keeps no WY products (W and P in its scratch):
+    // the same values.
+    NoGradGuard no_grad;
+    ChunkOptions opt;
+    opt.chunk = c.chunk;
+    const RecurrentOutput plain = delta_rule(g.q, g.k, g.v, g.beta, g.h0, opt);
+    CHECK_MESSAGE(same_bits(plain.out, got.o), name, " o without grad");
+    CHECK_MESSAGE(same_bits(plain.final_state, got.S_T), name, " S_T without grad");
   }
 }
 
