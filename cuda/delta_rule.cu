@@ -113,33 +113,45 @@ __device__ __forceinline__ void store_state(void* p, KernelDType dt, int64_t off
   }
 }
 
-// The WY products of every chunk, float32 [B*H, NC, C, .]: W and P, which the forward's
-// later kernels read, and N and G, which only the backward reads. A forward run for a
-// backward writes all four into the caller's buffer (DeltaRuleFwdParams::wy), which the
-// backward reads instead of running the WY kernel again; a forward without one keeps W and P
-// in its scratch. F is float (written) or const float (read).
+// What the forward keeps of every chunk for the backward, float32 [B*H, NC, C, .]: W, P and
+// V', which the forward's later kernels read too, and N and G, which only the backward
+// reads. A forward run for a backward writes all five into the caller's buffer
+// (DeltaRuleFwdParams::kept), which the backward reads instead of running the WY kernel
+// again and recomputing V'; a forward without one keeps W, P and V' in its scratch. F is
+// float (written) or const float (read).
 template <class F>
-struct WyKept {
-  F *W = nullptr, *P = nullptr, *N = nullptr, *G = nullptr;
+struct FwdKept {
+  F *W = nullptr, *P = nullptr, *Vn = nullptr, *N = nullptr, *G = nullptr;
 };
 
 // The rest of the kernels' scratch, float32, each region a multiple of 4 floats (16 bytes).
 struct Scratch {
-  WyKept<const float> wy;
-  float *U = nullptr, *Vn = nullptr, *dVn = nullptr, *dR = nullptr, *dstates = nullptr;
-  float *dP = nullptr, *dPT = nullptr, *Zs = nullptr;  // backward: d_P, d_P^T, Z + Z^T
+  FwdKept<const float> kept;
+  float* U = nullptr;  // forward
+  // backward: d_V', Y = N^T d_V', the chunks' end-state gradients, d_P, d_P^T, Z + Z^T,
+  // and the parts of d_beta (kBetaParts)
+  float *dVn = nullptr, *Y = nullptr, *dstates = nullptr;
+  float *dP = nullptr, *dPT = nullptr, *Zs = nullptr, *dBp = nullptr;
 };
 
 int64_t round4(int64_t n) { return (n + 3) / 4 * 4; }
 
+// Floats of [chunks, C, K], [chunks, C, V], [chunks, C, C] and [chunks, K, V], each
+// rounded up to 4.
 struct ChunkSizes {
-  int64_t ck, cv, cc,
-      kv;  // floats of [chunks, C, K], [chunks, C, V], [chunks, C, C], [chunks, K, V]
+  int64_t ck, cv, cc, kv;
 };
 ChunkSizes chunk_sizes(const DeltaRuleInputs& in) {
   const int64_t NC = (in.T + in.C - 1) / in.C, chunks = in.B * in.H * NC;
   return {round4(chunks * in.C * in.K), round4(chunks * in.C * in.V), round4(chunks * in.C * in.C),
           round4(chunks * in.K * in.V)};
+}
+
+constexpr int kGradKTile = 64;  // columns of K per block of the K-gradient kernel
+
+// The parts d_beta is summed from: the V-gradient kernel's, then one per K tile.
+__host__ __device__ inline int64_t beta_parts(const DeltaRuleInputs& in) {
+  return 1 + (in.K + kGradKTile - 1) / kGradKTile;
 }
 
 // Hands out consecutive regions of `base` (nullptr: only counts); off is the total.
@@ -154,43 +166,43 @@ struct Carver {
   }
 };
 
-// W and P, and N and G when `with_ng`, from `base`. Returns the floats taken.
+// W, P and V', and N and G when `for_bwd`, from `base`. Returns the floats taken.
 template <class F>
-int64_t wy_regions(const DeltaRuleInputs& in, bool with_ng, F* base, WyKept<F>& w) {
+int64_t kept_regions(const DeltaRuleInputs& in, bool for_bwd, F* base, FwdKept<F>& k) {
   const ChunkSizes z = chunk_sizes(in);
   Carver<F> c{base};
-  c.take(w.W, z.ck);
-  c.take(w.P, z.cc);
-  if (with_ng) {
-    c.take(w.N, z.cc);
-    c.take(w.G, z.cc);
+  c.take(k.W, z.ck);
+  c.take(k.P, z.cc);
+  c.take(k.Vn, z.cv);
+  if (for_bwd) {
+    c.take(k.N, z.cc);
+    c.take(k.G, z.cc);
   }
   return c.off;
 }
 
-// The forward's scratch: W and P first when `kept_apart` is false (no WY buffer), then U
-// and V'. Returns the floats taken.
-int64_t fwd_layout(const DeltaRuleInputs& in, bool kept_apart, float* base, WyKept<float>& w,
+// The forward's scratch: W, P and V' first when `kept_apart` is false (no buffer for the
+// backward), then U. Returns the floats taken.
+int64_t fwd_layout(const DeltaRuleInputs& in, bool kept_apart, float* base, FwdKept<float>& k,
                    Scratch& s) {
-  const ChunkSizes z = chunk_sizes(in);
   Carver<float> c{base};
-  if (!kept_apart) c.off = wy_regions(in, false, base, w);
-  c.take(s.U, z.cv);
-  c.take(s.Vn, z.cv);
+  if (!kept_apart) c.off = kept_regions(in, false, base, k);
+  c.take(s.U, chunk_sizes(in).cv);
   return c.off;
 }
 
 // The backward's scratch. Returns the floats taken.
 int64_t bwd_layout(const DeltaRuleInputs& in, float* base, Scratch& s) {
   const ChunkSizes z = chunk_sizes(in);
+  const int64_t NC = (in.T + in.C - 1) / in.C;
   Carver<float> c{base};
-  c.take(s.Vn, z.cv);
   c.take(s.dVn, z.cv);
-  c.take(s.dR, z.cv);  // -d_R
+  c.take(s.Y, z.cv);
   c.take(s.dstates, z.kv);
   c.take(s.dP, z.cc);
   c.take(s.dPT, z.cc);
   c.take(s.Zs, z.cc);
+  c.take(s.dBp, round4(in.B * in.H * NC * beta_parts(in) * in.C));
   return c.off;
 }
 
@@ -909,151 +921,121 @@ __global__ void __launch_bounds__(kThreads, 3)
   });
 }
 
-// ---- (3') backward: the gradients of a chunk, in two kernels ----
+// ---- (3') backward: the gradients of a chunk, in three kernels ----
 //
 // delta_rule_bwd_vgrad_kernel, block (b, h, chunk): over pieces of 32 columns of V,
-//   R = v - k S0, V' = N diag(beta) R, Y = N^T d_V'   64 x 32 products, 16 x 16 units
+//   Y = N^T d_V'                                        64 x 32, 16 x 16 units
 //   d_v = diag(beta) Y, and the sums over V of
 //   d_o V'^T and Y V'^T                                 64 x 64, 16 x 32 units held in the
-//                                                       accumulators, and R_i . Y_i;
+//                                                       accumulators, and v_i . Y_i;
 // then d_P = scale tril(d_o V'^T), dM = -(Y V'^T) strictly below the diagonal,
-// d_beta_i = R_i . Y_i + sum_{j<i} dM_ij G_ij and Z = diag(beta) dM. It writes V', -d_R
-// (d_R = d_v), d_P, d_P^T and Z + Z^T to scratch for
-// delta_rule_bwd_kgrad_kernel, block (b, h, chunk, 64 columns of K):
+// Z = diag(beta) dM, and the part v_i . Y_i + sum_{j<i} dM_ij G_ij of d_beta_i. It writes Y,
+// d_P, d_P^T, Z + Z^T and that part to scratch for
+// delta_rule_bwd_kgrad_kernel, block (b, h, chunk, d_q or d_k, 64 columns of K):
 //   d_q = scale d_o S0^T + d_P k
-//   d_k = V' d_S^T - d_R S0^T + d_P^T q + (Z + Z^T) k
+//   d_k = V' d_S^T - diag(beta) (Y S0^T) + d_P^T q + (Z + Z^T) k
 // the contractions over V a piece of 32 columns at a time (the next piece staged while
-// the current one is multiplied), then those over the chunk's rows.
+// the current one is multiplied), then those over the chunk's rows; a d_k block also forms
+// its K columns' part of -k_i . (Y S0^T)_i. d_beta_i = R_i . Y_i + sum_{j<i} dM_ij G_ij
+// with R = v - k S0, and R_i . Y_i = v_i . Y_i - k_i . (Y S0^T)_i, so neither kernel forms
+// R; delta_rule_bwd_dbeta_kernel adds the parts in a fixed order.
 // Operands are staged with cp.async (zeros past L, K and V) and multiplied with warp_mma
 // (3xTF32), as in (1) and (2).
 constexpr int kGradPiece = 32;  // columns of V per step of both gradient kernels
-constexpr int kGradKTile = 64;  // columns of K per block of the K-gradient kernel
 
 struct VgradLayout {
-  int kp8;  // K rounded up to 8 (the contraction of R)
-  int k_ld, s_ld, v_ld, dv_ld, o_ld, r_ld, vn_ld, y_ld;
-  int off_k, off_n, off_s, off_v, off_dv, off_o, off_r, off_vn, off_y, off_beta, off_part;
+  int v_ld, vn_ld, dv_ld, o_ld, y_ld;
+  int po_v, po_vn, po_dv, po_o;  // offsets inside a piece buffer: v, V', d_V', d_o
+  int off_buf0, off_buf1;        // the two piece buffers
+  int off_n, off_y, off_beta, off_part;
   int bytes;
 };
 
 struct KgradLayout {
-  int o_ld, a_ld, b_ld;                // a piece: d_o [64][o_ld]; V', -d_R [64][a_ld];
-                                       // S0, d_S rows of the K tile [64][b_ld]
-  int po_o, po_vn, po_r, po_s, po_ds;  // offsets inside a piece buffer
-  int off_buf0, off_buf1;              // the two piece buffers
-  int p_ld, k_ld;                      // d_P, d_P^T, Z + Z^T [64][p_ld]; k, q tiles [64][k_ld]
-  int off_dp, off_dpt, off_z, off_kt, off_qt;  // over the piece buffers, after the pieces
+  int o_ld, a_ld, b_ld;               // a piece: d_o or V' and Y [64][o_ld / a_ld];
+                                      // S0, d_S rows of the K tile [64][b_ld]
+  int po_a, po_a2, po_s, po_ds;       // offsets inside a piece buffer: d_o or V', Y, S0, d_S
+  int off_buf0, off_buf1;             // the two piece buffers
+  int p_ld, k_ld;                     // d_P, d_P^T, Z + Z^T [64][p_ld]; k, q tiles [64][k_ld]
+  int off_dp, off_z, off_kt, off_qt;  // over the piece buffers, after the pieces (off_dp
+                                      // holds d_P or d_P^T)
+  int off_beta, off_part;             // beta [64], row sums [2][64]
   int bytes;
 };
 
 template <class T>
 __global__ void __launch_bounds__(kThreads, 2)
     delta_rule_bwd_vgrad_kernel(DeltaRuleInputs in, int64_t NC, VgradLayout lay, DoView d_o,
-                                Scratch s, const float* __restrict__ states, void* d_v_out,
-                                void* d_beta_out) {
+                                Scratch s, void* d_v_out, bool want_beta) {
   extern __shared__ __align__(16) unsigned char delta_smem[];
-  T* Ks = reinterpret_cast<T*>(delta_smem + lay.off_k);
   float* Nm = reinterpret_cast<float*>(delta_smem + lay.off_n);  // N, then Z
-  float* S0s = reinterpret_cast<float*>(delta_smem + lay.off_s);
-  T* Vs = reinterpret_cast<T*>(delta_smem + lay.off_v);
-  float* dVs = reinterpret_cast<float*>(delta_smem + lay.off_dv);
-  T* dOs = reinterpret_cast<T*>(delta_smem + lay.off_o);
-  float* bR = reinterpret_cast<float*>(delta_smem + lay.off_r);
-  float* Vns = reinterpret_cast<float*>(delta_smem + lay.off_vn);
   float* Ys = reinterpret_cast<float*>(delta_smem + lay.off_y);
   float* bs = reinterpret_cast<float*>(delta_smem + lay.off_beta);
   float* part = reinterpret_cast<float*>(delta_smem + lay.off_part);  // [4][64]
   const ChunkAt c = chunk_at(in, blockIdx.x / NC, blockIdx.x % NC);
-  const int L = c.L, K = static_cast<int>(in.K), V = static_cast<int>(in.V);
+  const int L = c.L, V = static_cast<int>(in.V);
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, rt = warp % 4, cg = warp / 4;
   const int lsteps = (L + 7) / 8;
   const int64_t chunk = c.bh * NC + c.n, C = in.C;
-  const float* S0 = states + chunk * in.K * in.V;
-  const float* dVnn = s.dVn + chunk * C * in.V;
-  float* VnG = s.Vn + chunk * C * in.V;
-  float* mdRG = s.dR + chunk * C * in.V;
-  const RowsView<T> k = rows<T>(in.k, in.k_strides, c);
+  const float* dVnG = s.dVn + chunk * C * in.V;
+  const float* VnG = s.kept.Vn + chunk * C * in.V;
+  float* YG = s.Y + chunk * C * in.V;
   const RowsView<T> v = rows<T>(in.v, in.v_strides, c);
   const RowsView<T> dO = rows<T>(d_o.p, d_o.s, c);
-  // Columns [y0, y0 + 32) of: S0 and v (group A), d_V' (B), d_o (C).
-  auto stage_a = [&](int y0) {
+  // Columns [y0, y0 + 32) of v, V', d_V' and d_o into a piece buffer.
+  auto stage_piece = [&](int y0, unsigned char* buf) {
     const int w = imin(kGradPiece, V - y0);
-    stage_tile(S0s, lay.s_ld, S0 + y0, in.V, 1, K, w, lay.kp8, kGradPiece);
-    stage_tile(Vs, lay.v_ld, v.p + y0 * v.cs, v.rs, v.cs, L, w, kC, kGradPiece);
-  };
-  auto stage_b = [&](int y0) {
-    stage_tile(dVs, lay.dv_ld, dVnn + y0, in.V, 1, L, imin(kGradPiece, V - y0), kC, kGradPiece);
-  };
-  auto stage_c = [&](int y0) {
-    stage_tile(dOs, lay.o_ld, dO.p + y0 * dO.cs, dO.rs, dO.cs, L, imin(kGradPiece, V - y0), kC,
+    stage_tile(reinterpret_cast<T*>(buf + lay.po_v), lay.v_ld, v.p + y0 * v.cs, v.rs, v.cs, L, w,
+               kC, kGradPiece);
+    stage_tile(reinterpret_cast<float*>(buf + lay.po_vn), lay.vn_ld, VnG + y0, in.V, 1, L, w, kC,
                kGradPiece);
+    stage_tile(reinterpret_cast<float*>(buf + lay.po_dv), lay.dv_ld, dVnG + y0, in.V, 1, L, w, kC,
+               kGradPiece);
+    stage_tile(reinterpret_cast<T*>(buf + lay.po_o), lay.o_ld, dO.p + y0 * dO.cs, dO.rs, dO.cs, L,
+               w, kC, kGradPiece);
   };
-  stage_tile(Ks, lay.k_ld, k.p, k.rs, k.cs, L, K, kC, lay.kp8);
-  stage_tile(Nm, kLdG, s.wy.N + chunk * C * C, C, 1, L, L, kC, kC);
-  stage_a(0);
-  cp_async_commit();
-  stage_b(0);
-  cp_async_commit();
+  // N joins the first piece's commit group.
+  stage_tile(Nm, kLdG, s.kept.N + chunk * C * C, C, 1, L, L, kC, kC);
   load_beta<T>(in, c, bs);
 
-  // Groups in flight at each wait: A and B of this piece at its start, then B and C, then
-  // C and the next A; one wait<1> each time leaves exactly the one needed next pending.
   float acc_dP[4][4] = {}, acc_M[4][4] = {};
-  float ry[2] = {0.f, 0.f};  // R_i . Y_i over the warp's columns, rows g and g + 8
-  for (int y0 = 0; y0 < V; y0 += kGradPiece) {
-    const int w = imin(kGradPiece, V - y0), yn = y0 + kGradPiece;
-    cp_async_wait<1>();  // A (and k, N)
-    __syncthreads();     // also: the previous piece's d_o, V', Y are read
-    stage_c(y0);
-    cp_async_commit();
-    // R = v - k S0 on the warp's 16 x 16 unit; diag(beta) R to shared memory
-    float R[2][4] = {};
-    warp_mma<2, false>(R, lay.kp8 / 8, Ks + 16 * rt * lay.k_ld, lay.k_ld, S0s + 16 * cg, lay.s_ld);
-    for_each_frag<2>(16 * rt, 16 * cg, [&](int i, int j, int r, int cc) {
-      R[cc][r] = i < L && j < w ? to_f32(Vs[i * lay.v_ld + j]) - R[cc][r] : 0.f;
-      bR[i * lay.r_ld + j] = bs[i] * R[cc][r];
-    });
-    cp_async_wait<1>();  // B
-    __syncthreads();
-    if (yn < V) stage_a(yn);
-    cp_async_commit();
-    // V' = N diag(beta) R, Y = N^T d_V'
-    float Vp[2][4] = {}, Y[2][4] = {};
-    warp_mma<2, false>(Vp, lsteps, Nm + 16 * rt * kLdG, kLdG, bR + 16 * cg, lay.r_ld);
-    warp_mma<2, true>(Y, lsteps, Nm + 16 * rt, kLdG, dVs + 16 * cg, lay.dv_ld);
-    T* d_v = static_cast<T*>(d_v_out);
-    for_each_frag<2>(16 * rt, 16 * cg, [&](int i, int j, int r, int cc) {
-      ry[r / 2] = fmaf(R[cc][r], Y[cc][r], ry[r / 2]);
-      Vns[i * lay.vn_ld + j] = Vp[cc][r];
-      Ys[i * lay.y_ld + j] = Y[cc][r];
-      if (i < L && j < w) {
-        const float dr = bs[i] * Y[cc][r];
-        VnG[i * in.V + y0 + j] = Vp[cc][r];
-        mdRG[i * in.V + y0 + j] = -dr;
-        if (d_v != nullptr) {
-          d_v[out_row(in, c, i) * in.V + y0 + j] = from_f32<T>(dr);
-        }
-      }
-    });
-    cp_async_wait<1>();  // C
-    __syncthreads();
-    if (yn < V) stage_b(yn);
-    cp_async_commit();
-    // d_P += d_o V'^T, M += Y V'^T over the piece's columns
-    const int ysteps = (w + 7) / 8;
-    warp_mma<4, false, true>(acc_dP, ysteps, dOs + 16 * rt * lay.o_ld, lay.o_ld,
-                             Vns + 32 * cg * lay.vn_ld, lay.vn_ld);
-    warp_mma<4, false, true>(acc_M, ysteps, Ys + 16 * rt * lay.y_ld, lay.y_ld,
-                             Vns + 32 * cg * lay.vn_ld, lay.vn_ld);
-  }
-  cp_async_wait<0>();
-  __syncthreads();  // N is read
+  float vy[2] = {0.f, 0.f};  // v_i . Y_i over the warp's columns, rows g and g + 8
+  T* d_v = static_cast<T*>(d_v_out);
+  pipelined_pieces<kGradPiece>(
+      V, delta_smem + lay.off_buf0, delta_smem + lay.off_buf1, stage_piece,
+      [&](int y0, const unsigned char* cur) {
+        const int w = imin(kGradPiece, V - y0);
+        const T* Vs = reinterpret_cast<const T*>(cur + lay.po_v);
+        const float* Vns = reinterpret_cast<const float*>(cur + lay.po_vn);
+        // Y = N^T d_V' on the warp's 16 x 16 unit: out (d_v, Y) and into shared memory
+        float Y[2][4] = {};
+        warp_mma<2, true>(Y, lsteps, Nm + 16 * rt, kLdG,
+                          reinterpret_cast<const float*>(cur + lay.po_dv) + 16 * cg, lay.dv_ld);
+        for_each_frag<2>(16 * rt, 16 * cg, [&](int i, int j, int r, int cc) {
+          vy[r / 2] = fmaf(to_f32(Vs[i * lay.v_ld + j]), Y[cc][r], vy[r / 2]);
+          Ys[i * lay.y_ld + j] = Y[cc][r];
+          if (i < L && j < w) {
+            YG[i * in.V + y0 + j] = Y[cc][r];
+            if (d_v != nullptr) {
+              d_v[out_row(in, c, i) * in.V + y0 + j] = from_f32<T>(bs[i] * Y[cc][r]);
+            }
+          }
+        });
+        __syncthreads();  // Y is whole
+        // d_P += d_o V'^T, M += Y V'^T over the piece's columns
+        const int ysteps = (w + 7) / 8;
+        warp_mma<4, false, true>(acc_dP, ysteps,
+                                 reinterpret_cast<const T*>(cur + lay.po_o) + 16 * rt * lay.o_ld,
+                                 lay.o_ld, Vns + 32 * cg * lay.vn_ld, lay.vn_ld);
+        warp_mma<4, false, true>(acc_M, ysteps, Ys + 16 * rt * lay.y_ld, lay.y_ld,
+                                 Vns + 32 * cg * lay.vn_ld, lay.vn_ld);
+      });
 
   // d_P and d_P^T out; Z = diag(beta) dM into Nm; sum_j dM_ij G_ij over the warp's columns
   const float scale = in.scale;
   float* dPg = s.dP + chunk * C * C;
   float* dPTg = s.dPT + chunk * C * C;
-  const float* Gn = s.wy.G + chunk * C * C;
+  const float* Gn = s.kept.G + chunk * C * C;
   float mg[2] = {0.f, 0.f};
   for_each_frag<4>(16 * rt, 32 * cg, [&](int i, int j, int r, int cc) {
     if (i < L && j < L) {
@@ -1073,19 +1055,19 @@ __global__ void __launch_bounds__(kThreads, 2)
   for (int h = 0; h < 2; ++h) {
 #pragma unroll
     for (int m = 1; m <= 2; m *= 2) {
-      ry[h] += __shfl_xor_sync(0xffffffffu, ry[h], m);
+      vy[h] += __shfl_xor_sync(0xffffffffu, vy[h], m);
       mg[h] += __shfl_xor_sync(0xffffffffu, mg[h], m);
     }
     if (lane % 4 == 0) {
       const int i = 16 * rt + lane / 4 + 8 * h;
-      part[cg * kC + i] = ry[h];
+      part[cg * kC + i] = vy[h];
       part[(2 + cg) * kC + i] = mg[h];
     }
   }
   __syncthreads();
-  if (tid < L && d_beta_out != nullptr) {
-    const float db = (part[tid] + part[kC + tid]) + (part[2 * kC + tid] + part[3 * kC + tid]);
-    static_cast<T*>(d_beta_out)[out_row(in, c, tid)] = from_f32<T>(db);
+  if (tid < L && want_beta) {
+    s.dBp[chunk * beta_parts(in) * C + tid] =
+        (part[tid] + part[kC + tid]) + (part[2 * kC + tid] + part[3 * kC + tid]);
   }
   float* Zg = s.Zs + chunk * C * C;
   for (int e = tid; e < L * L; e += kThreads) {
@@ -1098,98 +1080,136 @@ template <class T>
 __global__ void __launch_bounds__(kThreads, 2)
     delta_rule_bwd_kgrad_kernel(DeltaRuleInputs in, int64_t NC, KgradLayout lay, DoView d_o,
                                 Scratch s, const float* __restrict__ states, void* d_q_out,
-                                void* d_k_out) {
+                                void* d_k_out, bool want_beta) {
   extern __shared__ __align__(16) unsigned char delta_smem[];
-  const int64_t n_ktiles = (in.K + kGradKTile - 1) / kGradKTile;
-  const ChunkAt c = chunk_at(in, blockIdx.x / (NC * n_ktiles), blockIdx.x / n_ktiles % NC);
-  const int k0 = static_cast<int>(blockIdx.x % n_ktiles) * kGradKTile;
+  const int64_t n_ktiles = (in.K + kGradKTile - 1) / kGradKTile, per_chunk = 2 * n_ktiles;
+  const ChunkAt c = chunk_at(in, blockIdx.x / (NC * per_chunk), blockIdx.x / per_chunk % NC);
+  const int slot = static_cast<int>(blockIdx.x % per_chunk);
+  const bool for_k = slot >= n_ktiles;  // d_k (and a part of d_beta), else d_q
+  const bool want_k = d_k_out != nullptr;
+  if (for_k ? !(want_k || want_beta) : d_q_out == nullptr) return;
+  const int tile = static_cast<int>(slot % n_ktiles), k0 = tile * kGradKTile;
   const int L = c.L, K = static_cast<int>(in.K), V = static_cast<int>(in.V);
   const int kw = imin(kGradKTile, K - k0);
-  const int warp = threadIdx.x / 32, rt = warp % 4, cg = warp / 4;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, rt = warp % 4, cg = warp / 4;
   const bool active = 32 * cg < kw;  // the warp's 32 columns hold some of the tile
   const int64_t chunk = c.bh * NC + c.n, C = in.C, KV = in.K * in.V;
   const float* S0 = states + chunk * KV + k0 * in.V;
   const float* dS = s.dstates + chunk * KV + k0 * in.V;
-  const float* VnG = s.Vn + chunk * C * in.V;
-  const float* mdRG = s.dR + chunk * C * in.V;
+  const float* VnG = s.kept.Vn + chunk * C * in.V;
+  const float* YG = s.Y + chunk * C * in.V;
   const RowsView<T> dO = rows<T>(d_o.p, d_o.s, c);
-  const bool want_q = d_q_out != nullptr, want_k = d_k_out != nullptr;
   auto stage_piece = [&](int y0, unsigned char* buf) {
     const int w = imin(kGradPiece, V - y0);
-    if (want_q) {
-      stage_tile(reinterpret_cast<T*>(buf + lay.po_o), lay.o_ld, dO.p + y0 * dO.cs, dO.rs, dO.cs, L,
-                 w, kC, kGradPiece);
-    }
-    if (want_k) {
-      stage_tile(reinterpret_cast<float*>(buf + lay.po_vn), lay.a_ld, VnG + y0, in.V, 1, L, w, kC,
+    if (for_k) {
+      stage_tile(reinterpret_cast<float*>(buf + lay.po_a), lay.a_ld, VnG + y0, in.V, 1, L, w, kC,
                  kGradPiece);
-      stage_tile(reinterpret_cast<float*>(buf + lay.po_r), lay.a_ld, mdRG + y0, in.V, 1, L, w, kC,
+      stage_tile(reinterpret_cast<float*>(buf + lay.po_a2), lay.a_ld, YG + y0, in.V, 1, L, w, kC,
                  kGradPiece);
       stage_tile(reinterpret_cast<float*>(buf + lay.po_ds), lay.b_ld, dS + y0, in.V, 1, kw, w,
                  kGradKTile, kGradPiece);
+    } else {
+      stage_tile(reinterpret_cast<T*>(buf + lay.po_a), lay.o_ld, dO.p + y0 * dO.cs, dO.rs, dO.cs, L,
+                 w, kC, kGradPiece);
     }
     stage_tile(reinterpret_cast<float*>(buf + lay.po_s), lay.b_ld, S0 + y0, in.V, 1, kw, w,
                kGradKTile, kGradPiece);
   };
-  // The contractions over V: acc_q = d_o S0^T, acc_k = V' d_S^T - d_R S0^T.
-  float acc_q[4][4] = {}, acc_k[4][4] = {};
+  // The contractions over V: d_q blocks acc = d_o S0^T; d_k blocks acc = V' d_S^T and
+  // acc_y = Y S0^T.
+  float acc[4][4] = {}, acc_y[4][4] = {};
   pipelined_pieces<kGradPiece>(
       V, delta_smem + lay.off_buf0, delta_smem + lay.off_buf1, stage_piece,
       [&](int y0, const unsigned char* cur) {
         if (!active) return;
         const int ysteps = (imin(kGradPiece, V - y0) + 7) / 8;
         const float* S0s = reinterpret_cast<const float*>(cur + lay.po_s) + 32 * cg * lay.b_ld;
-        if (want_q) {
-          warp_mma<4, false, true>(acc_q, ysteps,
-                                   reinterpret_cast<const T*>(cur + lay.po_o) + 16 * rt * lay.o_ld,
-                                   lay.o_ld, S0s, lay.b_ld);
-        }
-        if (want_k) {
+        if (for_k) {
           warp_mma<4, false, true>(
-              acc_k, ysteps, reinterpret_cast<const float*>(cur + lay.po_vn) + 16 * rt * lay.a_ld,
+              acc, ysteps, reinterpret_cast<const float*>(cur + lay.po_a) + 16 * rt * lay.a_ld,
               lay.a_ld, reinterpret_cast<const float*>(cur + lay.po_ds) + 32 * cg * lay.b_ld,
               lay.b_ld);
           warp_mma<4, false, true>(
-              acc_k, ysteps, reinterpret_cast<const float*>(cur + lay.po_r) + 16 * rt * lay.a_ld,
+              acc_y, ysteps, reinterpret_cast<const float*>(cur + lay.po_a2) + 16 * rt * lay.a_ld,
               lay.a_ld, S0s, lay.b_ld);
+        } else {
+          warp_mma<4, false, true>(acc, ysteps,
+                                   reinterpret_cast<const T*>(cur + lay.po_a) + 16 * rt * lay.o_ld,
+                                   lay.o_ld, S0s, lay.b_ld);
         }
       });
-  // The contractions over the chunk's rows: d_P k, d_P^T q, (Z + Z^T) k.
-  float* dPs = reinterpret_cast<float*>(delta_smem + lay.off_dp);
-  float* dPTs = reinterpret_cast<float*>(delta_smem + lay.off_dpt);
+  // The contractions over the chunk's rows: d_P k, or d_P^T q and (Z + Z^T) k.
+  float* dPs = reinterpret_cast<float*>(delta_smem + lay.off_dp);  // d_P or d_P^T
   float* Zs = reinterpret_cast<float*>(delta_smem + lay.off_z);
   T* kt = reinterpret_cast<T*>(delta_smem + lay.off_kt);
   T* qt = reinterpret_cast<T*>(delta_smem + lay.off_qt);
+  float* bs = reinterpret_cast<float*>(delta_smem + lay.off_beta);
+  float* part = reinterpret_cast<float*>(delta_smem + lay.off_part);
   const RowsView<T> k = rows<T>(in.k, in.k_strides, c);
   stage_tile(kt, lay.k_ld, k.p + k0 * k.cs, k.rs, k.cs, L, kw, kC, kGradKTile);
-  if (want_q) stage_tile(dPs, lay.p_ld, s.dP + chunk * C * C, C, 1, L, L, kC, kC);
-  if (want_k) {
+  stage_tile(dPs, lay.p_ld, (for_k ? s.dPT : s.dP) + chunk * C * C, C, 1, L, L, kC, kC);
+  if (for_k) {
     const RowsView<T> q = rows<T>(in.q, in.q_strides, c);
     stage_tile(qt, lay.k_ld, q.p + k0 * q.cs, q.rs, q.cs, L, kw, kC, kGradKTile);
-    stage_tile(dPTs, lay.p_ld, s.dPT + chunk * C * C, C, 1, L, L, kC, kC);
     stage_tile(Zs, lay.p_ld, s.Zs + chunk * C * C, C, 1, L, L, kC, kC);
+    load_beta<T>(in, c, bs);
   }
   cp_async_commit();
   cp_async_wait<0>();
   __syncthreads();
-  if (!active) return;
   const int lsteps = (L + 7) / 8;
-  auto store = [&](void* out, const float(&acc)[4][4]) {
+  auto store = [&](void* out) {
     T* o = static_cast<T*>(out);
     for_each_frag<4>(16 * rt, 32 * cg, [&](int i, int x, int r, int cc) {
       if (i < L && x < kw) o[out_row(in, c, i) * in.K + k0 + x] = from_f32<T>(acc[cc][r]);
     });
   };
-  if (want_q) {
-    for_each_frag<4>([&](int, int, int r, int cc) { acc_q[cc][r] *= in.scale; });
-    warp_mma<4, false>(acc_q, lsteps, dPs + 16 * rt * lay.p_ld, lay.p_ld, kt + 32 * cg, lay.k_ld);
-    store(d_q_out, acc_q);
+  if (!for_k) {
+    if (!active) return;
+    for_each_frag<4>([&](int, int, int r, int cc) { acc[cc][r] *= in.scale; });
+    warp_mma<4, false>(acc, lsteps, dPs + 16 * rt * lay.p_ld, lay.p_ld, kt + 32 * cg, lay.k_ld);
+    store(d_q_out);
+    return;
   }
-  if (want_k) {
-    warp_mma<4, false>(acc_k, lsteps, dPTs + 16 * rt * lay.p_ld, lay.p_ld, qt + 32 * cg, lay.k_ld);
-    warp_mma<4, false>(acc_k, lsteps, Zs + 16 * rt * lay.p_ld, lay.p_ld, kt + 32 * cg, lay.k_ld);
-    store(d_k_out, acc_k);
+  // d_beta's part -k_i . (Y S0^T)_i over this tile's columns (zeros past L and kw), and
+  // -diag(beta) (Y S0^T) into d_k
+  float ky[2] = {0.f, 0.f};
+  if (active) {
+    for_each_frag<4>(16 * rt, 32 * cg, [&](int i, int x, int r, int cc) {
+      ky[r / 2] = fmaf(to_f32(kt[i * lay.k_ld + x]), acc_y[cc][r], ky[r / 2]);
+      acc[cc][r] = fmaf(-bs[i], acc_y[cc][r], acc[cc][r]);
+    });
   }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+#pragma unroll
+    for (int m = 1; m <= 2; m *= 2) ky[h] += __shfl_xor_sync(0xffffffffu, ky[h], m);
+    if (lane % 4 == 0) part[cg * kC + 16 * rt + lane / 4 + 8 * h] = ky[h];
+  }
+  __syncthreads();
+  if (want_beta && tid < L) {
+    s.dBp[(chunk * beta_parts(in) + 1 + tile) * C + tid] = -(part[tid] + part[kC + tid]);
+  }
+  if (!active || !want_k) return;
+  warp_mma<4, false>(acc, lsteps, dPs + 16 * rt * lay.p_ld, lay.p_ld, qt + 32 * cg, lay.k_ld);
+  warp_mma<4, false>(acc, lsteps, Zs + 16 * rt * lay.p_ld, lay.p_ld, kt + 32 * cg, lay.k_ld);
+  store(d_k_out);
+}
+
+// Block of 256 rows (b, h, chunk, row): d_beta = the sum of its parts, in order.
+template <class T>
+__global__ void __launch_bounds__(256)
+    delta_rule_bwd_dbeta_kernel(DeltaRuleInputs in, int64_t NC, const float* __restrict__ parts,
+                                T* __restrict__ d_beta) {
+  const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= in.B * in.H * NC * in.C) return;
+  const int64_t chunk = e / in.C, n_parts = beta_parts(in);
+  const int i = static_cast<int>(e % in.C);
+  const ChunkAt c = chunk_at(in, chunk / NC, chunk % NC);
+  if (i >= c.L) return;
+  float x = 0.f;
+  for (int64_t p = 0; p < n_parts; ++p) x += parts[(chunk * n_parts + p) * in.C + i];
+  d_beta[out_row(in, c, i)] = from_f32<T>(x);
 }
 
 // ---- host side ----
@@ -1207,10 +1227,10 @@ const char* check_inputs(const DeltaRuleInputs& in) {
   if (in.K > (1 << 20) || in.V > (1 << 20)) return "delta_rule CUDA: K or V above 2^20";
   // Blocks of the widest grids: the narrowest recurrence tiles, the K-gradient kernel's.
   const int64_t n_tiles = (in.V + 15) / 16,
-                chunk_tiles = (in.T + in.C - 1) / in.C * ((in.K + kGradKTile - 1) / kGradKTile);
+                chunk_tiles = (in.T + in.C - 1) / in.C * 2 * ((in.K + kGradKTile - 1) / kGradKTile);
   const int64_t blocks = in.B * in.H * std::max(n_tiles, chunk_tiles);
   if (blocks > 0x7fffffff) {
-    return "delta_rule CUDA: B * H * max(V / 16, T / C * K / 64) above 2^31 - 1";
+    return "delta_rule CUDA: B * H * max(V / 16, 2 T / C * K / 64) above 2^31 - 1";
   }
   if (in.h0_dtype != KernelDType::kFloat32 && in.h0_dtype != in.dtype) {
     return "delta_rule CUDA: h0 must be float32 or the inputs' dtype";
@@ -1356,27 +1376,24 @@ OutLayout out_layout(int esize) {
   return l;
 }
 
-// Shared memory of the V-gradient kernel (esize: bytes of the inputs).
-VgradLayout vgrad_layout(const DeltaRuleInputs& in, int esize) {
+// Shared memory of the V-gradient kernel (esize: bytes of the inputs); K and V do not
+// enter it.
+VgradLayout vgrad_layout(int esize) {
   VgradLayout l{};
-  l.kp8 = (static_cast<int>(in.K) + 7) / 8 * 8;
-  l.k_ld = conflict_free_ld(l.kp8, esize, false);       // k as A
-  l.s_ld = conflict_free_ld(kGradPiece, 4, true);       // S0 as B
   l.v_ld = conflict_free_ld(kGradPiece, esize, false);  // v, read at the fragments
+  l.vn_ld = conflict_free_ld(kGradPiece, 4, false);     // V' as transposed B
   l.dv_ld = conflict_free_ld(kGradPiece, 4, true);      // d_V' as B
   l.o_ld = conflict_free_ld(kGradPiece, esize, false);  // d_o as A
-  l.r_ld = conflict_free_ld(kGradPiece, 4, true);       // diag(beta) R as B
-  l.vn_ld = conflict_free_ld(kGradPiece, 4, false);     // V' as transposed B
   l.y_ld = conflict_free_ld(kGradPiece, 4, false);      // Y as A
   SmemCursor smem;
-  l.off_k = smem.take(kC * l.k_ld * esize);
+  l.po_v = smem.take(kC * l.v_ld * esize);
+  l.po_vn = smem.take(kC * l.vn_ld * 4);
+  l.po_dv = smem.take(kC * l.dv_ld * 4);
+  l.po_o = smem.take(kC * l.o_ld * esize);
+  const int piece = smem.off;
+  l.off_buf0 = 0;
+  l.off_buf1 = smem.take(piece);
   l.off_n = smem.take(kC * kLdG * 4);
-  l.off_s = smem.take(l.kp8 * l.s_ld * 4);
-  l.off_v = smem.take(kC * l.v_ld * esize);
-  l.off_dv = smem.take(kC * l.dv_ld * 4);
-  l.off_o = smem.take(kC * l.o_ld * esize);
-  l.off_r = smem.take(kC * l.r_ld * 4);
-  l.off_vn = smem.take(kC * l.vn_ld * 4);
   l.off_y = smem.take(kC * l.y_ld * 4);
   l.off_beta = smem.take(kC * 4);
   l.off_part = smem.take(4 * kC * 4);
@@ -1389,14 +1406,13 @@ VgradLayout vgrad_layout(const DeltaRuleInputs& in, int esize) {
 KgradLayout kgrad_layout(int esize) {
   KgradLayout l{};
   l.o_ld = conflict_free_ld(kGradPiece, esize, false);  // d_o as A
-  l.a_ld = conflict_free_ld(kGradPiece, 4, false);      // V', -d_R as A
+  l.a_ld = conflict_free_ld(kGradPiece, 4, false);      // V', Y as A
   l.b_ld = conflict_free_ld(kGradPiece, 4, false);      // S0, d_S as transposed B
   l.p_ld = conflict_free_ld(kC, 4, false);              // d_P, d_P^T, Z + Z^T as A
   l.k_ld = conflict_free_ld(kGradKTile, esize, true);   // k, q as B
   SmemCursor smem;
-  l.po_o = smem.take(kC * l.o_ld * esize);
-  l.po_vn = smem.take(kC * l.a_ld * 4);
-  l.po_r = smem.take(kC * l.a_ld * 4);
+  l.po_a = smem.take(kC * std::max(l.o_ld * esize, l.a_ld * 4));
+  l.po_a2 = smem.take(kC * l.a_ld * 4);
   l.po_s = smem.take(kGradKTile * l.b_ld * 4);
   l.po_ds = smem.take(kGradKTile * l.b_ld * 4);
   l.off_buf0 = 0;
@@ -1404,10 +1420,11 @@ KgradLayout kgrad_layout(int esize) {
   const int pieces = 2 * smem.off;
   smem.off = 0;
   l.off_dp = smem.take(kC * l.p_ld * 4);
-  l.off_dpt = smem.take(kC * l.p_ld * 4);
   l.off_z = smem.take(kC * l.p_ld * 4);
   l.off_kt = smem.take(kC * l.k_ld * esize);
   l.off_qt = smem.take(kC * l.k_ld * esize);
+  l.off_beta = smem.take(kC * 4);
+  l.off_part = smem.take(2 * kC * 4);
   l.bytes = std::max(pieces, smem.off);
   return l;
 }
@@ -1509,15 +1526,15 @@ const char* fwd_impl(const DeltaRuleFwdParams& p, cudaStream_t stream) {
   const int64_t NC = num_chunks(in), BH = in.B * in.H;
   if (BH == 0) return nullptr;
   Scratch s;
-  WyKept<float> kw;
-  fwd_layout(in, p.wy != nullptr, static_cast<float*>(p.scratch), kw, s);
-  if (p.wy != nullptr) wy_regions(in, true, p.wy, kw);
+  FwdKept<float> kept;
+  fwd_layout(in, p.kept != nullptr, static_cast<float*>(p.scratch), kept, s);
+  if (p.kept != nullptr) kept_regions(in, true, p.kept, kept);
   const char* err = nullptr;
   if (NC > 0) {
     const WyLayout wl = wy_layout(in, sizeof(T));
     if ((err = allow_smem(delta_rule_wy_kernel<T>, wl.bytes))) return err;
     delta_rule_wy_kernel<T><<<static_cast<unsigned>(BH * NC), kThreads, wl.bytes, stream>>>(
-        in, NC, wl, kw.W, s.U, kw.P, kw.N, kw.G);
+        in, NC, wl, kept.W, s.U, kept.P, kept.N, kept.G);
     if ((err = last_error())) return err;
   }
   RecurPlan plan;
@@ -1525,7 +1542,7 @@ const char* fwd_impl(const DeltaRuleFwdParams& p, cudaStream_t stream) {
   with_cols(plan.bv, [&](auto cols) {
     delta_rule_fwd_state_kernel<T, cols.value>
         <<<recur_blocks(in, plan.bv), kRecurThreads, plan.lay.bytes, stream>>>(
-            in, NC, plan.lay, kw.W, s.U, s.Vn, p.states, p.S_T);
+            in, NC, plan.lay, kept.W, s.U, kept.Vn, p.states, p.S_T);
   });
   if ((err = last_error())) return err;
   if (NC > 0) {
@@ -1534,13 +1551,13 @@ const char* fwd_impl(const DeltaRuleFwdParams& p, cudaStream_t stream) {
     const OutLayout ol = out_layout(sizeof(T));
     if ((err = allow_smem(delta_rule_fwd_out_kernel<T>, ol.bytes))) return err;
     delta_rule_fwd_out_kernel<T><<<grid, kThreads, ol.bytes, stream>>>(
-        in, NC, ol, kw.P, s.Vn, p.states, static_cast<T*>(p.o));
+        in, NC, ol, kept.P, kept.Vn, p.states, static_cast<T*>(p.o));
     if ((err = last_error())) return err;
   }
   return nullptr;
 }
 
-// The backward reads W, P, N and G from the forward's WY buffer (no WY kernel).
+// The backward reads W, P, V', N and G from the forward's buffer (no WY kernel).
 template <class T>
 const char* bwd_impl(const DeltaRuleBwdParams& p, cudaStream_t stream) {
   const DeltaRuleInputs& in = p.in;
@@ -1548,7 +1565,7 @@ const char* bwd_impl(const DeltaRuleBwdParams& p, cudaStream_t stream) {
   if (BH == 0) return nullptr;
   Scratch s;
   bwd_layout(in, static_cast<float*>(p.scratch), s);
-  wy_regions(in, true, p.wy, s.wy);
+  kept_regions(in, true, p.kept, s.kept);
   DoView d_o{p.d_o, {p.d_o_strides[0], p.d_o_strides[1], p.d_o_strides[2], p.d_o_strides[3]}};
   const char* err = nullptr;
   RecurPlan plan;
@@ -1556,24 +1573,30 @@ const char* bwd_impl(const DeltaRuleBwdParams& p, cudaStream_t stream) {
   with_cols(plan.bv, [&](auto cols) {
     delta_rule_bwd_state_kernel<T, cols.value>
         <<<recur_blocks(in, plan.bv), kRecurThreads, plan.lay.bytes, stream>>>(
-            in, NC, plan.lay, d_o, s.wy.P, s.wy.W, p.d_S_T, s.dVn, s.dstates, p.d_h0);
+            in, NC, plan.lay, d_o, s.kept.P, s.kept.W, p.d_S_T, s.dVn, s.dstates, p.d_h0);
   });
   if ((err = last_error())) return err;
-  const bool any = p.d_q != nullptr || p.d_k != nullptr || p.d_v != nullptr || p.d_beta != nullptr;
-  if (NC > 0 && any) {
-    const VgradLayout vl = vgrad_layout(in, sizeof(T));
-    if ((err = allow_smem(delta_rule_bwd_vgrad_kernel<T>, vl.bytes))) return err;
-    delta_rule_bwd_vgrad_kernel<T><<<static_cast<unsigned>(BH * NC), kThreads, vl.bytes, stream>>>(
-        in, NC, vl, d_o, s, p.states, p.d_v, p.d_beta);
-    if ((err = last_error())) return err;
-  }
-  if (NC > 0 && (p.d_q != nullptr || p.d_k != nullptr)) {
+  const bool want_beta = p.d_beta != nullptr;
+  const bool any = p.d_q != nullptr || p.d_k != nullptr || p.d_v != nullptr || want_beta;
+  if (NC == 0 || !any) return nullptr;
+  const VgradLayout vl = vgrad_layout(sizeof(T));
+  if ((err = allow_smem(delta_rule_bwd_vgrad_kernel<T>, vl.bytes))) return err;
+  delta_rule_bwd_vgrad_kernel<T><<<static_cast<unsigned>(BH * NC), kThreads, vl.bytes, stream>>>(
+      in, NC, vl, d_o, s, p.d_v, want_beta);
+  if ((err = last_error())) return err;
+  if (p.d_q != nullptr || p.d_k != nullptr || want_beta) {
     const KgradLayout kl = kgrad_layout(sizeof(T));
     const int64_t n_ktiles = (in.K + kGradKTile - 1) / kGradKTile;
     if ((err = allow_smem(delta_rule_bwd_kgrad_kernel<T>, kl.bytes))) return err;
     delta_rule_bwd_kgrad_kernel<T>
-        <<<static_cast<unsigned>(BH * NC * n_ktiles), kThreads, kl.bytes, stream>>>(
-            in, NC, kl, d_o, s, p.states, p.d_q, p.d_k);
+        <<<static_cast<unsigned>(BH * NC * 2 * n_ktiles), kThreads, kl.bytes, stream>>>(
+            in, NC, kl, d_o, s, p.states, p.d_q, p.d_k, want_beta);
+    if ((err = last_error())) return err;
+  }
+  if (want_beta) {
+    const int64_t rows = BH * NC * in.C;
+    delta_rule_bwd_dbeta_kernel<T><<<static_cast<unsigned>((rows + 255) / 256), 256, 0, stream>>>(
+        in, NC, s.dBp, static_cast<T*>(p.d_beta));
     if ((err = last_error())) return err;
   }
   return nullptr;
@@ -1581,15 +1604,15 @@ const char* bwd_impl(const DeltaRuleBwdParams& p, cudaStream_t stream) {
 
 }  // namespace
 
-size_t delta_rule_wy_bytes(const DeltaRuleInputs& in) {
-  WyKept<float> w;
-  return static_cast<size_t>(wy_regions<float>(in, true, nullptr, w)) * sizeof(float);
+size_t delta_rule_kept_bytes(const DeltaRuleInputs& in) {
+  FwdKept<float> k;
+  return static_cast<size_t>(kept_regions<float>(in, true, nullptr, k)) * sizeof(float);
 }
 
 size_t delta_rule_fwd_scratch_bytes(const DeltaRuleFwdParams& p) {
   Scratch s;
-  WyKept<float> w;
-  return static_cast<size_t>(fwd_layout(p.in, p.wy != nullptr, nullptr, w, s)) * sizeof(float);
+  FwdKept<float> k;
+  return static_cast<size_t>(fwd_layout(p.in, p.kept != nullptr, nullptr, k, s)) * sizeof(float);
 }
 
 size_t delta_rule_bwd_scratch_bytes(const DeltaRuleBwdParams& p) {
@@ -1619,8 +1642,8 @@ const char* delta_rule_bwd_cuda(const DeltaRuleBwdParams& p, void* stream) {
   const bool rows = p.in.B * p.in.H > 0 && p.in.T > 0;
   if (p.in.B * p.in.H > 0 && p.d_S_T == nullptr) return "delta_rule_bwd_cuda: d_S_T not given";
   if (rows &&
-      (p.states == nullptr || p.wy == nullptr || p.d_o == nullptr || p.scratch == nullptr)) {
-    return "delta_rule_bwd_cuda: states, wy, d_o or scratch not given";
+      (p.states == nullptr || p.kept == nullptr || p.d_o == nullptr || p.scratch == nullptr)) {
+    return "delta_rule_bwd_cuda: states, kept, d_o or scratch not given";
   }
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   switch (p.in.dtype) {

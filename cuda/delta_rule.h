@@ -13,15 +13,16 @@
 // P = tril(q k^T); (2) per (b, h, column tile of V), the chunks in order carrying that
 // tile of S, writing V' and each chunk's start state; (3) per (b, h, chunk, 64-column
 // tile of V) in parallel, o from the chunk's start state, P and V'.
-// A forward run for a backward also keeps N and G = k k^T, beside W and P, in a buffer the
-// backward takes (DeltaRuleFwdParams::wy), so the backward does not repeat (1).
+// A forward run for a backward keeps W, P, V', N and G = k k^T in a buffer the backward
+// takes (DeltaRuleFwdParams::kept), so the backward does not repeat (1) or recompute V'.
 // Backward: (2) per (b, h, V tile) the chunks in reverse, d_V' = scale P^T d_o + k d_S and
 // d_S <- d_S + scale q^T d_o - W^T d_V' (the columns of d_S are independent, as those of S
 // are in the forward), writing d_V' and the gradient of each chunk's end state; (3) per
-// (b, h, chunk) in parallel, the gradients of v and beta of the chunk from its start state
-// and d_V' (with the chunk's d_P, d_P^T and Z + Z^T for the next step), then per (b, h,
-// chunk, 64 columns of K) those of q and k from the start state, the end-state gradient,
-// V', d_R and those matrices. Every sum runs in a fixed order (no atomics): results are
+// (b, h, chunk) in parallel, the gradient of v and a part of beta's from d_V' and V' (with
+// the chunk's Y = N^T d_V', d_P, d_P^T and Z + Z^T for the next step), then per (b, h,
+// chunk, d_q or d_k, 64 columns of K) those of q and k from the start state, the
+// end-state gradient, V', Y and those matrices (with the rest of beta's), and the parts
+// of d_beta added. Every sum runs in a fixed order (no atomics): results are
 // bit-identical run to run.
 //
 // Storage: q, k, v, beta, o and the gradients of q, k, v, beta in float32 or bfloat16
@@ -66,17 +67,17 @@ struct DeltaRuleInputs {
   int64_t h0_strides[4];
 };
 
-// W, P, N and G of every chunk (float32), written by a forward for its backward.
-size_t delta_rule_wy_bytes(const DeltaRuleInputs& in);
+// W, P, V', N and G of every chunk (float32), written by a forward for its backward.
+size_t delta_rule_kept_bytes(const DeltaRuleInputs& in);
 
 struct DeltaRuleFwdParams {
   DeltaRuleInputs in;
   void* o;        // [B, T, H, V] contiguous, in.dtype
   float* S_T;     // [B, H, K, V] contiguous
   float* states;  // [B, H, NC, K, V] contiguous: the state at the start of each chunk
-  float* wy;      // delta_rule_wy_bytes(in) bytes, 16-byte aligned, for a backward; or
-                  // nullptr (no backward: W and P live in the scratch)
-  void* scratch;  // delta_rule_fwd_scratch_bytes(p) bytes (depends on wy), 16-byte aligned
+  float* kept;    // delta_rule_kept_bytes(in) bytes, 16-byte aligned, for a backward; or
+                  // nullptr (no backward: W, P and V' live in the scratch)
+  void* scratch;  // delta_rule_fwd_scratch_bytes(p) bytes (depends on kept), 16-byte aligned
 };
 size_t delta_rule_fwd_scratch_bytes(const DeltaRuleFwdParams& p);
 const char* delta_rule_fwd_cuda(const DeltaRuleFwdParams& p, void* stream);
@@ -84,7 +85,7 @@ const char* delta_rule_fwd_cuda(const DeltaRuleFwdParams& p, void* stream);
 struct DeltaRuleBwdParams {
   DeltaRuleInputs in;
   const float* states;  // from the forward
-  const float* wy;      // from the forward (DeltaRuleFwdParams::wy)
+  const float* kept;    // from the forward (DeltaRuleFwdParams::kept)
   const void* d_o;      // [B, T, H, V], in.dtype
   int64_t d_o_strides[4];
   const float* d_S_T;  // [B, H, K, V] contiguous

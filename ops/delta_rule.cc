@@ -38,9 +38,9 @@
 // the inputs' dtype: S_T is float32, h0 may be float32 or the inputs' dtype (so the S_T
 // of one call feeds the next call's h0), and d_h0 takes h0's dtype. The forward saves
 // the inputs as given (handles, not copies), every chunk's start state, float32
-// [B, H, T/C, K, V], and the chunks' W, P = tril(q k^T), N and k k^T (float32, about as
-// much again at K = V), so the backward does not run the forward's first kernel again; it
-// recomputes V' from them. The same algebra as above, organised for parallelism: the
+// [B, H, T/C, K, V], and the chunks' W, P = tril(q k^T), V', N and k k^T (float32, a
+// little more again at K = V), so the backward does not run the forward's first kernel
+// again or recompute V'. The same algebra as above, organised for parallelism: the
 // per-chunk products run in parallel over (b, h, chunk) and only the state recurrences
 // (S forward, d_S backward, whose columns are independent) run chunk after chunk, in
 // parallel over (b, h, columns of V).
@@ -373,7 +373,7 @@ struct DeltaRuleOp {
   struct Saved {
     Tensor q, k, v, beta, h0;  // CPU: contiguous; CUDA: as given
     Tensor states;             // CUDA: float32 [B, H, NC, K, V], each chunk's start state
-    Tensor wy;                 // CUDA: float32, the chunks' W, P, N and G (cuda/delta_rule.h)
+    Tensor kept;               // CUDA: float32, the chunks' W, P, V', N and G (cuda/delta_rule.h)
     DeltaDims d;
     double scale = 0;
     bool cuda = false;
@@ -426,15 +426,16 @@ struct DeltaRuleOp {
     p.o = o.raw_data();
     p.S_T = S_T.data<float>();
     p.states = states.data<float>();
-    // With a backward to come, the WY products are kept for it (it skips recomputing them).
-    Tensor wy = ctx.requires_grad ? scratch_tensor(cuda::delta_rule_wy_bytes(p.in), dev) : Tensor();
-    p.wy = wy.defined() ? wy.data<float>() : nullptr;
+    // With a backward to come, the chunks' products it needs are kept for it.
+    Tensor kept =
+        ctx.requires_grad ? scratch_tensor(cuda::delta_rule_kept_bytes(p.in), dev) : Tensor();
+    p.kept = kept.defined() ? kept.data<float>() : nullptr;
     Tensor scratch = scratch_tensor(cuda::delta_rule_fwd_scratch_bytes(p), dev);
     p.scratch = scratch.defined() ? scratch.raw_data() : nullptr;
     const char* err = cuda::delta_rule_fwd_cuda(p, launch_stream());
     RESONA_CHECK(err == nullptr) << "delta_rule on " << q.describe() << ": " << err;
     if (ctx.requires_grad) {
-      ctx.saved = Saved{q, k, v, beta, h0, states, wy, d, scale, true};
+      ctx.saved = Saved{q, k, v, beta, h0, states, kept, d, scale, true};
     }
     return {o, S_T};
   }
@@ -465,7 +466,7 @@ struct DeltaRuleOp {
     cuda::DeltaRuleBwdParams p{};
     p.in = cuda_inputs(d, sv.scale, sv.q, sv.k, sv.v, sv.beta, sv.h0);
     p.states = sv.states.data<float>();
-    p.wy = sv.wy.defined() ? sv.wy.data<float>() : nullptr;
+    p.kept = sv.kept.defined() ? sv.kept.data<float>() : nullptr;
     p.d_o = d_o.raw_data();
     for (int i = 0; i < 4; ++i) p.d_o_strides[i] = d_o.strides()[i];
     p.d_S_T = d_ST.data<float>();

@@ -3,8 +3,9 @@
 // (0, 1)), float32 and bfloat16, T < C, T = C, T = 2C, T = 2C + 1, chunk 1..64,
 // K = V = 150 (DeltaNet at hidden 600 with 4 heads), 64 and 128, odd sizes, B > 1,
 // H > 1, with and without h0; q, k, v as slices of one fused [B, T, H, 2K + V]
-// projection with beta and d_o strided too; reruns bit-identical; the split-sequence
-// property on the GPU; each column-tile width of the recurrences; refusals. With
+// projection with beta and d_o strided too; reruns bit-identical, and the same bits from a
+// forward without grad and from each gradient asked for alone; the split-sequence property
+// on the GPU; each column-tile width of the recurrences; refusals. With
 // RESONA_TIME_DELTA=1 a timing case prints the forward and forward + backward time at
 // B=8, T=2048, H=4, K=V=150 in bfloat16.
 //
@@ -369,6 +370,31 @@ RESONA_GPU_TEST(
                       slice_host(*full_grads[i], t, c.T), rounds);
       }
       check_against(name + " d_h0", grads[8], host_f32(full.d_h0), 0);
+    }
+  }
+}
+
+RESONA_GPU_TEST(
+    "delta_rule CUDA: each gradient asked for alone (q, k, v, beta or h0) has the bits of the "
+    "run that asks for all (B=2,T=129,H=2,K=V=150,chunk=64 h0; float32 and bfloat16)") {
+  const DeltaCudaCase c{2, 129, 2, 150, 150, 64, true};
+  for (DType dt : {DType::kFloat32, DType::kBFloat16}) {
+    const DeltaInputs x = make_inputs(c, dt, dt == DType::kFloat32 ? 1450 : 1451);
+    const GpuInputs g = to_gpu(x, dt, DType::kFloat32, false);
+    const DeltaResult all = run_delta(g.q, g.k, g.v, g.beta, g.h0, g.d_o, g.d_S, c.chunk);
+    const Tensor* all_grads[] = {&all.d_q, &all.d_k, &all.d_v, &all.d_beta, &all.d_h0};
+    const char* names[] = {"d_q", "d_k", "d_v", "d_beta", "d_h0"};
+    for (int want = 0; want < 5; ++want) {
+      INFO(case_name(c, dt, false) << " " << names[want] << " alone");
+      // Fresh handles on the same values; only input `want` is a leaf.
+      std::vector<Tensor> in = {g.q.detach(), g.k.detach(), g.v.detach(), g.beta.detach(),
+                                g.h0.detach()};
+      in[want] = as_leaf(in[want]);
+      ChunkOptions opt;
+      opt.chunk = c.chunk;
+      RecurrentOutput r = delta_rule(in[0], in[1], in[2], in[3], in[4], opt);
+      std::vector<Tensor> grad = autograd::grad({r.out, r.final_state}, {in[want]}, {g.d_o, g.d_S});
+      CHECK(same_bits(grad[0], *all_grads[want]));
     }
   }
 }
