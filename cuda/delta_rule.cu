@@ -147,11 +147,15 @@ ChunkSizes chunk_sizes(const DeltaRuleInputs& in) {
           round4(chunks * in.K * in.V)};
 }
 
-constexpr int kGradKTile = 64;  // columns of K per block of the K-gradient kernel
+// Columns of K per block of the K-gradient kernel: 64, or 80 where that leaves less of the
+// last tile idle (K = 150: two tiles of 80 in place of three of 64, the last 22 wide).
+__host__ __device__ inline int grad_ktile(int64_t K) {
+  return (K + 79) / 80 * 80 < (K + 63) / 64 * 64 ? 80 : 64;
+}
 
 // The parts d_beta is summed from: the V-gradient kernel's, then one per K tile.
 __host__ __device__ inline int64_t beta_parts(const DeltaRuleInputs& in) {
-  return 1 + (in.K + kGradKTile - 1) / kGradKTile;
+  return 1 + (in.K + grad_ktile(in.K) - 1) / grad_ktile(in.K);
 }
 
 // Hands out consecutive regions of `base` (nullptr: only counts); off is the total.
@@ -1076,23 +1080,24 @@ __global__ void __launch_bounds__(kThreads, 2)
   }
 }
 
-template <class T>
+template <class T, int kKT>
 __global__ void __launch_bounds__(kThreads, 2)
     delta_rule_bwd_kgrad_kernel(DeltaRuleInputs in, int64_t NC, KgradLayout lay, DoView d_o,
                                 Scratch s, const float* __restrict__ states, void* d_q_out,
                                 void* d_k_out, bool want_beta) {
+  constexpr int NT = kKT / 16, kCols = kKT / 2;  // a warp's units: 16 x kCols
   extern __shared__ __align__(16) unsigned char delta_smem[];
-  const int64_t n_ktiles = (in.K + kGradKTile - 1) / kGradKTile, per_chunk = 2 * n_ktiles;
+  const int64_t n_ktiles = (in.K + kKT - 1) / kKT, per_chunk = 2 * n_ktiles;
   const ChunkAt c = chunk_at(in, blockIdx.x / (NC * per_chunk), blockIdx.x / per_chunk % NC);
   const int slot = static_cast<int>(blockIdx.x % per_chunk);
   const bool for_k = slot >= n_ktiles;  // d_k (and a part of d_beta), else d_q
   const bool want_k = d_k_out != nullptr;
   if (for_k ? !(want_k || want_beta) : d_q_out == nullptr) return;
-  const int tile = static_cast<int>(slot % n_ktiles), k0 = tile * kGradKTile;
+  const int tile = static_cast<int>(slot % n_ktiles), k0 = tile * kKT;
   const int L = c.L, K = static_cast<int>(in.K), V = static_cast<int>(in.V);
-  const int kw = imin(kGradKTile, K - k0);
+  const int kw = imin(kKT, K - k0);
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, rt = warp % 4, cg = warp / 4;
-  const bool active = 32 * cg < kw;  // the warp's 32 columns hold some of the tile
+  const bool active = kCols * cg < kw;  // the warp's columns hold some of the tile
   const int64_t chunk = c.bh * NC + c.n, C = in.C, KV = in.K * in.V;
   const float* S0 = states + chunk * KV + k0 * in.V;
   const float* dS = s.dstates + chunk * KV + k0 * in.V;
@@ -1106,36 +1111,36 @@ __global__ void __launch_bounds__(kThreads, 2)
                  kGradPiece);
       stage_tile(reinterpret_cast<float*>(buf + lay.po_a2), lay.a_ld, YG + y0, in.V, 1, L, w, kC,
                  kGradPiece);
-      stage_tile(reinterpret_cast<float*>(buf + lay.po_ds), lay.b_ld, dS + y0, in.V, 1, kw, w,
-                 kGradKTile, kGradPiece);
+      stage_tile(reinterpret_cast<float*>(buf + lay.po_ds), lay.b_ld, dS + y0, in.V, 1, kw, w, kKT,
+                 kGradPiece);
     } else {
       stage_tile(reinterpret_cast<T*>(buf + lay.po_a), lay.o_ld, dO.p + y0 * dO.cs, dO.rs, dO.cs, L,
                  w, kC, kGradPiece);
     }
-    stage_tile(reinterpret_cast<float*>(buf + lay.po_s), lay.b_ld, S0 + y0, in.V, 1, kw, w,
-               kGradKTile, kGradPiece);
+    stage_tile(reinterpret_cast<float*>(buf + lay.po_s), lay.b_ld, S0 + y0, in.V, 1, kw, w, kKT,
+               kGradPiece);
   };
   // The contractions over V: d_q blocks acc = d_o S0^T; d_k blocks acc = V' d_S^T and
   // acc_y = Y S0^T.
-  float acc[4][4] = {}, acc_y[4][4] = {};
+  float acc[NT][4] = {}, acc_y[NT][4] = {};
   pipelined_pieces<kGradPiece>(
       V, delta_smem + lay.off_buf0, delta_smem + lay.off_buf1, stage_piece,
       [&](int y0, const unsigned char* cur) {
         if (!active) return;
         const int ysteps = (imin(kGradPiece, V - y0) + 7) / 8;
-        const float* S0s = reinterpret_cast<const float*>(cur + lay.po_s) + 32 * cg * lay.b_ld;
+        const float* S0s = reinterpret_cast<const float*>(cur + lay.po_s) + kCols * cg * lay.b_ld;
         if (for_k) {
-          warp_mma<4, false, true>(
+          warp_mma<NT, false, true>(
               acc, ysteps, reinterpret_cast<const float*>(cur + lay.po_a) + 16 * rt * lay.a_ld,
-              lay.a_ld, reinterpret_cast<const float*>(cur + lay.po_ds) + 32 * cg * lay.b_ld,
+              lay.a_ld, reinterpret_cast<const float*>(cur + lay.po_ds) + kCols * cg * lay.b_ld,
               lay.b_ld);
-          warp_mma<4, false, true>(
+          warp_mma<NT, false, true>(
               acc_y, ysteps, reinterpret_cast<const float*>(cur + lay.po_a2) + 16 * rt * lay.a_ld,
               lay.a_ld, S0s, lay.b_ld);
         } else {
-          warp_mma<4, false, true>(acc, ysteps,
-                                   reinterpret_cast<const T*>(cur + lay.po_a) + 16 * rt * lay.o_ld,
-                                   lay.o_ld, S0s, lay.b_ld);
+          warp_mma<NT, false, true>(acc, ysteps,
+                                    reinterpret_cast<const T*>(cur + lay.po_a) + 16 * rt * lay.o_ld,
+                                    lay.o_ld, S0s, lay.b_ld);
         }
       });
   // The contractions over the chunk's rows: d_P k, or d_P^T q and (Z + Z^T) k.
@@ -1146,11 +1151,11 @@ __global__ void __launch_bounds__(kThreads, 2)
   float* bs = reinterpret_cast<float*>(delta_smem + lay.off_beta);
   float* part = reinterpret_cast<float*>(delta_smem + lay.off_part);
   const RowsView<T> k = rows<T>(in.k, in.k_strides, c);
-  stage_tile(kt, lay.k_ld, k.p + k0 * k.cs, k.rs, k.cs, L, kw, kC, kGradKTile);
+  stage_tile(kt, lay.k_ld, k.p + k0 * k.cs, k.rs, k.cs, L, kw, kC, kKT);
   stage_tile(dPs, lay.p_ld, (for_k ? s.dPT : s.dP) + chunk * C * C, C, 1, L, L, kC, kC);
   if (for_k) {
     const RowsView<T> q = rows<T>(in.q, in.q_strides, c);
-    stage_tile(qt, lay.k_ld, q.p + k0 * q.cs, q.rs, q.cs, L, kw, kC, kGradKTile);
+    stage_tile(qt, lay.k_ld, q.p + k0 * q.cs, q.rs, q.cs, L, kw, kC, kKT);
     stage_tile(Zs, lay.p_ld, s.Zs + chunk * C * C, C, 1, L, L, kC, kC);
     load_beta<T>(in, c, bs);
   }
@@ -1160,14 +1165,14 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int lsteps = (L + 7) / 8;
   auto store = [&](void* out) {
     T* o = static_cast<T*>(out);
-    for_each_frag<4>(16 * rt, 32 * cg, [&](int i, int x, int r, int cc) {
+    for_each_frag<NT>(16 * rt, kCols * cg, [&](int i, int x, int r, int cc) {
       if (i < L && x < kw) o[out_row(in, c, i) * in.K + k0 + x] = from_f32<T>(acc[cc][r]);
     });
   };
   if (!for_k) {
     if (!active) return;
-    for_each_frag<4>([&](int, int, int r, int cc) { acc[cc][r] *= in.scale; });
-    warp_mma<4, false>(acc, lsteps, dPs + 16 * rt * lay.p_ld, lay.p_ld, kt + 32 * cg, lay.k_ld);
+    for_each_frag<NT>([&](int, int, int r, int cc) { acc[cc][r] *= in.scale; });
+    warp_mma<NT, false>(acc, lsteps, dPs + 16 * rt * lay.p_ld, lay.p_ld, kt + kCols * cg, lay.k_ld);
     store(d_q_out);
     return;
   }
@@ -1175,7 +1180,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   // -diag(beta) (Y S0^T) into d_k
   float ky[2] = {0.f, 0.f};
   if (active) {
-    for_each_frag<4>(16 * rt, 32 * cg, [&](int i, int x, int r, int cc) {
+    for_each_frag<NT>(16 * rt, kCols * cg, [&](int i, int x, int r, int cc) {
       ky[r / 2] = fmaf(to_f32(kt[i * lay.k_ld + x]), acc_y[cc][r], ky[r / 2]);
       acc[cc][r] = fmaf(-bs[i], acc_y[cc][r], acc[cc][r]);
     });
@@ -1191,8 +1196,8 @@ __global__ void __launch_bounds__(kThreads, 2)
     s.dBp[(chunk * beta_parts(in) + 1 + tile) * C + tid] = -(part[tid] + part[kC + tid]);
   }
   if (!active || !want_k) return;
-  warp_mma<4, false>(acc, lsteps, dPs + 16 * rt * lay.p_ld, lay.p_ld, qt + 32 * cg, lay.k_ld);
-  warp_mma<4, false>(acc, lsteps, Zs + 16 * rt * lay.p_ld, lay.p_ld, kt + 32 * cg, lay.k_ld);
+  warp_mma<NT, false>(acc, lsteps, dPs + 16 * rt * lay.p_ld, lay.p_ld, qt + kCols * cg, lay.k_ld);
+  warp_mma<NT, false>(acc, lsteps, Zs + 16 * rt * lay.p_ld, lay.p_ld, kt + kCols * cg, lay.k_ld);
   store(d_k_out);
 }
 
@@ -1227,7 +1232,7 @@ const char* check_inputs(const DeltaRuleInputs& in) {
   if (in.K > (1 << 20) || in.V > (1 << 20)) return "delta_rule CUDA: K or V above 2^20";
   // Blocks of the widest grids: the narrowest recurrence tiles, the K-gradient kernel's.
   const int64_t n_tiles = (in.V + 15) / 16,
-                chunk_tiles = (in.T + in.C - 1) / in.C * 2 * ((in.K + kGradKTile - 1) / kGradKTile);
+                chunk_tiles = (in.T + in.C - 1) / in.C * 2 * (beta_parts(in) - 1);
   const int64_t blocks = in.B * in.H * std::max(n_tiles, chunk_tiles);
   if (blocks > 0x7fffffff) {
     return "delta_rule CUDA: B * H * max(V / 16, 2 T / C * K / 64) above 2^31 - 1";
@@ -1401,20 +1406,20 @@ VgradLayout vgrad_layout(int esize) {
   return l;
 }
 
-// Shared memory of the K-gradient kernel (esize: bytes of the inputs); K and V do not
-// enter it.
-KgradLayout kgrad_layout(int esize) {
+// Shared memory of the K-gradient kernel (esize: bytes of the inputs) for K tiles of kt
+// columns; K and V do not enter it otherwise.
+KgradLayout kgrad_layout(int esize, int kt) {
   KgradLayout l{};
   l.o_ld = conflict_free_ld(kGradPiece, esize, false);  // d_o as A
   l.a_ld = conflict_free_ld(kGradPiece, 4, false);      // V', Y as A
   l.b_ld = conflict_free_ld(kGradPiece, 4, false);      // S0, d_S as transposed B
   l.p_ld = conflict_free_ld(kC, 4, false);              // d_P, d_P^T, Z + Z^T as A
-  l.k_ld = conflict_free_ld(kGradKTile, esize, true);   // k, q as B
+  l.k_ld = conflict_free_ld(kt, esize, true);           // k, q as B
   SmemCursor smem;
   l.po_a = smem.take(kC * std::max(l.o_ld * esize, l.a_ld * 4));
   l.po_a2 = smem.take(kC * l.a_ld * 4);
-  l.po_s = smem.take(kGradKTile * l.b_ld * 4);
-  l.po_ds = smem.take(kGradKTile * l.b_ld * 4);
+  l.po_s = smem.take(kt * l.b_ld * 4);
+  l.po_ds = smem.take(kt * l.b_ld * 4);
   l.off_buf0 = 0;
   l.off_buf1 = smem.off;
   const int pieces = 2 * smem.off;
@@ -1585,13 +1590,21 @@ const char* bwd_impl(const DeltaRuleBwdParams& p, cudaStream_t stream) {
       in, NC, vl, d_o, s, p.d_v, want_beta);
   if ((err = last_error())) return err;
   if (p.d_q != nullptr || p.d_k != nullptr || want_beta) {
-    const KgradLayout kl = kgrad_layout(sizeof(T));
-    const int64_t n_ktiles = (in.K + kGradKTile - 1) / kGradKTile;
-    if ((err = allow_smem(delta_rule_bwd_kgrad_kernel<T>, kl.bytes))) return err;
-    delta_rule_bwd_kgrad_kernel<T>
-        <<<static_cast<unsigned>(BH * NC * 2 * n_ktiles), kThreads, kl.bytes, stream>>>(
-            in, NC, kl, d_o, s, p.states, p.d_q, p.d_k, want_beta);
-    if ((err = last_error())) return err;
+    const int kt = grad_ktile(in.K);
+    const KgradLayout kl = kgrad_layout(sizeof(T), kt);
+    const unsigned blocks = static_cast<unsigned>(BH * NC * 2 * (beta_parts(in) - 1));
+    auto launch = [&](auto kernel) {
+      if ((err = allow_smem(kernel, kl.bytes))) return;
+      kernel<<<blocks, kThreads, kl.bytes, stream>>>(in, NC, kl, d_o, s, p.states, p.d_q, p.d_k,
+                                                     want_beta);
+      err = last_error();
+    };
+    if (kt == 80) {
+      launch(delta_rule_bwd_kgrad_kernel<T, 80>);
+    } else {
+      launch(delta_rule_bwd_kgrad_kernel<T, 64>);
+    }
+    if (err) return err;
   }
   if (want_beta) {
     const int64_t rows = BH * NC * in.C;
