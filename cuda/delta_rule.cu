@@ -13,10 +13,12 @@
 //                               reverse, d_V' = scale P^T d_o + k d_S,
 //                               d_S <- d_S + scale q^T d_o - W^T d_V'
 // delta_rule_bwd_vgrad_kernel   block (b, h, chunk): over 32-column pieces of V,
-//                               R = v - k S0, V' = N diag(beta) R, Y = N^T d_V',
-//                               d_v = diag(beta) Y, and the sums over V of d_o V'^T,
-//                               Y V'^T and R . Y; then d_beta, d_P and Z
-// delta_rule_bwd_kgrad_kernel   block (b, h, chunk, 64 columns of K): d_q and d_k
+//                               Y = N^T d_V', d_v = diag(beta) Y, and the sums over V
+//                               of d_o V'^T, Y V'^T and v . Y; then d_P, Z and a part
+//                               of d_beta
+// delta_rule_bwd_kgrad_kernel   block (b, h, chunk, d_q or d_k, 64 or 80 columns of K):
+//                               d_q, or d_k and its columns' part of d_beta
+// delta_rule_bwd_dbeta_kernel   thread (b, h, chunk, row): d_beta from its parts
 //
 // 256 threads (8 warps) per block, 512 (16 warps) for the recurrences. Every kernel stages its
 // operands into shared memory with cp.async (cuda/cp_async.cuh: whole chunk operands, or pieces of
@@ -49,8 +51,6 @@ constexpr int kRecurWarps = kRecurThreads / 32;
 constexpr int kMaxStateUnits = 3;                   // state units per recurrence warp: K up to 384
 constexpr int kUnitRowStep = 16 * kRecurWarps / 2;  // rows from one of a warp's units to the next
 constexpr int kC = static_cast<int>(kDeltaMaxChunk);
-constexpr int kOutCols = 64;  // columns of o per block of the output kernel
-static_assert(kOutCols == 64, "the output kernel's two column groups of warps are 32 wide");
 
 __device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
 
@@ -147,15 +147,16 @@ ChunkSizes chunk_sizes(const DeltaRuleInputs& in) {
           round4(chunks * in.K * in.V)};
 }
 
-// Columns of K per block of the K-gradient kernel: 64, or 80 where that leaves less of the
-// last tile idle (K = 150: two tiles of 80 in place of three of 64, the last 22 wide).
-__host__ __device__ inline int grad_ktile(int64_t K) {
-  return (K + 79) / 80 * 80 < (K + 63) / 64 * 64 ? 80 : 64;
+// Columns of a block's tile over a dimension of n: 64, or 80 where that leaves less of the
+// last tile idle (n = 150: two tiles of 80 in place of three of 64, the last 22 wide;
+// n = 64, 128, 256 keep 64). The K-gradient kernel's tiles of K and the output kernel's of V.
+__host__ __device__ inline int tile_width(int64_t n) {
+  return (n + 79) / 80 * 80 < (n + 63) / 64 * 64 ? 80 : 64;
 }
 
 // The parts d_beta is summed from: the V-gradient kernel's, then one per K tile.
 __host__ __device__ inline int64_t beta_parts(const DeltaRuleInputs& in) {
-  return 1 + (in.K + grad_ktile(in.K) - 1) / grad_ktile(in.K);
+  return 1 + (in.K + tile_width(in.K) - 1) / tile_width(in.K);
 }
 
 // Hands out consecutive regions of `base` (nullptr: only counts); off is the total.
@@ -867,9 +868,9 @@ __global__ void __launch_bounds__(kRecurThreads, 1)
 
 // ---- (3) forward: o of a chunk ----
 //
-// Block (b, h, chunk, 64 columns of V): o = scale (q S0 + P V'), a 64 x 64 tile of 16 x 32
-// units. P and the chunk's V' columns are staged first; q S0 runs over 32-step pieces of
-// K, double-buffered (pipelined_pieces), then P V' is added.
+// Block (b, h, chunk, kCols = 64 or 80 columns of V, tile_width(V)): o = scale (q S0 + P V'),
+// a 64 x kCols tile of 16 x kCols/2 units. P and the chunk's V' columns are staged first; q S0 runs
+// over 32-step pieces of K, double-buffered (pipelined_pieces), then P V' is added.
 constexpr int kOutPiece = 32;  // contraction steps of q S0 per piece
 
 struct OutLayout {
@@ -879,26 +880,27 @@ struct OutLayout {
   int bytes;
 };
 
-template <class T>
+template <class T, int kCols>
 __global__ void __launch_bounds__(kThreads, 3)
     delta_rule_fwd_out_kernel(DeltaRuleInputs in, int64_t NC, OutLayout lay,
                               const float* __restrict__ P, const float* __restrict__ Vn,
                               const float* __restrict__ states, T* __restrict__ o) {
+  constexpr int NT = kCols / 16, kHalf = kCols / 2;  // a warp's unit: 16 x kHalf
   extern __shared__ __align__(16) unsigned char delta_smem[];
   float* Ps = reinterpret_cast<float*>(delta_smem + lay.off_p);
   float* Vs = reinterpret_cast<float*>(delta_smem + lay.off_v);
   const ChunkAt c = chunk_at(in, blockIdx.x / NC, blockIdx.x % NC);
   const int L = c.L, K = static_cast<int>(in.K), V = static_cast<int>(in.V);
-  const int v0 = blockIdx.y * kOutCols, vw = imin(kOutCols, V - v0);
+  const int v0 = blockIdx.y * kCols, vw = imin(kCols, V - v0);
   const int warp = threadIdx.x / 32, rt = warp % 4, cg = warp / 4;
   const int64_t chunk = c.bh * NC + c.n, C = in.C;
   const float* S0 = states + chunk * in.K * in.V + v0;
   const RowsView<T> q = rows<T>(in.q, in.q_strides, c);
   stage_tile(Ps, lay.p_ld, P + chunk * C * C, C, 1, L, L, kC, kC);
-  stage_tile(Vs, lay.v_ld, Vn + chunk * C * in.V + v0, in.V, 1, L, vw, kC, kOutCols);
+  stage_tile(Vs, lay.v_ld, Vn + chunk * C * in.V + v0, in.V, 1, L, vw, kC, kCols);
   cp_async_commit();
-  const bool active = 32 * cg < vw;  // the warp's 32 columns hold some of the tile
-  float acc[4][4] = {};
+  const bool active = kHalf * cg < vw;  // the warp's columns hold some of the tile
+  float acc[NT][4] = {};
   pipelined_pieces<kOutPiece>(
       K, delta_smem + lay.off_buf0, delta_smem + lay.off_buf1,
       [&](int x0, unsigned char* buf) {
@@ -906,19 +908,20 @@ __global__ void __launch_bounds__(kThreads, 3)
         stage_tile(reinterpret_cast<T*>(buf + lay.po_q), lay.q_ld, q.p + x0 * q.cs, q.rs, q.cs, L,
                    w, kC, kOutPiece);
         stage_tile(reinterpret_cast<float*>(buf + lay.po_s), lay.s_ld, S0 + x0 * in.V, in.V, 1, w,
-                   vw, kOutPiece, kOutCols);
+                   vw, kOutPiece, kCols);
       },
       [&](int x0, const unsigned char* buf) {
         if (!active) return;
-        warp_mma<4, false>(acc, (imin(kOutPiece, K - x0) + 7) / 8,
-                           reinterpret_cast<const T*>(buf + lay.po_q) + 16 * rt * lay.q_ld,
-                           lay.q_ld, reinterpret_cast<const float*>(buf + lay.po_s) + 32 * cg,
-                           lay.s_ld);
+        warp_mma<NT, false>(acc, (imin(kOutPiece, K - x0) + 7) / 8,
+                            reinterpret_cast<const T*>(buf + lay.po_q) + 16 * rt * lay.q_ld,
+                            lay.q_ld, reinterpret_cast<const float*>(buf + lay.po_s) + kHalf * cg,
+                            lay.s_ld);
       });
   if (!active) return;
-  warp_mma<4, false>(acc, (L + 7) / 8, Ps + 16 * rt * lay.p_ld, lay.p_ld, Vs + 32 * cg, lay.v_ld);
+  warp_mma<NT, false>(acc, (L + 7) / 8, Ps + 16 * rt * lay.p_ld, lay.p_ld, Vs + kHalf * cg,
+                      lay.v_ld);
   const float scale = in.scale;
-  for_each_frag<4>(16 * rt, 32 * cg, [&](int i, int j, int r, int cc) {
+  for_each_frag<NT>(16 * rt, kHalf * cg, [&](int i, int j, int r, int cc) {
     if (i < L && j < vw) {
       o[out_row(in, c, i) * in.V + v0 + j] = from_f32<T>(scale * acc[cc][r]);
     }
@@ -1362,13 +1365,14 @@ WyLayout wy_layout(const DeltaRuleInputs& in, int esize) {
   return l;
 }
 
-// Shared memory of the output kernel (esize: bytes of the inputs).
-OutLayout out_layout(int esize) {
+// Shared memory of the output kernel (esize: bytes of the inputs) for tiles of `cols`
+// columns of V.
+OutLayout out_layout(int esize, int cols) {
   OutLayout l{};
   l.q_ld = conflict_free_ld(kOutPiece, esize, false);  // q as A
-  l.s_ld = conflict_free_ld(kOutCols, 4, true);        // S0 as B
+  l.s_ld = conflict_free_ld(cols, 4, true);            // S0 as B
   l.p_ld = conflict_free_ld(kC, 4, false);             // P as A
-  l.v_ld = conflict_free_ld(kOutCols, 4, true);        // V' as B
+  l.v_ld = conflict_free_ld(cols, 4, true);            // V' as B
   SmemCursor smem;
   l.po_q = smem.take(kC * l.q_ld * esize);
   l.po_s = smem.take(kOutPiece * l.s_ld * 4);
@@ -1551,13 +1555,22 @@ const char* fwd_impl(const DeltaRuleFwdParams& p, cudaStream_t stream) {
   });
   if ((err = last_error())) return err;
   if (NC > 0) {
+    const int cols = tile_width(in.V);
     const dim3 grid(static_cast<unsigned>(BH * NC),
-                    static_cast<unsigned>((in.V + kOutCols - 1) / kOutCols));
-    const OutLayout ol = out_layout(sizeof(T));
-    if ((err = allow_smem(delta_rule_fwd_out_kernel<T>, ol.bytes))) return err;
-    delta_rule_fwd_out_kernel<T><<<grid, kThreads, ol.bytes, stream>>>(
-        in, NC, ol, kept.P, kept.Vn, p.states, static_cast<T*>(p.o));
-    if ((err = last_error())) return err;
+                    static_cast<unsigned>((in.V + cols - 1) / cols));
+    const OutLayout ol = out_layout(sizeof(T), cols);
+    auto launch = [&](auto kernel) {
+      if ((err = allow_smem(kernel, ol.bytes))) return;
+      kernel<<<grid, kThreads, ol.bytes, stream>>>(in, NC, ol, kept.P, kept.Vn, p.states,
+                                                   static_cast<T*>(p.o));
+      err = last_error();
+    };
+    if (cols == 80) {
+      launch(delta_rule_fwd_out_kernel<T, 80>);
+    } else {
+      launch(delta_rule_fwd_out_kernel<T, 64>);
+    }
+    if (err) return err;
   }
   return nullptr;
 }
@@ -1590,7 +1603,7 @@ const char* bwd_impl(const DeltaRuleBwdParams& p, cudaStream_t stream) {
       in, NC, vl, d_o, s, p.d_v, want_beta);
   if ((err = last_error())) return err;
   if (p.d_q != nullptr || p.d_k != nullptr || want_beta) {
-    const int kt = grad_ktile(in.K);
+    const int kt = tile_width(in.K);
     const KgradLayout kl = kgrad_layout(sizeof(T), kt);
     const unsigned blocks = static_cast<unsigned>(BH * NC * 2 * (beta_parts(in) - 1));
     auto launch = [&](auto kernel) {
