@@ -869,14 +869,16 @@ __global__ void __launch_bounds__(kRecurThreads, 1)
 // ---- (3) forward: o of a chunk ----
 //
 // Block (b, h, chunk, kCols = 64 or 80 columns of V, tile_width(V)): o = scale (q S0 + P V'),
-// a 64 x kCols tile of 16 x kCols/2 units. P and the chunk's V' columns are staged first; q S0 runs
-// over 32-step pieces of K, double-buffered (pipelined_pieces), then P V' is added.
+// a 64 x kCols tile of 16 x kCols/2 units. q S0 runs over 32-step pieces of K,
+// double-buffered (pipelined_pieces); then P and the chunk's V' columns are staged over the
+// piece buffers and P V' is added (41 KB of shared memory: three blocks per SM).
 constexpr int kOutPiece = 32;  // contraction steps of q S0 per piece
 
 struct OutLayout {
   int q_ld, s_ld, p_ld, v_ld;  // q piece [64][q_ld], S0 piece [32][s_ld], P, V' [64][.]
   int po_q, po_s;              // offsets inside a piece buffer
-  int off_buf0, off_buf1, off_p, off_v;
+  int off_buf0, off_buf1;      // the two piece buffers
+  int off_p, off_v;            // over the piece buffers, after the pieces
   int bytes;
 };
 
@@ -896,9 +898,6 @@ __global__ void __launch_bounds__(kThreads, 3)
   const int64_t chunk = c.bh * NC + c.n, C = in.C;
   const float* S0 = states + chunk * in.K * in.V + v0;
   const RowsView<T> q = rows<T>(in.q, in.q_strides, c);
-  stage_tile(Ps, lay.p_ld, P + chunk * C * C, C, 1, L, L, kC, kC);
-  stage_tile(Vs, lay.v_ld, Vn + chunk * C * in.V + v0, in.V, 1, L, vw, kC, kCols);
-  cp_async_commit();
   const bool active = kHalf * cg < vw;  // the warp's columns hold some of the tile
   float acc[NT][4] = {};
   pipelined_pieces<kOutPiece>(
@@ -917,6 +916,11 @@ __global__ void __launch_bounds__(kThreads, 3)
                             lay.q_ld, reinterpret_cast<const float*>(buf + lay.po_s) + kHalf * cg,
                             lay.s_ld);
       });
+  stage_tile(Ps, lay.p_ld, P + chunk * C * C, C, 1, L, L, kC, kC);
+  stage_tile(Vs, lay.v_ld, Vn + chunk * C * in.V + v0, in.V, 1, L, vw, kC, kCols);
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
   if (!active) return;
   warp_mma<NT, false>(acc, (L + 7) / 8, Ps + 16 * rt * lay.p_ld, lay.p_ld, Vs + kHalf * cg,
                       lay.v_ld);
@@ -1379,9 +1383,11 @@ OutLayout out_layout(int esize, int cols) {
   const int piece = smem.off;
   l.off_buf0 = 0;
   l.off_buf1 = smem.take(piece);
+  const int pieces = smem.off;
+  smem.off = 0;
   l.off_p = smem.take(kC * l.p_ld * 4);
   l.off_v = smem.take(kC * l.v_ld * 4);
-  l.bytes = smem.off;
+  l.bytes = std::max(pieces, smem.off);
   return l;
 }
 
