@@ -1444,6 +1444,16 @@ KgradLayout kgrad_layout(int esize, int kt) {
   return l;
 }
 
+// f(std::integral_constant<int, w>) for w a width of tile_width (64 or 80).
+template <class F>
+void with_tile(int w, const F& f) {
+  if (w == 80) {
+    f(std::integral_constant<int, 80>{});
+  } else {
+    f(std::integral_constant<int, 64>{});
+  }
+}
+
 // f(std::integral_constant<int, bv>) for bv one of kRecurCols.
 template <class F>
 void with_cols(int bv, const F& f) {
@@ -1565,17 +1575,13 @@ const char* fwd_impl(const DeltaRuleFwdParams& p, cudaStream_t stream) {
     const dim3 grid(static_cast<unsigned>(BH * NC),
                     static_cast<unsigned>((in.V + cols - 1) / cols));
     const OutLayout ol = out_layout(sizeof(T), cols);
-    auto launch = [&](auto kernel) {
+    with_tile(cols, [&](auto w) {
+      const auto kernel = delta_rule_fwd_out_kernel<T, w.value>;
       if ((err = allow_smem(kernel, ol.bytes))) return;
       kernel<<<grid, kThreads, ol.bytes, stream>>>(in, NC, ol, kept.P, kept.Vn, p.states,
                                                    static_cast<T*>(p.o));
       err = last_error();
-    };
-    if (cols == 80) {
-      launch(delta_rule_fwd_out_kernel<T, 80>);
-    } else {
-      launch(delta_rule_fwd_out_kernel<T, 64>);
-    }
+    });
     if (err) return err;
   }
   return nullptr;
@@ -1612,17 +1618,13 @@ const char* bwd_impl(const DeltaRuleBwdParams& p, cudaStream_t stream) {
     const int kt = tile_width(in.K);
     const KgradLayout kl = kgrad_layout(sizeof(T), kt);
     const unsigned blocks = static_cast<unsigned>(BH * NC * 2 * (beta_parts(in) - 1));
-    auto launch = [&](auto kernel) {
+    with_tile(kt, [&](auto w) {
+      const auto kernel = delta_rule_bwd_kgrad_kernel<T, w.value>;
       if ((err = allow_smem(kernel, kl.bytes))) return;
       kernel<<<blocks, kThreads, kl.bytes, stream>>>(in, NC, kl, d_o, s, p.states, p.d_q, p.d_k,
                                                      want_beta);
       err = last_error();
-    };
-    if (kt == 80) {
-      launch(delta_rule_bwd_kgrad_kernel<T, 80>);
-    } else {
-      launch(delta_rule_bwd_kgrad_kernel<T, 64>);
-    }
+    });
     if (err) return err;
   }
   if (want_beta) {

@@ -250,6 +250,19 @@ void check_case(const DeltaCudaCase& c, DType dt, bool fused, uint64_t seed,
   }
 }
 
+// A case's contiguous GPU inputs (float32 h0) and the op's results on them.
+struct GpuRun {
+  GpuInputs g;
+  DeltaResult r;
+};
+GpuRun gpu_run(const DeltaCudaCase& c, DType dt, uint64_t seed) {
+  GpuRun run;
+  run.g = to_gpu(make_inputs(c, dt, seed), dt, DType::kFloat32, false);
+  const GpuInputs& g = run.g;
+  run.r = run_delta(g.q, g.k, g.v, g.beta, g.h0, g.d_o, g.d_S, c.chunk);
+  return run;
+}
+
 // check_case for every case, in both dtypes and both views (contiguous, fused), with the
 // seeds from `seed` on (advanced past them).
 template <size_t N>
@@ -327,9 +340,9 @@ RESONA_GPU_TEST(
     "bfloat16)") {
   const DeltaCudaCase c{2, 150, 2, 64, 96, 64, true};
   for (DType dt : {DType::kFloat32, DType::kBFloat16}) {
-    const DeltaInputs x = make_inputs(c, dt, dt == DType::kFloat32 ? 1500 : 1501);
-    const GpuInputs g = to_gpu(x, dt, DType::kFloat32, false);
-    const DeltaResult full = run_delta(g.q, g.k, g.v, g.beta, g.h0, g.d_o, g.d_S, c.chunk);
+    const GpuRun run = gpu_run(c, dt, dt == DType::kFloat32 ? 1500 : 1501);
+    const GpuInputs& g = run.g;
+    const DeltaResult& full = run.r;
     const int rounds = dt == DType::kBFloat16 ? 2 : 0;  // both sides rounded once
     for (int64_t t : {50, 64, 100}) {
       const std::string name = case_name(c, dt, false) + " split at t=" + std::to_string(t);
@@ -379,9 +392,9 @@ RESONA_GPU_TEST(
     "run that asks for all (B=2,T=129,H=2,K=V=150,chunk=64 h0; float32 and bfloat16)") {
   const DeltaCudaCase c{2, 129, 2, 150, 150, 64, true};
   for (DType dt : {DType::kFloat32, DType::kBFloat16}) {
-    const DeltaInputs x = make_inputs(c, dt, dt == DType::kFloat32 ? 1450 : 1451);
-    const GpuInputs g = to_gpu(x, dt, DType::kFloat32, false);
-    const DeltaResult all = run_delta(g.q, g.k, g.v, g.beta, g.h0, g.d_o, g.d_S, c.chunk);
+    const GpuRun run = gpu_run(c, dt, dt == DType::kFloat32 ? 1450 : 1451);
+    const GpuInputs& g = run.g;
+    const DeltaResult& all = run.r;
     const Tensor* all_grads[] = {&all.d_q, &all.d_k, &all.d_v, &all.d_beta, &all.d_h0};
     const char* names[] = {"d_q", "d_k", "d_v", "d_beta", "d_h0"};
     for (int want = 0; want < 5; ++want) {
