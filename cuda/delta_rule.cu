@@ -7,7 +7,7 @@
 //                               N and G too, which the backward reads with W and P
 // delta_rule_fwd_state_kernel   block (b, h, 16, 32 or 48 columns of V): the chunks in
 //                               order, V' = U - W S, S <- S + k^T V'
-// delta_rule_fwd_out_kernel     block (b, h, chunk, 64 columns of V):
+// delta_rule_fwd_out_kernel     block (b, h, chunk, 64 or 80 columns of V):
 //                               o = scale (q S0 + P V')
 // delta_rule_bwd_state_kernel   block (b, h, 16, 32 or 48 columns of V): the chunks in
 //                               reverse, d_V' = scale P^T d_o + k d_S,
@@ -942,7 +942,7 @@ __global__ void __launch_bounds__(kThreads, 3)
 // then d_P = scale tril(d_o V'^T), dM = -(Y V'^T) strictly below the diagonal,
 // Z = diag(beta) dM, and the part v_i . Y_i + sum_{j<i} dM_ij G_ij of d_beta_i. It writes Y,
 // d_P, d_P^T, Z + Z^T and that part to scratch for
-// delta_rule_bwd_kgrad_kernel, block (b, h, chunk, d_q or d_k, 64 columns of K):
+// delta_rule_bwd_kgrad_kernel, block (b, h, chunk, d_q or d_k, 64 or 80 columns of K):
 //   d_q = scale d_o S0^T + d_P k
 //   d_k = V' d_S^T - diag(beta) (Y S0^T) + d_P^T q + (Z + Z^T) k
 // the contractions over V a piece of 32 columns at a time (the next piece staged while
@@ -1242,7 +1242,7 @@ const char* check_inputs(const DeltaRuleInputs& in) {
                 chunk_tiles = (in.T + in.C - 1) / in.C * 2 * (beta_parts(in) - 1);
   const int64_t blocks = in.B * in.H * std::max(n_tiles, chunk_tiles);
   if (blocks > 0x7fffffff) {
-    return "delta_rule CUDA: B * H * max(V / 16, 2 T / C * K / 64) above 2^31 - 1";
+    return "delta_rule CUDA: B * H * max(V / 16, 2 T / C * K tiles of 64 or 80) above 2^31 - 1";
   }
   if (in.h0_dtype != KernelDType::kFloat32 && in.h0_dtype != in.dtype) {
     return "delta_rule CUDA: h0 must be float32 or the inputs' dtype";

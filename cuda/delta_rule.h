@@ -11,8 +11,8 @@
 //
 // Forward: (1) per (b, h, chunk) in parallel, N by forward substitution, W, U and
 // P = tril(q k^T); (2) per (b, h, column tile of V), the chunks in order carrying that
-// tile of S, writing V' and each chunk's start state; (3) per (b, h, chunk, 64-column
-// tile of V) in parallel, o from the chunk's start state, P and V'.
+// tile of S, writing V' and each chunk's start state; (3) per (b, h, chunk, tile of 64 or
+// 80 columns of V) in parallel, o from the chunk's start state, P and V'.
 // A forward run for a backward keeps W, P, V', N and G = k k^T in a buffer the backward
 // takes (DeltaRuleFwdParams::kept), so the backward does not repeat (1) or recompute V'.
 // Backward: (2) per (b, h, V tile) the chunks in reverse, d_V' = scale P^T d_o + k d_S and
@@ -20,7 +20,7 @@
 // are in the forward), writing d_V' and the gradient of each chunk's end state; (3) per
 // (b, h, chunk) in parallel, the gradient of v and a part of beta's from d_V' and V' (with
 // the chunk's Y = N^T d_V', d_P, d_P^T and Z + Z^T for the next step), then per (b, h,
-// chunk, d_q or d_k, 64 columns of K) those of q and k from the start state, the
+// chunk, d_q or d_k, 64 or 80 columns of K) those of q and k from the start state, the
 // end-state gradient, V', Y and those matrices (with the rest of beta's), and the parts
 // of d_beta added. Every sum runs in a fixed order (no atomics): results are
 // bit-identical run to run.

@@ -40,10 +40,10 @@
 // the inputs as given (handles, not copies), every chunk's start state, float32
 // [B, H, T/C, K, V], and the chunks' W, P = tril(q k^T), V', N and k k^T (float32,
 // C (K + V + 3 C) floats per chunk: 1.4 times the states at C = 64, K = V = 150), so the
-// backward does not run the forward's first kernel again or recompute V'. The same algebra as above, organised for parallelism: the
-// per-chunk products run in parallel over (b, h, chunk) and only the state recurrences
-// (S forward, d_S backward, whose columns are independent) run chunk after chunk, in
-// parallel over (b, h, columns of V).
+// backward does not run the forward's first kernel again or recompute V'. The same
+// algebra as above, organised for parallelism: the per-chunk products run in parallel
+// over (b, h, chunk) and only the state recurrences (S forward, d_S backward, whose
+// columns are independent) run chunk after chunk, in parallel over (b, h, columns of V).
 // d_S_end of chunk n satisfies d_S0 = d_S_end + scale q^T d_o - W^T d_V', since
 // k^T d_R = k^T diag(beta) N^T d_V' = W^T d_V'. Sums run in a fixed order:
 // deterministic.
@@ -408,8 +408,9 @@ struct DeltaRuleOp {
         }
       }
     });
-    if (ctx.requires_grad)
+    if (ctx.requires_grad) {
       ctx.saved = Saved{q, k, v, beta, h0, Tensor(), Tensor(), d, scale, false};
+    }
     return {o, S_T};
   }
 
