@@ -459,13 +459,8 @@ __device__ __forceinline__ uint4 load_raw16(const T* p) {
   return __ldg(reinterpret_cast<const uint4*>(p));
 }
 
-// Widens raw 16 bytes to kN float32: bfloat16 is the high half of a float32 (exact).
-__device__ __forceinline__ void widen(uint4 u, float (&v)[4]) {
-  v[0] = __uint_as_float(u.x);
-  v[1] = __uint_as_float(u.y);
-  v[2] = __uint_as_float(u.z);
-  v[3] = __uint_as_float(u.w);
-}
+// Widens raw 16 bytes (8 bfloat16, the path's one dtype) to float32: bfloat16 is the high
+// half of a float32 (exact).
 __device__ __forceinline__ void widen(uint4 u, float (&v)[8]) {
   const uint32_t w[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
