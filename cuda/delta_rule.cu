@@ -129,35 +129,36 @@ struct Scratch {
   FwdKept<const float> kept;
   float* U = nullptr;  // forward
   // backward: d_V', Y = N^T d_V', the chunks' end-state gradients, d_P, d_P^T, Z + Z^T,
-  // and the parts of d_beta (kBetaParts)
+  // and the parts of d_beta, [beta_parts][chunks][C]
   float *dVn = nullptr, *Y = nullptr, *dstates = nullptr;
   float *dP = nullptr, *dPT = nullptr, *Zs = nullptr, *dBp = nullptr;
 };
 
 int64_t round4(int64_t n) { return (n + 3) / 4 * 4; }
 
-// Floats of [chunks, C, K], [chunks, C, V], [chunks, C, C] and [chunks, K, V], each
-// rounded up to 4.
+// The chunks (B H NC), and the floats of [chunks, C, K], [chunks, C, V], [chunks, C, C]
+// and [chunks, K, V], each rounded up to 4.
 struct ChunkSizes {
-  int64_t ck, cv, cc, kv;
+  int64_t chunks, ck, cv, cc, kv;
 };
 ChunkSizes chunk_sizes(const DeltaRuleInputs& in) {
   const int64_t NC = (in.T + in.C - 1) / in.C, chunks = in.B * in.H * NC;
-  return {round4(chunks * in.C * in.K), round4(chunks * in.C * in.V), round4(chunks * in.C * in.C),
-          round4(chunks * in.K * in.V)};
+  return {chunks, round4(chunks * in.C * in.K), round4(chunks * in.C * in.V),
+          round4(chunks * in.C * in.C), round4(chunks * in.K * in.V)};
 }
 
 // Columns of a block's tile over a dimension of n: 64, or 80 where that leaves less of the
 // last tile idle (n = 150: two tiles of 80 in place of three of 64, the last 22 wide;
 // n = 64, 128, 256 keep 64). The K-gradient kernel's tiles of K and the output kernel's of V.
-__host__ __device__ inline int tile_width(int64_t n) {
-  return (n + 79) / 80 * 80 < (n + 63) / 64 * 64 ? 80 : 64;
+int tile_width(int64_t n) { return (n + 79) / 80 * 80 < (n + 63) / 64 * 64 ? 80 : 64; }
+
+// The K-gradient kernel's tiles of K.
+int64_t k_tiles(const DeltaRuleInputs& in) {
+  return (in.K + tile_width(in.K) - 1) / tile_width(in.K);
 }
 
 // The parts d_beta is summed from: the V-gradient kernel's, then one per K tile.
-__host__ __device__ inline int64_t beta_parts(const DeltaRuleInputs& in) {
-  return 1 + (in.K + tile_width(in.K) - 1) / tile_width(in.K);
-}
+int64_t beta_parts(const DeltaRuleInputs& in) { return 1 + k_tiles(in); }
 
 // Hands out consecutive regions of `base` (nullptr: only counts); off is the total.
 template <class F>
@@ -199,7 +200,6 @@ int64_t fwd_layout(const DeltaRuleInputs& in, bool kept_apart, float* base, FwdK
 // The backward's scratch. Returns the floats taken.
 int64_t bwd_layout(const DeltaRuleInputs& in, float* base, Scratch& s) {
   const ChunkSizes z = chunk_sizes(in);
-  const int64_t NC = (in.T + in.C - 1) / in.C;
   Carver<float> c{base};
   c.take(s.dVn, z.cv);
   c.take(s.Y, z.cv);
@@ -207,7 +207,7 @@ int64_t bwd_layout(const DeltaRuleInputs& in, float* base, Scratch& s) {
   c.take(s.dP, z.cc);
   c.take(s.dPT, z.cc);
   c.take(s.Zs, z.cc);
-  c.take(s.dBp, round4(in.B * in.H * NC * beta_parts(in) * in.C));
+  c.take(s.dBp, round4(z.chunks * beta_parts(in) * in.C));
   return c.off;
 }
 
@@ -359,6 +359,18 @@ __device__ __forceinline__ void store_split(uint2* dst, int ld, float (&acc)[NT]
     split_tf32(x1, v.z, v.w);
     *p = v;
   });
+}
+
+// Sums x[h], a lane's partial sums of rows g + 8 h of a warp unit whose rows start at
+// row0, over the quad of lanes sharing those rows, into out[row0 + g + 8 h] (lane t = 0).
+__device__ __forceinline__ void store_row_sums(float (&x)[2], int row0, float* out) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+#pragma unroll
+    for (int m = 1; m <= 2; m *= 2) x[h] += __shfl_xor_sync(0xffffffffu, x[h], m);
+    if (lane % 4 == 0) out[row0 + lane / 4 + 8 * h] = x[h];
+  }
 }
 
 // The pieces [y0, y0 + kPiece) of a contraction of length n, double-buffered: the next
@@ -985,7 +997,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   float* part = reinterpret_cast<float*>(delta_smem + lay.off_part);  // [4][64]
   const ChunkAt c = chunk_at(in, blockIdx.x / NC, blockIdx.x % NC);
   const int L = c.L, V = static_cast<int>(in.V);
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, rt = warp % 4, cg = warp / 4;
+  const int tid = threadIdx.x, warp = tid / 32, rt = warp % 4, cg = warp / 4;
   const int lsteps = (L + 7) / 8;
   const int64_t chunk = c.bh * NC + c.n, C = in.C;
   const float* dVnG = s.dVn + chunk * C * in.V;
@@ -1061,23 +1073,12 @@ __global__ void __launch_bounds__(kThreads, 2)
     }
     Nm[i * kLdG + j] = bs[i] * dm;
   });
-  // Row sums over the quad of lanes sharing a row, then per column group into part.
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-#pragma unroll
-    for (int m = 1; m <= 2; m *= 2) {
-      vy[h] += __shfl_xor_sync(0xffffffffu, vy[h], m);
-      mg[h] += __shfl_xor_sync(0xffffffffu, mg[h], m);
-    }
-    if (lane % 4 == 0) {
-      const int i = 16 * rt + lane / 4 + 8 * h;
-      part[cg * kC + i] = vy[h];
-      part[(2 + cg) * kC + i] = mg[h];
-    }
-  }
+  // Row sums per column group into part.
+  store_row_sums(vy, 16 * rt, part + cg * kC);
+  store_row_sums(mg, 16 * rt, part + (2 + cg) * kC);
   __syncthreads();
   if (tid < L && want_beta) {
-    s.dBp[chunk * beta_parts(in) * C + tid] =
+    s.dBp[chunk * C + tid] =
         (part[tid] + part[kC + tid]) + (part[2 * kC + tid] + part[3 * kC + tid]);
   }
   float* Zg = s.Zs + chunk * C * C;
@@ -1103,7 +1104,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int tile = static_cast<int>(slot % n_ktiles), k0 = tile * kKT;
   const int L = c.L, K = static_cast<int>(in.K), V = static_cast<int>(in.V);
   const int kw = imin(kKT, K - k0);
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, rt = warp % 4, cg = warp / 4;
+  const int tid = threadIdx.x, warp = tid / 32, rt = warp % 4, cg = warp / 4;
   const bool active = kCols * cg < kw;  // the warp's columns hold some of the tile
   const int64_t chunk = c.bh * NC + c.n, C = in.C, KV = in.K * in.V;
   const float* S0 = states + chunk * KV + k0 * in.V;
@@ -1192,15 +1193,10 @@ __global__ void __launch_bounds__(kThreads, 2)
       acc[cc][r] = fmaf(-bs[i], acc_y[cc][r], acc[cc][r]);
     });
   }
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-#pragma unroll
-    for (int m = 1; m <= 2; m *= 2) ky[h] += __shfl_xor_sync(0xffffffffu, ky[h], m);
-    if (lane % 4 == 0) part[cg * kC + 16 * rt + lane / 4 + 8 * h] = ky[h];
-  }
+  store_row_sums(ky, 16 * rt, part + cg * kC);
   __syncthreads();
   if (want_beta && tid < L) {
-    s.dBp[(chunk * beta_parts(in) + 1 + tile) * C + tid] = -(part[tid] + part[kC + tid]);
+    s.dBp[((1 + tile) * in.B * in.H * NC + chunk) * C + tid] = -(part[tid] + part[kC + tid]);
   }
   if (!active || !want_k) return;
   warp_mma<NT, false>(acc, lsteps, dPs + 16 * rt * lay.p_ld, lay.p_ld, qt + kCols * cg, lay.k_ld);
@@ -1208,19 +1204,20 @@ __global__ void __launch_bounds__(kThreads, 2)
   store(d_k_out);
 }
 
-// Block of 256 rows (b, h, chunk, row): d_beta = the sum of its parts, in order.
+// Block of 256 rows (b, h, chunk, row): d_beta = the sum of its n_parts parts, in order.
 template <class T>
 __global__ void __launch_bounds__(256)
-    delta_rule_bwd_dbeta_kernel(DeltaRuleInputs in, int64_t NC, const float* __restrict__ parts,
-                                T* __restrict__ d_beta) {
+    delta_rule_bwd_dbeta_kernel(DeltaRuleInputs in, int64_t NC, int64_t n_parts,
+                                const float* __restrict__ parts, T* __restrict__ d_beta) {
+  const int64_t rows = in.B * in.H * NC * in.C;
   const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (e >= in.B * in.H * NC * in.C) return;
-  const int64_t chunk = e / in.C, n_parts = beta_parts(in);
+  if (e >= rows) return;
+  const int64_t chunk = e / in.C;
   const int i = static_cast<int>(e % in.C);
   const ChunkAt c = chunk_at(in, chunk / NC, chunk % NC);
   if (i >= c.L) return;
   float x = 0.f;
-  for (int64_t p = 0; p < n_parts; ++p) x += parts[(chunk * n_parts + p) * in.C + i];
+  for (int64_t p = 0; p < n_parts; ++p) x += parts[p * rows + e];
   d_beta[out_row(in, c, i)] = from_f32<T>(x);
 }
 
@@ -1239,7 +1236,7 @@ const char* check_inputs(const DeltaRuleInputs& in) {
   if (in.K > (1 << 20) || in.V > (1 << 20)) return "delta_rule CUDA: K or V above 2^20";
   // Blocks of the widest grids: the narrowest recurrence tiles, the K-gradient kernel's.
   const int64_t n_tiles = (in.V + 15) / 16,
-                chunk_tiles = (in.T + in.C - 1) / in.C * 2 * (beta_parts(in) - 1);
+                chunk_tiles = (in.T + in.C - 1) / in.C * 2 * k_tiles(in);
   const int64_t blocks = in.B * in.H * std::max(n_tiles, chunk_tiles);
   if (blocks > 0x7fffffff) {
     return "delta_rule CUDA: B * H * max(V / 16, 2 T / C * K tiles of 64 or 80) above 2^31 - 1";
@@ -1617,7 +1614,7 @@ const char* bwd_impl(const DeltaRuleBwdParams& p, cudaStream_t stream) {
   if (p.d_q != nullptr || p.d_k != nullptr || want_beta) {
     const int kt = tile_width(in.K);
     const KgradLayout kl = kgrad_layout(sizeof(T), kt);
-    const unsigned blocks = static_cast<unsigned>(BH * NC * 2 * (beta_parts(in) - 1));
+    const unsigned blocks = static_cast<unsigned>(BH * NC * 2 * k_tiles(in));
     with_tile(kt, [&](auto w) {
       const auto kernel = delta_rule_bwd_kgrad_kernel<T, w.value>;
       if ((err = allow_smem(kernel, kl.bytes))) return;
@@ -1630,7 +1627,7 @@ const char* bwd_impl(const DeltaRuleBwdParams& p, cudaStream_t stream) {
   if (want_beta) {
     const int64_t rows = BH * NC * in.C;
     delta_rule_bwd_dbeta_kernel<T><<<static_cast<unsigned>((rows + 255) / 256), 256, 0, stream>>>(
-        in, NC, s.dBp, static_cast<T*>(p.d_beta));
+        in, NC, beta_parts(in), s.dBp, static_cast<T*>(p.d_beta));
     if ((err = last_error())) return err;
   }
   return nullptr;
