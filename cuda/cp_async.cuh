@@ -78,12 +78,15 @@ __device__ __forceinline__ void stage_rows(T* dst, int ds, const T* src, int64_t
   }
 }
 
-// stage_rows for a destination npad columns wide, when the columns are contiguous (cs = 1):
-// the block's threads walk the tile's 8-byte (else 4-byte) slots flat, one cp.async each,
-// a thread stepping blockDim.x slots at a time with its row and column carried from step
-// to step (a few instructions per slot, where stage_rows walks row by row and leaves lanes
-// idle on short rows); a slot that straddles column n, or lies past row L, is written with
-// plain loads and zeros. Other layouts go to stage_rows.
+// stage_rows for a destination npad columns wide, when the columns are contiguous (cs = 1),
+// in 8-byte (else 4-byte) slots, one cp.async each. Where a row's slots fit the block
+// (npad / slot <= blockDim.x), each thread keeps one column slot and walks rows
+// blockDim.x / (slots per row) apart with two pointers, so a slot costs a few
+// instructions and the test of the slot's columns against n is made once; the threads
+// past the last whole row of slots idle. Wider rows are walked flat, a thread stepping
+// blockDim.x slots at a time with its row and column carried from step to step. A slot
+// that straddles column n, or lies past row L, is written with plain loads and zeros.
+// Other layouts go to stage_rows.
 template <int kBytes, class T>
 __device__ __forceinline__ void stage_tile_slots(T* dst, int ds, const T* src, int64_t rs, int L,
                                                  int n, int R, int npad) {
@@ -91,17 +94,42 @@ __device__ __forceinline__ void stage_tile_slots(T* dst, int ds, const T* src, i
   static_assert(kE >= 1, "whole elements per slot");
   const T zero = from_f32<T>(0.f);
   const int per = npad / kE, step = static_cast<int>(blockDim.x);
+  auto copy = [&](T* d, const T* s) {
+    if (kBytes == 8) {
+      cp_async8(d, s);
+    } else {
+      cp_async4(d, s);
+    }
+  };
+  if (per <= step) {
+    const int rows = step / per, t = static_cast<int>(threadIdx.x);
+    if (t >= rows * per) return;
+    const int j = t % per * kE, Lr = L < R ? L : R;
+    int i = t / per;
+    T* d = dst + i * ds + j;
+    const T* s = src + i * rs + j;
+    const int d_step = rows * ds;
+    if (j + kE <= n) {
+      for (; i < Lr; i += rows, d += d_step, s += rows * rs) copy(d, s);
+    } else if (j < n) {
+      for (; i < Lr; i += rows, d += d_step, s += rows * rs) {
+#pragma unroll
+        for (int x = 0; x < kE; ++x) d[x] = j + x < n ? s[x] : zero;
+      }
+    }
+    for (; i < R; i += rows, d += d_step) {  // past n, or past L
+#pragma unroll
+      for (int x = 0; x < kE; ++x) d[x] = zero;
+    }
+    return;
+  }
   const int di = step / per, dj = step % per * kE;
   int i = static_cast<int>(threadIdx.x) / per, j = static_cast<int>(threadIdx.x) % per * kE;
   while (i < R) {
     T* d = dst + i * ds + j;
     const T* s = src + i * rs + j;
     if (i < L && j + kE <= n) {
-      if (kBytes == 8) {
-        cp_async8(d, s);
-      } else {
-        cp_async4(d, s);
-      }
+      copy(d, s);
     } else {
 #pragma unroll
       for (int x = 0; x < kE; ++x) d[x] = i < L && j + x < n ? s[x] : zero;
