@@ -213,8 +213,8 @@ int64_t bwd_layout(const DeltaRuleInputs& in, float* base, Scratch& s) {
 
 // ---- tensor-core products of tiles staged in shared memory ----
 
-// The TF32 high and low parts of an operand element: split from float32, exact from a
-// bfloat16 value (low part zero), or read pre-split (x, y) = (hi, lo).
+// The TF32 high and low parts of an operand element: split from float32, or exact from a
+// bfloat16 value (low part zero).
 __device__ __forceinline__ void tf32_parts(float x, uint32_t& hi, uint32_t& lo) {
   split_tf32(x, hi, lo);
 }
@@ -222,15 +222,36 @@ __device__ __forceinline__ void tf32_parts(__nv_bfloat16 x, uint32_t& hi, uint32
   hi = __float_as_uint(__bfloat162float(x));
   lo = 0;
 }
-__device__ __forceinline__ void tf32_parts(uint2 x, uint32_t& hi, uint32_t& lo) {
-  hi = x.x;
-  lo = x.y;
+
+// A B operand held pre-split in row pairs (the recurrences' state and V' tiles): element
+// (x, j) of a tile sits in pair row 4 (x / 8) + x % 4, column j, of a [rows / 2][ld] array
+// of uint4, as {hi(x, j), hi(x + 4, j), lo(x, j), lo(x + 4, j)} for x % 8 < 4, so that one
+// 16-byte load gives a lane both TF32 parts of its m16n8k8 B fragment (rows t and t + 4).
+// A row offset of 8 s in the tile is 4 s pair rows.
+using SplitPairs = uint4;
+
+// The TF32 parts of a lane's B fragment (rows t and t + 4 of a k-step, one column), from p
+// at column offset c: from two elements b4 apart, or from one SplitPairs element.
+template <class TB>
+__device__ __forceinline__ void b_frag(const TB* p, int b4, int c, uint32_t (&bh)[2],
+                                       uint32_t (&bl)[2]) {
+  if constexpr (std::is_same_v<TB, SplitPairs>) {
+    const SplitPairs v = p[c];
+    bh[0] = v.x;
+    bh[1] = v.y;
+    bl[0] = v.z;
+    bl[1] = v.w;
+  } else {
+    tf32_parts(p[c], bh[0], bl[0]);
+    tf32_parts(p[b4 + c], bh[1], bl[1]);
+  }
 }
 
 // acc[c] (column tile c of the warp's 16 x 8 NT unit) += A B over 8 ksteps contraction
 // steps, A(i, x) = a[i * a_ld + x] (a[x * a_ld + i] when kATrans) for the unit's 16 rows,
-// B(x, j) = b[x * b_ld + j] (b[j * b_ld + x] when kBTrans) for its 8 NT columns. Elements
-// are float32 (split here), bfloat16 (exact: no low part) or pre-split uint2; 3xTF32,
+// B(x, j) = b[x * b_ld + j] (b[j * b_ld + x] when kBTrans) for its 8 NT columns, or B in
+// SplitPairs (not transposed; b_ld in pairs). Elements are float32 (split here) or bfloat16
+// (exact: no low part); 3xTF32,
 // Ah Bh + (Al Bh + Ah Bl), less the products of a zero low part, the low-part products
 // summed apart (a second dependency chain) and added at the end. Each lane walks one
 // pointer per operand.
@@ -239,6 +260,8 @@ __device__ __forceinline__ void warp_mma(float (&acc)[NT][4], int ksteps, const 
                                          const TB* b, int b_ld) {
   constexpr bool kAExact = std::is_same_v<TA, __nv_bfloat16>;
   constexpr bool kBExact = std::is_same_v<TB, __nv_bfloat16>;
+  constexpr bool kBPairs = std::is_same_v<TB, SplitPairs>;
+  static_assert(!kBPairs || !kBTrans, "a SplitPairs operand is read as it is laid out");
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const TA* pa = kATrans ? a + t * a_ld + g : a + g * a_ld + t;
   const int a8 = kATrans ? 8 : 8 * a_ld;  // row i + 8
@@ -247,7 +270,7 @@ __device__ __forceinline__ void warp_mma(float (&acc)[NT][4], int ksteps, const 
   const TB* pb = kBTrans ? b + g * b_ld + t : b + t * b_ld + g;
   const int b4 = kBTrans ? 4 : 4 * b_ld;  // row x + 4
   const int b8 = kBTrans ? 8 * b_ld : 8;  // column tile c + 1
-  const int b_step = kBTrans ? 8 : 8 * b_ld;
+  const int b_step = kBTrans ? 8 : (kBPairs ? 4 : 8) * b_ld;
   float lo[NT][4] = {};
   for (int s = 0; s < ksteps; ++s, pa += a_step, pb += b_step) {
     uint32_t ah[4], al[4];
@@ -258,8 +281,7 @@ __device__ __forceinline__ void warp_mma(float (&acc)[NT][4], int ksteps, const 
 #pragma unroll
     for (int c = 0; c < NT; ++c) {
       uint32_t bh[2], bl[2];
-      tf32_parts(pb[b8 * c], bh[0], bl[0]);
-      tf32_parts(pb[b4 + b8 * c], bh[1], bl[1]);
+      b_frag(pb, b4, b8 * c, bh, bl);
       if (!kAExact) mma_tf32_m16n8k8(lo[c], al, bh);
       if (!kBExact) mma_tf32_m16n8k8(lo[c], ah, bl);
       mma_tf32_m16n8k8(acc[c], ah, bh);
@@ -278,8 +300,8 @@ __device__ __forceinline__ void warp_mma(float (&acc)[NT][4], int ksteps, const 
 // 16 (warp / 2) + kUnitRowStep u of the state and columns kBV/2 (warp % 2) on (so every
 // unit of a warp has the same columns and shares B's fragments). A_u(x, i) =
 // a[i * a_ld + kUnitRowStep u + x]
-// (a transposed operand: k^T, q^T, W^T), B(i, j) = b[i * b_ld + j], as in warp_mma; the
-// units' products are independent, so they interleave.
+// (a transposed operand: k^T, q^T, W^T), B(i, j) = b[i * b_ld + j] or B in SplitPairs, as
+// in warp_mma; the units' products are independent, so they interleave.
 template <int NT, int kU, class TA, class TB>
 __device__ __forceinline__ void warp_mma_units(float (&acc)[kU][NT][4], int n, int ksteps,
                                                const TA* a, int a_ld, const TB* b, int b_ld) {
@@ -289,13 +311,11 @@ __device__ __forceinline__ void warp_mma_units(float (&acc)[kU][NT][4], int n, i
   const TA* pa = a + t * a_ld + g;
   const TB* pb = b + t * b_ld + g;
   const int a4 = 4 * a_ld, b4 = 4 * b_ld;
-  for (int s = 0; s < ksteps; ++s, pa += 8 * a_ld, pb += 8 * b_ld) {
+  const int b_step = (std::is_same_v<TB, SplitPairs> ? 4 : 8) * b_ld;
+  for (int s = 0; s < ksteps; ++s, pa += 8 * a_ld, pb += b_step) {
     uint32_t bh[NT][2], bl[NT][2];
 #pragma unroll
-    for (int c = 0; c < NT; ++c) {
-      tf32_parts(pb[8 * c], bh[c][0], bl[c][0]);
-      tf32_parts(pb[b4 + 8 * c], bh[c][1], bl[c][1]);
-    }
+    for (int c = 0; c < NT; ++c) b_frag(pb, b4, 8 * c, bh[c], bl[c]);
 #pragma unroll
     for (int u = 0; u < kU; ++u) {
       if (u >= n) continue;
@@ -332,33 +352,29 @@ __device__ __forceinline__ void for_each_frag(const F& f) {
   for_each_frag<NT>(0, 0, f);
 }
 
-// f(p, x0, x1) for the lane's accumulators of a unit two adjacent columns at a time: x0 and
-// x1 (references into acc) and p, their two 8-byte slots of a [rows][ld] array of uint2
-// (ld even) as one 16-byte word.
-template <int NT, class F>
-__device__ __forceinline__ void for_each_slot_pair(uint2* slots, int ld, float (&acc)[NT][4],
-                                                   const F& f) {
+// A warp's 16 x 8 NT unit of accumulators, split into TF32 parts, into dst (its first
+// pair row, ld in pairs) as SplitPairs. Lane (g, t) writes pair row g at the columns 2 t
+// and 2 t + 1 of each column tile: rows g and g + 4 of the unit when g < 4, rows g + 4 and
+// g + 8 when g >= 4; it holds rows g and g + 8 and swaps the other with lane ^ 16.
+template <int NT>
+__device__ __forceinline__ void store_split(SplitPairs* dst, int ld, const float (&acc)[NT][4]) {
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const bool high = g >= 4;
 #pragma unroll
   for (int c = 0; c < NT; ++c) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      f(reinterpret_cast<uint4*>(slots + (g + 8 * h) * ld + 8 * c + 2 * t), acc[c][2 * h],
-        acc[c][2 * h + 1]);
-    }
+    const float o0 = __shfl_xor_sync(0xffffffffu, high ? acc[c][0] : acc[c][2], 16);
+    const float o1 = __shfl_xor_sync(0xffffffffu, high ? acc[c][1] : acc[c][3], 16);
+    const float f0 = high ? o0 : acc[c][0], f1 = high ? o1 : acc[c][1];  // first row of the pair
+    const float e0 = high ? acc[c][2] : o0, e1 = high ? acc[c][3] : o1;  // its row + 4
+    SplitPairs v0, v1;
+    split_tf32(f0, v0.x, v0.z);
+    split_tf32(e0, v0.y, v0.w);
+    split_tf32(f1, v1.x, v1.z);
+    split_tf32(e1, v1.y, v1.w);
+    SplitPairs* p = dst + g * ld + 8 * c + 2 * t;
+    p[0] = v0;
+    p[1] = v1;
   }
-}
-
-// A unit's accumulators, split into TF32 parts, into dst (row stride ld, even): the lane's
-// two adjacent columns as one 16-byte store per row.
-template <int NT>
-__device__ __forceinline__ void store_split(uint2* dst, int ld, float (&acc)[NT][4]) {
-  for_each_slot_pair<NT>(dst, ld, acc, [](uint4* p, float x0, float x1) {
-    uint4 v;
-    split_tf32(x0, v.x, v.y);
-    split_tf32(x1, v.z, v.w);
-    *p = v;
-  });
 }
 
 // Sums x[h], a lane's partial sums of rows g + 8 h of a warp unit whose rows start at
@@ -598,22 +614,31 @@ __device__ __forceinline__ void for_each_state_unit(int n_units, const F& f) {
 
 // Phase 1 of a recurrence (V' or d_V', 64 x kBV) is 8 units of 16 x kBV/2, each computed by
 // two warps w and w + 8 over the two parts of its contraction: the second warp leaves its
-// partial sum in the first word of each of the unit's split slots (store_partial), which
-// are the slots the first warp then overwrites with the finished unit (add_partial, then
-// store_split), so the partial needs no shared memory of its own.
+// partial sums in the unit's split slots, each lane in the first of the slots it writes in
+// store_split (store_partial); the first warp's same lane adds them (add_partial) and then
+// overwrites those slots with the finished unit (store_split), so the partial needs no
+// shared memory of its own.
 template <int NT>
-__device__ __forceinline__ void store_partial(uint2* dst, int ld, float (&acc)[NT][4]) {
-  for_each_slot_pair<NT>(dst, ld, acc, [](uint4* p, float x0, float x1) {
-    *p = uint4{__float_as_uint(x0), 0u, __float_as_uint(x1), 0u};
-  });
+__device__ __forceinline__ void store_partial(SplitPairs* dst, int ld, const float (&acc)[NT][4]) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int c = 0; c < NT; ++c) {
+    dst[lane / 4 * ld + 8 * c + 2 * (lane % 4)] =
+        uint4{__float_as_uint(acc[c][0]), __float_as_uint(acc[c][1]), __float_as_uint(acc[c][2]),
+              __float_as_uint(acc[c][3])};
+  }
 }
 template <int NT>
-__device__ __forceinline__ void add_partial(uint2* src, int ld, float (&acc)[NT][4]) {
-  for_each_slot_pair<NT>(src, ld, acc, [](const uint4* p, float& x0, float& x1) {
-    const uint4 v = *p;
-    x0 += __uint_as_float(v.x);
-    x1 += __uint_as_float(v.z);
-  });
+__device__ __forceinline__ void add_partial(const SplitPairs* src, int ld, float (&acc)[NT][4]) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int c = 0; c < NT; ++c) {
+    const uint4 v = src[lane / 4 * ld + 8 * c + 2 * (lane % 4)];
+    acc[c][0] += __uint_as_float(v.x);
+    acc[c][1] += __uint_as_float(v.y);
+    acc[c][2] += __uint_as_float(v.z);
+    acc[c][3] += __uint_as_float(v.w);
+  }
 }
 
 // The end of phase 1 for a unit held by warps w (first) and w + 8 (second): the second
@@ -621,8 +646,8 @@ __device__ __forceinline__ void add_partial(uint2* src, int ld, float (&acc)[NT]
 // adds the partial, calls f(i, j, r, c) on each element (row i, column j of the tile) to
 // finish it in acc and write it out, and stores the unit split into its slots.
 template <int NT, class F>
-__device__ __forceinline__ void finish_phase1(bool second, uint2* unit, int ld, int row0, int col0,
-                                              float (&acc)[NT][4], const F& f) {
+__device__ __forceinline__ void finish_phase1(bool second, SplitPairs* unit, int ld, int row0,
+                                              int col0, float (&acc)[NT][4], const F& f) {
   if (second) store_partial<NT>(unit, ld, acc);
   __syncthreads();
   if (second) return;
@@ -645,10 +670,10 @@ __device__ __forceinline__ void for_each_state_elem(int n_units, const F& f) {
 struct RecurLayout {
   int kp8, kp16;               // K rounded up to 8 (contractions) and 16 (state rows)
   int w_ld, k_ld, q_ld;        // rows of the staged W, k, q
-  int p_ld, o_ld, v_ld, s_ld;  // rows of P, the d_o tile, split V' / d_V', split S / d_S
+  int p_ld, o_ld, v_ld, s_ld;  // rows of P, the d_o tile; V' / d_V', S / d_S in pairs
   int off_a, off_b;            // forward: W, k; backward: the two buffers k, q, W rotate through
   int off_p, off_o0, off_o1;   // backward: P, the two d_o tiles
-  int off_v, off_s;            // split V' or d_V' [64][v_ld], split S or d_S [kp16][s_ld]
+  int off_v, off_s;            // V' or d_V' [32][v_ld], S or d_S [kp16 / 2][s_ld] (SplitPairs)
   int bytes;
 };
 
@@ -668,8 +693,8 @@ __global__ void __launch_bounds__(kRecurThreads, 1)
   extern __shared__ __align__(16) unsigned char delta_smem[];
   float* Ws = reinterpret_cast<float*>(delta_smem + lay.off_a);
   T* Ks = reinterpret_cast<T*>(delta_smem + lay.off_b);
-  uint2* V2 = reinterpret_cast<uint2*>(delta_smem + lay.off_v);
-  uint2* S2 = reinterpret_cast<uint2*>(delta_smem + lay.off_s);
+  SplitPairs* V2 = reinterpret_cast<SplitPairs*>(delta_smem + lay.off_v);
+  SplitPairs* S2 = reinterpret_cast<SplitPairs*>(delta_smem + lay.off_s);
   const int64_t n_tiles = (in.V + kBV - 1) / kBV;
   const int64_t bh = blockIdx.x / n_tiles;
   const int v0 = static_cast<int>(blockIdx.x % n_tiles) * kBV;
@@ -692,7 +717,7 @@ __global__ void __launch_bounds__(kRecurThreads, 1)
                      : 0.f;
   });
   for_each_state_unit<NT>(n_units, [&](int u, int row0, int col0) {
-    store_split<NT>(S2 + row0 * lay.s_ld + col0, lay.s_ld, S[u]);
+    store_split<NT>(S2 + row0 / 2 * lay.s_ld + col0, lay.s_ld, S[u]);
   });
   auto stage_w = [&](int64_t n) {
     stage_tile(Ws, lay.w_ld, W + (bh * NC + n) * C * in.K, in.K, 1, chunk_at(in, bh, n).L, K, kC,
@@ -720,9 +745,9 @@ __global__ void __launch_bounds__(kRecurThreads, 1)
     // V' = U - W S, W S in two parts over K
     float acc[NT][4] = {};
     warp_mma<NT, false>(acc, k_count, Ws + 16 * rt * lay.w_ld + 8 * k_first, lay.w_ld,
-                        S2 + 8 * k_first * lay.s_ld + kHalf * cg, lay.s_ld);
+                        S2 + 4 * k_first * lay.s_ld + kHalf * cg, lay.s_ld);
     float* Vnn = Vn + chunk * C * in.V + v0;
-    finish_phase1<NT>(second, V2 + 16 * rt * lay.v_ld + kHalf * cg, lay.v_ld, 16 * rt, kHalf * cg,
+    finish_phase1<NT>(second, V2 + 8 * rt * lay.v_ld + kHalf * cg, lay.v_ld, 16 * rt, kHalf * cg,
                       acc, [&](int i, int j, int r, int c) {
                         acc[c][r] = i < L ? uv[c][r] - acc[c][r] : 0.f;
                         if (i < L && j < vw) Vnn[i * in.V + j] = acc[c][r];
@@ -740,7 +765,7 @@ __global__ void __launch_bounds__(kRecurThreads, 1)
     warp_mma_units<NT>(S, my_units, lsteps, Ks + 16 * (warp / 2), lay.k_ld, V2 + kHalf * (warp % 2),
                        lay.v_ld);
     for_each_state_unit<NT>(n_units, [&](int u, int row0, int col0) {
-      store_split<NT>(S2 + row0 * lay.s_ld + col0, lay.s_ld, S[u]);
+      store_split<NT>(S2 + row0 / 2 * lay.s_ld + col0, lay.s_ld, S[u]);
     });
     __syncthreads();
     if (n + 1 < NC) stage_k(n + 1);
@@ -765,8 +790,8 @@ __global__ void __launch_bounds__(kRecurThreads, 1)
   float* Ps = reinterpret_cast<float*>(delta_smem + lay.off_p);
   T* const dO0 = reinterpret_cast<T*>(delta_smem + lay.off_o0);
   T* const dO1 = reinterpret_cast<T*>(delta_smem + lay.off_o1);
-  uint2* dV2 = reinterpret_cast<uint2*>(delta_smem + lay.off_v);  // -d_V', split
-  uint2* dS2 = reinterpret_cast<uint2*>(delta_smem + lay.off_s);
+  SplitPairs* dV2 = reinterpret_cast<SplitPairs*>(delta_smem + lay.off_v);  // -d_V'
+  SplitPairs* dS2 = reinterpret_cast<SplitPairs*>(delta_smem + lay.off_s);
   const int64_t n_tiles = (in.V + kBV - 1) / kBV;
   const int64_t bh = blockIdx.x / n_tiles;
   const int v0 = static_cast<int>(blockIdx.x % n_tiles) * kBV;
@@ -785,7 +810,7 @@ __global__ void __launch_bounds__(kRecurThreads, 1)
     dS[u][c][r] = x < K && j < vw ? d_S_T[bh * KV + x * in.V + v0 + j] : 0.f;
   });
   for_each_state_unit<NT>(n_units, [&](int u, int row0, int col0) {
-    store_split<NT>(dS2 + row0 * lay.s_ld + col0, lay.s_ld, dS[u]);
+    store_split<NT>(dS2 + row0 / 2 * lay.s_ld + col0, lay.s_ld, dS[u]);
   });
   // k, q and W of a chunk go through buf0 and buf1 in turn: k_n and q_n are staged
   // first, W_n replaces k_n once d_V' is done, k_{n-1} replaces q_n and q_{n-1} W_n.
@@ -832,9 +857,9 @@ __global__ void __launch_bounds__(kRecurThreads, 1)
     }
     warp_mma<NT, false>(acc, k_count,
                         reinterpret_cast<const T*>(kbuf) + 16 * rt * lay.k_ld + 8 * k_first,
-                        lay.k_ld, dS2 + 8 * k_first * lay.s_ld + kHalf * cg, lay.s_ld);
+                        lay.k_ld, dS2 + 4 * k_first * lay.s_ld + kHalf * cg, lay.s_ld);
     float* dVnn = dVn + chunk * C * in.V + v0;
-    finish_phase1<NT>(second, dV2 + 16 * rt * lay.v_ld + kHalf * cg, lay.v_ld, 16 * rt, kHalf * cg,
+    finish_phase1<NT>(second, dV2 + 8 * rt * lay.v_ld + kHalf * cg, lay.v_ld, 16 * rt, kHalf * cg,
                       acc, [&](int i, int j, int r, int c) {
                         if (i < L && j < vw) dVnn[i * in.V + j] = acc[c][r];
                         acc[c][r] = i < L ? -acc[c][r] : 0.f;
@@ -863,7 +888,7 @@ __global__ void __launch_bounds__(kRecurThreads, 1)
     warp_mma_units<NT>(dS, my_units, lsteps, reinterpret_cast<const float*>(kbuf) + 16 * (warp / 2),
                        lay.w_ld, dV2 + kHalf * (warp % 2), lay.v_ld);
     for_each_state_unit<NT>(n_units, [&](int u, int row0, int col0) {
-      store_split<NT>(dS2 + row0 * lay.s_ld + col0, lay.s_ld, dS[u]);
+      store_split<NT>(dS2 + row0 / 2 * lay.s_ld + col0, lay.s_ld, dS[u]);
     });
     __syncthreads();
     if (n > 0) stage_in(in.q, in.q_strides, n - 1, kbuf, lay.q_ld);
@@ -1275,13 +1300,13 @@ int64_t num_chunks(const DeltaRuleInputs& in) { return (in.T + in.C - 1) / in.C;
 // ---- the recurrences' tiles ----
 
 // The smallest row stride >= n elements (a multiple of 8 bytes, so rows take 8-byte
-// copies; of 16 bytes for 8-byte elements, stored two at a time) at which a warp's
-// fragment read of esize-byte elements meets no bank conflict: lane (g, t) = (lane / 4,
-// lane % 4) reads row g, column t, or with by_cols row t, column g (an operand read
-// transposed). 8-byte reads are served a half-warp at a time.
+// copies) at which a warp's fragment read of esize-byte elements (2, 4, or 16: SplitPairs)
+// meets no bank conflict: lane (g, t) = (lane / 4, lane % 4) reads row g, column t, or
+// with by_cols row t, column g (an operand read transposed). 16-byte reads are served
+// eight lanes at a time.
 int conflict_free_ld(int n, int esize, bool by_cols) {
-  const int step = esize == 8 ? 2 : 8 / esize, first = (n + step - 1) / step * step;
-  const int words = esize == 8 ? 2 : 1, lanes = esize == 8 ? 16 : 32;
+  const int step = esize == 16 ? 1 : 8 / esize, first = (n + step - 1) / step * step;
+  const int words = esize == 16 ? 4 : 1, lanes = esize == 16 ? 8 : 32;
   for (int ld = first; ld < first + 32 * step; ld += step) {
     bool ok = true;
     for (int phase = 0; phase < 32 / lanes && ok; ++phase) {
@@ -1336,10 +1361,10 @@ RecurLayout recur_layout(const DeltaRuleInputs& in, bool fwd, int esize, int bv)
     l.off_o0 = smem.take(kC * l.o_ld * esize);
     l.off_o1 = smem.take(kC * l.o_ld * esize);
   }
-  l.v_ld = conflict_free_ld(bv, 8, true);  // split V' / d_V' as B
-  l.s_ld = conflict_free_ld(bv, 8, true);  // split S / d_S as B
-  l.off_v = smem.take(kC * l.v_ld * 8);
-  l.off_s = smem.take(l.kp16 * l.s_ld * 8);
+  l.v_ld = conflict_free_ld(bv, 16, true);  // V' / d_V' as B, SplitPairs
+  l.s_ld = conflict_free_ld(bv, 16, true);  // S / d_S as B, SplitPairs
+  l.off_v = smem.take(kC / 2 * l.v_ld * 16);
+  l.off_s = smem.take(l.kp16 / 2 * l.s_ld * 16);
   l.bytes = smem.off;
   return l;
 }
