@@ -82,6 +82,20 @@ __device__ __forceinline__ float4 ld4(const float* p) {
 
 constexpr int kTK = 8;  // inner length of one TF32 MMA step (m16n8k8)
 
+// v[u] = the element at p (zero unless `in` and row + u step < L), p advancing step rows
+// each time: kPer loads down a column of a [T, .] input, all issued before the caller
+// stores any of them (stores to shared memory could alias the input for all the compiler
+// knows, so loads placed after them would wait one by one).
+template <int kPer, class T>
+__device__ __forceinline__ void load_column(const T*& p, int64_t st, int step, bool in, int row,
+                                            int L, float (&v)[kPer]) {
+#pragma unroll
+  for (int u = 0; u < kPer; ++u) {
+    v[u] = in && row + u * step < L ? to_f32(*p) : 0.f;
+    p += step * st;
+  }
+}
+
 // In place, down the 32 columns of a [kRows][ld] tile: inclusive prefix sums (kReverse:
 // suffix sums, x_i = sum_{r >= i} x_r). Thread (column tid / 8, segment tid % 8) sums its 8
 // rows in registers; the 8 segments of a column sit in adjacent lanes and pass their
@@ -166,22 +180,28 @@ template <class T>
 __device__ void load_chunk_tiles(const SeqIn<T>& q, const SeqIn<T>& k, const SeqIn<T>& g,
                                  int64_t t0, int L, int k0, int K, const Tiles& s) {
   {
-    // Thread: column c, rows r, r + 8, ... (three pointers walk down the rows).
-    constexpr int kStep = kThreads / kKT;
+    // Thread: column c, rows r, r + 8, ... (three pointers walk down the rows), in two
+    // rounds of kPer rows through load_column (one round would take 24 registers, which
+    // the callers' accumulators leave only some kernels).
+    constexpr int kStep = kThreads / kKT, kPer = kRows / kStep / 2;
     const int c = threadIdx.x % kKT, r = threadIdx.x / kKT;
     const bool cin = k0 + c < K;
     const T* qp = q.p + (t0 + r) * q.st + (k0 + c) * q.sc;
     const T* kp = k.p + (t0 + r) * k.st + (k0 + c) * k.sc;
     const T* gp = g.p + (t0 + r) * g.st + (k0 + c) * g.sc;
 #pragma unroll
-    for (int i = r; i < kRows; i += kStep) {
-      const bool in = cin && i < L;
-      s.q[i * kLdT + c] = in ? to_f32(*qp) : 0.f;
-      s.k[i * kLdT + c] = in ? to_f32(*kp) : 0.f;
-      s.G[i * kLdT + c] = in ? to_f32(*gp) * kLog2e : 0.f;
-      qp += kStep * q.st;
-      kp += kStep * k.st;
-      gp += kStep * g.st;
+    for (int i0 = r; i0 < kRows; i0 += kPer * kStep) {
+      float qv[kPer], kv[kPer], gv[kPer];
+      load_column(qp, q.st, kStep, cin, i0, L, qv);
+      load_column(kp, k.st, kStep, cin, i0, L, kv);
+      load_column(gp, g.st, kStep, cin, i0, L, gv);
+#pragma unroll
+      for (int u = 0; u < kPer; ++u) {
+        const int i = i0 + u * kStep;
+        s.q[i * kLdT + c] = qv[u];
+        s.k[i * kLdT + c] = kv[u];
+        s.G[i * kLdT + c] = gv[u] * kLog2e;
+      }
     }
   }
   __syncthreads();
@@ -284,16 +304,21 @@ __global__ void __launch_bounds__(kThreads, kStateBlocks) gla_chunk_state_kernel
   constexpr int kRowStep = kThreads / 32;
   for (int k0 = 0; k0 < Kpad; k0 += kKT) {
     {
+      constexpr int kPer = kRows / kRowStep / 2;  // two rounds (registers: 3 blocks per SM)
       const bool cin = k0 + lc < K;
       const T* xp = x.p + (t0 + lr) * x.st + (k0 + lc) * x.sc;
       const T* gp = g.p + (t0 + lr) * g.st + (k0 + lc) * g.sc;
 #pragma unroll
-      for (int i = lr; i < kRows; i += kRowStep) {
-        const bool in = cin && i < L;
-        Xs[i * ldx + k0 + lc] = in ? to_f32(*xp) : 0.f;
-        Gs[i * kLdT + lc] = in ? to_f32(*gp) * kLog2e : 0.f;
-        xp += kRowStep * x.st;
-        gp += kRowStep * g.st;
+      for (int i0 = lr; i0 < kRows; i0 += kPer * kRowStep) {
+        float xv[kPer], gv[kPer];
+        load_column(xp, x.st, kRowStep, cin, i0, L, xv);
+        load_column(gp, g.st, kRowStep, cin, i0, L, gv);
+#pragma unroll
+        for (int u = 0; u < kPer; ++u) {
+          const int i = i0 + u * kRowStep;
+          Xs[i * ldx + k0 + lc] = xv[u];
+          Gs[i * kLdT + lc] = gv[u] * kLog2e;
+        }
       }
     }
     __syncthreads();
@@ -316,13 +341,12 @@ __global__ void __launch_bounds__(kThreads, kStateBlocks) gla_chunk_state_kernel
   for (int v0 = 0; v0 < V; v0 += kYCols) {
     const int w = V - v0 < kYCols ? V - v0 : kYCols, wpad = (w + 31) / 32 * 32;
     for (int c = lc; c < wpad; c += 32) {
-      const bool cin = c < w;
+      constexpr int kPer = kRows / kRowStep;
       const T* yp = y.p + (t0 + lr) * y.st + (v0 + c) * y.sc;
+      float yv[kPer];
+      load_column(yp, y.st, kRowStep, c < w, lr, L, yv);
 #pragma unroll
-      for (int i = lr; i < kRows; i += kRowStep) {
-        Ys[i * ldy + c] = cin && i < L ? to_f32(*yp) : 0.f;
-        yp += kRowStep * y.st;
-      }
+      for (int u = 0; u < kPer; ++u) Ys[(lr + u * kRowStep) * ldy + c] = yv[u];
     }
     __syncthreads();
     const int nvt = wpad / 32, tiles = (Kpad / 32) * nvt;
@@ -594,7 +618,7 @@ __global__ void __launch_bounds__(kThreads, kChunkBlocks) gla_fwd_kernel(const G
     float acc[kRows / kSub][4] = {};
     // Qe S0 over the keys; sp walks down S0's rows ft, ft + 8, ... of column col.
     const float* sp = S0 + static_cast<int64_t>(ft) * V + col;
-#pragma unroll 2
+#pragma unroll 4
     for (int kk = 0; kk < Kpad; kk += kTK, sp += kTK * V) {
       const int r0 = kk + ft, r1 = r0 + 4;
       const uint32_t bf[2] = {to_tf32(cin && r0 < K ? sp[0] : 0.f),
@@ -748,7 +772,7 @@ __global__ void __launch_bounds__(kThreads, kChunkBlocks)
       }
       // KF d_S over the keys; sp walks down d_S's rows ft, ft + 8, ... of column col.
       const float* sp = dS + static_cast<int64_t>(ft) * V + col;
-#pragma unroll 2
+#pragma unroll 4
       for (int kk = 0; kk < Kpad; kk += kTK, sp += kTK * V) {
         const int r0 = kk + ft, r1 = r0 + 4;
         const uint32_t bf[2] = {to_tf32(cin && r0 < K ? sp[0] : 0.f),
@@ -822,7 +846,7 @@ __global__ void __launch_bounds__(kThreads, kChunkBlocks)
 }
 
 template <class T>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 2)
     gla_bwd_dqkg_kernel(const GlaBwdParams p, const float* __restrict__ d_states,
                         const float* __restrict__ d_A_all, float* __restrict__ d_g_channels) {
   extern __shared__ __align__(128) float4 smem4[];
@@ -874,7 +898,7 @@ __global__ void __launch_bounds__(kThreads)
       kin[nt] = key < K;
       yr[nt] = Y + static_cast<int64_t>(kin[nt] ? key : 0) * V + ft;
     }
-#pragma unroll 2
+#pragma unroll 4
     for (int vv = 0; vv < V; vv += kTK, a0 += kTK * xs, a1 += kTK * xs) {
       const bool c0 = vv + ft < V, c1 = vv + ft + 4 < V;
       const uint32_t af[4] = {to_tf32(i0in && c0 ? to_f32(a0[0]) : 0.f),
