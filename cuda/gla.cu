@@ -819,6 +819,7 @@ __global__ void __launch_bounds__(kThreads, kChunkBlocks)
       const T* a1 = d_o.p + (t0 + i1) * d_o.st + ft * os;
       const T* b0 = v.p + (t0 + j0) * v.st + ft * vs;
       const T* b1 = v.p + (t0 + j1) * v.st + ft * vs;
+#pragma unroll 4
       for (int vv = 0; vv < V;
            vv += kTK, a0 += kTK * os, a1 += kTK * os, b0 += kTK * vs, b1 += kTK * vs) {
         const bool c0 = vv + ft < V, c1 = vv + ft + 4 < V;
@@ -948,12 +949,23 @@ __global__ void __launch_bounds__(kThreads, 2)
   }
   __syncthreads();  // the staging region now takes d_A
 
+  // d_A and its transpose into shared memory, in rounds of kPer loads issued before the
+  // round's stores (as in load_column).
   const float* dA_g = d_A_all + (bh * NC + n) * kRows * kRows;
-  for (int idx = threadIdx.x; idx < kRows * kRows; idx += kThreads) {
-    const int i = idx / kRows, j = idx % kRows;
-    const float a = dA_g[idx];
-    dA[i * kLd4 + j] = a;
-    dAT[j * kLd4 + i] = a;
+  {
+    constexpr int kPer = kRows * kRows / kThreads / 2;
+#pragma unroll
+    for (int idx0 = threadIdx.x; idx0 < kRows * kRows; idx0 += kPer * kThreads) {
+      float a[kPer];
+#pragma unroll
+      for (int u = 0; u < kPer; ++u) a[u] = dA_g[idx0 + u * kThreads];
+#pragma unroll
+      for (int u = 0; u < kPer; ++u) {
+        const int idx = idx0 + u * kThreads, i = idx / kRows, j = idx % kRows;
+        dA[i * kLd4 + j] = a[u];
+        dAT[j * kLd4 + i] = a[u];
+      }
+    }
   }
   load_chunk_tiles(q, k, g, t0, L, k0, K, s);  // its first barrier orders the d_A copies
 
