@@ -48,8 +48,8 @@ constexpr int kLdT = kKT + 1;    // row stride of [kRows][kKT] tiles: odd, so co
 constexpr int kLd4 = 68;         // row stride of 64-wide tiles read as float4: a multiple of
                                  // 4 (16-byte rows) whose rows 4 apart fall in other banks
 constexpr int kLdS = kKT + 4;    // row stride of gla_bwd_dqkg_kernel's [kRows][kKT] dq0 / dk0
-constexpr int kChunkBlocks = 2;  // resident blocks per SM of gla_fwd_kernel / gla_bwd_dv_kernel
-                                 // (K <= 128: <= 85 KB of shared memory)
+constexpr int kChunkBlocks = 2;  // resident blocks per SM of gla_fwd_kernel, gla_bwd_dv_kernel
+                                 // and gla_bwd_dqkg_kernel (K <= 128: <= 87 KB of shared memory)
 constexpr int kPairs = 6;        // sub-chunk pairs J < I of a 64-row tile
 static_assert(kGlaMaxChunk == kRows, "the chunk tile holds the largest chunk");
 static_assert(kRows == 4 * kSub && kSub == 16, "sub-chunk pairs and 4-row blocks assume 4 x 16");
@@ -847,7 +847,7 @@ __global__ void __launch_bounds__(kThreads, kChunkBlocks)
 }
 
 template <class T>
-__global__ void __launch_bounds__(kThreads, 2)
+__global__ void __launch_bounds__(kThreads, kChunkBlocks)
     gla_bwd_dqkg_kernel(const GlaBwdParams p, const float* __restrict__ d_states,
                         const float* __restrict__ d_A_all, float* __restrict__ d_g_channels) {
   extern __shared__ __align__(128) float4 smem4[];
