@@ -585,9 +585,9 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 2 ? 3 : 2)
 // kBV/2 columns: 3xTF32 (float32 accuracy) for float32 operands, with the low-part product
 // dropped for a bfloat16 operand, which TF32 holds exactly. The state tile stays in the
 // warps' accumulators (float32) from the first chunk to the last; shared memory holds its
-// copy split into TF32 high and low parts, which is what the other product reads, and V'
-// or d_V' split the same way. Contractions over K run over K padded to 8, over a chunk's
-// rows over L padded to 8; the staging writes zeros there.
+// copy split into TF32 high and low parts in row pairs (SplitPairs), which is what the other
+// product reads, and V' or d_V' split the same way. Contractions over K run over K padded to 8,
+// over a chunk's rows over L padded to 8; the staging writes zeros there.
 //
 // Forward, per chunk:  V' = U - W S                 64 x kBV: 8 units, each by two warps
 //                                                   over the two halves of K
