@@ -27,7 +27,14 @@ def cuda_library(name, srcs, hdrs = [], device_hdrs = [], common_hdrs = [], deps
             name = "_%s_%s_nvcc" % (name, base),
             srcs = [src] + own + device_hdrs,
             outs = [obj],
+            # nvcc names its intermediate files after its process id; in Bazel's
+            # sandbox every action runs as the same pid in its own namespace while
+            # /tmp is shared, so concurrent compilations would overwrite each
+            # other's files. Each compilation gets a private TMPDIR.
             cmd = " ".join([
+                "tmp=$$(mktemp -d \"$${TMPDIR:-/tmp}/nvcc.XXXXXXXX\") || exit 1;",
+                "trap 'rm -rf \"$$tmp\"' EXIT;",
+                "export TMPDIR=\"$$tmp\";",
                 "archs=$$(echo $(cuda_archs) | tr ',' ' ');",
                 "gencode=;",
                 "for a in $$archs; do gencode=\"$$gencode -gencode arch=compute_$$a,code=sm_$$a\"; done;",
