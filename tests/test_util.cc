@@ -6,8 +6,10 @@
 #include <cstdlib>
 
 #include "cuda/backend.h"
+#include "ops/elementwise.h"  // add, mul
 #include "ops/op_list.h"
-#include "ops/shape.h"  // concat
+#include "ops/reduce.h"  // sum
+#include "ops/shape.h"   // concat
 
 namespace resona::testing {
 
@@ -43,6 +45,42 @@ void check_contains(const std::string& msg, const std::string& needle) {
 
 Tensor out_and_state(const RecurrentOutput& r) {
   return concat({r.out.reshape({-1}), r.final_state.reshape({-1})}, 0);
+}
+
+void check_split_sequence(
+    std::vector<Tensor> leaves, const Tensor& h0, int64_t T,
+    const std::function<RecurrentOutput(int64_t, int64_t, const Tensor&)>& run, const Tensor& d_out,
+    const Tensor& d_state, const std::vector<int64_t>& splits, double atol, double rtol) {
+  auto loss = [&](const RecurrentOutput& r) {
+    return add(sum(mul(r.out, d_out)), sum(mul(r.final_state, d_state)));
+  };
+  auto take_grads = [&] {
+    std::vector<Tensor> g;
+    for (Tensor& t : leaves) {
+      REQUIRE(t.grad().defined());
+      g.push_back(t.grad());
+      t.set_grad(Tensor());
+    }
+    return g;
+  };
+  for (const Tensor& t : leaves) REQUIRE_FALSE(t.grad().defined());
+  const RecurrentOutput full = run(0, T, h0);
+  loss(full).backward();
+  const std::vector<Tensor> g_full = take_grads();
+  for (int64_t t : splits) {
+    INFO("split at t=" << t);
+    const RecurrentOutput first = run(0, t, h0);
+    const RecurrentOutput second = run(t, T, first.final_state);
+    const RecurrentOutput joined{concat({first.out, second.out}, 1), second.final_state};
+    check_close(joined.out, full.out, atol, rtol);
+    check_close(joined.final_state, full.final_state, atol, rtol);
+    loss(joined).backward();
+    const std::vector<Tensor> g_split = take_grads();
+    for (size_t i = 0; i < leaves.size(); ++i) {
+      INFO("gradient of leaf " << i << " " << leaves[i].describe());
+      check_close(g_split[i], g_full[i], atol, rtol);
+    }
+  }
 }
 
 Tensor leaf(Generator& gen, const Shape& shape, double lo, double hi) {

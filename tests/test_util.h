@@ -57,6 +57,19 @@ void check_contains(const std::string& msg, const std::string& needle);
 // A recurrent op's output and final state, flattened and joined (output first), so one
 // gradcheck covers both.
 Tensor out_and_state(const RecurrentOutput& r);
+// A recurrent op run over [0, T) against the same op run over [0, t) and then [t, T) from
+// the first piece's final state, for each t in `splits`: outputs, final state and the
+// gradients of every leaf (a loss of sum(out * d_out) + sum(final_state * d_state)), each
+// within atol + rtol |expected| (float64: both sides are the same sums, cut elsewhere).
+// run(t0, t1, h) runs the op over the time steps [t0, t1) of the leaves (dimension 1 of
+// the time-indexed ones) from initial state h; the whole run starts from `h0`, one of the
+// leaves, which come with no .grad and are left with none.
+void check_split_sequence(
+    std::vector<Tensor> leaves, const Tensor& h0, int64_t T,
+    const std::function<RecurrentOutput(int64_t, int64_t, const Tensor&)>& run, const Tensor& d_out,
+    const Tensor& d_state, const std::vector<int64_t>& splits, double atol = 1e-12,
+    double rtol = 1e-12);
+
 // Braced lists (`check_close(t, {0})`) pick this one rather than the Tensor overload.
 inline void check_close(const Tensor& t, std::initializer_list<double> expected, double atol = 1e-9,
                         double rtol = 1e-9) {

@@ -273,35 +273,14 @@ RESONA_OP_TEST(delta_rule, values,
                            leaf(gen, {c.B, c.H, c.K, c.V})};
   ChunkOptions opt;
   opt.chunk = c.chunk;
-  Tensor d_o = gen.uniform({c.B, c.T, c.H, c.V}, -1, 1, DType::kFloat64);
-  Tensor d_S = gen.uniform({c.B, c.H, c.K, c.V}, -1, 1, DType::kFloat64);
-  auto loss = [&](const RecurrentOutput& r) {
-    return add(sum(mul(r.out, d_o)), sum(mul(r.final_state, d_S)));
-  };
-  RecurrentOutput full = delta_rule(x[0], x[1], x[2], x[3], x[4], opt);
-  loss(full).backward();
-  std::vector<Tensor> g_full;
-  for (Tensor& t : x) {
-    g_full.push_back(t.grad());
-    t.set_grad(Tensor());
-  }
-  for (int64_t t_split : {13, 24}) {
-    INFO("split at t=" << t_split);
-    auto part = [&](int64_t t0, int64_t t1, const Tensor& h) {
-      return delta_rule(x[0].slice(1, t0, t1), x[1].slice(1, t0, t1), x[2].slice(1, t0, t1),
-                        x[3].slice(1, t0, t1), h, opt);
-    };
-    RecurrentOutput first = part(0, t_split, x[4]);
-    RecurrentOutput second = part(t_split, c.T, first.final_state);
-    RecurrentOutput joined{concat({first.out, second.out}, 1), second.final_state};
-    check_close(joined.out, full.out, 1e-12, 1e-12);
-    check_close(joined.final_state, full.final_state, 1e-12, 1e-12);
-    loss(joined).backward();
-    for (size_t i = 0; i < x.size(); ++i) {
-      check_close(x[i].grad(), g_full[i], 1e-12, 1e-12);
-      x[i].set_grad(Tensor());
-    }
-  }
+  const Tensor d_o = gen.uniform({c.B, c.T, c.H, c.V}, -1, 1, DType::kFloat64);
+  const Tensor d_S = gen.uniform({c.B, c.H, c.K, c.V}, -1, 1, DType::kFloat64);
+  check_split_sequence(x, x[4], c.T,
+                       [&](int64_t t0, int64_t t1, const Tensor& h) {
+                         return delta_rule(x[0].slice(1, t0, t1), x[1].slice(1, t0, t1),
+                                           x[2].slice(1, t0, t1), x[3].slice(1, t0, t1), h, opt);
+                       },
+                       d_o, d_S, {13, 24});
 }
 
 TEST_CASE("delta_rule checks its inputs") {

@@ -241,35 +241,15 @@ RESONA_OP_TEST(selective_scan, values,
   Generator gen(1400);
   Inputs in = make_inputs(gen, c, DType::kFloat64, true);
   std::vector<Tensor> x = as_list(in);
-  Tensor d_y = gen.uniform({c.B, c.T, c.D}, -1, 1, DType::kFloat64);
-  Tensor d_h = gen.uniform({c.B, c.D, c.N}, -1, 1, DType::kFloat64);
-  auto loss = [&](const RecurrentOutput& r) {
-    return add(sum(mul(r.out, d_y)), sum(mul(r.final_state, d_h)));
-  };
-  RecurrentOutput full_run = selective_scan(x[0], x[1], x[2], x[3], x[4], x[5], x[6]);
-  loss(full_run).backward();
-  std::vector<Tensor> g_full;
-  for (Tensor& t : x) {
-    g_full.push_back(t.grad());
-    t.set_grad(Tensor());
-  }
-  for (int64_t t_split : {20, 33}) {
-    INFO("split at t=" << t_split);
-    auto part = [&](int64_t t0, int64_t t1, const Tensor& h) {
-      return selective_scan(x[0].slice(1, t0, t1), x[1].slice(1, t0, t1), x[2],
-                            x[3].slice(1, t0, t1), x[4].slice(1, t0, t1), x[5], h);
-    };
-    RecurrentOutput first = part(0, t_split, x[6]);
-    RecurrentOutput second = part(t_split, c.T, first.final_state);
-    RecurrentOutput joined{concat({first.out, second.out}, 1), second.final_state};
-    check_close(joined.out, full_run.out, 1e-13, 1e-12);
-    check_close(joined.final_state, full_run.final_state, 1e-13, 1e-12);
-    loss(joined).backward();
-    for (size_t i = 0; i < x.size(); ++i) {
-      check_close(x[i].grad(), g_full[i], 1e-12, 1e-12);
-      x[i].set_grad(Tensor());
-    }
-  }
+  const Tensor d_y = gen.uniform({c.B, c.T, c.D}, -1, 1, DType::kFloat64);
+  const Tensor d_h = gen.uniform({c.B, c.D, c.N}, -1, 1, DType::kFloat64);
+  check_split_sequence(
+      x, x[6], c.T,
+      [&](int64_t t0, int64_t t1, const Tensor& h) {
+        return selective_scan(x[0].slice(1, t0, t1), x[1].slice(1, t0, t1), x[2],
+                              x[3].slice(1, t0, t1), x[4].slice(1, t0, t1), x[5], h);
+      },
+      d_y, d_h, {20, 33}, 1e-13, 1e-12);
 }
 
 TEST_CASE("selective_scan checks its inputs") {
