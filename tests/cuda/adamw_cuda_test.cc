@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/cuda/cuda_check.h"
 #include "tests/test_util.h"
 #include "train/optimizer.h"
 
@@ -32,10 +33,6 @@ namespace {
 using train::AdamW;
 using train::AdamWConfig;
 using train::NamedTensors;
-
-Tensor round_bf16(const Tensor& x) {
-  return copy_to(copy_to(x, DType::kBFloat16, Device::cpu()), DType::kFloat32, Device::cpu());
-}
 
 // Sets p's gradient to `g` even when its dtype differs from p's (a bfloat16 gradient of
 // float32 master weights, as a mixed-precision backward leaves it); set_grad insists
@@ -91,7 +88,7 @@ RESONA_GPU_TEST(
       }
       for (size_t i = 0; i < no_grad; ++i) {
         Tensor g = gen.normal(kShapes[i], 0.0, 0.5 * step);
-        if (grad_dtype == DType::kBFloat16) g = round_bf16(g);
+        if (grad_dtype == DType::kBFloat16) g = round_to_bf16(g);
         cpu[i].second.set_grad(g);
         put_grad(gpu[i].second, copy_to(g, grad_dtype, Device::cuda()));
       }
@@ -140,7 +137,7 @@ RESONA_GPU_TEST(
     std::vector<Tensor> pc, pg;
     for (size_t i = 0; i + 1 < std::size(kShapes); ++i) {
       const DType dt = mixed && i % 2 == 1 ? DType::kBFloat16 : DType::kFloat32;
-      Tensor g = round_bf16(gen.normal(kShapes[i]));  // exactly representable either way
+      Tensor g = round_to_bf16(gen.normal(kShapes[i]));  // exactly representable either way
       Tensor a = zeros(kShapes[i]), b = zeros(kShapes[i], DType::kFloat32, Device::cuda());
       a.set_requires_grad(true);
       b.set_requires_grad(true);

@@ -37,40 +37,6 @@ namespace {
 constexpr double kU32 = 1.0 / 16777216.0;
 constexpr double kBf16Rel = 1.0 / 256;
 
-Tensor host_f32(const Tensor& t) { return copy_to(t, DType::kFloat32, Device::cpu()); }
-
-std::vector<uint32_t> bits(const Tensor& t) {
-  std::vector<uint32_t> out;
-  if (t.dtype() == DType::kBFloat16) {
-    for (bfloat16 v : t.to_vector<bfloat16>()) out.push_back(v.bits);
-  } else {
-    for (float v : t.to_vector<float>()) {
-      uint32_t b;
-      std::memcpy(&b, &v, 4);
-      out.push_back(b);
-    }
-  }
-  return out;
-}
-
-// x (CPU float32) on the GPU as `dtype`: contiguous, or a view with the last two dims'
-// strides swapped (x [B, T, D] from a [B, D, T] copy; w [D, W] from [W, D]); a 1-D
-// tensor becomes every other element of a buffer twice as long.
-Tensor to_cuda(const Tensor& x, DType dtype, bool strided) {
-  if (!strided) return copy_to(x, dtype, Device::cuda());
-  const int64_t n = x.dim();
-  if (n == 1) {
-    Tensor wide = zeros({x.shape()[0], 2});
-    wide.slice(1, 0, 1).copy_(x.unsqueeze(1));
-    Tensor base = copy_to(wide, dtype, Device::cuda());
-    return make_view(base, x.shape(), {2}, 0);
-  }
-  Tensor base = copy_to(x.transpose(n - 2, n - 1).contiguous(), dtype, Device::cuda());
-  Shape strides = base.strides();
-  std::swap(strides[n - 2], strides[n - 1]);
-  return make_view(base, x.shape(), strides, 0);
-}
-
 // x [B, T, D] (CPU float32) on the GPU as `dtype`, as a view `offset` elements into a
 // buffer whose rows are `pad` elements longer than D: offset 1 misaligns every row (the
 // scalar path), offset 4 with pad 4 keeps 4-channel groups aligned with strides other

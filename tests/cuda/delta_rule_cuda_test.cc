@@ -53,8 +53,6 @@ std::string case_name(const DeltaCudaCase& c, DType dt, bool fused) {
          dtype_name(dt) + (fused ? ",fused views" : "") + ")";
 }
 
-Tensor host_f32(const Tensor& t) { return copy_to(t, DType::kFloat32, Device::cpu()); }
-
 // Rows of unit L2 norm along the last dim, float32 on the CPU.
 Tensor unit_rows(Generator& gen, const Shape& shape) {
   std::vector<double> x = gen.normal(shape, 0, 1, DType::kFloat64).to_vector<double>();

@@ -12,28 +12,11 @@
 
 #include "cuda/dropout.h"
 #include "ops/dropout.h"
+#include "tests/cuda/cuda_check.h"
 #include "tests/test_util.h"
 
 namespace resona::testing {
 namespace {
-
-Tensor round_bf16(const Tensor& x) {
-  return copy_to(copy_to(x, DType::kBFloat16, Device::cpu()), DType::kFloat32, Device::cpu());
-}
-
-std::vector<uint32_t> bits(const Tensor& t) {
-  std::vector<uint32_t> out;
-  if (t.dtype() == DType::kBFloat16) {
-    for (bfloat16 v : t.to_vector<bfloat16>()) out.push_back(v.bits);
-  } else {
-    for (float v : t.to_vector<float>()) {
-      uint32_t b;
-      std::memcpy(&b, &v, 4);
-      out.push_back(b);
-    }
-  }
-  return out;
-}
 
 // A view of `x` (CPU float32) on the GPU as `dtype` with reversed strides (same values).
 Tensor strided_cuda(const Tensor& x, DType dtype) {
@@ -103,8 +86,8 @@ RESONA_GPU_TEST(
           Tensor x = data.uniform(shape, 0.5, 1.5);
           Tensor d_y = data.uniform(shape, -1.5, -0.5);
           if (dt == DType::kBFloat16) {
-            x = round_bf16(x);
-            d_y = round_bf16(d_y);
+            x = round_to_bf16(x);
+            d_y = round_to_bf16(d_y);
           }
           const uint64_t gen_seed = seed * 7919;
           const uint64_t skip = seed % 2 == 0 ? 0 : 12;

@@ -19,20 +19,11 @@
 #include "ops/elementwise.h"
 #include "ops/reduce.h"
 #include "ops/shape.h"
+#include "tests/cuda/cuda_check.h"
 #include "tests/test_util.h"
 
 namespace resona::testing {
 namespace {
-
-constexpr double kU = 1.0 / (1 << 24);
-constexpr double kBf = 1.0 / 256;
-
-Tensor host_f32(const Tensor& t) { return copy_to(t.detach(), DType::kFloat32, Device::cpu()); }
-
-// Rounds float32 values to bfloat16 and back, as the GPU sees them.
-Tensor round_to_bf16(const Tensor& x) {
-  return copy_to(copy_to(x, DType::kBFloat16, x.device()), DType::kFloat32, x.device());
-}
 
 std::string dtype_str(DType t) { return dtype_name(t); }
 

@@ -258,16 +258,6 @@ void check_dg(const std::string& what, const GlaGpuCase& c, const GlaInputs& x, 
   check_bound(what, got, e, bound);
 }
 
-std::vector<uint32_t> bits(const Tensor& t) {
-  std::vector<uint32_t> out;
-  for (float v : copy_to(t, DType::kFloat32, Device::cpu()).to_vector<float>()) {
-    uint32_t b;
-    std::memcpy(&b, &v, 4);
-    out.push_back(b);
-  }
-  return out;
-}
-
 void check_case(const GlaGpuCase& c, DType dt, uint64_t seed) {
   const std::string name = case_name(c, dt);
   INFO(name);

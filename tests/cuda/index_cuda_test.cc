@@ -38,23 +38,6 @@ namespace {
 constexpr double kU32 = 1.0 / 16777216.0;  // float32 unit roundoff, 2^-24
 constexpr double kBf16Rel = 1.0 / 256;     // bfloat16 rounding, at most 2^-8 relative
 
-Tensor host_f32(const Tensor& t) { return copy_to(t, DType::kFloat32, Device::cpu()); }
-
-// The element bits of a float32 or bfloat16 tensor (any device), for exact comparisons.
-std::vector<uint32_t> bits(const Tensor& t) {
-  std::vector<uint32_t> out;
-  if (t.dtype() == DType::kBFloat16) {
-    for (bfloat16 v : t.to_vector<bfloat16>()) out.push_back(v.bits);
-  } else {
-    for (float v : t.to_vector<float>()) {
-      uint32_t b;
-      std::memcpy(&b, &v, 4);
-      out.push_back(b);
-    }
-  }
-  return out;
-}
-
 // A CUDA leaf holding `x` (CPU float32) as `dtype`, contiguous or with reversed strides
 // (a view of the permuted copy: same values, no dim contiguous unless it has size 1).
 Tensor cuda_leaf(const Tensor& x, DType dtype, bool strided) {

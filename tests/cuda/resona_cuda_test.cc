@@ -44,7 +44,7 @@ Tensor as_leaf(Tensor t) {
 //   0: contiguous;
 //   1: dims 1 and 2 swapped in memory (q [B, T, H, D] from a [B, H, T, D] buffer);
 //   2: every other element of a buffer twice as wide in the last dim (last stride 2).
-Tensor to_cuda(const Tensor& x, DType dtype, int layout) {
+Tensor to_cuda_layout(const Tensor& x, DType dtype, int layout) {
   if (layout == 0) return copy_to(x, dtype, Device::cuda());
   const Shape& s = x.shape();
   if (layout == 1) {
@@ -127,7 +127,8 @@ void check_search(const SearchCase& s, DType dt, int layout, uint64_t seed) {
       chunk_search(copy_to(query, DType::kFloat64, Device::cpu()),
                    copy_to(chunks, DType::kFloat64, Device::cpu()), opt)
           .to_vector<int32_t>();
-  Tensor got_t = chunk_search(to_cuda(query, dt, layout), to_cuda(chunks, dt, 0), opt);
+  Tensor got_t =
+      chunk_search(to_cuda_layout(query, dt, layout), to_cuda_layout(chunks, dt, 0), opt);
   REQUIRE(got_t.device().is_cuda());
   REQUIRE(got_t.dtype() == DType::kInt32);
   REQUIRE(got_t.shape() == Shape{s.B, NQ, s.k});
@@ -158,9 +159,8 @@ void check_search(const SearchCase& s, DType dt, int layout, uint64_t seed) {
     }
   }
   MESSAGE(name << ": " << swapped << " ids differ from the CPU's within the tolerance");
-  CHECK(
-      chunk_search(to_cuda(query, dt, layout), to_cuda(chunks, dt, 0), opt).to_vector<int32_t>() ==
-      got);
+  CHECK(chunk_search(to_cuda_layout(query, dt, layout), to_cuda_layout(chunks, dt, 0), opt)
+            .to_vector<int32_t>() == got);
 }
 
 // ---------------------------------------------------------------- chunk_attention
@@ -211,20 +211,6 @@ AttnOut run_attention(const Tensor& q, const Tensor& k, const Tensor& v, const T
   Tensor o = chunk_attention(q, k, v, idx, bias, opt);
   o.backward(d_o);
   return {o.detach(), q.grad(), k.grad(), v.grad(), bias.defined() ? bias.grad() : Tensor()};
-}
-
-std::vector<uint32_t> bits(const Tensor& t) {
-  std::vector<uint32_t> out;
-  if (t.dtype() == DType::kBFloat16) {
-    for (bfloat16 x : t.to_vector<bfloat16>()) out.push_back(x.bits);
-  } else {
-    for (float x : t.to_vector<float>()) {
-      uint32_t b;
-      std::memcpy(&b, &x, 4);
-      out.push_back(b);
-    }
-  }
-  return out;
 }
 
 // |got - want| <= rel |want| + tol (|want| + M) + floor, M = max |want| over the tensor.
@@ -290,10 +276,11 @@ void check_attention(const AttnCase& a, DType dt, int layout, bool idx_on_cpu, u
                                     copy_to(d_o, DType::kFloat64, Device::cpu()), opt);
   auto gpu_run = [&] {
     Tensor idx_dev = idx_on_cpu ? idx : copy_to(idx, DType::kInt32, Device::cuda());
-    return run_attention(as_leaf(to_cuda(q, dt, layout)), as_leaf(to_cuda(k, dt, layout)),
-                         as_leaf(to_cuda(v, dt, layout)), idx_dev,
-                         a.bias ? as_leaf(to_cuda(bias, dt, layout == 0 ? 0 : 2)) : Tensor(),
-                         to_cuda(d_o, dt, layout), opt);
+    return run_attention(as_leaf(to_cuda_layout(q, dt, layout)),
+                         as_leaf(to_cuda_layout(k, dt, layout)),
+                         as_leaf(to_cuda_layout(v, dt, layout)), idx_dev,
+                         a.bias ? as_leaf(to_cuda_layout(bias, dt, layout == 0 ? 0 : 2)) : Tensor(),
+                         to_cuda_layout(d_o, dt, layout), opt);
   };
   const AttnOut g = gpu_run();
   REQUIRE(g.o.device().is_cuda());

@@ -31,36 +31,6 @@
 namespace resona::testing {
 namespace {
 
-std::vector<uint32_t> bits(const Tensor& t) {
-  std::vector<uint32_t> out;
-  if (t.dtype() == DType::kBFloat16) {
-    for (bfloat16 v : t.to_vector<bfloat16>()) out.push_back(v.bits);
-  } else {
-    for (float v : t.to_vector<float>()) {
-      uint32_t b;
-      std::memcpy(&b, &v, 4);
-      out.push_back(b);
-    }
-  }
-  return out;
-}
-
-// x (CPU) on the GPU as `dtype`: contiguous, or a view with the last two dims' strides
-// swapped (built from a copy of the transpose).
-Tensor to_cuda(const Tensor& x, DType dtype, bool strided) {
-  if (!strided || x.dim() < 2) return copy_to(x, dtype, Device::cuda());
-  const int64_t n = x.dim();
-  Tensor base = copy_to(x.transpose(n - 2, n - 1).contiguous(), dtype, Device::cuda());
-  Shape strides = base.strides();
-  std::swap(strides[n - 2], strides[n - 1]);
-  return make_view(base, x.shape(), strides, 0);
-}
-
-Tensor grad_leaf(Tensor t) {
-  t.set_requires_grad(true);
-  return t;
-}
-
 struct LinCase {
   int64_t B, T, D;
   bool h0;

@@ -39,42 +39,6 @@ namespace {
 
 constexpr int64_t kChunk = 32;  // the CUDA path's time chunk (cuda/selective_scan.h)
 
-std::vector<uint32_t> bits(const Tensor& t) {
-  std::vector<uint32_t> out;
-  if (t.dtype() == DType::kBFloat16) {
-    for (bfloat16 v : t.to_vector<bfloat16>()) out.push_back(v.bits);
-  } else {
-    for (float v : t.to_vector<float>()) {
-      uint32_t b;
-      std::memcpy(&b, &v, 4);
-      out.push_back(b);
-    }
-  }
-  return out;
-}
-
-// x (CPU) on the GPU as `dtype`: contiguous, or a non-contiguous view of the same values
-// (the last two dims' strides swapped; a 1-D tensor every other element of a buffer).
-Tensor to_cuda(const Tensor& x, DType dtype, bool strided) {
-  if (!strided) return copy_to(x, dtype, Device::cuda());
-  const int64_t n = x.dim();
-  if (n == 1) {
-    Tensor wide = zeros({x.shape()[0], 2});
-    wide.slice(1, 0, 1).copy_(x.unsqueeze(1));
-    Tensor base = copy_to(wide, dtype, Device::cuda());
-    return make_view(base, x.shape(), {2}, 0);
-  }
-  Tensor base = copy_to(x.transpose(n - 2, n - 1).contiguous(), dtype, Device::cuda());
-  Shape strides = base.strides();
-  std::swap(strides[n - 2], strides[n - 1]);
-  return make_view(base, x.shape(), strides, 0);
-}
-
-Tensor grad_leaf(Tensor t) {
-  t.set_requires_grad(true);
-  return t;
-}
-
 struct SsCase {
   int64_t B, T, D, N;
   bool D_skip, h0;
