@@ -123,7 +123,7 @@ struct ScheduleSection {
 
 struct TrainSection {
   int64_t steps = 1000;
-  int64_t batch_size = 8;  // rows per optimizer step, summed over accumulation and ranks
+  int64_t batch_size = 8;  // rows per optimizer step, summed over gradient accumulation
   int64_t grad_accum = 1;
   uint64_t seed = 42;
   std::string device = "auto";
