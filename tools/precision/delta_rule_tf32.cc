@@ -2,8 +2,8 @@
 // add to the chunked delta rule under bfloat16 storage, set beside the errors bfloat16
 // itself brings. A float64 model of the chunked forward and backward (WY representation,
 // chunk 64, the algebra of ops/delta_rule.cc) on one (b, h) sequence with the benchmark's
-// inputs (q, v uniform in +-1, k unit rows, beta in (0.05, 0.95); d_o and d_S_T uniform in
-// +-1), its products' operands rounded as a kernel would round them:
+// inputs (q, v uniform in +-1, k unit rows, beta in (0.05, 0.95); d_o, bf16-rounded, and
+// d_S_T uniform in +-1), its products' operands rounded as a kernel would round them:
 //
 //   exact             every product in float64 (the reference, on bf16-rounded inputs)
 //   tf32-parallel     TF32 operands in the per-chunk products (G = k k^T, W = T k, U = T v,
