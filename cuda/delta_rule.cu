@@ -23,9 +23,10 @@
 // 256 threads (8 warps) per block, 512 (16 warps) for the recurrences. Every kernel stages its
 // operands into shared memory with cp.async (cuda/cp_async.cuh: whole chunk operands, or pieces of
 // a contraction with the next piece in flight while the current one is multiplied) and multiplies
-// on tensor cores in 3xTF32 (warp_mma: float32 accuracy; a bfloat16 operand is exact in TF32 and
-// skips its low-part product). A block's sums always run in the same order and no two blocks add
-// into one value: the results are bit-identical from run to run.
+// on tensor cores: in 3xTF32 under float32 storage (warp_mma: float32 accuracy; a bfloat16
+// operand is exact in TF32 and skips its low-part product), as one TF32 product under
+// bfloat16 storage (kSplitProducts). A block's sums always run in the same order and no two blocks
+// add into one value: the results are bit-identical from run to run.
 //
 // Rows past the chunk's length L and columns past V or K are never read or written; the
 // contraction bounds carry L, so chunk 1..64 and any K, V work unchanged.
@@ -223,6 +224,13 @@ __device__ __forceinline__ void tf32_parts(__nv_bfloat16 x, uint32_t& hi, uint32
   lo = 0;
 }
 
+// Whether the products of a kernel on inputs stored as T run in 3xTF32 (float32 accuracy:
+// float32 storage) or as one TF32 product (bfloat16 storage, whose own rounding is 2^-8:
+// TF32 operands add about a quarter of the error of rounding o to bfloat16 and do not grow
+// along T, tools/precision/delta_rule_tf32).
+template <class T>
+constexpr bool kSplitProducts = std::is_same_v<T, float>;
+
 // A B operand held pre-split in row pairs (the recurrences' state and V' tiles): element
 // (x, j) of a tile sits in pair row 4 (x / 8) + x % 4, column j, of a [rows / 2][ld] array
 // of uint4, as {hi(x, j), hi(x + 4, j), lo(x, j), lo(x + 4, j)} for x % 8 < 4, so that one
@@ -255,11 +263,11 @@ __device__ __forceinline__ void b_frag(const TB* p, int b4, int c, uint32_t (&bh
 // Ah Bh + (Al Bh + Ah Bl), less the products of a zero low part, the low-part products
 // summed apart (a second dependency chain) and added at the end. Each lane walks one
 // pointer per operand.
-template <int NT, bool kATrans, bool kBTrans = false, class TA, class TB>
+template <int NT, bool kATrans, bool kBTrans = false, bool kSplit = true, class TA, class TB>
 __device__ __forceinline__ void warp_mma(float (&acc)[NT][4], int ksteps, const TA* a, int a_ld,
                                          const TB* b, int b_ld) {
-  constexpr bool kAExact = std::is_same_v<TA, __nv_bfloat16>;
-  constexpr bool kBExact = std::is_same_v<TB, __nv_bfloat16>;
+  constexpr bool kAExact = !kSplit || std::is_same_v<TA, __nv_bfloat16>;
+  constexpr bool kBExact = !kSplit || std::is_same_v<TB, __nv_bfloat16>;
   constexpr bool kBPairs = std::is_same_v<TB, SplitPairs>;
   static_assert(!kBPairs || !kBTrans, "a SplitPairs operand is read as it is laid out");
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -302,11 +310,11 @@ __device__ __forceinline__ void warp_mma(float (&acc)[NT][4], int ksteps, const 
 // a[i * a_ld + kUnitRowStep u + x]
 // (a transposed operand: k^T, q^T, W^T), B(i, j) = b[i * b_ld + j] or B in SplitPairs, as
 // in warp_mma; the units' products are independent, so they interleave.
-template <int NT, int kU, class TA, class TB>
+template <int NT, int kU, bool kSplit = true, class TA, class TB>
 __device__ __forceinline__ void warp_mma_units(float (&acc)[kU][NT][4], int n, int ksteps,
                                                const TA* a, int a_ld, const TB* b, int b_ld) {
-  constexpr bool kAExact = std::is_same_v<TA, __nv_bfloat16>;
-  constexpr bool kBExact = std::is_same_v<TB, __nv_bfloat16>;
+  constexpr bool kAExact = !kSplit || std::is_same_v<TA, __nv_bfloat16>;
+  constexpr bool kBExact = !kSplit || std::is_same_v<TB, __nv_bfloat16>;
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const TA* pa = a + t * a_ld + g;
   const TB* pb = b + t * b_ld + g;
@@ -489,11 +497,12 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 2 ? 3 : 2)
   // G = k k^T (into shared memory and, for the backward, out), P = tril(q k^T)
   {
     float g[4][4] = {}, p[4][4] = {};
-    warp_mma<4, false, true>(g, lay.kp8 / 8, Ks + 16 * rt * lay.k_ld, lay.k_ld,
-                             Ks + 32 * cg * lay.k_ld, lay.k_ld);
+    warp_mma<4, false, true, kSplitProducts<T>>(g, lay.kp8 / 8, Ks + 16 * rt * lay.k_ld, lay.k_ld,
+                                                Ks + 32 * cg * lay.k_ld, lay.k_ld);
     staged_pieces(K, lay.q_piece, stage_q, [&](int p0) {
-      warp_mma<4, false, true>(p, (imin(lay.q_piece, K - p0) + 7) / 8, Xs + 16 * rt * lay.q_ld,
-                               lay.q_ld, Ks + 32 * cg * lay.k_ld + p0, lay.k_ld);
+      warp_mma<4, false, true, kSplitProducts<T>>(p, (imin(lay.q_piece, K - p0) + 7) / 8,
+                                                  Xs + 16 * rt * lay.q_ld, lay.q_ld,
+                                                  Ks + 32 * cg * lay.k_ld + p0, lay.k_ld);
     });
     for_each_frag<4>(16 * rt, 32 * cg, [&](int i, int j, int r, int cc) {
       G[i * kLdG + j] = g[cc][r];
@@ -563,7 +572,8 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 2 ? 3 : 2)
     for (int u = warp; u < 4 * (width / 32); u += kWarps) {
       const int ur = u % 4, uc = u / 4;
       float acc[4][4] = {};
-      warp_mma<4, false>(acc, lsteps, Nm + 16 * ur * kLdG, kLdG, x + 32 * uc, ld);
+      warp_mma<4, false, false, kSplitProducts<T>>(acc, lsteps, Nm + 16 * ur * kLdG, kLdG,
+                                                   x + 32 * uc, ld);
       for_each_frag<4>(16 * ur, 32 * uc, [&](int i, int j, int r, int cc) {
         if (i < L && j < valid) out[(chunk * C + i) * out_ld + o0 + j] = acc[cc][r];
       });
@@ -744,8 +754,9 @@ __global__ void __launch_bounds__(kRecurThreads, 1)
     __syncthreads();
     // V' = U - W S, W S in two parts over K
     float acc[NT][4] = {};
-    warp_mma<NT, false>(acc, k_count, Ws + 16 * rt * lay.w_ld + 8 * k_first, lay.w_ld,
-                        S2 + 4 * k_first * lay.s_ld + kHalf * cg, lay.s_ld);
+    warp_mma<NT, false, false, kSplitProducts<T>>(
+        acc, k_count, Ws + 16 * rt * lay.w_ld + 8 * k_first, lay.w_ld,
+        S2 + 4 * k_first * lay.s_ld + kHalf * cg, lay.s_ld);
     float* Vnn = Vn + chunk * C * in.V + v0;
     finish_phase1<NT>(second, V2 + 8 * rt * lay.v_ld + kHalf * cg, lay.v_ld, 16 * rt, kHalf * cg,
                       acc, [&](int i, int j, int r, int c) {
@@ -762,8 +773,8 @@ __global__ void __launch_bounds__(kRecurThreads, 1)
     if (n + 1 < NC) stage_w(n + 1);
     cp_async_commit();
     // S <- S + k^T V'
-    warp_mma_units<NT>(S, my_units, lsteps, Ks + 16 * (warp / 2), lay.k_ld, V2 + kHalf * (warp % 2),
-                       lay.v_ld);
+    warp_mma_units<NT, kMaxStateUnits, kSplitProducts<T>>(
+        S, my_units, lsteps, Ks + 16 * (warp / 2), lay.k_ld, V2 + kHalf * (warp % 2), lay.v_ld);
     for_each_state_unit<NT>(n_units, [&](int u, int row0, int col0) {
       store_split<NT>(S2 + row0 / 2 * lay.s_ld + col0, lay.s_ld, S[u]);
     });
@@ -852,12 +863,13 @@ __global__ void __launch_bounds__(kRecurThreads, 1)
     const int k_first = second ? k_split : 0, k_count = second ? ksteps - k_split : k_split;
     float acc[NT][4] = {};
     if (!second) {
-      warp_mma<NT, true>(acc, lsteps, Ps + 16 * rt, lay.p_ld, dO + kHalf * cg, lay.o_ld);
+      warp_mma<NT, true, false, kSplitProducts<T>>(acc, lsteps, Ps + 16 * rt, lay.p_ld,
+                                                   dO + kHalf * cg, lay.o_ld);
       for_each_frag<NT>([&](int, int, int r, int c) { acc[c][r] *= scale; });
     }
-    warp_mma<NT, false>(acc, k_count,
-                        reinterpret_cast<const T*>(kbuf) + 16 * rt * lay.k_ld + 8 * k_first,
-                        lay.k_ld, dS2 + 4 * k_first * lay.s_ld + kHalf * cg, lay.s_ld);
+    warp_mma<NT, false, false, kSplitProducts<T>>(
+        acc, k_count, reinterpret_cast<const T*>(kbuf) + 16 * rt * lay.k_ld + 8 * k_first, lay.k_ld,
+        dS2 + 4 * k_first * lay.s_ld + kHalf * cg, lay.s_ld);
     float* dVnn = dVn + chunk * C * in.V + v0;
     finish_phase1<NT>(second, dV2 + 8 * rt * lay.v_ld + kHalf * cg, lay.v_ld, 16 * rt, kHalf * cg,
                       acc, [&](int i, int j, int r, int c) {
@@ -873,8 +885,9 @@ __global__ void __launch_bounds__(kRecurThreads, 1)
     float* ds_n = dstates + chunk * KV + v0;
     {
       float t[kMaxStateUnits][NT][4] = {};
-      warp_mma_units<NT>(t, my_units, lsteps, reinterpret_cast<const T*>(qbuf) + 16 * (warp / 2),
-                         lay.q_ld, dO + kHalf * (warp % 2), lay.o_ld);
+      warp_mma_units<NT, kMaxStateUnits, kSplitProducts<T>>(
+          t, my_units, lsteps, reinterpret_cast<const T*>(qbuf) + 16 * (warp / 2), lay.q_ld,
+          dO + kHalf * (warp % 2), lay.o_ld);
       for_each_state_elem<NT>(n_units, [&](int u, int x, int j, int r, int c) {
         if (x < K && j < vw) ds_n[x * in.V + j] = dS[u][c][r];
         dS[u][c][r] += scale * t[u][c][r];
@@ -885,8 +898,9 @@ __global__ void __launch_bounds__(kRecurThreads, 1)
     if (n > 0) stage_in(in.k, in.k_strides, n - 1, qbuf, lay.k_ld);
     cp_async_commit();
     // d_S -= W^T d_V' (d_V' is held negated in dV2)
-    warp_mma_units<NT>(dS, my_units, lsteps, reinterpret_cast<const float*>(kbuf) + 16 * (warp / 2),
-                       lay.w_ld, dV2 + kHalf * (warp % 2), lay.v_ld);
+    warp_mma_units<NT, kMaxStateUnits, kSplitProducts<T>>(
+        dS, my_units, lsteps, reinterpret_cast<const float*>(kbuf) + 16 * (warp / 2), lay.w_ld,
+        dV2 + kHalf * (warp % 2), lay.v_ld);
     for_each_state_unit<NT>(n_units, [&](int u, int row0, int col0) {
       store_split<NT>(dS2 + row0 / 2 * lay.s_ld + col0, lay.s_ld, dS[u]);
     });
@@ -948,10 +962,10 @@ __global__ void __launch_bounds__(kThreads, 3)
       },
       [&](int x0, const unsigned char* buf) {
         if (!active) return;
-        warp_mma<NT, false>(acc, (imin(kOutPiece, K - x0) + 7) / 8,
-                            reinterpret_cast<const T*>(buf + lay.po_q) + 16 * rt * lay.q_ld,
-                            lay.q_ld, reinterpret_cast<const float*>(buf + lay.po_s) + kHalf * cg,
-                            lay.s_ld);
+        warp_mma<NT, false, false, kSplitProducts<T>>(
+            acc, (imin(kOutPiece, K - x0) + 7) / 8,
+            reinterpret_cast<const T*>(buf + lay.po_q) + 16 * rt * lay.q_ld, lay.q_ld,
+            reinterpret_cast<const float*>(buf + lay.po_s) + kHalf * cg, lay.s_ld);
       });
   stage_tile(Ps, lay.p_ld, P + chunk * C * C, C, 1, L, L, kC, kC);
   stage_tile(Vs, lay.v_ld, Vn + chunk * C * in.V + v0, in.V, 1, L, vw, kC, kCols);
@@ -959,8 +973,8 @@ __global__ void __launch_bounds__(kThreads, 3)
   cp_async_wait<0>();
   __syncthreads();
   if (!active) return;
-  warp_mma<NT, false>(acc, (L + 7) / 8, Ps + 16 * rt * lay.p_ld, lay.p_ld, Vs + kHalf * cg,
-                      lay.v_ld);
+  warp_mma<NT, false, false, kSplitProducts<T>>(acc, (L + 7) / 8, Ps + 16 * rt * lay.p_ld, lay.p_ld,
+                                                Vs + kHalf * cg, lay.v_ld);
   const float scale = in.scale;
   for_each_frag<NT>(16 * rt, kHalf * cg, [&](int i, int j, int r, int cc) {
     if (i < L && j < vw) {
@@ -1057,8 +1071,9 @@ __global__ void __launch_bounds__(kThreads, 2)
         const float* Vns = reinterpret_cast<const float*>(cur + lay.po_vn);
         // Y = N^T d_V' on the warp's 16 x 16 unit: out (d_v, Y) and into shared memory
         float Y[2][4] = {};
-        warp_mma<2, true>(Y, lsteps, Nm + 16 * rt, kLdG,
-                          reinterpret_cast<const float*>(cur + lay.po_dv) + 16 * cg, lay.dv_ld);
+        warp_mma<2, true, false, kSplitProducts<T>>(
+            Y, lsteps, Nm + 16 * rt, kLdG,
+            reinterpret_cast<const float*>(cur + lay.po_dv) + 16 * cg, lay.dv_ld);
         for_each_frag<2>(16 * rt, 16 * cg, [&](int i, int j, int r, int cc) {
           vy[r / 2] = fmaf(to_f32(Vs[i * lay.v_ld + j]), Y[cc][r], vy[r / 2]);
           Ys[i * lay.y_ld + j] = Y[cc][r];
@@ -1072,11 +1087,11 @@ __global__ void __launch_bounds__(kThreads, 2)
         __syncthreads();  // Y is whole
         // d_P += d_o V'^T, M += Y V'^T over the piece's columns
         const int ysteps = (w + 7) / 8;
-        warp_mma<4, false, true>(acc_dP, ysteps,
-                                 reinterpret_cast<const T*>(cur + lay.po_o) + 16 * rt * lay.o_ld,
-                                 lay.o_ld, Vns + 32 * cg * lay.vn_ld, lay.vn_ld);
-        warp_mma<4, false, true>(acc_M, ysteps, Ys + 16 * rt * lay.y_ld, lay.y_ld,
-                                 Vns + 32 * cg * lay.vn_ld, lay.vn_ld);
+        warp_mma<4, false, true, kSplitProducts<T>>(
+            acc_dP, ysteps, reinterpret_cast<const T*>(cur + lay.po_o) + 16 * rt * lay.o_ld,
+            lay.o_ld, Vns + 32 * cg * lay.vn_ld, lay.vn_ld);
+        warp_mma<4, false, true, kSplitProducts<T>>(acc_M, ysteps, Ys + 16 * rt * lay.y_ld,
+                                                    lay.y_ld, Vns + 32 * cg * lay.vn_ld, lay.vn_ld);
       });
 
   // d_P and d_P^T out; Z = diag(beta) dM into Nm; sum_j dM_ij G_ij over the warp's columns
@@ -1163,17 +1178,17 @@ __global__ void __launch_bounds__(kThreads, 2)
         const int ysteps = (imin(kGradPiece, V - y0) + 7) / 8;
         const float* S0s = reinterpret_cast<const float*>(cur + lay.po_s) + kCols * cg * lay.b_ld;
         if (for_k) {
-          warp_mma<NT, false, true>(
+          warp_mma<NT, false, true, kSplitProducts<T>>(
               acc, ysteps, reinterpret_cast<const float*>(cur + lay.po_a) + 16 * rt * lay.a_ld,
               lay.a_ld, reinterpret_cast<const float*>(cur + lay.po_ds) + kCols * cg * lay.b_ld,
               lay.b_ld);
-          warp_mma<NT, false, true>(
+          warp_mma<NT, false, true, kSplitProducts<T>>(
               acc_y, ysteps, reinterpret_cast<const float*>(cur + lay.po_a2) + 16 * rt * lay.a_ld,
               lay.a_ld, S0s, lay.b_ld);
         } else {
-          warp_mma<NT, false, true>(acc, ysteps,
-                                    reinterpret_cast<const T*>(cur + lay.po_a) + 16 * rt * lay.o_ld,
-                                    lay.o_ld, S0s, lay.b_ld);
+          warp_mma<NT, false, true, kSplitProducts<T>>(
+              acc, ysteps, reinterpret_cast<const T*>(cur + lay.po_a) + 16 * rt * lay.o_ld,
+              lay.o_ld, S0s, lay.b_ld);
         }
       });
   // The contractions over the chunk's rows: d_P k, or d_P^T q and (Z + Z^T) k.
@@ -1205,7 +1220,8 @@ __global__ void __launch_bounds__(kThreads, 2)
   if (!for_k) {
     if (!active) return;
     for_each_frag<NT>([&](int, int, int r, int cc) { acc[cc][r] *= in.scale; });
-    warp_mma<NT, false>(acc, lsteps, dPs + 16 * rt * lay.p_ld, lay.p_ld, kt + kCols * cg, lay.k_ld);
+    warp_mma<NT, false, false, kSplitProducts<T>>(acc, lsteps, dPs + 16 * rt * lay.p_ld, lay.p_ld,
+                                                  kt + kCols * cg, lay.k_ld);
     store(d_q_out);
     return;
   }
@@ -1224,8 +1240,10 @@ __global__ void __launch_bounds__(kThreads, 2)
     s.dBp[((1 + tile) * in.B * in.H * NC + chunk) * C + tid] = -(part[tid] + part[kC + tid]);
   }
   if (!active || !want_k) return;
-  warp_mma<NT, false>(acc, lsteps, dPs + 16 * rt * lay.p_ld, lay.p_ld, qt + kCols * cg, lay.k_ld);
-  warp_mma<NT, false>(acc, lsteps, Zs + 16 * rt * lay.p_ld, lay.p_ld, kt + kCols * cg, lay.k_ld);
+  warp_mma<NT, false, false, kSplitProducts<T>>(acc, lsteps, dPs + 16 * rt * lay.p_ld, lay.p_ld,
+                                                qt + kCols * cg, lay.k_ld);
+  warp_mma<NT, false, false, kSplitProducts<T>>(acc, lsteps, Zs + 16 * rt * lay.p_ld, lay.p_ld,
+                                                kt + kCols * cg, lay.k_ld);
   store(d_k_out);
 }
 

@@ -26,8 +26,10 @@
 // bit-identical run to run.
 //
 // Storage: q, k, v, beta, o and the gradients of q, k, v, beta in float32 or bfloat16
-// (KernelDType), arithmetic and states in float32; h0 and d_h0 in float32 or the inputs'
-// dtype. Inputs and d_o may have any strides (elements); outputs are contiguous and
+// (KernelDType), sums and states in float32; h0 and d_h0 in float32 or the inputs' dtype.
+// The products run on tensor cores in 3xTF32 (float32 accuracy) under float32 storage and
+// as one TF32 product under bfloat16 storage (its error is a fraction of the bfloat16
+// rounding of the outputs: tools/precision/delta_rule_tf32). Inputs and d_o may have any strides (elements); outputs are contiguous and
 // overwritten. Scratch: float32 buffers laid out [B*H, NC, C, .] (NC = ceil(T / C)).
 //
 // Limits: the WY, recurrence and V-gradient kernels hold a chunk's operands in shared

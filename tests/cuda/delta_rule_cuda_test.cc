@@ -18,7 +18,8 @@
 // another order, so it carries the same kind of error, and CUDA minus CPU is within the
 // sum of both: relative RMS <= 1e-5 and every element within e32 = 1e-4 x RMS. A
 // bfloat16 output is the GPU's float32 value rounded once: 2^-8 of the value on top,
-// |got - want| <= 2^-8 (|want| + e32) + e32.
+// |got - want| <= 2^-8 (|want| + e32) + e32. Under bfloat16 storage the GPU's products take
+// TF32 operands, which widens e32 and the relative RMS bound (kTf32Rms, kTf32MaxOfRms).
 #include <chrono>
 #include <cmath>
 #include <cstddef>
@@ -40,6 +41,14 @@ namespace {
 
 constexpr double kRelRms32 = 1e-5;  // CUDA vs CPU, relative RMS, float32 arithmetic
 constexpr double kMaxOfRms = 1e-4;  // CUDA vs CPU, any element, relative to the RMS
+// Under bfloat16 storage the CUDA path multiplies with one TF32 product (cuda/delta_rule.cu,
+// kSplitProducts). tools/precision/delta_rule_tf32 models that at T = 2048, K = V = 150 at
+// up to 4.9e-4 relative RMS (d_k) and 3.6e-3 of the RMS at worst over o, S_T and every
+// gradient (tools/RESULTS.md). Allowances per side with TF32 products, about 4x and 3x those
+// (on an H200 the bfloat16 cases here came out at most 2.6e-3 relative RMS, d_beta, against
+// bounds of 5.9e-3, the bfloat16 rounding of the outputs included):
+constexpr double kTf32Rms = 2e-3;
+constexpr double kTf32MaxOfRms = 1e-2;
 
 struct DeltaCudaCase {
   int64_t B, T, H, K, V, chunk;
@@ -161,18 +170,20 @@ double rms(const std::vector<double>& x) {
 }
 
 // got (GPU, any dtype) against want (CPU float32): relative RMS and the elementwise bound
-// of the header, with `bf_rounds` bfloat16 roundings on top.
-void check_against(const std::string& what, const Tensor& got, const Tensor& want, int bf_rounds) {
+// of the header, with `bf_rounds` bfloat16 roundings and `tf32_sides` sides of TF32
+// products (bfloat16 runs) on top.
+void check_against(const std::string& what, const Tensor& got, const Tensor& want, int bf_rounds,
+                   int tf32_sides) {
   INFO(what);
   REQUIRE(got.defined());
   REQUIRE(want.defined());
   REQUIRE(got.shape() == want.shape());
   const std::vector<double> g = values_of(host_f32(got)), w = values_of(want);
-  const double r = rms(w), e32 = kMaxOfRms * r;
+  const double r = rms(w), e32 = (kMaxOfRms + tf32_sides * kTf32MaxOfRms) * r;
   double num = 0;
   for (size_t i = 0; i < g.size(); ++i) num += (g[i] - w[i]) * (g[i] - w[i]);
   const double rel = r > 0 ? std::sqrt(num / g.size()) / r : 0;
-  const double rel_bound = kRelRms32 + bf_rounds * kBf;
+  const double rel_bound = kRelRms32 + tf32_sides * kTf32Rms + bf_rounds * kBf;
   INFO("relative RMS error " << rel << " (allowed " << rel_bound << ")");
   CHECK(rel <= rel_bound);
   std::vector<double> bound(g.size());
@@ -216,16 +227,16 @@ void check_case(const DeltaCudaCase& c, DType dt, bool fused, uint64_t seed,
   CHECK(got.o.device().is_cuda());
   CHECK(got.o.dtype() == dt);
   CHECK(got.S_T.dtype() == DType::kFloat32);
-  const int out_rounds = dt == DType::kBFloat16 ? 1 : 0;
-  check_against(name + " o", got.o, ref.o, out_rounds);
-  check_against(name + " S_T", got.S_T, ref.S_T, 0);
-  check_against(name + " d_q", got.d_q, ref.d_q, out_rounds);
-  check_against(name + " d_k", got.d_k, ref.d_k, out_rounds);
-  check_against(name + " d_v", got.d_v, ref.d_v, out_rounds);
-  check_against(name + " d_beta", got.d_beta, ref.d_beta, out_rounds);
+  const int out_rounds = dt == DType::kBFloat16 ? 1 : 0, tc = out_rounds;
+  check_against(name + " o", got.o, ref.o, out_rounds, tc);
+  check_against(name + " S_T", got.S_T, ref.S_T, 0, tc);
+  check_against(name + " d_q", got.d_q, ref.d_q, out_rounds, tc);
+  check_against(name + " d_k", got.d_k, ref.d_k, out_rounds, tc);
+  check_against(name + " d_v", got.d_v, ref.d_v, out_rounds, tc);
+  check_against(name + " d_beta", got.d_beta, ref.d_beta, out_rounds, tc);
   if (c.h0) {
     CHECK(got.d_h0.dtype() == h0_dt);
-    check_against(name + " d_h0", got.d_h0, ref.d_h0, h0_dt == DType::kBFloat16 ? 1 : 0);
+    check_against(name + " d_h0", got.d_h0, ref.d_h0, h0_dt == DType::kBFloat16 ? 1 : 0, tc);
   }
   if (rerun) {
     // Fixed summation order everywhere: a second run is bit-identical.
@@ -342,6 +353,7 @@ RESONA_GPU_TEST(
     const GpuInputs& g = run.g;
     const DeltaResult& full = run.r;
     const int rounds = dt == DType::kBFloat16 ? 2 : 0;  // both sides rounded once
+    const int tc = rounds;                              // both sides with TF32 products
     for (int64_t t : {50, 64, 100}) {
       const std::string name = case_name(c, dt, false) + " split at t=" + std::to_string(t);
       INFO(name);
@@ -369,18 +381,18 @@ RESONA_GPU_TEST(
       auto slice_host = [&](const Tensor& full_t, int64_t t0, int64_t t1) {
         return host_f32(full_t).slice(1, t0, t1).contiguous();
       };
-      check_against(name + " o[0,t)", a.out, slice_host(full.o, 0, t), rounds);
-      check_against(name + " o[t,T)", b.out, slice_host(full.o, t, c.T), rounds);
-      check_against(name + " S_T", b.final_state, host_f32(full.S_T), 0);
+      check_against(name + " o[0,t)", a.out, slice_host(full.o, 0, t), rounds, tc);
+      check_against(name + " o[t,T)", b.out, slice_host(full.o, t, c.T), rounds, tc);
+      check_against(name + " S_T", b.final_state, host_f32(full.S_T), 0, tc);
       const Tensor* full_grads[] = {&full.d_q, &full.d_k, &full.d_v, &full.d_beta};
       const char* names[] = {"d_q", "d_k", "d_v", "d_beta"};
       for (int i = 0; i < 4; ++i) {
         check_against(name + " " + names[i] + "[0,t)", grads[i], slice_host(*full_grads[i], 0, t),
-                      rounds);
+                      rounds, tc);
         check_against(name + " " + names[i] + "[t,T)", grads[4 + i],
-                      slice_host(*full_grads[i], t, c.T), rounds);
+                      slice_host(*full_grads[i], t, c.T), rounds, tc);
       }
-      check_against(name + " d_h0", grads[8], host_f32(full.d_h0), 0);
+      check_against(name + " d_h0", grads[8], host_f32(full.d_h0), 0, tc);
     }
   }
 }
