@@ -23,13 +23,16 @@
 // + A v, d_v = A^T d_o + (k * exp(G_last - G)) d_S and d_A = d_o v^T through mma.sync
 // (cuda/mma.cuh: operands loaded straight into the fragments, results stored from the
 // accumulators), d_o S0^T and v d_S^T the same way; the chunks' state terms in 3xTF32 (float32
-// accuracy, for the float32 state recurrences). Both storage dtypes take TF32: the operands are
+// accuracy, for the float32 state recurrences) under float32 storage and in TF32 under
+// bfloat16 storage. Both storage dtypes take TF32: the operands are
 // float32 values formed on chip (inputs times decay factors, A, d_A, the float32 states), and
 // rounding them to bfloat16 for bf16 MMA would add an error of the size of the storage rounding
 // itself (2^-8 against TF32's 2^-11). A diagonal sub-chunk whose gates spread too far for the
 // factored form and the intra-chunk parts of d_q and d_k stay float32 FMA.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+
+#include <type_traits>
 
 #include "cuda/convert.cuh"
 #include "cuda/fast_exp.cuh"
@@ -338,6 +341,9 @@ __global__ void __launch_bounds__(kThreads, kStateBlocks) gla_chunk_state_kernel
   if (dst == nullptr) return;  // the same for the whole block
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, fg = lane / 4, ft = lane % 4;
+  // 3xTF32 under float32 storage; one TF32 product under bfloat16, whose own rounding (2^-8)
+  // is 8x TF32's (the low parts are then dead and not computed)
+  constexpr bool kSplit = std::is_same_v<T, float>;
   for (int v0 = 0; v0 < V; v0 += kYCols) {
     const int w = V - v0 < kYCols ? V - v0 : kYCols, wpad = (w + 31) / 32 * 32;
     for (int c = lc; c < wpad; c += 32) {
@@ -376,7 +382,11 @@ __global__ void __launch_bounds__(kThreads, kStateBlocks) gla_chunk_state_kernel
         for (int mt = 0; mt < 2; ++mt) {
 #pragma unroll
           for (int nt = 0; nt < 4; ++nt) {
-            mma_3xtf32_m16n8k8(acc[mt][nt], ah[mt], al[mt], bh_[nt], bl[nt]);
+            if constexpr (kSplit) {
+              mma_3xtf32_m16n8k8(acc[mt][nt], ah[mt], al[mt], bh_[nt], bl[nt]);
+            } else {
+              mma_tf32_m16n8k8(acc[mt][nt], ah[mt], bh_[nt]);
+            }
           }
         }
       }
