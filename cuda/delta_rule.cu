@@ -360,6 +360,34 @@ __device__ __forceinline__ void for_each_frag(const F& f) {
   for_each_frag<NT>(0, 0, f);
 }
 
+// out[i * ld + j] = v[c][r] for the thread's elements (i, j) of a warp's 16 x 8 NT tile
+// at (row0, col0) (as in for_each_frag) with i < rows and j < cols. With `pairs` (ld, col0
+// and out even) a lane's two adjacent columns go out in one 8-byte store, so that a warp's
+// store fills whole 32-byte sectors (one store per element leaves every sector half
+// written). The forward recurrence's per-chunk outputs (V', the start states) are about a
+// third of its time; so stored they cost 5% less of it.
+template <int NT>
+__device__ __forceinline__ void store_tile(float* out, int64_t ld, int row0, int col0, int rows,
+                                           int cols, bool pairs, const float (&v)[NT][4]) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int c = 0; c < NT; ++c) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int i = row0 + g + 8 * h, j = col0 + 8 * c + 2 * t;
+      if (i >= rows) continue;
+      float* const p = out + i * ld + j;
+      const float a = v[c][2 * h], b = v[c][2 * h + 1];
+      if (pairs && j + 1 < cols) {
+        *reinterpret_cast<float2*>(p) = make_float2(a, b);
+      } else {
+        if (j < cols) p[0] = a;
+        if (j + 1 < cols) p[1] = b;
+      }
+    }
+  }
+}
+
 // A warp's 16 x 8 NT unit of accumulators, split into TF32 parts, into dst (its first
 // pair row, ld in pairs) as SplitPairs. Lane (g, t) writes pair row g at the columns 2 t
 // and 2 t + 1 of each column tile: rows g and g + 4 of the unit when g < 4, rows g + 4 and
@@ -717,6 +745,8 @@ __global__ void __launch_bounds__(kRecurThreads, 1)
   const int k_first = second ? k_half : 0, k_count = second ? ksteps - k_half : k_half;
   const int n_units = 2 * (lay.kp16 / 16);  // units of S: warp + 16 u, u < kMaxStateUnits
   const int my_units = n_units > warp ? (n_units - warp + kRecurWarps - 1) / kRecurWarps : 0;
+  // the per-chunk outputs in 8-byte stores (store_tile; Vn lies in the 16-byte aligned scratch)
+  const bool pairs = in.V % 2 == 0 && reinterpret_cast<uintptr_t>(states) % 8 == 0;
   // S from h0 (zeros past K and vw), in the accumulators and split in S2.
   float S[kMaxStateUnits][NT][4];
   for_each_state_elem<NT>(n_units, [&](int u, int x, int j, int r, int c) {
@@ -757,16 +787,15 @@ __global__ void __launch_bounds__(kRecurThreads, 1)
     warp_mma<NT, false, false, kSplitProducts<T>>(
         acc, k_count, Ws + 16 * rt * lay.w_ld + 8 * k_first, lay.w_ld,
         S2 + 4 * k_first * lay.s_ld + kHalf * cg, lay.s_ld);
-    float* Vnn = Vn + chunk * C * in.V + v0;
-    finish_phase1<NT>(second, V2 + 8 * rt * lay.v_ld + kHalf * cg, lay.v_ld, 16 * rt, kHalf * cg,
-                      acc, [&](int i, int j, int r, int c) {
-                        acc[c][r] = i < L ? uv[c][r] - acc[c][r] : 0.f;
-                        if (i < L && j < vw) Vnn[i * in.V + j] = acc[c][r];
-                      });
+    finish_phase1<NT>(
+        second, V2 + 8 * rt * lay.v_ld + kHalf * cg, lay.v_ld, 16 * rt, kHalf * cg, acc,
+        [&](int i, int, int r, int c) { acc[c][r] = i < L ? uv[c][r] - acc[c][r] : 0.f; });
+    if (!second) {
+      store_tile<NT>(Vn + chunk * C * in.V + v0, in.V, 16 * rt, kHalf * cg, L, vw, pairs, acc);
+    }
     // the chunk's start state out
-    float* s_n = states + chunk * KV + v0;
-    for_each_state_elem<NT>(n_units, [&](int u, int x, int j, int r, int c) {
-      if (x < K && j < vw) s_n[x * in.V + j] = S[u][c][r];
+    for_each_state_unit<NT>(n_units, [&](int u, int row0, int col0) {
+      store_tile<NT>(states + chunk * KV + v0, in.V, row0, col0, K, vw, pairs, S[u]);
     });
     cp_async_wait<0>();  // k
     __syncthreads();
