@@ -476,7 +476,7 @@ __device__ __forceinline__ void staged_pieces(int n, int piece, const StageFn& s
 // for P = tril(q k^T); the first v_piece columns of v then replace q while N is solved in
 // 16 x 16 blocks; T = N diag(beta) replaces N, and W = T k and U = T v follow, U a piece of
 // v at a time (so V is not bounded by shared memory). Every product is warp_mma over 16 x 32 units
-// (3xTF32). Shared memory: k [64][k_ld] and a piece of q or v [64][x_ld] in the inputs'
+// (kSplitProducts). Shared memory: k [64][k_ld] and a piece of q or v [64][x_ld] in the inputs'
 // dtype (pieces, so that two blocks fit an SM in float32 and three in bfloat16), G and N
 // [64][kLdG], beta [64], the solve's strip X [16][kLdX].
 constexpr int kLdG = 68;  // rows of G and N (68 = 4 mod 32: A-operand reads are conflict-free)
@@ -620,8 +620,9 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 2 ? 3 : 2)
 // walks the chunks; each chunk's operands are staged whole into shared memory with
 // cp.async while the previous product runs (cuda/cp_async.cuh), and every product is a
 // warp-level tensor-core product (mma.sync m16n8k8, cuda/mma.cuh) over units of 16 rows x
-// kBV/2 columns: 3xTF32 (float32 accuracy) for float32 operands, with the low-part product
-// dropped for a bfloat16 operand, which TF32 holds exactly. The state tile stays in the
+// kBV/2 columns: under float32 storage 3xTF32 (float32 accuracy) for float32 operands, with
+// the low-part product dropped for a bfloat16 operand, which TF32 holds exactly; under
+// bfloat16 storage one TF32 product (kSplitProducts). The state tile stays in the
 // warps' accumulators (float32) from the first chunk to the last; shared memory holds its
 // copy split into TF32 high and low parts in row pairs (SplitPairs), which is what the other
 // product reads, and V' or d_V' split the same way. Contractions over K run over K padded to 8,
@@ -1031,7 +1032,7 @@ __global__ void __launch_bounds__(kThreads, 3)
 // with R = v - k S0, and R_i . Y_i = v_i . Y_i - k_i . (Y S0^T)_i, so neither kernel forms
 // R; delta_rule_bwd_dbeta_kernel adds the parts in a fixed order.
 // Operands are staged with cp.async (zeros past L, K and V) and multiplied with warp_mma
-// (3xTF32), as in (1) and (2).
+// (kSplitProducts), as in (1) and (2).
 constexpr int kGradPiece = 32;  // columns of V per step of both gradient kernels
 
 struct VgradLayout {

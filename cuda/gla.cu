@@ -277,8 +277,9 @@ size_t chunk_state_smem_bytes(int64_t K) {
 // as zeros), G by a column scan, X = x_scale x 2^(G_last - G) (forward) or x_scale x 2^G
 // (backward) in place, decay = 2^(G_last). Phase 2, per Y tile of up to kYCols columns:
 // warp w takes the 32-key x 32-value output tiles w, w + 8, ..., each as 2 x 4 mma tiles
-// of 16 x 8 over the 64 rows in steps of 8 (3xTF32, operands split as they are loaded),
-// and stores its results straight from the accumulators.
+// of 16 x 8 over the 64 rows in steps of 8 (3xTF32 under float32 storage, operands split as
+// they are loaded; one TF32 product under bfloat16), and stores its results straight from the
+// accumulators.
 template <class T, bool kBwd>
 __global__ void __launch_bounds__(kThreads, kStateBlocks) gla_chunk_state_kernel(const StateJob j) {
   extern __shared__ __align__(128) float4 smem4[];
