@@ -259,10 +259,10 @@ __device__ __forceinline__ void b_frag(const TB* p, int b4, int c, uint32_t (&bh
 // steps, A(i, x) = a[i * a_ld + x] (a[x * a_ld + i] when kATrans) for the unit's 16 rows,
 // B(x, j) = b[x * b_ld + j] (b[j * b_ld + x] when kBTrans) for its 8 NT columns, or B in
 // SplitPairs (not transposed; b_ld in pairs). Elements are float32 (split here) or bfloat16
-// (exact: no low part); 3xTF32,
-// Ah Bh + (Al Bh + Ah Bl), less the products of a zero low part, the low-part products
-// summed apart (a second dependency chain) and added at the end. Each lane walks one
-// pointer per operand.
+// (exact: no low part); with kSplit 3xTF32, Ah Bh + (Al Bh + Ah Bl), less the products of a
+// zero low part, the low-part products summed apart (a second dependency chain) and added at
+// the end; without, Ah Bh alone (the operands rounded to TF32). Each lane walks one pointer
+// per operand.
 template <int NT, bool kATrans, bool kBTrans = false, bool kSplit = true, class TA, class TB>
 __device__ __forceinline__ void warp_mma(float (&acc)[NT][4], int ksteps, const TA* a, int a_ld,
                                          const TB* b, int b_ld) {
