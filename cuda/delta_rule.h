@@ -29,8 +29,9 @@
 // (KernelDType), sums and states in float32; h0 and d_h0 in float32 or the inputs' dtype.
 // The products run on tensor cores in 3xTF32 (float32 accuracy) under float32 storage and
 // as one TF32 product under bfloat16 storage (its error is a fraction of the bfloat16
-// rounding of the outputs: tools/precision/delta_rule_tf32). Inputs and d_o may have any strides (elements); outputs are contiguous and
-// overwritten. Scratch: float32 buffers laid out [B*H, NC, C, .] (NC = ceil(T / C)).
+// rounding of the outputs: tools/precision/delta_rule_tf32). Inputs and d_o may have any
+// strides (elements); outputs are contiguous and overwritten. Scratch: float32 buffers laid
+// out [B*H, NC, C, .] (NC = ceil(T / C)).
 //
 // Limits: the WY, recurrence and V-gradient kernels hold a chunk's operands in shared
 // memory, so K is bounded by the device (up to 272 in float32 and 288 in bfloat16 on 227
