@@ -24,7 +24,6 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdlib>
-#include <cstring>
 #include <functional>
 #include <string>
 #include <vector>
@@ -191,27 +190,6 @@ void check_against(const std::string& what, const Tensor& got, const Tensor& wan
   check_bound(what, got, w, bound);
 }
 
-std::vector<uint16_t> bits16(const Tensor& t) {
-  std::vector<uint16_t> out;
-  for (bfloat16 v : copy_to(t, DType::kBFloat16, Device::cpu()).to_vector<bfloat16>()) {
-    out.push_back(v.bits);
-  }
-  return out;
-}
-std::vector<uint32_t> bits32(const Tensor& t) {
-  std::vector<uint32_t> out;
-  for (float v : host_f32(t).to_vector<float>()) {
-    uint32_t b;
-    std::memcpy(&b, &v, 4);
-    out.push_back(b);
-  }
-  return out;
-}
-bool same_bits(const Tensor& a, const Tensor& b) {
-  if (a.dtype() == DType::kBFloat16) return bits16(a) == bits16(b);
-  return bits32(a) == bits32(b);
-}
-
 void check_case(const DeltaCudaCase& c, DType dt, bool fused, uint64_t seed,
                 DType h0_dt = DType::kFloat32, bool rerun = false) {
   const std::string name =
@@ -241,21 +219,21 @@ void check_case(const DeltaCudaCase& c, DType dt, bool fused, uint64_t seed,
   if (rerun) {
     // Fixed summation order everywhere: a second run is bit-identical.
     const DeltaResult again = run_delta(g.q, g.k, g.v, g.beta, g.h0, g.d_o, g.d_S, c.chunk);
-    CHECK_MESSAGE(same_bits(again.o, got.o), name, " o rerun");
-    CHECK_MESSAGE(same_bits(again.S_T, got.S_T), name, " S_T rerun");
-    CHECK_MESSAGE(same_bits(again.d_q, got.d_q), name, " d_q rerun");
-    CHECK_MESSAGE(same_bits(again.d_k, got.d_k), name, " d_k rerun");
-    CHECK_MESSAGE(same_bits(again.d_v, got.d_v), name, " d_v rerun");
-    CHECK_MESSAGE(same_bits(again.d_beta, got.d_beta), name, " d_beta rerun");
-    if (c.h0) CHECK_MESSAGE(same_bits(again.d_h0, got.d_h0), name, " d_h0 rerun");
+    CHECK_MESSAGE(bits(again.o) == bits(got.o), name, " o rerun");
+    CHECK_MESSAGE(bits(again.S_T) == bits(got.S_T), name, " S_T rerun");
+    CHECK_MESSAGE(bits(again.d_q) == bits(got.d_q), name, " d_q rerun");
+    CHECK_MESSAGE(bits(again.d_k) == bits(got.d_k), name, " d_k rerun");
+    CHECK_MESSAGE(bits(again.d_v) == bits(got.d_v), name, " d_v rerun");
+    CHECK_MESSAGE(bits(again.d_beta) == bits(got.d_beta), name, " d_beta rerun");
+    if (c.h0) CHECK_MESSAGE(bits(again.d_h0) == bits(got.d_h0), name, " d_h0 rerun");
     // A forward without a backward to come keeps no WY products (W and P in its scratch):
     // the same values.
     NoGradGuard no_grad;
     ChunkOptions opt;
     opt.chunk = c.chunk;
     const RecurrentOutput plain = delta_rule(g.q, g.k, g.v, g.beta, g.h0, opt);
-    CHECK_MESSAGE(same_bits(plain.out, got.o), name, " o without grad");
-    CHECK_MESSAGE(same_bits(plain.final_state, got.S_T), name, " S_T without grad");
+    CHECK_MESSAGE(bits(plain.out) == bits(got.o), name, " o without grad");
+    CHECK_MESSAGE(bits(plain.final_state) == bits(got.S_T), name, " S_T without grad");
   }
 }
 
@@ -417,7 +395,7 @@ RESONA_GPU_TEST(
       opt.chunk = c.chunk;
       RecurrentOutput r = delta_rule(in[0], in[1], in[2], in[3], in[4], opt);
       std::vector<Tensor> grad = autograd::grad({r.out, r.final_state}, {in[want]}, {g.d_o, g.d_S});
-      CHECK(same_bits(grad[0], *all_grads[want]));
+      CHECK(bits(grad[0]) == bits(*all_grads[want]));
     }
   }
 }

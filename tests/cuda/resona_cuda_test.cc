@@ -35,11 +35,6 @@ namespace {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-Tensor as_leaf(Tensor t) {
-  t.set_requires_grad(true);
-  return t;
-}
-
 // x (CPU float32 [d0, d1, d2(, d3)]) on the GPU as `dtype`, in one of three layouts:
 //   0: contiguous;
 //   1: dims 1 and 2 swapped in memory (q [B, T, H, D] from a [B, H, T, D] buffer);
@@ -270,17 +265,17 @@ void check_attention(const AttnCase& a, DType dt, int layout, bool idx_on_cpu, u
   const ChunkAttentionOptions opt{.chunk = a.c, .query_block = a.b, .local_window = a.w};
 
   auto f64 = [](const Tensor& t) {
-    return t.defined() ? as_leaf(copy_to(t, DType::kFloat64, Device::cpu())) : Tensor();
+    return t.defined() ? grad_leaf(copy_to(t, DType::kFloat64, Device::cpu())) : Tensor();
   };
   const AttnOut ref = run_attention(f64(q), f64(k), f64(v), idx, f64(bias),
                                     copy_to(d_o, DType::kFloat64, Device::cpu()), opt);
   auto gpu_run = [&] {
     Tensor idx_dev = idx_on_cpu ? idx : copy_to(idx, DType::kInt32, Device::cuda());
-    return run_attention(as_leaf(to_cuda_layout(q, dt, layout)),
-                         as_leaf(to_cuda_layout(k, dt, layout)),
-                         as_leaf(to_cuda_layout(v, dt, layout)), idx_dev,
-                         a.bias ? as_leaf(to_cuda_layout(bias, dt, layout == 0 ? 0 : 2)) : Tensor(),
-                         to_cuda_layout(d_o, dt, layout), opt);
+    return run_attention(
+        grad_leaf(to_cuda_layout(q, dt, layout)), grad_leaf(to_cuda_layout(k, dt, layout)),
+        grad_leaf(to_cuda_layout(v, dt, layout)), idx_dev,
+        a.bias ? grad_leaf(to_cuda_layout(bias, dt, layout == 0 ? 0 : 2)) : Tensor(),
+        to_cuda_layout(d_o, dt, layout), opt);
   };
   const AttnOut g = gpu_run();
   REQUIRE(g.o.device().is_cuda());
@@ -477,7 +472,7 @@ RESONA_GPU_TEST("chunk_attention on CUDA checks device ids, naming the block; re
   ChunkAttentionOptions unchecked = opt;
   unchecked.check_ids = false;
   Generator gen(5);
-  Tensor qr = as_leaf(copy_to(gen.uniform({1, 8, 1, 4}, -1, 1), DType::kFloat32, cuda));
+  Tensor qr = grad_leaf(copy_to(gen.uniform({1, 8, 1, 4}, -1, 1), DType::kFloat32, cuda));
   Tensor d_o = copy_to(gen.uniform({1, 8, 1, 4}, -1, 1), DType::kFloat32, cuda);
   Tensor o_bad = chunk_attention(qr, qr, qr, ids({-1, -1, 0, 1, 1, 0, 9, 0}, DType::kInt32),
                                  Tensor(), unchecked);
@@ -531,7 +526,7 @@ RESONA_GPU_TEST(
                          Config{8, 2048, 8, 64, 64, 2, 64, 64}}) {
     Generator gen(11);
     auto leaf = [&](const Shape& shape) {
-      return as_leaf(copy_to(gen.uniform(shape, -1, 1), DType::kBFloat16, cuda));
+      return grad_leaf(copy_to(gen.uniform(shape, -1, 1), DType::kBFloat16, cuda));
     };
     Tensor q = leaf({s.B, s.T, s.H, s.D}), k = leaf({s.B, s.T, s.H, s.D});
     Tensor v = leaf({s.B, s.T, s.H, s.D});
@@ -580,7 +575,7 @@ RESONA_GPU_TEST(
     for (int64_t w : {int64_t{0}, int64_t{64}}) {
       Generator gen(12);
       auto leaf = [&](const Shape& shape) {
-        return as_leaf(copy_to(gen.uniform(shape, -1, 1), dt, cuda));
+        return grad_leaf(copy_to(gen.uniform(shape, -1, 1), dt, cuda));
       };
       Tensor q = leaf({B, T, H, D}), k = leaf({B, T, H, D}), v = leaf({B, T, H, D});
       Tensor d_o = copy_to(gen.uniform({B, T, H, D}, -1, 1), dt, cuda);
