@@ -161,4 +161,49 @@ __device__ __forceinline__ void stage_tile(T* dst, int ds, const T* src, int64_t
   }
 }
 
+// The pieces [y0, y0 + kPiece) of a contraction of length n, double-buffered: the next
+// piece is staged (stage(y0, buf) issuing cp.async copies) while the current one is
+// multiplied (mul(y0, buf)). Called by every thread of the block; any cp.async group the
+// caller committed before is complete by the first mul, and on return the buffers are free
+// and no copy is in flight.
+template <int kPiece, class StageFn, class MulFn>
+__device__ __forceinline__ void pipelined_pieces(int n, unsigned char* buf0, unsigned char* buf1,
+                                                 const StageFn& stage, const MulFn& mul) {
+  unsigned char* cur = buf0;
+  unsigned char* nxt = buf1;
+  if (n > 0) stage(0, cur);
+  cp_async_commit();
+  for (int y0 = 0; y0 < n; y0 += kPiece) {
+    if (y0 + kPiece < n) stage(y0 + kPiece, nxt);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    mul(y0, static_cast<const unsigned char*>(cur));
+    __syncthreads();  // cur is read: it takes the piece after next
+    unsigned char* const t = cur;
+    cur = nxt;
+    nxt = t;
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+}
+
+// mul(p0) for the pieces [p0, p0 + piece) of a length n in one buffer: the first piece is
+// staged and waited for by the caller, each later one is staged (stage(p0)) once the
+// previous one is read. Called by every thread of the block.
+template <class StageFn, class MulFn>
+__device__ __forceinline__ void staged_pieces(int n, int piece, const StageFn& stage,
+                                              const MulFn& mul) {
+  for (int p0 = 0; p0 < n; p0 += piece) {
+    if (p0 > 0) {
+      __syncthreads();  // the previous piece is read
+      stage(p0);
+      cp_async_commit();
+      cp_async_wait<0>();
+      __syncthreads();
+    }
+    mul(p0);
+  }
+}
+
 }  // namespace resona::cuda

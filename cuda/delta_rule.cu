@@ -41,6 +41,7 @@
 #include "cuda/cp_async.cuh"
 #include "cuda/delta_rule.h"
 #include "cuda/mma.cuh"
+#include "cuda/tile_mma.cuh"
 
 namespace resona::cuda {
 namespace {
@@ -214,95 +215,12 @@ int64_t bwd_layout(const DeltaRuleInputs& in, float* base, Scratch& s) {
 
 // ---- tensor-core products of tiles staged in shared memory ----
 
-// The TF32 high and low parts of an operand element: split from float32, or exact from a
-// bfloat16 value (low part zero).
-__device__ __forceinline__ void tf32_parts(float x, uint32_t& hi, uint32_t& lo) {
-  split_tf32(x, hi, lo);
-}
-__device__ __forceinline__ void tf32_parts(__nv_bfloat16 x, uint32_t& hi, uint32_t& lo) {
-  hi = __float_as_uint(__bfloat162float(x));
-  lo = 0;
-}
-
 // Whether the products of a kernel on inputs stored as T run in 3xTF32 (float32 accuracy:
 // float32 storage) or as one TF32 product (bfloat16 storage, whose own rounding is 2^-8:
 // TF32 operands add about a quarter of the error of rounding o to bfloat16 and do not grow
 // along T, tools/precision/delta_rule_tf32).
 template <class T>
 constexpr bool kSplitProducts = std::is_same_v<T, float>;
-
-// A B operand held pre-split in row pairs (the recurrences' state and V' tiles): element
-// (x, j) of a tile sits in pair row 4 (x / 8) + x % 4, column j, of a [rows / 2][ld] array
-// of uint4, as {hi(x, j), hi(x + 4, j), lo(x, j), lo(x + 4, j)} for x % 8 < 4, so that one
-// 16-byte load gives a lane both TF32 parts of its m16n8k8 B fragment (rows t and t + 4).
-// A row offset of 8 s in the tile is 4 s pair rows.
-using SplitPairs = uint4;
-
-// The TF32 parts of a lane's B fragment (rows t and t + 4 of a k-step, one column), from p
-// at column offset c: from two elements b4 apart, or from one SplitPairs element.
-template <class TB>
-__device__ __forceinline__ void b_frag(const TB* p, int b4, int c, uint32_t (&bh)[2],
-                                       uint32_t (&bl)[2]) {
-  if constexpr (std::is_same_v<TB, SplitPairs>) {
-    const SplitPairs v = p[c];
-    bh[0] = v.x;
-    bh[1] = v.y;
-    bl[0] = v.z;
-    bl[1] = v.w;
-  } else {
-    tf32_parts(p[c], bh[0], bl[0]);
-    tf32_parts(p[b4 + c], bh[1], bl[1]);
-  }
-}
-
-// acc[c] (column tile c of the warp's 16 x 8 NT unit) += A B over 8 ksteps contraction
-// steps, A(i, x) = a[i * a_ld + x] (a[x * a_ld + i] when kATrans) for the unit's 16 rows,
-// B(x, j) = b[x * b_ld + j] (b[j * b_ld + x] when kBTrans) for its 8 NT columns, or B in
-// SplitPairs (not transposed; b_ld in pairs). Elements are float32 (split here) or bfloat16
-// (exact: no low part); with kSplit 3xTF32, Ah Bh + (Al Bh + Ah Bl), less the products of a
-// zero low part, the low-part products summed apart (a second dependency chain) and added at
-// the end; without, Ah Bh alone (the operands rounded to TF32). Each lane walks one pointer
-// per operand.
-template <int NT, bool kATrans, bool kBTrans = false, bool kSplit = true, class TA, class TB>
-__device__ __forceinline__ void warp_mma(float (&acc)[NT][4], int ksteps, const TA* a, int a_ld,
-                                         const TB* b, int b_ld) {
-  constexpr bool kAExact = !kSplit || std::is_same_v<TA, __nv_bfloat16>;
-  constexpr bool kBExact = !kSplit || std::is_same_v<TB, __nv_bfloat16>;
-  constexpr bool kBPairs = std::is_same_v<TB, SplitPairs>;
-  static_assert(!kBPairs || !kBTrans, "a SplitPairs operand is read as it is laid out");
-  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const TA* pa = kATrans ? a + t * a_ld + g : a + g * a_ld + t;
-  const int a8 = kATrans ? 8 : 8 * a_ld;  // row i + 8
-  const int a4 = kATrans ? 4 * a_ld : 4;  // column x + 4
-  const int a_step = kATrans ? 8 * a_ld : 8;
-  const TB* pb = kBTrans ? b + g * b_ld + t : b + t * b_ld + g;
-  const int b4 = kBTrans ? 4 : 4 * b_ld;  // row x + 4
-  const int b8 = kBTrans ? 8 * b_ld : 8;  // column tile c + 1
-  const int b_step = kBTrans ? 8 : (kBPairs ? 4 : 8) * b_ld;
-  float lo[NT][4] = {};
-  for (int s = 0; s < ksteps; ++s, pa += a_step, pb += b_step) {
-    uint32_t ah[4], al[4];
-    tf32_parts(pa[0], ah[0], al[0]);
-    tf32_parts(pa[a8], ah[1], al[1]);
-    tf32_parts(pa[a4], ah[2], al[2]);
-    tf32_parts(pa[a8 + a4], ah[3], al[3]);
-#pragma unroll
-    for (int c = 0; c < NT; ++c) {
-      uint32_t bh[2], bl[2];
-      b_frag(pb, b4, b8 * c, bh, bl);
-      if (!kAExact) mma_tf32_m16n8k8(lo[c], al, bh);
-      if (!kBExact) mma_tf32_m16n8k8(lo[c], ah, bl);
-      mma_tf32_m16n8k8(acc[c], ah, bh);
-    }
-  }
-  if (!kAExact || !kBExact) {
-#pragma unroll
-    for (int c = 0; c < NT; ++c) {
-#pragma unroll
-      for (int r = 0; r < 4; ++r) acc[c][r] += lo[c][r];
-    }
-  }
-}
 
 // The state products: acc[u] += A_u B for the warp's state units u < n, unit u being rows
 // 16 (warp / 2) + kUnitRowStep u of the state and columns kBV/2 (warp % 2) on (so every
@@ -341,23 +259,6 @@ __device__ __forceinline__ void warp_mma_units(float (&acc)[kU][NT][4], int n, i
       }
     }
   }
-}
-
-// f(i, j, r, c) over the thread's elements of a warp's 16 x 8 NT unit: element r of column
-// tile c sits at row g + 8 (r / 2), column 8 c + 2 t + r % 2 (cuda/mma.cuh).
-// With an origin, i and j count from row row0 and column col0 of a larger tile.
-template <int NT, class F>
-__device__ __forceinline__ void for_each_frag(int row0, int col0, const F& f) {
-  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-#pragma unroll
-  for (int c = 0; c < NT; ++c) {
-#pragma unroll
-    for (int r = 0; r < 4; ++r) f(g + 8 * (r / 2) + row0, 8 * c + 2 * t + r % 2 + col0, r, c);
-  }
-}
-template <int NT, class F>
-__device__ __forceinline__ void for_each_frag(const F& f) {
-  for_each_frag<NT>(0, 0, f);
 }
 
 // out[i * ld + j] = v[c][r] for the thread's elements (i, j) of a warp's 16 x 8 NT tile
@@ -422,51 +323,6 @@ __device__ __forceinline__ void store_row_sums(float (&x)[2], int row0, float* o
 #pragma unroll
     for (int m = 1; m <= 2; m *= 2) x[h] += __shfl_xor_sync(0xffffffffu, x[h], m);
     if (lane % 4 == 0) out[row0 + lane / 4 + 8 * h] = x[h];
-  }
-}
-
-// The pieces [y0, y0 + kPiece) of a contraction of length n, double-buffered: the next
-// piece is staged (stage(y0, buf) issuing cp.async copies) while the current one is
-// multiplied (mul(y0, buf)). Called by every thread of the block; any cp.async group the
-// caller committed before is complete by the first mul, and on return the buffers are free
-// and no copy is in flight.
-template <int kPiece, class StageFn, class MulFn>
-__device__ __forceinline__ void pipelined_pieces(int n, unsigned char* buf0, unsigned char* buf1,
-                                                 const StageFn& stage, const MulFn& mul) {
-  unsigned char* cur = buf0;
-  unsigned char* nxt = buf1;
-  if (n > 0) stage(0, cur);
-  cp_async_commit();
-  for (int y0 = 0; y0 < n; y0 += kPiece) {
-    if (y0 + kPiece < n) stage(y0 + kPiece, nxt);
-    cp_async_commit();
-    cp_async_wait<1>();
-    __syncthreads();
-    mul(y0, static_cast<const unsigned char*>(cur));
-    __syncthreads();  // cur is read: it takes the piece after next
-    unsigned char* const t = cur;
-    cur = nxt;
-    nxt = t;
-  }
-  cp_async_wait<0>();
-  __syncthreads();
-}
-
-// mul(p0) for the pieces [p0, p0 + piece) of a length n in one buffer: the first piece is
-// staged and waited for by the caller, each later one is staged (stage(p0)) once the
-// previous one is read. Called by every thread of the block.
-template <class StageFn, class MulFn>
-__device__ __forceinline__ void staged_pieces(int n, int piece, const StageFn& stage,
-                                              const MulFn& mul) {
-  for (int p0 = 0; p0 < n; p0 += piece) {
-    if (p0 > 0) {
-      __syncthreads();  // the previous piece is read
-      stage(p0);
-      cp_async_commit();
-      cp_async_wait<0>();
-      __syncthreads();
-    }
-    mul(p0);
   }
 }
 
