@@ -5,9 +5,9 @@
 // gla_state_scan_kernel  thread (b, h, state element): chunks in order (forward: states[n],
 //                        S_T) or reverse (backward: end-state gradients d_states[n], d_h0)
 // gla_fwd_kernel         block (b, h, chunk): A [64, 64] from 32-channel key tiles, then
-//                        o per 8-column value tile (tensor cores)
-// gla_bwd_dv_kernel      block (b, h, chunk): A again, then d_v and d_A (to scratch) on
-//                        tensor cores
+//                        o per 32-column value piece (tensor cores)
+// gla_bwd_dv_kernel      block (b, h, chunk): A again, then per value piece d_v and the
+//                        sums of d_A (to scratch) on tensor cores
 // gla_bwd_dqkg_kernel    block (b, h, chunk, 32-channel key tile): d_q, d_k, d_g (the
 //                        state terms d_o S0^T and v d_S^T on tensor cores)
 // gla_bwd_gate_sum_kernel  thread (b, t, h): d_g of a per-head gate, channels in order
@@ -20,11 +20,12 @@
 //
 // Dense chunk products run on tensor cores with TF32 operands (10-bit mantissa, float32's
 // exponent range) and float32 accumulation: A's tiles (ATiles), o = scale (q * exp(G)) S0
-// + A v, d_v = A^T d_o + (k * exp(G_last - G)) d_S and d_A = d_o v^T through mma.sync
-// (cuda/mma.cuh: operands loaded straight into the fragments, results stored from the
-// accumulators), d_o S0^T and v d_S^T the same way; the chunks' state terms in 3xTF32 (float32
-// accuracy, for the float32 state recurrences) under float32 storage and in TF32 under
-// bfloat16 storage. Both storage dtypes take TF32: the operands are
+// + A v, d_v = A^T d_o + (k * exp(G_last - G)) d_S, d_A = d_o v^T, d_o S0^T and v d_S^T
+// through mma.sync: A's tiles from the chunk tiles in shared memory (cuda/mma.cuh), the
+// value-side products through cuda/tile_mma.cuh's warp_mma on operands staged with
+// cp.async a piece of the values at a time, results stored from the accumulators; the
+// chunks' state terms in 3xTF32 (float32 accuracy, for the float32 state recurrences)
+// under float32 storage and in TF32 under bfloat16 storage. Both storage dtypes take TF32: the operands are
 // float32 values formed on chip (inputs times decay factors, A, d_A, the float32 states), and
 // rounding them to bfloat16 for bf16 MMA would add an error of the size of the storage rounding
 // itself (2^-8 against TF32's 2^-11). A diagonal sub-chunk whose gates spread too far for the
@@ -35,9 +36,11 @@
 #include <type_traits>
 
 #include "cuda/convert.cuh"
+#include "cuda/cp_async.cuh"
 #include "cuda/fast_exp.cuh"
 #include "cuda/gla.h"
 #include "cuda/mma.cuh"
+#include "cuda/tile_mma.cuh"
 
 namespace resona::cuda {
 namespace {
@@ -52,7 +55,8 @@ constexpr int kLd4 = 68;         // row stride of 64-wide tiles read as float4: 
                                  // 4 (16-byte rows) whose rows 4 apart fall in other banks
 constexpr int kLdS = kKT + 4;    // row stride of gla_bwd_dqkg_kernel's [kRows][kKT] dq0 / dk0
 constexpr int kChunkBlocks = 2;  // resident blocks per SM of gla_fwd_kernel, gla_bwd_dv_kernel
-                                 // and gla_bwd_dqkg_kernel (K <= 128: <= 87 KB of shared memory)
+                                 // and gla_bwd_dqkg_kernel they are built for (registers; the
+                                 // shared memory allows two up to K = 96, see ChunkSmem)
 constexpr int kPairs = 6;        // sub-chunk pairs J < I of a 64-row tile
 static_assert(kGlaMaxChunk == kRows, "the chunk tile holds the largest chunk");
 static_assert(kRows == 4 * kSub && kSub == 16, "sub-chunk pairs and 4-row blocks assume 4 x 16");
@@ -73,6 +77,7 @@ __device__ __forceinline__ SeqIn<T> seq(const GlaInput& x, int64_t b, int64_t h)
 }
 
 __device__ __forceinline__ int64_t num_chunks(int64_t T, int64_t C) { return (T + C - 1) / C; }
+__device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
 
 // Key channels rounded up to whole kKT-channel tiles.
 __host__ __device__ __forceinline__ int k_pad(int64_t K) {
@@ -581,31 +586,79 @@ __device__ __forceinline__ void a_tiles_store(const ATiles& a, float* AS, int ld
   __syncthreads();
 }
 
+// ---- value pieces ------------------------------------------------------------------------
+
+// gla_fwd_kernel and gla_bwd_dv_kernel take their value-side operands (S0 or d_S, v, d_o)
+// through shared memory kValPiece value columns at a time, double-buffered (the next
+// piece's copies in flight while this one is multiplied), and each piece's output columns
+// come out whole. A piece holds S0 or d_S rows [Kpad][kLdPS] (float32), then v (forward)
+// or d_o (backward) [kRows][ld_b] read as a B operand, then (backward) v [kRows][ld_a]
+// read transposed for d_A = d_o v^T; zeros past K, L and V. The row strides put the
+// fragment loads of lane (g, t) in 32 different banks: B at (row t, column g), A and a
+// transposed B at (row g, column t).
+constexpr int kValPiece = 32;
+constexpr int kLdPS = kValPiece + 8;
+template <class T>
+__host__ __device__ constexpr int ld_b() {
+  return sizeof(T) == 4 ? kValPiece + 8 : kValPiece + 16;
+}
+template <class T>
+__host__ __device__ constexpr int ld_a() {
+  return sizeof(T) == 4 ? kValPiece + 4 : kValPiece + 8;
+}
+
+// Shared memory of gla_fwd_kernel and gla_bwd_dv_kernel, offsets in bytes: X (Qe or KF)
+// [kRows][Kpad + 4] float32 first, then the chunk tiles while A is formed; once it is, A
+// (or A^T) [kRows][kLd4] over the tiles' start and the two value pieces after it.
+struct ChunkSmem {
+  int ldx;             // row stride of X
+  int tiles, a;        // the tiles, A
+  int piece0, piece1;  // the two value pieces
+  int p_x, p_y;        // inside a piece: v or d_o; v for d_A
+  int bytes;
+};
+template <class T>
+__host__ __device__ inline ChunkSmem chunk_smem(int64_t K, bool bwd) {
+  ChunkSmem m{};
+  const int Kpad = k_pad(K);
+  m.ldx = Kpad + 4;
+  m.tiles = m.a = 4 * kRows * m.ldx;
+  m.p_x = 4 * Kpad * kLdPS;
+  m.p_y = m.p_x + static_cast<int>(sizeof(T)) * kRows * ld_b<T>();
+  const int piece = (bwd ? m.p_y + static_cast<int>(sizeof(T)) * kRows * ld_a<T>() : m.p_y);
+  const int piece16 = (piece + 15) / 16 * 16;
+  m.piece0 = m.a + 4 * kRows * kLd4;
+  m.piece1 = m.piece0 + piece16;
+  const int end_tiles = m.tiles + 4 * kTilesFloats, end_pieces = m.piece1 + piece16;
+  m.bytes = end_tiles > end_pieces ? end_tiles : end_pieces;
+  return m;
+}
+
 // ---- forward ---------------------------------------------------------------------------
 
 // Block (b, h, chunk): per 32-key group the chunk tiles, A's tiles on tensor cores and
 // Qe = scale q 2^G (TF32-rounded) for all keys; then A to shared memory; then
-// o = Qe S0 + A v on tensor cores, warp w taking the 8-column value tiles w, w + 8, ...
-// over all 64 rows, its B operands (S0 rows, v rows) loaded from global memory straight
-// into the fragments, its results stored from the accumulators.
+// o = Qe S0 + A v on tensor cores per value piece (S0's rows and v staged, see
+// ChunkSmem), warp w taking rows 16 (w % 4) and the piece's columns 16 (w / 4) .. + 15,
+// its results stored from the accumulators.
 template <class T>
 __global__ void __launch_bounds__(kThreads, kChunkBlocks) gla_fwd_kernel(const GlaFwdParams p) {
   extern __shared__ __align__(128) float4 smem4[];
-  float* smem = reinterpret_cast<float*>(smem4);
+  unsigned char* const base = reinterpret_cast<unsigned char*>(smem4);
   const int64_t NC = num_chunks(p.T, p.C);
   const int64_t n = blockIdx.x % NC, bh = blockIdx.x / NC;
   const int64_t b = bh / p.H, h = bh % p.H;
   const int64_t t0 = n * p.C;
   const int L = static_cast<int>(p.C < p.T - t0 ? p.C : p.T - t0);
   const int K = static_cast<int>(p.K), V = static_cast<int>(p.V);
-  const int Kpad = k_pad(p.K), ldq = Kpad + 4;
+  const int Kpad = k_pad(p.K);
+  const ChunkSmem m = chunk_smem<T>(p.K, false);
   const SeqIn<T> q = seq<T>(p.q, b, h), k = seq<T>(p.k, b, h), g = seq<T>(p.g, b, h);
   const SeqIn<T> v = seq<T>(p.v, b, h);
 
-  const Tiles s = carve_tiles(smem);
-  float* Qe = smem + kTilesFloats;  // [kRows][ldq]
-  float* AS = smem;                 // [kRows][kLd4], over the tiles once A is done
-  static_assert(kRows * kLd4 <= kTilesFloats, "A fits in the tiles' space");
+  const Tiles s = carve_tiles(reinterpret_cast<float*>(base + m.tiles));
+  float* Qe = reinterpret_cast<float*>(base);        // [kRows][m.ldx]
+  float* AS = reinterpret_cast<float*>(base + m.a);  // [kRows][kLd4], over the tiles once A is done
 
   ATiles a = a_tiles_begin();
   for (int k0 = 0; k0 < Kpad; k0 += kKT) {
@@ -613,64 +666,37 @@ __global__ void __launch_bounds__(kThreads, kChunkBlocks) gla_fwd_kernel(const G
     a_tiles_add(a, s);
     for (int idx = threadIdx.x; idx < kRows * kKT; idx += kThreads) {
       const int i = idx / kKT, c = idx % kKT;
-      Qe[i * ldq + k0 + c] =
+      Qe[i * m.ldx + k0 + c] =
           __uint_as_float(to_tf32(p.scale * s.q[i * kLdT + c] * exp2f(s.G[i * kLdT + c])));
     }
     __syncthreads();
   }
   a_tiles_store(a, AS, kLd4, p.scale);
 
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, fg = lane / 4, ft = lane % 4;
+  const int warp = threadIdx.x / 32, rt = warp % 4, cg = warp / 4;
   const float* S0 = p.states + (bh * NC + n) * p.K * p.V;
   T* o = static_cast<T*>(p.o) + ((b * p.T + t0) * p.H + h) * p.V;
-  for (int v0 = 8 * warp; v0 < V; v0 += 8 * (kThreads / 32)) {
-    const int col = v0 + fg;  // this lane's B column
-    const bool cin = col < V;
-    float acc[kRows / kSub][4] = {};
-    // Qe S0 over the keys; sp walks down S0's rows ft, ft + 8, ... of column col.
-    const float* sp = S0 + static_cast<int64_t>(ft) * V + col;
-#pragma unroll 4
-    for (int kk = 0; kk < Kpad; kk += kTK, sp += kTK * V) {
-      const int r0 = kk + ft, r1 = r0 + 4;
-      const uint32_t bf[2] = {to_tf32(cin && r0 < K ? sp[0] : 0.f),
-                              to_tf32(cin && r1 < K ? sp[4 * V] : 0.f)};
-#pragma unroll
-      for (int I = 0; I < kRows / kSub; ++I) {
-        const float* x = Qe + (kSub * I + fg) * ldq + kk + ft;
-        const uint32_t af[4] = {__float_as_uint(x[0]), __float_as_uint(x[8 * ldq]),
-                                __float_as_uint(x[4]), __float_as_uint(x[8 * ldq + 4])};
-        mma_tf32_m16n8k8(acc[I], af, bf);
-      }
-    }
-    // A v over the rows j (A is zero for j beyond the row tile's diagonal tile); vp walks
-    // down v's rows ft, ft + 8, ... of column col.
-    const T* vp = v.p + (t0 + ft) * v.st + col * v.sc;
-#pragma unroll
-    for (int jj = 0; jj < kRows; jj += kTK, vp += kTK * v.st) {
-      const int r0 = jj + ft, r1 = r0 + 4;
-      const uint32_t bf[2] = {to_tf32(cin && r0 < L ? to_f32(vp[0]) : 0.f),
-                              to_tf32(cin && r1 < L ? to_f32(vp[4 * v.st]) : 0.f)};
-#pragma unroll
-      for (int I = jj / kSub; I < kRows / kSub; ++I) {
-        const float* x = AS + (kSub * I + fg) * kLd4 + jj + ft;
-        const uint32_t af[4] = {__float_as_uint(x[0]), __float_as_uint(x[8 * kLd4]),
-                                __float_as_uint(x[4]), __float_as_uint(x[8 * kLd4 + 4])};
-        mma_tf32_m16n8k8(acc[I], af, bf);
-      }
-    }
-    const int c0 = v0 + 2 * ft;
-#pragma unroll
-    for (int I = 0; I < kRows / kSub; ++I) {
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int i = kSub * I + fg + 8 * half;
-        if (i >= L) continue;
-        T* row = o + static_cast<int64_t>(i) * p.H * p.V;
-        if (c0 < V) row[c0] = from_f32<T>(acc[I][2 * half]);
-        if (c0 + 1 < V) row[c0 + 1] = from_f32<T>(acc[I][2 * half + 1]);
-      }
-    }
-  }
+  // A is zero past row tile rt's diagonal tile: A v takes the rows j < 16 (rt + 1) (and L).
+  const int jsteps = (imin(L, kSub * (rt + 1)) + kTK - 1) / kTK;
+  pipelined_pieces<kValPiece>(
+      V, base + m.piece0, base + m.piece1,
+      [&](int y0, unsigned char* buf) {
+        const int w = imin(kValPiece, V - y0);
+        stage_tile(reinterpret_cast<float*>(buf), kLdPS, S0 + y0, V, 1, K, w, Kpad, kValPiece);
+        stage_tile(reinterpret_cast<T*>(buf + m.p_x), ld_b<T>(), v.p + t0 * v.st + y0 * v.sc, v.st,
+                   v.sc, L, w, kRows, kValPiece);
+      },
+      [&](int y0, const unsigned char* buf) {
+        float acc[2][4] = {};
+        warp_mma<2, false, false, false>(acc, Kpad / kTK, Qe + kSub * rt * m.ldx, m.ldx,
+                                         reinterpret_cast<const float*>(buf) + 16 * cg, kLdPS);
+        warp_mma<2, false, false, false>(acc, jsteps, AS + kSub * rt * kLd4, kLd4,
+                                         reinterpret_cast<const T*>(buf + m.p_x) + 16 * cg,
+                                         ld_b<T>());
+        for_each_frag<2>(kSub * rt, y0 + 16 * cg, [&](int i, int j, int r, int c) {
+          if (i < L && j < V) o[static_cast<int64_t>(i) * p.H * p.V + j] = from_f32<T>(acc[c][r]);
+        });
+      });
 }
 
 // ---- backward --------------------------------------------------------------------------
@@ -718,100 +744,94 @@ BwdScratch carve_scratch(const GlaBwdParams& p) {
 }
 
 // Block (b, h, chunk). When d_v is wanted: per 32-key group the chunk tiles, A's tiles
-// (as in the forward) and KF = k 2^(G_last - G) (TF32-rounded) for all keys; A^T to shared
-// memory; then d_v = A^T d_o + KF d_S per 8-column value tile over all 64 rows (warp w:
-// tiles w, w + 8, ...), the d_o and d_S operands loaded from global memory into the
-// fragments. When d_A is wanted: d_A = scale tril(d_o v^T), warps owning A's ten lower
-// 16 x 16 tiles, both operands from global memory, written to scratch (zeros above the
-// diagonal).
+// (as in the forward) and KF = k 2^(G_last - G) (TF32-rounded) for all keys, then A^T to
+// shared memory. Then per value piece (d_S's rows, d_o and v staged, see ChunkSmem):
+// d_v = A^T d_o + KF d_S, warp w taking rows 16 (w % 4) and the piece's columns
+// 16 (w / 4) .. + 15, and (when d_A is wanted) d_A += d_o v^T over the piece's columns,
+// the warps owning A's ten lower 16 x 16 tiles; d_A = scale tril(d_o v^T) is written to
+// scratch at the end (zeros above the diagonal).
 template <class T>
 __global__ void __launch_bounds__(kThreads, kChunkBlocks)
     gla_bwd_dv_kernel(const GlaBwdParams p, const float* __restrict__ d_states,
                       float* __restrict__ d_A) {
   extern __shared__ __align__(128) float4 smem4[];
-  float* smem = reinterpret_cast<float*>(smem4);
+  unsigned char* const base = reinterpret_cast<unsigned char*>(smem4);
   const int64_t NC = num_chunks(p.T, p.C);
   const int64_t n = blockIdx.x % NC, bh = blockIdx.x / NC;
   const int64_t b = bh / p.H, h = bh % p.H;
   const int64_t t0 = n * p.C;
   const int L = static_cast<int>(p.C < p.T - t0 ? p.C : p.T - t0);
   const int K = static_cast<int>(p.K), V = static_cast<int>(p.V);
-  const int Kpad = k_pad(p.K), ldk = Kpad + 4;
+  const int Kpad = k_pad(p.K);
+  const ChunkSmem m = chunk_smem<T>(p.K, true);
   const SeqIn<T> q = seq<T>(p.q, b, h), k = seq<T>(p.k, b, h), g = seq<T>(p.g, b, h);
   const SeqIn<T> v = seq<T>(p.v, b, h), d_o = seq<T>(p.d_o, b, h);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, fg = lane / 4, ft = lane % 4;
+  const int warp = threadIdx.x / 32, rt = warp % 4, cg = warp / 4;
   ATiles a = a_tiles_begin();  // also the d_A tiles' assignment
+  const bool want_dv = p.d_v != nullptr, want_dA = d_A != nullptr;
 
-  if (p.d_v != nullptr) {
-    const Tiles s = carve_tiles(smem);
-    float* KF = smem + kTilesFloats;  // [kRows][ldk]
-    float* AT = smem;                 // [kRows][kLd4], over the tiles once A is done
-    static_assert(kRows * kLd4 <= kTilesFloats, "A fits in the tiles' space");
+  float* KF = reinterpret_cast<float*>(base);        // [kRows][m.ldx]
+  float* AT = reinterpret_cast<float*>(base + m.a);  // [kRows][kLd4], over the tiles once A is done
+  if (want_dv) {
+    const Tiles s = carve_tiles(reinterpret_cast<float*>(base + m.tiles));
     for (int k0 = 0; k0 < Kpad; k0 += kKT) {
       load_chunk_tiles(q, k, g, t0, L, k0, K, s);
       a_tiles_add(a, s);
       for (int idx = threadIdx.x; idx < kRows * kKT; idx += kThreads) {
         const int i = idx / kKT, c = idx % kKT;
-        KF[i * ldk + k0 + c] = __uint_as_float(
+        KF[i * m.ldx + k0 + c] = __uint_as_float(
             to_tf32(s.k[i * kLdT + c] * exp2f(s.G[(kRows - 1) * kLdT + c] - s.G[i * kLdT + c])));
       }
       __syncthreads();
     }
     a_tiles_store(a, AT, kLd4, p.scale, /*transposed=*/true);
-
-    const float* dS = d_states + (bh * NC + n) * p.K * p.V;
-    T* dv = static_cast<T*>(p.d_v) + ((b * p.T + t0) * p.H + h) * p.V;
-    for (int v0 = 8 * warp; v0 < V; v0 += 8 * (kThreads / 32)) {
-      const int col = v0 + fg;
-      const bool cin = col < V;
-      float acc[kRows / kSub][4] = {};
-      // A^T d_o: rows j of tile J take i >= 16 J only (A is zero above the diagonal); dp
-      // walks down d_o's rows ft, ft + 8, ... of column col.
-      const T* dp = d_o.p + (t0 + ft) * d_o.st + col * d_o.sc;
-#pragma unroll
-      for (int ii = 0; ii < kRows; ii += kTK, dp += kTK * d_o.st) {
-        const int r0 = ii + ft, r1 = r0 + 4;
-        const uint32_t bf[2] = {to_tf32(cin && r0 < L ? to_f32(dp[0]) : 0.f),
-                                to_tf32(cin && r1 < L ? to_f32(dp[4 * d_o.st]) : 0.f)};
-#pragma unroll
-        for (int J = 0; J <= ii / kSub; ++J) {
-          const float* x = AT + (kSub * J + fg) * kLd4 + ii + ft;
-          const uint32_t af[4] = {__float_as_uint(x[0]), __float_as_uint(x[8 * kLd4]),
-                                  __float_as_uint(x[4]), __float_as_uint(x[8 * kLd4 + 4])};
-          mma_tf32_m16n8k8(acc[J], af, bf);
-        }
-      }
-      // KF d_S over the keys; sp walks down d_S's rows ft, ft + 8, ... of column col.
-      const float* sp = dS + static_cast<int64_t>(ft) * V + col;
-#pragma unroll 4
-      for (int kk = 0; kk < Kpad; kk += kTK, sp += kTK * V) {
-        const int r0 = kk + ft, r1 = r0 + 4;
-        const uint32_t bf[2] = {to_tf32(cin && r0 < K ? sp[0] : 0.f),
-                                to_tf32(cin && r1 < K ? sp[4 * V] : 0.f)};
-#pragma unroll
-        for (int J = 0; J < kRows / kSub; ++J) {
-          const float* x = KF + (kSub * J + fg) * ldk + kk + ft;
-          const uint32_t af[4] = {__float_as_uint(x[0]), __float_as_uint(x[8 * ldk]),
-                                  __float_as_uint(x[4]), __float_as_uint(x[8 * ldk + 4])};
-          mma_tf32_m16n8k8(acc[J], af, bf);
-        }
-      }
-      const int c0 = v0 + 2 * ft;
-#pragma unroll
-      for (int J = 0; J < kRows / kSub; ++J) {
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const int j = kSub * J + fg + 8 * half;
-          if (j >= L) continue;
-          T* row = dv + static_cast<int64_t>(j) * p.H * p.V;
-          if (c0 < V) row[c0] = from_f32<T>(acc[J][2 * half]);
-          if (c0 + 1 < V) row[c0 + 1] = from_f32<T>(acc[J][2 * half + 1]);
-        }
-      }
-    }
   }
 
-  if (d_A != nullptr) {
+  const float* dS = d_states + (bh * NC + n) * p.K * p.V;
+  T* dv = want_dv ? static_cast<T*>(p.d_v) + ((b * p.T + t0) * p.H + h) * p.V : nullptr;
+  // A^T is zero left of row tile rt's diagonal tile: A^T d_o takes the rows i >= 16 rt.
+  const int isteps = L > kSub * rt ? (L - kSub * rt + kTK - 1) / kTK : 0;
+  float acc_dA[2][2][4] = {};
+  pipelined_pieces<kValPiece>(
+      V, base + m.piece0, base + m.piece1,
+      [&](int y0, unsigned char* buf) {
+        const int w = imin(kValPiece, V - y0);
+        if (want_dv) {
+          stage_tile(reinterpret_cast<float*>(buf), kLdPS, dS + y0, V, 1, K, w, Kpad, kValPiece);
+        }
+        stage_tile(reinterpret_cast<T*>(buf + m.p_x), ld_b<T>(), d_o.p + t0 * d_o.st + y0 * d_o.sc,
+                   d_o.st, d_o.sc, L, w, kRows, kValPiece);
+        if (want_dA) {
+          stage_tile(reinterpret_cast<T*>(buf + m.p_y), ld_a<T>(), v.p + t0 * v.st + y0 * v.sc,
+                     v.st, v.sc, L, w, kRows, kValPiece);
+        }
+      },
+      [&](int y0, const unsigned char* buf) {
+        const T* dop = reinterpret_cast<const T*>(buf + m.p_x);
+        if (want_dv) {
+          float acc[2][4] = {};
+          warp_mma<2, false, false, false>(acc, isteps, AT + kSub * rt * (kLd4 + 1), kLd4,
+                                           dop + kSub * rt * ld_b<T>() + 16 * cg, ld_b<T>());
+          warp_mma<2, false, false, false>(acc, Kpad / kTK, KF + kSub * rt * m.ldx, m.ldx,
+                                           reinterpret_cast<const float*>(buf) + 16 * cg, kLdPS);
+          for_each_frag<2>(kSub * rt, y0 + 16 * cg, [&](int i, int j, int r, int c) {
+            if (i < L && j < V)
+              dv[static_cast<int64_t>(i) * p.H * p.V + j] = from_f32<T>(acc[c][r]);
+          });
+        }
+        if (want_dA) {
+          const int vsteps = (imin(kValPiece, V - y0) + kTK - 1) / kTK;
+          const T* vp = reinterpret_cast<const T*>(buf + m.p_y);
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            if (e >= a.count) break;
+            warp_mma<2, false, true, false>(acc_dA[e], vsteps, dop + kSub * a.I[e] * ld_b<T>(),
+                                            ld_b<T>(), vp + kSub * a.J[e] * ld_a<T>(), ld_a<T>());
+          }
+        }
+      });
+
+  if (want_dA) {
     float* out = d_A + (bh * NC + n) * kRows * kRows;
     for (int idx = threadIdx.x; idx < kRows * kRows; idx += kThreads) {
       const int i = idx / kRows, j = idx % kRows;
@@ -820,42 +840,27 @@ __global__ void __launch_bounds__(kThreads, kChunkBlocks)
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       if (e >= a.count) break;
-      const int I = a.I[e], J = a.J[e];
-      float acc[2][4] = {};
-      // Rows i0, i1 of d_o and j0, j1 of v, each walked along its values ft, ft + 8, ...
-      const int i0 = kSub * I + fg, i1 = i0 + 8, j0 = kSub * J + fg, j1 = j0 + 8;
-      const bool i0in = i0 < L, i1in = i1 < L, j0in = j0 < L, j1in = j1 < L;
-      const int64_t os = d_o.sc, vs = v.sc;
-      const T* a0 = d_o.p + (t0 + i0) * d_o.st + ft * os;
-      const T* a1 = d_o.p + (t0 + i1) * d_o.st + ft * os;
-      const T* b0 = v.p + (t0 + j0) * v.st + ft * vs;
-      const T* b1 = v.p + (t0 + j1) * v.st + ft * vs;
-#pragma unroll 4
-      for (int vv = 0; vv < V;
-           vv += kTK, a0 += kTK * os, a1 += kTK * os, b0 += kTK * vs, b1 += kTK * vs) {
-        const bool c0 = vv + ft < V, c1 = vv + ft + 4 < V;
-        const uint32_t af[4] = {to_tf32(i0in && c0 ? to_f32(a0[0]) : 0.f),
-                                to_tf32(i1in && c0 ? to_f32(a1[0]) : 0.f),
-                                to_tf32(i0in && c1 ? to_f32(a0[4 * os]) : 0.f),
-                                to_tf32(i1in && c1 ? to_f32(a1[4 * os]) : 0.f)};
-        const uint32_t bf0[2] = {to_tf32(j0in && c0 ? to_f32(b0[0]) : 0.f),
-                                 to_tf32(j0in && c1 ? to_f32(b0[4 * vs]) : 0.f)};
-        const uint32_t bf1[2] = {to_tf32(j1in && c0 ? to_f32(b1[0]) : 0.f),
-                                 to_tf32(j1in && c1 ? to_f32(b1[4 * vs]) : 0.f)};
-        mma_tf32_m16n8k8(acc[0], af, bf0);
-        mma_tf32_m16n8k8(acc[1], af, bf1);
-      }
-#pragma unroll
-      for (int nh = 0; nh < 2; ++nh) {
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {
-          const int i = kSub * I + fg + 8 * (r / 2), j = kSub * J + 8 * nh + 2 * ft + r % 2;
-          out[i * kRows + j] = j <= i ? p.scale * acc[nh][r] : 0.f;
-        }
-      }
+      for_each_frag<2>(kSub * a.I[e], kSub * a.J[e], [&](int i, int j, int r, int c) {
+        out[i * kRows + j] = j <= i ? p.scale * acc_dA[e][c][r] : 0.f;
+      });
     }
   }
 }
+
+// A piece of gla_bwd_dqkg_kernel's state-term operands: kStatePiece value columns of d_o
+// and v ([kRows][kLdX] each, in the inputs' dtype) and of the key tile's rows of S0 and d_S
+// ([kKT][kLdY] float32 each), zeros past L, V and K. Row strides make the fragment loads
+// conflict-free (row g, column t of lane (g, t) in 32 different banks).
+constexpr int kStatePiece = 32;
+template <class T>
+struct StatePiece {
+  static constexpr int kLdX = sizeof(T) == 4 ? kStatePiece + 4 : kStatePiece + 8;
+  static constexpr int kLdY = kStatePiece + 4;
+  static constexpr int kYOffset = (2 * kRows * kLdX * static_cast<int>(sizeof(T)) + 15) / 16 * 16;
+  static constexpr int kBytes = kYOffset + 2 * kKT * kLdY * 4;
+  static_assert(2 * kBytes <= 4 * (kTilesFloats + 2 * kRows * kLd4),
+                "two pieces fit over the tiles and d_A's region");
+};
 
 template <class T>
 __global__ void __launch_bounds__(kThreads, kChunkBlocks)
@@ -885,65 +890,54 @@ __global__ void __launch_bounds__(kThreads, kChunkBlocks)
 
   // The state terms dq0 = d_o S0^T and dk0 = v d_S^T ([64, 32] each, this key tile) on
   // tensor cores: warp w owns rows 16 (w % 4), all 32 keys (4 tiles of 8), of dq0 (w < 4)
-  // or dk0 (w >= 4), its operands loaded from global memory straight into the fragments
-  // (TF32-rounded) over the values in steps of 8. rowsum(S0 * d_S): thread (key tid / 8,
-  // part tid % 8) sums values part, part + 8, ..., then the 8 parts are added by shuffles.
+  // or dk0 (w >= 4). The operands go through shared memory kStatePiece values at a time
+  // (StatePiece, double-buffered over the tiles and d_A's region: the next piece's copies
+  // are in flight while this one is multiplied). rowsum(S0 * d_S) from the same pieces:
+  // thread (key tid / 8, part tid % 8) sums values part, part + 8, ..., then the 8 parts
+  // are added by shuffles.
   static_assert(kThreads / 32 == 2 * (kRows / 16) && kKT == 32, "8 warps x [16, 32]");
   const float* S0 = p.states + (bh * NC + n) * p.K * p.V;
   const float* dS = d_states + (bh * NC + n) * p.K * p.V;
   {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, fg = lane / 4, ft = lane % 4;
-    const int rt = warp % 4, i0 = 16 * rt + fg, i1 = i0 + 8;
-    const SeqIn<T> X = warp < 4 ? d_o : v;
-    const float* Y = warp < 4 ? S0 : dS;
+    using Piece = StatePiece<T>;
+    const int warp = threadIdx.x / 32, rt = warp % 4;
+    const bool for_k = warp >= 4;  // dk0 = v d_S^T, else dq0 = d_o S0^T
+    const int kw = K - k0 < kKT ? K - k0 : kKT;
+    auto stage = [&](int y0, unsigned char* buf) {
+      const int w = V - y0 < kStatePiece ? V - y0 : kStatePiece;
+      T* x = reinterpret_cast<T*>(buf);
+      float* y = reinterpret_cast<float*>(buf + Piece::kYOffset);
+      stage_tile(x, Piece::kLdX, d_o.p + t0 * d_o.st + y0 * d_o.sc, d_o.st, d_o.sc, L, w, kRows,
+                 kStatePiece);
+      stage_tile(x + kRows * Piece::kLdX, Piece::kLdX, v.p + t0 * v.st + y0 * v.sc, v.st, v.sc, L,
+                 w, kRows, kStatePiece);
+      stage_tile(y, Piece::kLdY, S0 + static_cast<int64_t>(k0) * V + y0, V, 1, kw, w, kKT,
+                 kStatePiece);
+      stage_tile(y + kKT * Piece::kLdY, Piece::kLdY, dS + static_cast<int64_t>(k0) * V + y0, V, 1,
+                 kw, w, kKT, kStatePiece);
+    };
     float acc[4][4] = {};
-    // Rows i0, i1 of X walked along the values ft, ft + 8, ...; Y's rows (keys) per tile.
-    const bool i0in = i0 < L, i1in = i1 < L;
-    const int64_t xs = X.sc;
-    const T* a0 = X.p + (t0 + i0) * X.st + ft * xs;
-    const T* a1 = X.p + (t0 + i1) * X.st + ft * xs;
-    const float* yr[4];
-    bool kin[4];
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt) {
-      const int key = k0 + 8 * nt + fg;
-      kin[nt] = key < K;
-      yr[nt] = Y + static_cast<int64_t>(kin[nt] ? key : 0) * V + ft;
-    }
-#pragma unroll 4
-    for (int vv = 0; vv < V; vv += kTK, a0 += kTK * xs, a1 += kTK * xs) {
-      const bool c0 = vv + ft < V, c1 = vv + ft + 4 < V;
-      const uint32_t af[4] = {to_tf32(i0in && c0 ? to_f32(a0[0]) : 0.f),
-                              to_tf32(i1in && c0 ? to_f32(a1[0]) : 0.f),
-                              to_tf32(i0in && c1 ? to_f32(a0[4 * xs]) : 0.f),
-                              to_tf32(i1in && c1 ? to_f32(a1[4 * xs]) : 0.f)};
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
-        const uint32_t bf[2] = {to_tf32(kin[nt] && c0 ? yr[nt][vv] : 0.f),
-                                to_tf32(kin[nt] && c1 ? yr[nt][vv + 4] : 0.f)};
-        mma_tf32_m16n8k8(acc[nt], af, bf);
-      }
-    }
-    float* out = warp < 4 ? dot : vt;
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt) {
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        out[(16 * rt + fg + 8 * (r / 2)) * kLdS + 8 * nt + 2 * ft + r % 2] = acc[nt][r];
-      }
-    }
     float rsum = 0.f;
-    {
-      const int key = k0 + static_cast<int>(threadIdx.x) / 8;
-      if (key < K) {
-        const float* a = S0 + static_cast<int64_t>(key) * V;
-        const float* w = dS + static_cast<int64_t>(key) * V;
-        for (int c = threadIdx.x % 8; c < V; c += 8) rsum += a[c] * w[c];
-      }
-    }
+    const int key = threadIdx.x / 8, part = threadIdx.x % 8;
+    unsigned char* const base = reinterpret_cast<unsigned char*>(smem);
+    pipelined_pieces<kStatePiece>(
+        V, base, base + Piece::kBytes, stage, [&](int y0, const unsigned char* buf) {
+          const int w = V - y0 < kStatePiece ? V - y0 : kStatePiece;
+          const T* x = reinterpret_cast<const T*>(buf) + (for_k ? kRows * Piece::kLdX : 0);
+          const float* y = reinterpret_cast<const float*>(buf + Piece::kYOffset);
+          warp_mma<4, false, true, false>(acc, (w + kTK - 1) / kTK, x + 16 * rt * Piece::kLdX,
+                                          Piece::kLdX, y + (for_k ? kKT * Piece::kLdY : 0),
+                                          Piece::kLdY);
+          const float* a = y + key * Piece::kLdY;
+          const float* b = a + kKT * Piece::kLdY;
+          for (int c = part; c < w; c += 8) rsum += a[c] * b[c];
+        });
+    float* out = for_k ? vt : dot;
+    for_each_frag<4>(16 * rt, 0,
+                     [&](int i, int j, int r, int c) { out[i * kLdS + j] = acc[c][r]; });
 #pragma unroll
     for (int d = 1; d < 8; d <<= 1) rsum += __shfl_xor_sync(0xffffffffu, rsum, d, 8);
-    if (threadIdx.x % 8 == 0) rs[threadIdx.x / 8] = rsum;
+    if (part == 0) rs[key] = rsum;
     __syncthreads();
   }
 
@@ -1164,10 +1158,6 @@ const char* last_error() {
 
 constexpr int64_t kMaxGrid = 2147483647;
 
-// gla_fwd_kernel and gla_bwd_dv_kernel: the chunk tiles, then [kRows][Kpad + 4] (Qe or KF).
-size_t chunk_smem_bytes(int64_t K) {
-  return sizeof(float) * (kTilesFloats + kRows * (k_pad(K) + 4));
-}
 constexpr size_t kDqkgSmemBytes = sizeof(float) * (kTilesFloats + 2 * kRows * kLd4 + kKT);
 
 // Sizes the kernels rely on; nullptr when they hold.
@@ -1212,7 +1202,7 @@ const char* fwd_t(const GlaFwdParams& p, cudaStream_t s) {
   StateJob j{p.B, p.T, p.H, p.K, p.V, p.C, p.k, p.g, p.v, 1.f, p.states, p.S_T, p.h0, p.decay};
   if (const char* e = chunk_states<T, false>(j, s)) return e;
   if (NC == 0) return nullptr;
-  const size_t smem = chunk_smem_bytes(p.K);
+  const size_t smem = chunk_smem<T>(p.K, false).bytes;
   if (const char* e = allow_smem(gla_fwd_kernel<T>, smem)) return e;
   gla_fwd_kernel<T><<<static_cast<unsigned>(NC * p.B * p.H), kThreads, smem, s>>>(p);
   return last_error();
@@ -1228,7 +1218,7 @@ const char* bwd_t(const GlaBwdParams& p, cudaStream_t s) {
   if (NC == 0) return nullptr;
   const unsigned blocks = static_cast<unsigned>(NC * p.B * p.H);
   if (p.d_v != nullptr || sc.d_A != nullptr) {
-    const size_t smem = chunk_smem_bytes(p.K);
+    const size_t smem = chunk_smem<T>(p.K, true).bytes;
     if (const char* e = allow_smem(gla_bwd_dv_kernel<T>, smem)) return e;
     gla_bwd_dv_kernel<T><<<blocks, kThreads, smem, s>>>(p, sc.d_states, sc.d_A);
     if (const char* e = last_error()) return e;
