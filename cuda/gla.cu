@@ -6,8 +6,8 @@
 //                        S_T) or reverse (backward: end-state gradients d_states[n], d_h0)
 // gla_fwd_kernel         block (b, h, chunk): A [64, 64] from 32-channel key tiles, then
 //                        o per 32-column value piece (tensor cores)
-// gla_bwd_dv_kernel      block (b, h, chunk): A again, then per value piece d_v and the
-//                        sums of d_A (to scratch) on tensor cores
+// gla_bwd_dv_kernel      block (b, h, chunk): with the forward's A, per value piece d_v
+//                        and the sums of d_A (to scratch) on tensor cores
 // gla_bwd_dqkg_kernel    block (b, h, chunk, 32-channel key tile): d_q, d_k, d_g (the
 //                        state terms d_o S0^T and v d_S^T on tensor cores)
 // gla_bwd_gate_sum_kernel  thread (b, t, h): d_g of a per-head gate, channels in order
@@ -25,11 +25,11 @@
 // value-side products through cuda/tile_mma.cuh's warp_mma on operands staged with
 // cp.async a piece of the values at a time, results stored from the accumulators; the
 // chunks' state terms in 3xTF32 (float32 accuracy, for the float32 state recurrences)
-// under float32 storage and in TF32 under bfloat16 storage. Both storage dtypes take TF32: the operands are
-// float32 values formed on chip (inputs times decay factors, A, d_A, the float32 states), and
-// rounding them to bfloat16 for bf16 MMA would add an error of the size of the storage rounding
-// itself (2^-8 against TF32's 2^-11). A diagonal sub-chunk whose gates spread too far for the
-// factored form and the intra-chunk parts of d_q and d_k stay float32 FMA.
+// under float32 storage and in TF32 under bfloat16 storage. Both storage dtypes take TF32: the
+// operands are float32 values formed on chip (inputs times decay factors, A, d_A, the float32
+// states), and rounding them to bfloat16 for bf16 MMA would add an error of the size of the storage
+// rounding itself (2^-8 against TF32's 2^-11). A diagonal sub-chunk whose gates spread too far for
+// the factored form and the intra-chunk parts of d_q and d_k stay float32 FMA.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -182,39 +182,9 @@ __device__ __forceinline__ Tiles carve_tiles(float* base) {
 
 __device__ __forceinline__ int pair_index(int I, int J) { return I * (I - 1) / 2 + J; }
 
-// Rows [t0, t0 + L) and channels [k0, k0 + kKT) of q, k, g into the tiles (zeros outside),
-// then G, Qs, Ks, Kd, M and factored. Starts and ends with the block in step.
-template <class T>
-__device__ void load_chunk_tiles(const SeqIn<T>& q, const SeqIn<T>& k, const SeqIn<T>& g,
-                                 int64_t t0, int L, int k0, int K, const Tiles& s) {
-  {
-    // Thread: column c, rows r, r + 8, ... (three pointers walk down the rows), in two
-    // rounds of kPer rows through load_column (one round would take 24 registers, which
-    // the callers' accumulators leave only some kernels).
-    constexpr int kStep = kThreads / kKT, kPer = kRows / kStep / 2;
-    const int c = threadIdx.x % kKT, r = threadIdx.x / kKT;
-    const bool cin = k0 + c < K;
-    const T* qp = q.p + (t0 + r) * q.st + (k0 + c) * q.sc;
-    const T* kp = k.p + (t0 + r) * k.st + (k0 + c) * k.sc;
-    const T* gp = g.p + (t0 + r) * g.st + (k0 + c) * g.sc;
-#pragma unroll
-    for (int i0 = r; i0 < kRows; i0 += kPer * kStep) {
-      float qv[kPer], kv[kPer], gv[kPer];
-      load_column(qp, q.st, kStep, cin, i0, L, qv);
-      load_column(kp, k.st, kStep, cin, i0, L, kv);
-      load_column(gp, g.st, kStep, cin, i0, L, gv);
-#pragma unroll
-      for (int u = 0; u < kPer; ++u) {
-        const int i = i0 + u * kStep;
-        s.q[i * kLdT + c] = qv[u];
-        s.k[i * kLdT + c] = kv[u];
-        s.G[i * kLdT + c] = gv[u] * kLog2e;
-      }
-    }
-  }
-  __syncthreads();
-  column_scan<false>(s.G, kLdT, NoOp{});
-  __syncthreads();
+// Qs, Ks, Kd, M and factored from the tiles q, k and G (see Tiles). Ends with the block in
+// step.
+__device__ __forceinline__ void derive_chunk_tiles(const Tiles& s) {
   for (int idx = threadIdx.x; idx < kRows * kKT; idx += kThreads) {
     const int i = idx / kKT, c = idx % kKT;
     const int first = i & ~(kSub - 1);  // first row of i's sub-chunk
@@ -238,6 +208,43 @@ __device__ void load_chunk_tiles(const SeqIn<T>& q, const SeqIn<T>& k, const Seq
     if (c == 0) s.factored[I] = ok ? 1.f : 0.f;
   }
   __syncthreads();
+}
+
+// Rows [t0, t0 + L) and channels [k0, k0 + kKT) of q, k, g into the tiles (zeros outside),
+// then G, Qs, Ks, Kd, M and factored; without kAll, k, g and G only. Starts and ends with
+// the block in step.
+template <bool kAll = true, class T>
+__device__ void load_chunk_tiles(const SeqIn<T>& q, const SeqIn<T>& k, const SeqIn<T>& g,
+                                 int64_t t0, int L, int k0, int K, const Tiles& s) {
+  {
+    // Thread: column c, rows r, r + 8, ... (three pointers walk down the rows), in two
+    // rounds of kPer rows through load_column (one round would take 24 registers, which
+    // the callers' accumulators leave only some kernels).
+    constexpr int kStep = kThreads / kKT, kPer = kRows / kStep / 2;
+    const int c = threadIdx.x % kKT, r = threadIdx.x / kKT;
+    const bool cin = k0 + c < K;
+    [[maybe_unused]] const T* qp = q.p + (t0 + r) * q.st + (k0 + c) * q.sc;
+    const T* kp = k.p + (t0 + r) * k.st + (k0 + c) * k.sc;
+    const T* gp = g.p + (t0 + r) * g.st + (k0 + c) * g.sc;
+#pragma unroll
+    for (int i0 = r; i0 < kRows; i0 += kPer * kStep) {
+      float qv[kPer], kv[kPer], gv[kPer];
+      if constexpr (kAll) load_column(qp, q.st, kStep, cin, i0, L, qv);
+      load_column(kp, k.st, kStep, cin, i0, L, kv);
+      load_column(gp, g.st, kStep, cin, i0, L, gv);
+#pragma unroll
+      for (int u = 0; u < kPer; ++u) {
+        const int i = i0 + u * kStep;
+        if constexpr (kAll) s.q[i * kLdT + c] = qv[u];
+        s.k[i * kLdT + c] = kv[u];
+        s.G[i * kLdT + c] = gv[u] * kLog2e;
+      }
+    }
+  }
+  __syncthreads();
+  column_scan<false>(s.G, kLdT, NoOp{});
+  __syncthreads();
+  if constexpr (kAll) derive_chunk_tiles(s);
 }
 
 // ---- chunk states: per-chunk products, then a scan over the chunks ----------------------
@@ -560,14 +567,12 @@ __device__ __forceinline__ void a_tiles_add(ATiles& a, const Tiles& s) {
   }
 }
 
-// A into AS [kRows][ld] (row-major, or A^T when transposed; scale included, zero above
-// the diagonal), rounded to TF32 for the products that read it. Starts and ends with the block in
-// step.
-__device__ __forceinline__ void a_tiles_store(const ATiles& a, float* AS, int ld, float scale,
-                                              bool transposed = false) {
+// A into AS [kRows][ld] (row-major, scale included, zero above the diagonal), rounded to
+// TF32 for the products that read it. Starts and ends with the block in step.
+__device__ __forceinline__ void a_tiles_store(const ATiles& a, float* AS, int ld, float scale) {
   for (int idx = threadIdx.x; idx < kRows * kRows; idx += kThreads) {
     const int i = idx / kRows, j = idx % kRows;
-    if (j / kSub > i / kSub) AS[transposed ? j * ld + i : i * ld + j] = 0.f;
+    if (j / kSub > i / kSub) AS[i * ld + j] = 0.f;
   }
   const int lane = threadIdx.x % 32, fg = lane / 4, ft = lane % 4;
 #pragma unroll
@@ -578,8 +583,7 @@ __device__ __forceinline__ void a_tiles_store(const ATiles& a, float* AS, int ld
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
         const int i = kSub * a.I[e] + fg + 8 * (r / 2), j = kSub * a.J[e] + 8 * nh + 2 * ft + r % 2;
-        AS[transposed ? j * ld + i : i * ld + j] =
-            j <= i ? __uint_as_float(to_tf32(scale * a.acc[e][nh][r])) : 0.f;
+        AS[i * ld + j] = j <= i ? __uint_as_float(to_tf32(scale * a.acc[e][nh][r])) : 0.f;
       }
     }
   }
@@ -598,6 +602,7 @@ __device__ __forceinline__ void a_tiles_store(const ATiles& a, float* AS, int ld
 // transposed B at (row g, column t).
 constexpr int kValPiece = 32;
 constexpr int kLdPS = kValPiece + 8;
+constexpr int kLdA = kRows + 8;  // the backward's A, read transposed (row t, column g)
 template <class T>
 __host__ __device__ constexpr int ld_b() {
   return sizeof(T) == 4 ? kValPiece + 8 : kValPiece + 16;
@@ -608,8 +613,9 @@ __host__ __device__ constexpr int ld_a() {
 }
 
 // Shared memory of gla_fwd_kernel and gla_bwd_dv_kernel, offsets in bytes: X (Qe or KF)
-// [kRows][Kpad + 4] float32 first, then the chunk tiles while A is formed; once it is, A
-// (or A^T) [kRows][kLd4] over the tiles' start and the two value pieces after it.
+// [kRows][Kpad + 4] float32 first, then the chunk tiles while X (and in the forward A) is
+// formed; then A (forward: [kRows][kLd4], read by rows; backward: the forward's A staged
+// [kRows][kLdA], read transposed) over the tiles' start and the two value pieces after it.
 struct ChunkSmem {
   int ldx;             // row stride of X
   int tiles, a;        // the tiles, A
@@ -627,7 +633,7 @@ __host__ __device__ inline ChunkSmem chunk_smem(int64_t K, bool bwd) {
   m.p_y = m.p_x + static_cast<int>(sizeof(T)) * kRows * ld_b<T>();
   const int piece = (bwd ? m.p_y + static_cast<int>(sizeof(T)) * kRows * ld_a<T>() : m.p_y);
   const int piece16 = (piece + 15) / 16 * 16;
-  m.piece0 = m.a + 4 * kRows * kLd4;
+  m.piece0 = m.a + 4 * kRows * kLdA;
   m.piece1 = m.piece0 + piece16;
   const int end_tiles = m.tiles + 4 * kTilesFloats, end_pieces = m.piece1 + piece16;
   m.bytes = end_tiles > end_pieces ? end_tiles : end_pieces;
@@ -672,6 +678,12 @@ __global__ void __launch_bounds__(kThreads, kChunkBlocks) gla_fwd_kernel(const G
     __syncthreads();
   }
   a_tiles_store(a, AS, kLd4, p.scale);
+  if (p.A != nullptr) {  // A for the backward, all 64 x 64 (zeros above the diagonal, past L)
+    float4* out = reinterpret_cast<float4*>(p.A + (bh * NC + n) * kRows * kRows);
+    for (int e = threadIdx.x; e < kRows * kRows / 4; e += kThreads) {
+      out[e] = ld4(AS + e / (kRows / 4) * kLd4 + 4 * (e % (kRows / 4)));
+    }
+  }
 
   const int warp = threadIdx.x / 32, rt = warp % 4, cg = warp / 4;
   const float* S0 = p.states + (bh * NC + n) * p.K * p.V;
@@ -743,13 +755,13 @@ BwdScratch carve_scratch(const GlaBwdParams& p) {
   return s;
 }
 
-// Block (b, h, chunk). When d_v is wanted: per 32-key group the chunk tiles, A's tiles
-// (as in the forward) and KF = k 2^(G_last - G) (TF32-rounded) for all keys, then A^T to
-// shared memory. Then per value piece (d_S's rows, d_o and v staged, see ChunkSmem):
-// d_v = A^T d_o + KF d_S, warp w taking rows 16 (w % 4) and the piece's columns
-// 16 (w / 4) .. + 15, and (when d_A is wanted) d_A += d_o v^T over the piece's columns,
-// the warps owning A's ten lower 16 x 16 tiles; d_A = scale tril(d_o v^T) is written to
-// scratch at the end (zeros above the diagonal).
+// Block (b, h, chunk). When d_v is wanted: per 32-key group k and the cumulative gates
+// for KF = k 2^(G_last - G) (TF32-rounded) over all keys, and the forward's A staged (it
+// joins the first value piece's copies). Then per value piece (d_S's rows, d_o and v
+// staged, see ChunkSmem): d_v = A^T d_o + KF d_S, warp w taking rows 16 (w % 4) and the piece's
+// columns 16 (w / 4) .. + 15, and (when d_A is wanted) d_A += d_o v^T over the piece's columns, the
+// warps owning A's ten lower 16 x 16 tiles; d_A = scale tril(d_o v^T) is written to scratch at the
+// end (zeros above the diagonal).
 template <class T>
 __global__ void __launch_bounds__(kThreads, kChunkBlocks)
     gla_bwd_dv_kernel(const GlaBwdParams p, const float* __restrict__ d_states,
@@ -764,19 +776,19 @@ __global__ void __launch_bounds__(kThreads, kChunkBlocks)
   const int K = static_cast<int>(p.K), V = static_cast<int>(p.V);
   const int Kpad = k_pad(p.K);
   const ChunkSmem m = chunk_smem<T>(p.K, true);
-  const SeqIn<T> q = seq<T>(p.q, b, h), k = seq<T>(p.k, b, h), g = seq<T>(p.g, b, h);
+  const SeqIn<T> k = seq<T>(p.k, b, h), g = seq<T>(p.g, b, h);
   const SeqIn<T> v = seq<T>(p.v, b, h), d_o = seq<T>(p.d_o, b, h);
   const int warp = threadIdx.x / 32, rt = warp % 4, cg = warp / 4;
-  ATiles a = a_tiles_begin();  // also the d_A tiles' assignment
+  const ATiles a = a_tiles_begin();  // the d_A tiles' assignment
   const bool want_dv = p.d_v != nullptr, want_dA = d_A != nullptr;
 
-  float* KF = reinterpret_cast<float*>(base);        // [kRows][m.ldx]
-  float* AT = reinterpret_cast<float*>(base + m.a);  // [kRows][kLd4], over the tiles once A is done
+  float* KF = reinterpret_cast<float*>(base);  // [kRows][m.ldx]
+  float* As =
+      reinterpret_cast<float*>(base + m.a);  // [kRows][kLdA], over the tiles once KF is done
   if (want_dv) {
     const Tiles s = carve_tiles(reinterpret_cast<float*>(base + m.tiles));
     for (int k0 = 0; k0 < Kpad; k0 += kKT) {
-      load_chunk_tiles(q, k, g, t0, L, k0, K, s);
-      a_tiles_add(a, s);
+      load_chunk_tiles<false>(k, k, g, t0, L, k0, K, s);
       for (int idx = threadIdx.x; idx < kRows * kKT; idx += kThreads) {
         const int i = idx / kKT, c = idx % kKT;
         KF[i * m.ldx + k0 + c] = __uint_as_float(
@@ -784,7 +796,7 @@ __global__ void __launch_bounds__(kThreads, kChunkBlocks)
       }
       __syncthreads();
     }
-    a_tiles_store(a, AT, kLd4, p.scale, /*transposed=*/true);
+    stage_tile(As, kLdA, p.A + (bh * NC + n) * kRows * kRows, kRows, 1, kRows, kRows, kRows, kRows);
   }
 
   const float* dS = d_states + (bh * NC + n) * p.K * p.V;
@@ -810,8 +822,8 @@ __global__ void __launch_bounds__(kThreads, kChunkBlocks)
         const T* dop = reinterpret_cast<const T*>(buf + m.p_x);
         if (want_dv) {
           float acc[2][4] = {};
-          warp_mma<2, false, false, false>(acc, isteps, AT + kSub * rt * (kLd4 + 1), kLd4,
-                                           dop + kSub * rt * ld_b<T>() + 16 * cg, ld_b<T>());
+          warp_mma<2, true, false, false>(acc, isteps, As + kSub * rt * (kLdA + 1), kLdA,
+                                          dop + kSub * rt * ld_b<T>() + 16 * cg, ld_b<T>());
           warp_mma<2, false, false, false>(acc, Kpad / kTK, KF + kSub * rt * m.ldx, m.ldx,
                                            reinterpret_cast<const float*>(buf) + 16 * cg, kLdPS);
           for_each_frag<2>(kSub * rt, y0 + 16 * cg, [&](int i, int j, int r, int c) {
@@ -1216,6 +1228,9 @@ const char* bwd_t(const GlaBwdParams& p, cudaStream_t s) {
              p.g, p.d_o, p.scale, sc.d_states, p.d_h0, p.d_S_T, sc.decay};
   if (const char* e = chunk_states<T, true>(j, s)) return e;
   if (NC == 0) return nullptr;
+  if (p.d_v != nullptr && p.A == nullptr) {
+    return "gla backward (CUDA): d_v needs the forward's A (GlaBwdParams::A is null)";
+  }
   const unsigned blocks = static_cast<unsigned>(NC * p.B * p.H);
   if (p.d_v != nullptr || sc.d_A != nullptr) {
     const size_t smem = chunk_smem<T>(p.K, true).bytes;

@@ -19,12 +19,12 @@
 // Forward: (1) per (b, h, chunk), the chunk's own state term U_n = (k * exp(G_last -
 // G))^T v and its decay exp(G_last) per key; then per state element, the chunks in order,
 // S <- diag(exp(G_last)) S + U_n, writing each chunk's start state to `states` (float32,
-// kept for backward) and S_T; (2) per (b, h, chunk): A, then o.
+// kept for backward) and S_T; (2) per (b, h, chunk): A (kept for backward), then o.
 // Backward, with d_S the gradient of the chunk's end state:
 //   (1) per (b, h, chunk), W_n = scale (q * exp(G))^T d_o; then per state element, chunks
 //       in reverse: d_S entering chunk n is saved, d_S <- diag(exp(G_last)) d_S + W_n;
 //       d_h0 = d_S of chunk 0
-//   (2) per (b, h, chunk): A (again) and
+//   (2) per (b, h, chunk), with the forward's A:
 //       d_v  = A^T d_o + (k * exp(G_last - G)) d_S,   d_A = scale tril(d_o v^T)
 //   (3) per (b, h, chunk, key tile):
 //       d_q  = scale (d_o S0^T) * exp(G) + sum_{j<=i} d_A_ij k_j * exp(G_i - G_j)
@@ -71,6 +71,9 @@ struct GlaFwdParams {
   float* S_T;       // [B, H, K, V] contiguous
   float* states;    // [B, H, NC, K, V], NC = ceil(T / C): the state entering each chunk
   float* decay;     // [B, H, NC, K] contiguous scratch: exp(G_last) per chunk and key
+  float* A;         // [B, H, NC, 64, 64] contiguous: each chunk's A (scale included, TF32-
+                    // rounded, zeros above the diagonal and past L), kept for backward; or
+                    // nullptr when no backward follows
 };
 const char* gla_fwd_cuda(const GlaFwdParams& p, void* stream);
 
@@ -82,6 +85,7 @@ struct GlaBwdParams {
   GlaInput q, k, v, g;
   GlaInput d_o;         // [B, T, H, V]
   const float* states;  // forward's [B, H, NC, K, V]
+  const float* A;       // forward's [B, H, NC, 64, 64]; required when d_v is wanted
   const float* d_S_T;   // [B, H, K, V] contiguous
   void* d_q;            // [B, T, H, K] contiguous, or nullptr when not wanted
   void* d_k;            // same

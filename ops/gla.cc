@@ -491,6 +491,7 @@ struct GlaOp {
   struct Saved {
     Tensor q, k, v, g, h0;  // contiguous (CUDA: as given, and no h0)
     Tensor states;          // CUDA: float32 [B, H, NC, K, V], the state entering each chunk
+    Tensor A;               // CUDA: float32 [B, H, NC, 64, 64], each chunk's A (cuda/gla.h)
     DType h0_dtype = DType::kFloat32;  // CUDA: the dtype of d_h0
     GlaDims d;
     double scale = 0;
@@ -519,7 +520,7 @@ struct GlaOp {
       }
     });
     if (ctx.requires_grad) {
-      ctx.saved = Saved{q, k, v, g, h0, Tensor(), DType::kFloat32, d, scale};
+      ctx.saved = Saved{q, k, v, g, h0, Tensor(), Tensor(), DType::kFloat32, d, scale};
     }
     return {o, S};
   }
@@ -534,6 +535,10 @@ struct GlaOp {
     Tensor states = empty({d.B, d.H, NC, d.K, d.V}, DType::kFloat32, dev);
     Tensor decay = empty({d.B, d.H, NC, d.K}, DType::kFloat32, dev);
     Tensor h0f = h0.defined() ? copy_to(h0.contiguous(), DType::kFloat32, dev) : Tensor();
+    // Each chunk's A, for the backward's d_v.
+    const int64_t Cmax = cuda::kGlaMaxChunk;
+    Tensor A =
+        ctx.requires_grad ? empty({d.B, d.H, NC, Cmax, Cmax}, DType::kFloat32, dev) : Tensor();
     cuda::GlaFwdParams p{};
     p.dtype = cuda_kernel_dtype("gla", q);
     p.B = d.B;
@@ -552,11 +557,12 @@ struct GlaOp {
     p.S_T = S.data<float>();
     p.states = states.data<float>();
     p.decay = decay.data<float>();
+    p.A = A.defined() ? A.data<float>() : nullptr;
     const char* err = cuda::gla_fwd_cuda(p, launch_stream());
     RESONA_CHECK(err == nullptr) << "gla on " << q.describe() << ": " << err;
     if (ctx.requires_grad) {
       ctx.saved = Saved{
-          q, k, v, g, Tensor(), states, h0.defined() ? h0.dtype() : DType::kFloat32, d, scale};
+          q, k, v, g, Tensor(), states, A, h0.defined() ? h0.dtype() : DType::kFloat32, d, scale};
     }
     return {o, S};
   }
@@ -596,6 +602,7 @@ struct GlaOp {
     p.g = gla_cuda_input(sv.g);
     p.d_o = gla_cuda_input(d_o);
     p.states = sv.states.data<float>();
+    p.A = sv.A.data<float>();
     p.d_S_T = d_ST.data<float>();
     p.d_q = dq.defined() ? dq.raw_data() : nullptr;
     p.d_k = dk.defined() ? dk.raw_data() : nullptr;
