@@ -722,9 +722,9 @@ __global__ void __launch_bounds__(kRecurThreads, 1)
   };
   auto stage_p_do = [&](int64_t n, T* dst) {
     const ChunkAt c = chunk_at(in, bh, n);
-    stage_tile(Ps, lay.p_ld, P + (bh * NC + n) * C * C, C, 1, c.L, c.L, kC, kC);
+    stage_tile<kC, kC, kRecurThreads>(Ps, lay.p_ld, P + (bh * NC + n) * C * C, C, 1, c.L, c.L);
     const RowsView<T> r = rows<T>(d_o.p, d_o.s, c);
-    stage_tile(dst, lay.o_ld, r.p + v0 * r.cs, r.rs, r.cs, c.L, vw, kC, kBV);
+    stage_tile<kC, kBV, kRecurThreads>(dst, lay.o_ld, r.p + v0 * r.cs, r.rs, r.cs, c.L, vw);
   };
   bool flip = false;  // k_n sits in buf0 and q_n in buf1, d_o_n in dO0; swapped when flip
   if (NC > 0) {
@@ -853,8 +853,8 @@ __global__ void __launch_bounds__(kThreads, 3)
             reinterpret_cast<const T*>(buf + lay.po_q) + 16 * rt * lay.q_ld, lay.q_ld,
             reinterpret_cast<const float*>(buf + lay.po_s) + kHalf * cg, lay.s_ld);
       });
-  stage_tile(Ps, lay.p_ld, P + chunk * C * C, C, 1, L, L, kC, kC);
-  stage_tile(Vs, lay.v_ld, Vn + chunk * C * in.V + v0, in.V, 1, L, vw, kC, kCols);
+  stage_tile<kC, kC, kThreads>(Ps, lay.p_ld, P + chunk * C * C, C, 1, L, L);
+  stage_tile<kC, kCols, kThreads>(Vs, lay.v_ld, Vn + chunk * C * in.V + v0, in.V, 1, L, vw);
   cp_async_commit();
   cp_async_wait<0>();
   __syncthreads();
@@ -933,17 +933,17 @@ __global__ void __launch_bounds__(kThreads, 2)
   // Columns [y0, y0 + 32) of v, V', d_V' and d_o into a piece buffer.
   auto stage_piece = [&](int y0, unsigned char* buf) {
     const int w = imin(kGradPiece, V - y0);
-    stage_tile(reinterpret_cast<T*>(buf + lay.po_v), lay.v_ld, v.p + y0 * v.cs, v.rs, v.cs, L, w,
-               kC, kGradPiece);
-    stage_tile(reinterpret_cast<float*>(buf + lay.po_vn), lay.vn_ld, VnG + y0, in.V, 1, L, w, kC,
-               kGradPiece);
-    stage_tile(reinterpret_cast<float*>(buf + lay.po_dv), lay.dv_ld, dVnG + y0, in.V, 1, L, w, kC,
-               kGradPiece);
-    stage_tile(reinterpret_cast<T*>(buf + lay.po_o), lay.o_ld, dO.p + y0 * dO.cs, dO.rs, dO.cs, L,
-               w, kC, kGradPiece);
+    stage_tile<kC, kGradPiece, kThreads>(reinterpret_cast<T*>(buf + lay.po_v), lay.v_ld,
+                                         v.p + y0 * v.cs, v.rs, v.cs, L, w);
+    stage_tile<kC, kGradPiece, kThreads>(reinterpret_cast<float*>(buf + lay.po_vn), lay.vn_ld,
+                                         VnG + y0, in.V, 1, L, w);
+    stage_tile<kC, kGradPiece, kThreads>(reinterpret_cast<float*>(buf + lay.po_dv), lay.dv_ld,
+                                         dVnG + y0, in.V, 1, L, w);
+    stage_tile<kC, kGradPiece, kThreads>(reinterpret_cast<T*>(buf + lay.po_o), lay.o_ld,
+                                         dO.p + y0 * dO.cs, dO.rs, dO.cs, L, w);
   };
   // N joins the first piece's commit group.
-  stage_tile(Nm, kLdG, s.kept.N + chunk * C * C, C, 1, L, L, kC, kC);
+  stage_tile<kC, kC, kThreads>(Nm, kLdG, s.kept.N + chunk * C * C, C, 1, L, L);
   load_beta<T>(in, c, bs);
 
   float acc_dP[4][4] = {}, acc_M[4][4] = {};
@@ -1041,18 +1041,18 @@ __global__ void __launch_bounds__(kThreads, 2)
   auto stage_piece = [&](int y0, unsigned char* buf) {
     const int w = imin(kGradPiece, V - y0);
     if (for_k) {
-      stage_tile(reinterpret_cast<float*>(buf + lay.po_a), lay.a_ld, VnG + y0, in.V, 1, L, w, kC,
-                 kGradPiece);
-      stage_tile(reinterpret_cast<float*>(buf + lay.po_a2), lay.a_ld, YG + y0, in.V, 1, L, w, kC,
-                 kGradPiece);
-      stage_tile(reinterpret_cast<float*>(buf + lay.po_ds), lay.b_ld, dS + y0, in.V, 1, kw, w, kKT,
-                 kGradPiece);
+      stage_tile<kC, kGradPiece, kThreads>(reinterpret_cast<float*>(buf + lay.po_a), lay.a_ld,
+                                           VnG + y0, in.V, 1, L, w);
+      stage_tile<kC, kGradPiece, kThreads>(reinterpret_cast<float*>(buf + lay.po_a2), lay.a_ld,
+                                           YG + y0, in.V, 1, L, w);
+      stage_tile<kKT, kGradPiece, kThreads>(reinterpret_cast<float*>(buf + lay.po_ds), lay.b_ld,
+                                            dS + y0, in.V, 1, kw, w);
     } else {
-      stage_tile(reinterpret_cast<T*>(buf + lay.po_a), lay.o_ld, dO.p + y0 * dO.cs, dO.rs, dO.cs, L,
-                 w, kC, kGradPiece);
+      stage_tile<kC, kGradPiece, kThreads>(reinterpret_cast<T*>(buf + lay.po_a), lay.o_ld,
+                                           dO.p + y0 * dO.cs, dO.rs, dO.cs, L, w);
     }
-    stage_tile(reinterpret_cast<float*>(buf + lay.po_s), lay.b_ld, S0 + y0, in.V, 1, kw, w, kKT,
-               kGradPiece);
+    stage_tile<kKT, kGradPiece, kThreads>(reinterpret_cast<float*>(buf + lay.po_s), lay.b_ld,
+                                          S0 + y0, in.V, 1, kw, w);
   };
   // The contractions over V: d_q blocks acc = d_o S0^T; d_k blocks acc = V' d_S^T and
   // acc_y = Y S0^T.
@@ -1085,12 +1085,12 @@ __global__ void __launch_bounds__(kThreads, 2)
   float* bs = reinterpret_cast<float*>(delta_smem + lay.off_beta);
   float* part = reinterpret_cast<float*>(delta_smem + lay.off_part);
   const RowsView<T> k = rows<T>(in.k, in.k_strides, c);
-  stage_tile(kt, lay.k_ld, k.p + k0 * k.cs, k.rs, k.cs, L, kw, kC, kKT);
-  stage_tile(dPs, lay.p_ld, (for_k ? s.dPT : s.dP) + chunk * C * C, C, 1, L, L, kC, kC);
+  stage_tile<kC, kKT, kThreads>(kt, lay.k_ld, k.p + k0 * k.cs, k.rs, k.cs, L, kw);
+  stage_tile<kC, kC, kThreads>(dPs, lay.p_ld, (for_k ? s.dPT : s.dP) + chunk * C * C, C, 1, L, L);
   if (for_k) {
     const RowsView<T> q = rows<T>(in.q, in.q_strides, c);
-    stage_tile(qt, lay.k_ld, q.p + k0 * q.cs, q.rs, q.cs, L, kw, kC, kKT);
-    stage_tile(Zs, lay.p_ld, s.Zs + chunk * C * C, C, 1, L, L, kC, kC);
+    stage_tile<kC, kKT, kThreads>(qt, lay.k_ld, q.p + k0 * q.cs, q.rs, q.cs, L, kw);
+    stage_tile<kC, kC, kThreads>(Zs, lay.p_ld, s.Zs + chunk * C * C, C, 1, L, L);
     load_beta<T>(in, c, bs);
   }
   cp_async_commit();

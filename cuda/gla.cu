@@ -640,6 +640,16 @@ __host__ __device__ inline ChunkSmem chunk_smem(int64_t K, bool bwd) {
   return m;
 }
 
+// Rows [0, K) x columns [0, w) of a float32 [., V] source (row stride rs) into a value
+// piece's S0 or d_S rows [Kpad][kLdPS], zeros past K and w, a 32-row group at a time.
+__device__ __forceinline__ void stage_state_rows(float* dst, const float* src, int64_t rs, int K,
+                                                 int Kpad, int w) {
+  for (int r0 = 0; r0 < Kpad; r0 += kKT) {
+    stage_tile<kKT, kValPiece, kThreads>(dst + r0 * kLdPS, kLdPS, r0 < K ? src + r0 * rs : src, rs,
+                                         1, K - r0, w);
+  }
+}
+
 // ---- forward ---------------------------------------------------------------------------
 
 // Block (b, h, chunk): per 32-key group the chunk tiles, A's tiles on tensor cores and
@@ -694,9 +704,9 @@ __global__ void __launch_bounds__(kThreads, kChunkBlocks) gla_fwd_kernel(const G
       V, base + m.piece0, base + m.piece1,
       [&](int y0, unsigned char* buf) {
         const int w = imin(kValPiece, V - y0);
-        stage_tile(reinterpret_cast<float*>(buf), kLdPS, S0 + y0, V, 1, K, w, Kpad, kValPiece);
-        stage_tile(reinterpret_cast<T*>(buf + m.p_x), ld_b<T>(), v.p + t0 * v.st + y0 * v.sc, v.st,
-                   v.sc, L, w, kRows, kValPiece);
+        stage_state_rows(reinterpret_cast<float*>(buf), S0 + y0, V, K, Kpad, w);
+        stage_tile<kRows, kValPiece, kThreads>(reinterpret_cast<T*>(buf + m.p_x), ld_b<T>(),
+                                               v.p + t0 * v.st + y0 * v.sc, v.st, v.sc, L, w);
       },
       [&](int y0, const unsigned char* buf) {
         float acc[2][4] = {};
@@ -796,7 +806,8 @@ __global__ void __launch_bounds__(kThreads, kChunkBlocks)
       }
       __syncthreads();
     }
-    stage_tile(As, kLdA, p.A + (bh * NC + n) * kRows * kRows, kRows, 1, kRows, kRows, kRows, kRows);
+    stage_tile<kRows, kRows, kThreads>(As, kLdA, p.A + (bh * NC + n) * kRows * kRows, kRows, 1,
+                                       kRows, kRows);
   }
 
   const float* dS = d_states + (bh * NC + n) * p.K * p.V;
@@ -809,13 +820,14 @@ __global__ void __launch_bounds__(kThreads, kChunkBlocks)
       [&](int y0, unsigned char* buf) {
         const int w = imin(kValPiece, V - y0);
         if (want_dv) {
-          stage_tile(reinterpret_cast<float*>(buf), kLdPS, dS + y0, V, 1, K, w, Kpad, kValPiece);
+          stage_state_rows(reinterpret_cast<float*>(buf), dS + y0, V, K, Kpad, w);
         }
-        stage_tile(reinterpret_cast<T*>(buf + m.p_x), ld_b<T>(), d_o.p + t0 * d_o.st + y0 * d_o.sc,
-                   d_o.st, d_o.sc, L, w, kRows, kValPiece);
+        stage_tile<kRows, kValPiece, kThreads>(reinterpret_cast<T*>(buf + m.p_x), ld_b<T>(),
+                                               d_o.p + t0 * d_o.st + y0 * d_o.sc, d_o.st, d_o.sc, L,
+                                               w);
         if (want_dA) {
-          stage_tile(reinterpret_cast<T*>(buf + m.p_y), ld_a<T>(), v.p + t0 * v.st + y0 * v.sc,
-                     v.st, v.sc, L, w, kRows, kValPiece);
+          stage_tile<kRows, kValPiece, kThreads>(reinterpret_cast<T*>(buf + m.p_y), ld_a<T>(),
+                                                 v.p + t0 * v.st + y0 * v.sc, v.st, v.sc, L, w);
         }
       },
       [&](int y0, const unsigned char* buf) {
@@ -919,14 +931,14 @@ __global__ void __launch_bounds__(kThreads, kChunkBlocks)
       const int w = V - y0 < kStatePiece ? V - y0 : kStatePiece;
       T* x = reinterpret_cast<T*>(buf);
       float* y = reinterpret_cast<float*>(buf + Piece::kYOffset);
-      stage_tile(x, Piece::kLdX, d_o.p + t0 * d_o.st + y0 * d_o.sc, d_o.st, d_o.sc, L, w, kRows,
-                 kStatePiece);
-      stage_tile(x + kRows * Piece::kLdX, Piece::kLdX, v.p + t0 * v.st + y0 * v.sc, v.st, v.sc, L,
-                 w, kRows, kStatePiece);
-      stage_tile(y, Piece::kLdY, S0 + static_cast<int64_t>(k0) * V + y0, V, 1, kw, w, kKT,
-                 kStatePiece);
-      stage_tile(y + kKT * Piece::kLdY, Piece::kLdY, dS + static_cast<int64_t>(k0) * V + y0, V, 1,
-                 kw, w, kKT, kStatePiece);
+      stage_tile<kRows, kStatePiece, kThreads>(x, Piece::kLdX, d_o.p + t0 * d_o.st + y0 * d_o.sc,
+                                               d_o.st, d_o.sc, L, w);
+      stage_tile<kRows, kStatePiece, kThreads>(x + kRows * Piece::kLdX, Piece::kLdX,
+                                               v.p + t0 * v.st + y0 * v.sc, v.st, v.sc, L, w);
+      stage_tile<kKT, kStatePiece, kThreads>(y, Piece::kLdY, S0 + static_cast<int64_t>(k0) * V + y0,
+                                             V, 1, kw, w);
+      stage_tile<kKT, kStatePiece, kThreads>(y + kKT * Piece::kLdY, Piece::kLdY,
+                                             dS + static_cast<int64_t>(k0) * V + y0, V, 1, kw, w);
     };
     float acc[4][4] = {};
     float rsum = 0.f;
