@@ -247,10 +247,17 @@ TEST_CASE("resona train: 20 SIGKILLs at random moments, resumed each time, end a
       write_config(dir + "/straight.yaml", tiny_yaml(dir + "/straight", steps, every));
   const std::string crash_cfg =
       write_config(dir + "/crash.yaml", tiny_yaml(dir + "/crash", steps, every));
+  const auto t0 = std::chrono::steady_clock::now();
   REQUIRE(run_resona({"train", "--config", straight_cfg, "--quiet"}).code == 0);
+  const double straight_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 
+  // Kill delays up to a tenth of the uninterrupted run (at least 60 ms): 20 runs killed at
+  // such moments cover about one run's time with 20 start-ups in it, so the training cannot
+  // finish before the 20th kill however fast this machine is (fixed delays up to 700 ms let
+  // a fast machine finish after 17).
   std::mt19937 rng(20261126);
-  std::uniform_int_distribution<int> delay_ms(30, 700);
+  std::uniform_int_distribution<int> delay_ms(20, std::max(60, static_cast<int>(straight_ms / 10)));
   int kills = 0, runs = 0;
   int64_t last_step = 0;
   while (true) {
@@ -287,7 +294,8 @@ TEST_CASE("resona train: 20 SIGKILLs at random moments, resumed each time, end a
     INFO(a.model.tensors[i].first);
     CHECK(std::memcmp(x.raw_data(), y.raw_data(), x.nbytes()) == 0);
   }
-  MESSAGE("kills: " << kills << ", processes: " << runs);
+  MESSAGE("kills: " << kills << ", processes: " << runs << ", uninterrupted run " << straight_ms
+                    << " ms");
 }
 
 TEST_CASE(
