@@ -871,15 +871,14 @@ __global__ void __launch_bounds__(kThreads, kChunkBlocks)
   }
 }
 
-// A piece of gla_bwd_dqkg_kernel's state-term operands: kStatePiece value columns of d_o
+// A piece of gla_bwd_dqkg_kernel's state-term operands: kValPiece value columns of d_o
 // and v ([kRows][kLdX] each, in the inputs' dtype) and of the key tile's rows of S0 and d_S
-// ([kKT][kLdY] float32 each), zeros past L, V and K. Row strides make the fragment loads
-// conflict-free (row g, column t of lane (g, t) in 32 different banks).
-constexpr int kStatePiece = 32;
+// ([kKT][kLdY] float32 each), zeros past L, V and K. All are read at (row g, column t) by
+// lane (g, t): the row strides are ld_a's.
 template <class T>
 struct StatePiece {
-  static constexpr int kLdX = sizeof(T) == 4 ? kStatePiece + 4 : kStatePiece + 8;
-  static constexpr int kLdY = kStatePiece + 4;
+  static constexpr int kLdX = ld_a<T>();
+  static constexpr int kLdY = ld_a<float>();
   static constexpr int kYOffset = (2 * kRows * kLdX * static_cast<int>(sizeof(T)) + 15) / 16 * 16;
   static constexpr int kBytes = kYOffset + 2 * kKT * kLdY * 4;
   static_assert(2 * kBytes <= 4 * (kTilesFloats + 2 * kRows * kLd4),
@@ -914,7 +913,7 @@ __global__ void __launch_bounds__(kThreads, kChunkBlocks)
 
   // The state terms dq0 = d_o S0^T and dk0 = v d_S^T ([64, 32] each, this key tile) on
   // tensor cores: warp w owns rows 16 (w % 4), all 32 keys (4 tiles of 8), of dq0 (w < 4)
-  // or dk0 (w >= 4). The operands go through shared memory kStatePiece values at a time
+  // or dk0 (w >= 4). The operands go through shared memory kValPiece values at a time
   // (StatePiece, double-buffered over the tiles and d_A's region: the next piece's copies
   // are in flight while this one is multiplied). rowsum(S0 * d_S) from the same pieces:
   // thread (key tid / 8, part tid % 8) sums values part, part + 8, ..., then the 8 parts
@@ -926,27 +925,27 @@ __global__ void __launch_bounds__(kThreads, kChunkBlocks)
     using Piece = StatePiece<T>;
     const int warp = threadIdx.x / 32, rt = warp % 4;
     const bool for_k = warp >= 4;  // dk0 = v d_S^T, else dq0 = d_o S0^T
-    const int kw = K - k0 < kKT ? K - k0 : kKT;
+    const int kw = imin(K - k0, kKT);
     auto stage = [&](int y0, unsigned char* buf) {
-      const int w = V - y0 < kStatePiece ? V - y0 : kStatePiece;
+      const int w = imin(kValPiece, V - y0);
       T* x = reinterpret_cast<T*>(buf);
       float* y = reinterpret_cast<float*>(buf + Piece::kYOffset);
-      stage_tile<kRows, kStatePiece, kThreads>(x, Piece::kLdX, d_o.p + t0 * d_o.st + y0 * d_o.sc,
-                                               d_o.st, d_o.sc, L, w);
-      stage_tile<kRows, kStatePiece, kThreads>(x + kRows * Piece::kLdX, Piece::kLdX,
-                                               v.p + t0 * v.st + y0 * v.sc, v.st, v.sc, L, w);
-      stage_tile<kKT, kStatePiece, kThreads>(y, Piece::kLdY, S0 + static_cast<int64_t>(k0) * V + y0,
-                                             V, 1, kw, w);
-      stage_tile<kKT, kStatePiece, kThreads>(y + kKT * Piece::kLdY, Piece::kLdY,
-                                             dS + static_cast<int64_t>(k0) * V + y0, V, 1, kw, w);
+      stage_tile<kRows, kValPiece, kThreads>(x, Piece::kLdX, d_o.p + t0 * d_o.st + y0 * d_o.sc,
+                                             d_o.st, d_o.sc, L, w);
+      stage_tile<kRows, kValPiece, kThreads>(x + kRows * Piece::kLdX, Piece::kLdX,
+                                             v.p + t0 * v.st + y0 * v.sc, v.st, v.sc, L, w);
+      stage_tile<kKT, kValPiece, kThreads>(y, Piece::kLdY, S0 + static_cast<int64_t>(k0) * V + y0,
+                                           V, 1, kw, w);
+      stage_tile<kKT, kValPiece, kThreads>(y + kKT * Piece::kLdY, Piece::kLdY,
+                                           dS + static_cast<int64_t>(k0) * V + y0, V, 1, kw, w);
     };
     float acc[4][4] = {};
     float rsum = 0.f;
     const int key = threadIdx.x / 8, part = threadIdx.x % 8;
     unsigned char* const base = reinterpret_cast<unsigned char*>(smem);
-    pipelined_pieces<kStatePiece>(
+    pipelined_pieces<kValPiece>(
         V, base, base + Piece::kBytes, stage, [&](int y0, const unsigned char* buf) {
-          const int w = V - y0 < kStatePiece ? V - y0 : kStatePiece;
+          const int w = imin(kValPiece, V - y0);
           const T* x = reinterpret_cast<const T*>(buf) + (for_k ? kRows * Piece::kLdX : 0);
           const float* y = reinterpret_cast<const float*>(buf + Piece::kYOffset);
           warp_mma<4, false, true, false>(acc, (w + kTK - 1) / kTK, x + 16 * rt * Piece::kLdX,
