@@ -828,9 +828,11 @@ __global__ void __launch_bounds__(kThreads, 3)
   extern __shared__ __align__(16) unsigned char delta_smem[];
   float* Ps = reinterpret_cast<float*>(delta_smem + lay.off_p);
   float* Vs = reinterpret_cast<float*>(delta_smem + lay.off_v);
-  const ChunkAt c = chunk_at(in, blockIdx.x / NC, blockIdx.x % NC);
+  // A chunk's column tiles are neighbouring blocks, so they share its q and P through L2.
+  const int64_t v_tiles = (in.V + kCols - 1) / kCols, chunk_block = blockIdx.x / v_tiles;
+  const ChunkAt c = chunk_at(in, chunk_block / NC, chunk_block % NC);
   const int L = c.L, K = static_cast<int>(in.K), V = static_cast<int>(in.V);
-  const int v0 = blockIdx.y * kCols, vw = imin(kCols, V - v0);
+  const int v0 = static_cast<int>(blockIdx.x % v_tiles) * kCols, vw = imin(kCols, V - v0);
   const int warp = threadIdx.x / 32, rt = warp % 4, cg = warp / 4;
   const int64_t chunk = c.bh * NC + c.n, C = in.C;
   const float* S0 = states + chunk * in.K * in.V + v0;
@@ -1165,11 +1167,12 @@ const char* check_inputs(const DeltaRuleInputs& in) {
   }
   if (in.K > (1 << 20) || in.V > (1 << 20)) return "delta_rule CUDA: K or V above 2^20";
   // Blocks of the widest grids: the narrowest recurrence tiles, the K-gradient kernel's.
-  const int64_t n_tiles = (in.V + 15) / 16,
-                chunk_tiles = (in.T + in.C - 1) / in.C * 2 * k_tiles(in);
+  const int64_t n_tiles = (in.V + 15) / 16, NC = (in.T + in.C - 1) / in.C;
+  const int64_t chunk_tiles = NC * 2 * std::max(k_tiles(in), (in.V + 63) / 64);
   const int64_t blocks = in.B * in.H * std::max(n_tiles, chunk_tiles);
   if (blocks > 0x7fffffff) {
-    return "delta_rule CUDA: B * H * max(V / 16, 2 T / C * K tiles of 64 or 80) above 2^31 - 1";
+    return "delta_rule CUDA: B * H * max(V / 16, 2 T / C * max(K, V) tiles of 64 or 80) above "
+           "2^31 - 1";
   }
   if (in.h0_dtype != KernelDType::kFloat32 && in.h0_dtype != in.dtype) {
     return "delta_rule CUDA: h0 must be float32 or the inputs' dtype";
@@ -1499,8 +1502,7 @@ const char* fwd_impl(const DeltaRuleFwdParams& p, cudaStream_t stream) {
   if ((err = last_error())) return err;
   if (NC > 0) {
     const int cols = tile_width(in.V);
-    const dim3 grid(static_cast<unsigned>(BH * NC),
-                    static_cast<unsigned>((in.V + cols - 1) / cols));
+    const unsigned grid = static_cast<unsigned>(BH * NC * ((in.V + cols - 1) / cols));
     const OutLayout ol = out_layout(sizeof(T), cols);
     with_tile(cols, [&](auto w) {
       const auto kernel = delta_rule_fwd_out_kernel<T, w.value>;

@@ -891,13 +891,15 @@ __global__ void __launch_bounds__(kThreads, kChunkBlocks)
                         const float* __restrict__ d_A_all, float* __restrict__ d_g_channels) {
   extern __shared__ __align__(128) float4 smem4[];
   float* smem = reinterpret_cast<float*>(smem4);
-  const int64_t NC = num_chunks(p.T, p.C);
-  const int64_t n = blockIdx.x % NC, bh = blockIdx.x / NC;
+  // A chunk's key tiles are neighbouring blocks, so they run together and share its d_o, v
+  // and d_A through L2.
+  const int64_t NC = num_chunks(p.T, p.C), tiles = k_pad(p.K) / kKT;
+  const int64_t chunk = blockIdx.x / tiles, n = chunk % NC, bh = chunk / NC;
   const int64_t b = bh / p.H, h = bh % p.H;
   const int64_t t0 = n * p.C;
   const int L = static_cast<int>(p.C < p.T - t0 ? p.C : p.T - t0);
   const int K = static_cast<int>(p.K), V = static_cast<int>(p.V);
-  const int k0 = static_cast<int>(blockIdx.y) * kKT;
+  const int k0 = static_cast<int>(blockIdx.x % tiles) * kKT;
   const SeqIn<T> q = seq<T>(p.q, b, h), k = seq<T>(p.k, b, h), g = seq<T>(p.g, b, h);
   const SeqIn<T> v = seq<T>(p.v, b, h), d_o = seq<T>(p.d_o, b, h);
 
@@ -1190,8 +1192,9 @@ const char* check_dims(int64_t B, int64_t T, int64_t H, int64_t K, int64_t V, in
   if (V < 1 || V > (int64_t{1} << 30)) return "gla (CUDA): V must be in 1..2^30";
   if (B < 0 || T < 0 || H < 0) return "gla (CUDA): negative size";
   const int64_t NC = (T + C - 1) / C;
-  if (B * H > 0 && (NC > kMaxGrid / (B * H) || K * V > kMaxGrid * 256 / (B * H))) {
-    return "gla (CUDA): too many blocks (B * H * chunks, or B * H * K * V / 256)";
+  if (B * H > 0 &&
+      (NC * (k_pad(K) / kKT) > kMaxGrid / (B * H) || K * V > kMaxGrid * 256 / (B * H))) {
+    return "gla (CUDA): too many blocks (B * H * chunks * key tiles, or B * H * K * V / 256)";
   }
   return nullptr;
 }
@@ -1251,7 +1254,7 @@ const char* bwd_t(const GlaBwdParams& p, cudaStream_t s) {
   }
   if (sc.d_A != nullptr) {
     if (const char* e = allow_smem(gla_bwd_dqkg_kernel<T>, kDqkgSmemBytes)) return e;
-    const dim3 grid(blocks, static_cast<unsigned>(k_pad(p.K) / kKT));
+    const unsigned grid = blocks * static_cast<unsigned>(k_pad(p.K) / kKT);
     gla_bwd_dqkg_kernel<T>
         <<<grid, kThreads, kDqkgSmemBytes, s>>>(p, sc.d_states, sc.d_A, sc.d_g_channels);
     if (const char* e = last_error()) return e;
