@@ -1,7 +1,7 @@
 // float32 <-> storage dtype (float32 or bfloat16) conversions shared by the kernels:
 // to_f32 widens a loaded value, from_f32<T> rounds a float32 result to T (round to
-// nearest even for bfloat16), store(p, v) writes v rounded to *p's type. Device code only;
-// included by .cu files.
+// nearest even for bfloat16), store(p, v) writes v rounded to *p's type, store_pair(p, a, b)
+// two adjacent values at once. Device code only; included by .cu files.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -23,5 +23,12 @@ __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) {
 
 __device__ __forceinline__ void store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+// p[0] = a, p[1] = b in one store; p must be aligned to two elements.
+__device__ __forceinline__ void store_pair(float* p, float a, float b) {
+  *reinterpret_cast<float2*>(p) = make_float2(a, b);
+}
+__device__ __forceinline__ void store_pair(__nv_bfloat16* p, float a, float b) {
+  *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
+}
 
 }  // namespace resona::cuda

@@ -261,34 +261,6 @@ __device__ __forceinline__ void warp_mma_units(float (&acc)[kU][NT][4], int n, i
   }
 }
 
-// out[i * ld + j] = v[c][r] for the thread's elements (i, j) of a warp's 16 x 8 NT tile
-// at (row0, col0) (as in for_each_frag) with i < rows and j < cols. With `pairs` (ld, col0
-// and out even) a lane's two adjacent columns go out in one 8-byte store, so that a warp's
-// store fills whole 32-byte sectors (one store per element leaves every sector half
-// written). The forward recurrence's per-chunk outputs (V', the start states) are about a
-// third of its time; so stored they cost 5% less of it.
-template <int NT>
-__device__ __forceinline__ void store_tile(float* out, int64_t ld, int row0, int col0, int rows,
-                                           int cols, bool pairs, const float (&v)[NT][4]) {
-  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-#pragma unroll
-  for (int c = 0; c < NT; ++c) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int i = row0 + g + 8 * h, j = col0 + 8 * c + 2 * t;
-      if (i >= rows) continue;
-      float* const p = out + i * ld + j;
-      const float a = v[c][2 * h], b = v[c][2 * h + 1];
-      if (pairs && j + 1 < cols) {
-        *reinterpret_cast<float2*>(p) = make_float2(a, b);
-      } else {
-        if (j < cols) p[0] = a;
-        if (j + 1 < cols) p[1] = b;
-      }
-    }
-  }
-}
-
 // A warp's 16 x 8 NT unit of accumulators, split into TF32 parts, into dst (its first
 // pair row, ld in pairs) as SplitPairs. Lane (g, t) writes pair row g at the columns 2 t
 // and 2 t + 1 of each column tile: rows g and g + 4 of the unit when g < 4, rows g + 4 and
@@ -602,8 +574,6 @@ __global__ void __launch_bounds__(kRecurThreads, 1)
   const int k_first = second ? k_half : 0, k_count = second ? ksteps - k_half : k_half;
   const int n_units = 2 * (lay.kp16 / 16);  // units of S: warp + 16 u, u < kMaxStateUnits
   const int my_units = n_units > warp ? (n_units - warp + kRecurWarps - 1) / kRecurWarps : 0;
-  // the per-chunk outputs in 8-byte stores (store_tile; Vn lies in the 16-byte aligned scratch)
-  const bool pairs = in.V % 2 == 0 && reinterpret_cast<uintptr_t>(states) % 8 == 0;
   // S from h0 (zeros past K and vw), in the accumulators and split in S2.
   float S[kMaxStateUnits][NT][4];
   for_each_state_elem<NT>(n_units, [&](int u, int x, int j, int r, int c) {
@@ -648,11 +618,11 @@ __global__ void __launch_bounds__(kRecurThreads, 1)
         second, V2 + 8 * rt * lay.v_ld + kHalf * cg, lay.v_ld, 16 * rt, kHalf * cg, acc,
         [&](int i, int, int r, int c) { acc[c][r] = i < L ? uv[c][r] - acc[c][r] : 0.f; });
     if (!second) {
-      store_tile<NT>(Vn + chunk * C * in.V + v0, in.V, 16 * rt, kHalf * cg, L, vw, pairs, acc);
+      store_tile<NT>(Vn + chunk * C * in.V + v0, in.V, 16 * rt, kHalf * cg, L, vw, acc);
     }
     // the chunk's start state out
     for_each_state_unit<NT>(n_units, [&](int u, int row0, int col0) {
-      store_tile<NT>(states + chunk * KV + v0, in.V, row0, col0, K, vw, pairs, S[u]);
+      store_tile<NT>(states + chunk * KV + v0, in.V, row0, col0, K, vw, S[u]);
     });
     cp_async_wait<0>();  // k
     __syncthreads();
@@ -864,12 +834,8 @@ __global__ void __launch_bounds__(kThreads, 3)
   if (!active) return;
   warp_mma<NT, false, false, kSplitProducts<T>>(acc, (L + 7) / 8, Ps + 16 * rt * lay.p_ld, lay.p_ld,
                                                 Vs + kHalf * cg, lay.v_ld);
-  const float scale = in.scale;
-  for_each_frag<NT>(16 * rt, kHalf * cg, [&](int i, int j, int r, int cc) {
-    if (i < L && j < vw) {
-      o[out_row(in, c, i) * in.V + v0 + j] = from_f32<T>(scale * acc[cc][r]);
-    }
-  });
+  for_each_frag<NT>([&](int, int, int r, int cc) { acc[cc][r] *= in.scale; });
+  store_tile<NT>(o + out_row(in, c, 0) * in.V + v0, in.H * in.V, 16 * rt, kHalf * cg, L, vw, acc);
 }
 
 // ---- (3') backward: the gradients of a chunk, in three kernels ----
@@ -963,16 +929,17 @@ __global__ void __launch_bounds__(kThreads, 2)
         warp_mma<2, true, false, kSplitProducts<T>>(
             Y, lsteps, Nm + 16 * rt, kLdG,
             reinterpret_cast<const float*>(cur + lay.po_dv) + 16 * cg, lay.dv_ld);
+        float dv[2][4];
         for_each_frag<2>(16 * rt, 16 * cg, [&](int i, int j, int r, int cc) {
           vy[r / 2] = fmaf(to_f32(Vs[i * lay.v_ld + j]), Y[cc][r], vy[r / 2]);
           Ys[i * lay.y_ld + j] = Y[cc][r];
-          if (i < L && j < w) {
-            YG[i * in.V + y0 + j] = Y[cc][r];
-            if (d_v != nullptr) {
-              d_v[out_row(in, c, i) * in.V + y0 + j] = from_f32<T>(bs[i] * Y[cc][r]);
-            }
-          }
+          dv[cc][r] = bs[i] * Y[cc][r];
         });
+        store_tile<2>(YG + y0, in.V, 16 * rt, 16 * cg, L, w, Y);
+        if (d_v != nullptr) {
+          store_tile<2>(d_v + out_row(in, c, 0) * in.V + y0, in.H * in.V, 16 * rt, 16 * cg, L, w,
+                        dv);
+        }
         __syncthreads();  // Y is whole
         // d_P += d_o V'^T, M += Y V'^T over the piece's columns
         const int ysteps = (w + 7) / 8;
@@ -1101,10 +1068,8 @@ __global__ void __launch_bounds__(kThreads, 2)
   __syncthreads();
   const int lsteps = (L + 7) / 8;
   auto store = [&](void* out) {
-    T* o = static_cast<T*>(out);
-    for_each_frag<NT>(16 * rt, kCols * cg, [&](int i, int x, int r, int cc) {
-      if (i < L && x < kw) o[out_row(in, c, i) * in.K + k0 + x] = from_f32<T>(acc[cc][r]);
-    });
+    store_tile<NT>(static_cast<T*>(out) + out_row(in, c, 0) * in.K + k0, in.H * in.K, 16 * rt,
+                   kCols * cg, L, kw, acc);
   };
   if (!for_k) {
     if (!active) return;

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "cuda/convert.cuh"
 #include "cuda/mma.cuh"
 
 namespace resona::cuda {
@@ -110,6 +111,35 @@ __device__ __forceinline__ void for_each_frag(int row0, int col0, const F& f) {
 template <int NT, class F>
 __device__ __forceinline__ void for_each_frag(const F& f) {
   for_each_frag<NT>(0, 0, f);
+}
+
+// out[i * ld + j] = v[c][r] (rounded to T) for the thread's elements (i, j) of a warp's
+// 16 x 8 NT tile at (row0, col0) (as in for_each_frag) with i < rows and j < cols. Where ld
+// and col0 are even and out is aligned to two elements, a lane's two adjacent columns go out
+// in one store, so that a warp's store fills whole 32-byte sectors (one store per element
+// leaves every sector half written).
+template <int NT, class T>
+__device__ __forceinline__ void store_tile(T* out, int64_t ld, int row0, int col0, int rows,
+                                           int cols, const float (&v)[NT][4]) {
+  const bool pairs =
+      ld % 2 == 0 && col0 % 2 == 0 && reinterpret_cast<uintptr_t>(out) % (2 * sizeof(T)) == 0;
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int c = 0; c < NT; ++c) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int i = row0 + g + 8 * h, j = col0 + 8 * c + 2 * t;
+      if (i >= rows) continue;
+      T* const p = out + i * ld + j;
+      const float a = v[c][2 * h], b = v[c][2 * h + 1];
+      if (pairs && j + 1 < cols) {
+        store_pair(p, a, b);
+      } else {
+        if (j < cols) store(p, a);
+        if (j + 1 < cols) store(p + 1, b);
+      }
+    }
+  }
 }
 
 }  // namespace resona::cuda
