@@ -9,7 +9,8 @@
 // gla_bwd_dv_kernel      block (b, h, chunk): with the forward's A, per value piece d_v
 //                        and the sums of d_A (to scratch) on tensor cores
 // gla_bwd_dqkg_kernel    block (b, h, chunk, 32-channel key tile): d_q, d_k, d_g (the
-//                        state terms d_o S0^T and v d_S^T on tensor cores)
+//                        state terms d_o S0^T and v d_S^T and the intra-chunk products
+//                        with d_A on tensor cores)
 // gla_bwd_gate_sum_kernel  thread (b, t, h): d_g of a per-head gate, channels in order
 //
 // A chunk is held as a 64-row tile whatever C is (rows >= L are zeros, with g = 0 so the
@@ -28,8 +29,9 @@
 // under float32 storage and in TF32 under bfloat16 storage. Both storage dtypes take TF32: the
 // operands are float32 values formed on chip (inputs times decay factors, A, d_A, the float32
 // states), and rounding them to bfloat16 for bf16 MMA would add an error of the size of the storage
-// rounding itself (2^-8 against TF32's 2^-11). A diagonal sub-chunk whose gates spread too far for
-// the factored form and the intra-chunk parts of d_q and d_k stay float32 FMA.
+// rounding itself (2^-8 against TF32's 2^-11). The intra-chunk parts of d_q and d_k are d_A times
+// the scaled key and query tiles on tensor cores too; a diagonal sub-chunk whose gates spread too
+// far for the factored form stays float32 FMA, pair by pair.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -54,9 +56,12 @@ constexpr int kLdT = kKT + 1;    // row stride of [kRows][kKT] tiles: odd, so co
 constexpr int kLd4 = 68;         // row stride of 64-wide tiles read as float4: a multiple of
                                  // 4 (16-byte rows) whose rows 4 apart fall in other banks
 constexpr int kLdS = kKT + 4;    // row stride of gla_bwd_dqkg_kernel's [kRows][kKT] dq0 / dk0
-constexpr int kChunkBlocks = 2;  // resident blocks per SM of gla_fwd_kernel, gla_bwd_dv_kernel
-                                 // and gla_bwd_dqkg_kernel they are built for (registers; the
-                                 // shared memory allows two up to K = 96, see ChunkSmem)
+constexpr int kChunkBlocks = 2;  // resident blocks per SM of gla_fwd_kernel and gla_bwd_dv_kernel
+                                 // they are built for (registers; the shared memory allows
+                                 // two up to K = 96, see ChunkSmem)
+constexpr int kDqkgBlocks = 3;   // the same for gla_bwd_dqkg_kernel (67 KB of shared memory;
+                                 // 80 registers spill 24 bytes, yet it runs 4-7% faster than
+                                 // two blocks of 128 registers)
 constexpr int kPairs = 6;        // sub-chunk pairs J < I of a 64-row tile
 static_assert(kGlaMaxChunk == kRows, "the chunk tile holds the largest chunk");
 static_assert(kRows == 4 * kSub && kSub == 16, "sub-chunk pairs and 4-row blocks assume 4 x 16");
@@ -879,12 +884,12 @@ struct StatePiece {
   static constexpr int kLdY = ld_a<float>();
   static constexpr int kYOffset = (2 * kRows * kLdX * static_cast<int>(sizeof(T)) + 15) / 16 * 16;
   static constexpr int kBytes = kYOffset + 2 * kKT * kLdY * 4;
-  static_assert(2 * kBytes <= 4 * (kTilesFloats + 2 * kRows * kLd4),
+  static_assert(2 * kBytes <= 4 * (kTilesFloats + kRows * kLd4),
                 "two pieces fit over the tiles and d_A's region");
 };
 
 template <class T>
-__global__ void __launch_bounds__(kThreads, kChunkBlocks)
+__global__ void __launch_bounds__(kThreads, kDqkgBlocks)
     gla_bwd_dqkg_kernel(const GlaBwdParams p, const float* __restrict__ d_states,
                         const float* __restrict__ d_A_all, float* __restrict__ d_g_channels) {
   extern __shared__ __align__(128) float4 smem4[];
@@ -901,15 +906,14 @@ __global__ void __launch_bounds__(kThreads, kChunkBlocks)
   const SeqIn<T> q = seq<T>(p.q, b, h), k = seq<T>(p.k, b, h), g = seq<T>(p.g, b, h);
   const SeqIn<T> v = seq<T>(p.v, b, h), d_o = seq<T>(p.d_o, b, h);
 
-  // Shared memory: the chunk tiles, then one region that first holds the state terms
-  // dq0 and dk0 and then d_A and its transpose, then rs (86 KB: two blocks per SM).
+  // Shared memory: the chunk tiles, d_A, rs (67 KB). The state terms' pieces, and then the
+  // state terms dq0 and dk0, first lie over the tiles and d_A.
   const Tiles s = carve_tiles(smem);
   float* dA = smem + kTilesFloats;  // [kRows][kLd4]: d_A (scale included)
-  float* dAT = dA + kRows * kLd4;   // [kRows][kLd4]: transposed
-  float* dot = dA;                  // [kRows][kLdS]: dq0
+  float* dot = smem;                // [kRows][kLdS]: dq0
   float* vt = dot + kRows * kLdS;   // [kRows][kLdS]: dk0
-  static_assert(2 * kRows * kLdS <= 2 * kRows * kLd4, "dq0 and dk0 fit");
-  float* rs = dA + 2 * kRows * kLd4;  // [kKT]: rowsum(S0 * d_S) per key
+  static_assert(2 * kRows * kLdS <= kTilesFloats, "dq0 and dk0 fit");
+  float* rs = dA + kRows * kLd4;  // [kKT]: rowsum(S0 * d_S) per key
 
   // The state terms dq0 = d_o S0^T and dk0 = v d_S^T ([64, 32] each, this key tile) on
   // tensor cores: warp w owns rows 16 (w % 4), all 32 keys (4 tiles of 8), of dq0 (w < 4)
@@ -975,27 +979,15 @@ __global__ void __launch_bounds__(kThreads, kChunkBlocks)
       dk0[r][cc] = vt[(4 * ti + r) * kLdS + 2 * tc + cc];
     }
   }
-  __syncthreads();  // the staging region now takes d_A
+  __syncthreads();  // the tiles now take q, k and g
 
-  // d_A and its transpose into shared memory, in rounds of kPer loads issued before the
-  // round's stores (as in load_column).
-  const float* dA_g = d_A_all + (bh * NC + n) * kRows * kRows;
-  {
-    constexpr int kPer = kRows * kRows / kThreads / 2;
-#pragma unroll
-    for (int idx0 = threadIdx.x; idx0 < kRows * kRows; idx0 += kPer * kThreads) {
-      float a[kPer];
-#pragma unroll
-      for (int u = 0; u < kPer; ++u) a[u] = dA_g[idx0 + u * kThreads];
-#pragma unroll
-      for (int u = 0; u < kPer; ++u) {
-        const int idx = idx0 + u * kThreads, i = idx / kRows, j = idx % kRows;
-        dA[i * kLd4 + j] = a[u];
-        dAT[j * kLd4 + i] = a[u];
-      }
-    }
-  }
-  load_chunk_tiles(q, k, g, t0, L, k0, K, s);  // its first barrier orders the d_A copies
+  // d_A into shared memory, in flight while q, k and g are loaded.
+  stage_tile<kRows, kRows, kThreads>(dA, kLd4, d_A_all + (bh * NC + n) * kRows * kRows, kRows, 1,
+                                     kRows, kRows);
+  cp_async_commit();
+  load_chunk_tiles(q, k, g, t0, L, k0, K, s);
+  cp_async_wait<0>();
+  __syncthreads();
 
   // Intra-chunk parts through the sub-chunk references (see load_chunk_tiles), d_A zero
   // above the diagonal:
@@ -1005,78 +997,68 @@ __global__ void __launch_bounds__(kThreads, kChunkBlocks)
   //            + sum_{i in J, i >= j} d_A_ij q_ic 2^(G_ic - G_jc)
   // where a factored sub-chunk's own sums are 2^(G_ic - G_{16I,c}) sum_j d_A_ij Kd_jc and
   // 2^(G_{16J,c} - G_jc) sum_i d_A_ij Qs_ic.
+  // On tensor cores (TF32, as the backward's other products): warp w takes sub-chunk
+  // R = w % 4 and channels 16 (w / 4) .. + 15 of d_q (its rows: J <= R) and of d_k (its rows
+  // as j: I >= R): three 16 x 16 x 16 products over J < R and I > R, each scaled per channel
+  // by M, and the two diagonal blocks', then the row factors. The results go through
+  // Kd and Ks (free once every warp's products are done) to the thread map above.
+  {
+    const int warp = threadIdx.x / 32, R = warp % 4, c0 = 16 * (warp / 4);
+    const bool fac = s.factored[R] != 0.f;
+    float dq_acc[2][4] = {}, dk_acc[2][4] = {}, dkd_acc[2][4] = {};
+    for (int J = 0; J < R; ++J) {
+      float part[2][4] = {};
+      warp_mma<2, false, false, false>(part, kSub / kTK, dA + kSub * (R * kLd4 + J), kLd4,
+                                       s.Ks + kSub * J * kLdT + c0, kLdT);
+      const float* M = s.M + pair_index(R, J) * kKT + c0;
+      for_each_frag<2>([&](int, int j, int r, int c) { dq_acc[c][r] += M[j] * part[c][r]; });
+    }
+    for (int I = R + 1; I < kRows / kSub; ++I) {
+      float part[2][4] = {};
+      warp_mma<2, true, false, false>(part, kSub / kTK, dA + kSub * (I * kLd4 + R), kLd4,
+                                      s.Qs + kSub * I * kLdT + c0, kLdT);
+      const float* M = s.M + pair_index(I, R) * kKT + c0;
+      for_each_frag<2>([&](int, int j, int r, int c) { dk_acc[c][r] += M[j] * part[c][r]; });
+    }
+    if (fac) {  // d_A is zero above the diagonal: the diagonal blocks are whole products
+      warp_mma<2, false, false, false>(dq_acc, kSub / kTK, dA + kSub * R * (kLd4 + 1), kLd4,
+                                       s.Kd + kSub * R * kLdT + c0, kLdT);
+      warp_mma<2, true, false, false>(dkd_acc, kSub / kTK, dA + kSub * R * (kLd4 + 1), kLd4,
+                                      s.Qs + kSub * R * kLdT + c0, kLdT);
+    }
+    for_each_frag<2>(kSub * R, c0, [&](int i, int c, int r, int nt) {
+      const float Gi = s.G[i * kLdT + c], Gf = s.G[kSub * R * kLdT + c];
+      dq_acc[nt][r] *= exp2f(Gi - Gf);
+      dk_acc[nt][r] =
+          R + 1 < kRows / kSub ? dk_acc[nt][r] * exp2f(s.G[kSub * (R + 1) * kLdT + c] - Gi) : 0.f;
+      if (fac) dk_acc[nt][r] += dkd_acc[nt][r] * exp2f(Gf - Gi);  // <= 2^kMaxSpread2
+    });
+    __syncthreads();  // every warp is done with Ks and Kd
+    for_each_frag<2>(kSub * R, c0, [&](int i, int c, int r, int nt) {
+      s.Kd[i * kLdT + c] = dq_acc[nt][r];
+      s.Ks[i * kLdT + c] = dk_acc[nt][r];
+    });
+    __syncthreads();
+  }
   const int S = ti / 4;  // the sub-chunk of this thread's rows
   const bool factored = s.factored[S] != 0.f;
-  // dq, dk: the sums over other sub-chunks (and over this one when factored), before
-  // their row factors; dkd: the factored diagonal part of d_k.
-  float dq[4][2] = {}, dk[4][2] = {}, dkd[4][2] = {};
-  for (int J = 0; J <= S; ++J) {
-    if (J == S && !factored) break;
-    const float* Kt = J < S ? s.Ks : s.Kd;
-    float part[4][2] = {};
-    for (int j = J * kSub; j < (J + 1) * kSub; ++j) {
-      const float4 a = ld4(&dAT[j * kLd4 + 4 * ti]);  // d_A_ij for the thread's rows i
-      const float av[4] = {a.x, a.y, a.z, a.w};
-      const float k0v = Kt[j * kLdT + 2 * tc], k1v = Kt[j * kLdT + 2 * tc + 1];
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        part[r][0] += av[r] * k0v;
-        part[r][1] += av[r] * k1v;
-      }
-    }
-    const float* M = J < S ? s.M + pair_index(S, J) * kKT : nullptr;
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-#pragma unroll
-      for (int cc = 0; cc < 2; ++cc)
-        dq[r][cc] += (M != nullptr ? M[2 * tc + cc] : 1.f) * part[r][cc];
-    }
-  }
-  for (int I = factored ? S : S + 1; I < kRows / kSub; ++I) {
-    float part[4][2] = {};
-    for (int i = I * kSub; i < (I + 1) * kSub; ++i) {
-      const float4 a = ld4(&dA[i * kLd4 + 4 * ti]);  // d_A_ij for the thread's rows as j
-      const float av[4] = {a.x, a.y, a.z, a.w};
-      const float q0v = s.Qs[i * kLdT + 2 * tc], q1v = s.Qs[i * kLdT + 2 * tc + 1];
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        part[r][0] += av[r] * q0v;
-        part[r][1] += av[r] * q1v;
-      }
-    }
-    if (I == S) {
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        dkd[r][0] = part[r][0];
-        dkd[r][1] = part[r][1];
-      }
-      continue;
-    }
-    const float* M = s.M + pair_index(I, S) * kKT;
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-#pragma unroll
-      for (int cc = 0; cc < 2; ++cc) dk[r][cc] += M[2 * tc + cc] * part[r][cc];
-    }
-  }
+  float dq[4][2], dk[4][2];
 #pragma unroll
   for (int r = 0; r < 4; ++r) {
-    const int i = 4 * ti + r;
 #pragma unroll
     for (int cc = 0; cc < 2; ++cc) {
-      const int c = 2 * tc + cc;
-      const float Gi = s.G[i * kLdT + c], Gf = s.G[S * kSub * kLdT + c];
-      dq[r][cc] *= exp2f(Gi - Gf);
-      if (S + 1 < kRows / kSub) dk[r][cc] *= exp2f(s.G[(S + 1) * kSub * kLdT + c] - Gi);
-      if (factored) dk[r][cc] += dkd[r][cc] * exp2f(Gf - Gi);  // <= 2^kMaxSpread2
+      dq[r][cc] = s.Kd[(4 * ti + r) * kLdT + 2 * tc + cc];
+      dk[r][cc] = s.Ks[(4 * ti + r) * kLdT + 2 * tc + cc];
     }
   }
   if (!factored) {
     // Inside the sub-chunk, pair by pair.
     for (int j = S * kSub; j < (S + 1) * kSub; ++j) {
-      const float4 a = ld4(&dAT[j * kLd4 + 4 * ti]);  // d_A_{i j} for the thread's rows i
-      const float4 w = ld4(&dA[j * kLd4 + 4 * ti]);   // d_A_{j i}: row j, the thread's columns
-      const float av[4] = {a.x, a.y, a.z, a.w}, wv[4] = {w.x, w.y, w.z, w.w};
+      const float4 w = ld4(&dA[j * kLd4 + 4 * ti]);  // d_A_{j i}: row j, the thread's columns
+      const float wv[4] = {w.x, w.y, w.z, w.w};
+      float av[4];  // d_A_{i j} for the thread's rows i
+#pragma unroll
+      for (int r = 0; r < 4; ++r) av[r] = dA[(4 * ti + r) * kLd4 + j];
 #pragma unroll
       for (int cc = 0; cc < 2; ++cc) {
         const int c = 2 * tc + cc;
@@ -1181,7 +1163,7 @@ const char* last_error() {
 
 constexpr int64_t kMaxGrid = 2147483647;
 
-constexpr size_t kDqkgSmemBytes = sizeof(float) * (kTilesFloats + 2 * kRows * kLd4 + kKT);
+constexpr size_t kDqkgSmemBytes = sizeof(float) * (kTilesFloats + kRows * kLd4 + kKT);
 
 // Sizes the kernels rely on; nullptr when they hold.
 const char* check_dims(int64_t B, int64_t T, int64_t H, int64_t K, int64_t V, int64_t C) {
