@@ -362,11 +362,10 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 2 ? 3 : 2)
     });
     for_each_frag<4>(16 * rt, 32 * cg, [&](int i, int j, int r, int cc) {
       G[i * kLdG + j] = g[cc][r];
-      if (i < L && j < L) {
-        P[chunk * C * C + i * C + j] = j <= i ? p[cc][r] : 0.f;
-        if (G_out != nullptr) G_out[chunk * C * C + i * C + j] = g[cc][r];
-      }
+      if (j > i) p[cc][r] = 0.f;
     });
+    store_tile<4>(P + chunk * C * C, C, 16 * rt, 32 * cg, L, L, p);
+    if (G_out != nullptr) store_tile<4>(G_out + chunk * C * C, C, 16 * rt, 32 * cg, L, L, g);
   }
   __syncthreads();
   const RowsView<T> v = rows<T>(in.v, in.v_strides, c);
@@ -430,9 +429,7 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 2 ? 3 : 2)
       float acc[4][4] = {};
       warp_mma<4, false, false, kSplitProducts<T>>(acc, lsteps, Nm + 16 * ur * kLdG, kLdG,
                                                    x + 32 * uc, ld);
-      for_each_frag<4>(16 * ur, 32 * uc, [&](int i, int j, int r, int cc) {
-        if (i < L && j < valid) out[(chunk * C + i) * out_ld + o0 + j] = acc[cc][r];
-      });
+      store_tile<4>(out + chunk * C * out_ld + o0, out_ld, 16 * ur, 32 * uc, L, valid, acc);
     }
   };
   t_times(Ks, lay.k_ld, lay.kp32, K, W, in.K, 0);
@@ -728,10 +725,11 @@ __global__ void __launch_bounds__(kRecurThreads, 1)
         dS2 + 4 * k_first * lay.s_ld + kHalf * cg, lay.s_ld);
     float* dVnn = dVn + chunk * C * in.V + v0;
     finish_phase1<NT>(second, dV2 + 8 * rt * lay.v_ld + kHalf * cg, lay.v_ld, 16 * rt, kHalf * cg,
-                      acc, [&](int i, int j, int r, int c) {
-                        if (i < L && j < vw) dVnn[i * in.V + j] = acc[c][r];
-                        acc[c][r] = i < L ? -acc[c][r] : 0.f;
-                      });
+                      acc, [&](int i, int, int r, int c) { acc[c][r] = i < L ? -acc[c][r] : 0.f; });
+    if (!second) {
+      for_each_frag<NT>([&](int, int, int r, int c) { acc[c][r] = -acc[c][r]; });
+      store_tile<NT>(dVnn, in.V, 16 * rt, kHalf * cg, L, vw, acc);
+    }
     cp_async_wait<0>();  // q
     __syncthreads();
     stage_w(n, kbuf);
@@ -744,10 +742,11 @@ __global__ void __launch_bounds__(kRecurThreads, 1)
       warp_mma_units<NT, kMaxStateUnits, kSplitProducts<T>>(
           t, my_units, lsteps, reinterpret_cast<const T*>(qbuf) + 16 * (warp / 2), lay.q_ld,
           dO + kHalf * (warp % 2), lay.o_ld);
-      for_each_state_elem<NT>(n_units, [&](int u, int x, int j, int r, int c) {
-        if (x < K && j < vw) ds_n[x * in.V + j] = dS[u][c][r];
-        dS[u][c][r] += scale * t[u][c][r];
+      for_each_state_unit<NT>(n_units, [&](int u, int row0, int col0) {
+        store_tile<NT>(ds_n, in.V, row0, col0, K, vw, dS[u]);
       });
+      for_each_state_elem<NT>(
+          n_units, [&](int u, int, int, int r, int c) { dS[u][c][r] += scale * t[u][c][r]; });
     }
     cp_async_wait<0>();  // W
     __syncthreads();
