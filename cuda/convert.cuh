@@ -1,10 +1,13 @@
 // float32 <-> storage dtype (float32 or bfloat16) conversions shared by the kernels:
 // to_f32 widens a loaded value, from_f32<T> rounds a float32 result to T (round to
 // nearest even for bfloat16), store(p, v) writes v rounded to *p's type, store_pair(p, a, b)
-// two adjacent values at once. Device code only; included by .cu files.
+// two adjacent values at once (store_upto_pair: where aligned). Device code only; included by .cu
+// files.
 #pragma once
 
 #include <cuda_bf16.h>
+
+#include <cstdint>
 
 namespace resona::cuda {
 
@@ -29,6 +32,16 @@ __device__ __forceinline__ void store_pair(float* p, float a, float b) {
 }
 __device__ __forceinline__ void store_pair(__nv_bfloat16* p, float a, float b) {
   *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
+}
+// p[0] = a and, when both, p[1] = b: one store where p is aligned to two elements.
+template <class T>
+__device__ __forceinline__ void store_upto_pair(T* p, float a, float b, bool both) {
+  if (both && reinterpret_cast<uintptr_t>(p) % (2 * sizeof(T)) == 0) {
+    store_pair(p, a, b);
+  } else {
+    store(p, a);
+    if (both) store(p + 1, b);
+  }
 }
 
 }  // namespace resona::cuda

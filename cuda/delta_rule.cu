@@ -956,11 +956,8 @@ __global__ void __launch_bounds__(kThreads, 2)
   const float* Gn = s.kept.G + chunk * C * C;
   float mg[2] = {0.f, 0.f};
   for_each_frag<4>(16 * rt, 32 * cg, [&](int i, int j, int r, int cc) {
-    if (i < L && j < L) {
-      const float dp = j <= i ? scale * acc_dP[cc][r] : 0.f;
-      dPg[i * C + j] = dp;
-      dPTg[j * C + i] = dp;
-    }
+    acc_dP[cc][r] = j <= i ? scale * acc_dP[cc][r] : 0.f;
+    if (i < L && j < L) dPTg[j * C + i] = acc_dP[cc][r];
     float dm = 0.f;
     if (j < i && i < L) {
       dm = -acc_M[cc][r];
@@ -968,6 +965,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     }
     Nm[i * kLdG + j] = bs[i] * dm;
   });
+  store_tile<4>(dPg, C, 16 * rt, 32 * cg, L, L, acc_dP);
   // Row sums per column group into part.
   store_row_sums(vy, 16 * rt, part + cg * kC);
   store_row_sums(mg, 16 * rt, part + (2 + cg) * kC);

@@ -1159,22 +1159,21 @@ __global__ void __launch_bounds__(kThreads, kDqkgBlocks)
   __syncthreads();
 
   const int64_t row0 = (b * p.T + t0) * p.H + h;  // flat (b, t0, h)
+  const int c = k0 + 2 * tc;                      // the thread's first channel
+  if (c < K) {
+    const bool both = c + 1 < K;
 #pragma unroll
-  for (int r = 0; r < 4; ++r) {
-    const int i = 4 * ti + r;
-    if (i >= L) continue;
-#pragma unroll
-    for (int cc = 0; cc < 2; ++cc) {
-      const int c = k0 + 2 * tc + cc;
-      if (c >= K) continue;
+    for (int r = 0; r < 4; ++r) {
+      const int i = 4 * ti + r;
+      if (i >= L) continue;
       const int64_t off = (row0 + static_cast<int64_t>(i) * p.H) * p.K + c;
-      if (p.d_q != nullptr) static_cast<T*>(p.d_q)[off] = from_f32<T>(dq[r][cc]);
-      if (p.d_k != nullptr) static_cast<T*>(p.d_k)[off] = from_f32<T>(dk[r][cc]);
-      const float dg = dGt[i * kLdT + 2 * tc + cc];
+      if (p.d_q != nullptr) store_upto_pair(static_cast<T*>(p.d_q) + off, dq[r][0], dq[r][1], both);
+      if (p.d_k != nullptr) store_upto_pair(static_cast<T*>(p.d_k) + off, dk[r][0], dk[r][1], both);
+      const float* dg = dGt + i * kLdT + 2 * tc;
       if (d_g_channels != nullptr) {
-        d_g_channels[off] = dg;
+        store_upto_pair(d_g_channels + off, dg[0], dg[1], both);
       } else if (p.d_g != nullptr) {
-        static_cast<T*>(p.d_g)[off] = from_f32<T>(dg);
+        store_upto_pair(static_cast<T*>(p.d_g) + off, dg[0], dg[1], both);
       }
     }
   }
