@@ -592,10 +592,13 @@ __global__ void __launch_bounds__(kRecurThreads, 1)
     const RowsView<T> k = rows<T>(in.k, in.k_strides, c);
     stage_tile(Ks, lay.k_ld, k.p, k.rs, k.cs, c.L, K, kC, lay.kp16);
   };
+  // Three barriers a chunk: W_n is waited for at the end of chunk n - 1, with S2.
   if (NC > 0) stage_w(0);
   cp_async_commit();
   if (NC > 0) stage_k(0);
   cp_async_commit();
+  cp_async_wait<1>();  // W_0
+  __syncthreads();
   for (int64_t n = 0; n < NC; ++n) {
     const int L = chunk_at(in, bh, n).L, lsteps = (L + 7) / 8;
     const int64_t chunk = bh * NC + n;
@@ -604,8 +607,6 @@ __global__ void __launch_bounds__(kRecurThreads, 1)
     for_each_frag<NT>(16 * rt, kHalf * cg, [&](int i, int j, int r, int c) {
       uv[c][r] = !second && i < L && j < vw ? Un[i * in.V + j] : 0.f;
     });
-    cp_async_wait<1>();  // W
-    __syncthreads();
     // V' = U - W S, W S in two parts over K
     float acc[NT][4] = {};
     warp_mma<NT, false, false, kSplitProducts<T>>(
@@ -631,6 +632,7 @@ __global__ void __launch_bounds__(kRecurThreads, 1)
     for_each_state_unit<NT>(n_units, [&](int u, int row0, int col0) {
       store_split<NT>(S2 + row0 / 2 * lay.s_ld + col0, lay.s_ld, S[u]);
     });
+    cp_async_wait<0>();  // W_{n+1}
     __syncthreads();
     if (n + 1 < NC) stage_k(n + 1);
     cp_async_commit();
@@ -701,6 +703,10 @@ __global__ void __launch_bounds__(kRecurThreads, 1)
   cp_async_commit();
   if (NC > 0) stage_in(in.q, in.q_strides, NC - 1, buf1, lay.q_ld);
   cp_async_commit();
+  // Four barriers a chunk: k_n, P_n and d_o_n are waited for at the end of chunk n + 1,
+  // with dS2.
+  cp_async_wait<1>();  // k, P, d_o of the last chunk
+  __syncthreads();
   for (int64_t n = NC - 1; n >= 0; --n) {
     const int L = chunk_at(in, bh, n).L, lsteps = (L + 7) / 8;
     const int64_t chunk = bh * NC + n;
@@ -708,8 +714,6 @@ __global__ void __launch_bounds__(kRecurThreads, 1)
     unsigned char* const qbuf = flip ? buf0 : buf1;  // q_n, then k_{n-1}
     const T* dO = flip ? dO1 : dO0;
     T* const dO_next = flip ? dO0 : dO1;
-    cp_async_wait<1>();  // k, P, d_o
-    __syncthreads();
     // d_V' = scale P^T d_o + k d_S: the first warp of a unit takes P^T d_o and the first
     // k_split steps over K, the second the rest, so that both make about as many steps
     const int k_split = ksteps > lsteps ? (ksteps - lsteps) / 2 : 0;
@@ -759,6 +763,7 @@ __global__ void __launch_bounds__(kRecurThreads, 1)
     for_each_state_unit<NT>(n_units, [&](int u, int row0, int col0) {
       store_split<NT>(dS2 + row0 / 2 * lay.s_ld + col0, lay.s_ld, dS[u]);
     });
+    cp_async_wait<0>();  // k_{n-1} (P_{n-1} and d_o_{n-1} came with W_n)
     __syncthreads();
     if (n > 0) stage_in(in.q, in.q_strides, n - 1, kbuf, lay.q_ld);
     cp_async_commit();
