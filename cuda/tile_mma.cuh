@@ -1,6 +1,7 @@
 // Tensor-core products of tiles staged in shared memory: a warp's 16 x 8 NT unit of
 // accumulators times a contraction over ksteps steps of 8, operands read element by element
-// (any row stride, either orientation) and split into TF32 parts as they are loaded.
+// (any row stride, either orientation) and split into TF32 parts as they are loaded; the
+// walk over a unit's elements (for_each_frag) and its store to global memory (store_tile).
 // Built on cuda/mma.cuh's m16n8k8 fragments. Device code only; included by .cu files.
 #pragma once
 
