@@ -43,6 +43,7 @@
 #include "cuda/gla.h"
 #include "cuda/mma.cuh"
 #include "cuda/tile_mma.cuh"
+#include "cuda/vec_io.cuh"
 
 namespace resona::cuda {
 namespace {
@@ -440,29 +441,6 @@ __global__ void __launch_bounds__(kThreads, kStateBlocks) gla_chunk_state_kernel
   }
 }
 
-// kE (1 or 2) adjacent floats at p, as one load or store.
-template <int kE>
-struct Vec {
-  float x[kE];
-};
-template <int kE>
-__device__ __forceinline__ Vec<kE> load_vec(const float* p) {
-  if constexpr (kE == 2) {
-    const float2 v = *reinterpret_cast<const float2*>(p);
-    return {{v.x, v.y}};
-  } else {
-    return {{*p}};
-  }
-}
-template <int kE>
-__device__ __forceinline__ void store_vec(float* p, const Vec<kE>& v) {
-  if constexpr (kE == 2) {
-    *reinterpret_cast<float2*>(p) = make_float2(v.x[0], v.x[1]);
-  } else {
-    *p = v.x[0];
-  }
-}
-
 // One thread per kE adjacent state elements e, e + 1, ... of [B * H, K * V] (one key,
 // e % (K V) / V: kE = 2 needs V even and 8-byte aligned slots, edge and start).
 // Forward: S = h0 (or 0); states[0] = S; for n = 1 .. NC - 1: S = decay[n - 1] S + U_{n-1}
@@ -478,15 +456,14 @@ __global__ void gla_state_scan_kernel(const StateJob j) {
   const int64_t bh = e / KV, r = e % KV, key = r / j.V;
   float* slot = j.slots + bh * NC * KV + r;
   const float* dec = j.decay + bh * NC * j.K + key;
-  using V = Vec<kE>;
-  auto fma_vec = [](float d, const V& s, const V& u) {
-    V o;
+  // x = d x + u, element by element
+  auto step = [](float(&x)[kE], float d, const float(&u)[kE]) {
 #pragma unroll
-    for (int x = 0; x < kE; ++x) o.x[x] = d * s.x[x] + u.x[x];
-    return o;
+    for (int c = 0; c < kE; ++c) x[c] = d * x[c] + u[c];
   };
   if (!kBwd) {
-    V S = j.start != nullptr ? load_vec<kE>(j.start + e) : V{};
+    float S[kE] = {};
+    if (j.start != nullptr) load_vec(j.start + e, S);
     if (NC == 0) {
       store_vec(j.edge + e, S);
       return;
@@ -494,13 +471,12 @@ __global__ void gla_state_scan_kernel(const StateJob j) {
     store_vec(slot, S);
     // Step n (1 .. NC) reads U_{n-1} from states[n] (S_T for n = NC), writes there.
     for (int64_t n0 = 1; n0 <= NC; n0 += kScanAhead) {
-      V u[kScanAhead];
-      float d[kScanAhead];
+      float u[kScanAhead][kE], d[kScanAhead];
 #pragma unroll
       for (int a = 0; a < kScanAhead; ++a) {
         const int64_t n = n0 + a;
         if (n <= NC) {
-          u[a] = load_vec<kE>(n < NC ? slot + n * KV : j.edge + e);
+          load_vec(n < NC ? slot + n * KV : j.edge + e, u[a]);
           d[a] = dec[(n - 1) * j.K];
         }
       }
@@ -508,24 +484,24 @@ __global__ void gla_state_scan_kernel(const StateJob j) {
       for (int a = 0; a < kScanAhead; ++a) {
         const int64_t n = n0 + a;
         if (n <= NC) {
-          S = fma_vec(d[a], S, u[a]);
+          step(S, d[a], u[a]);
           store_vec(n < NC ? slot + n * KV : j.edge + e, S);
         }
       }
     }
     return;
   }
-  V dS = load_vec<kE>(j.start + e);
+  float dS[kE];
+  load_vec(j.start + e, dS);
   const bool to_h0 = j.edge != nullptr;
   // Step m (NC - 1 .. 0) writes d_states[m], then takes W_m from d_states[m - 1] (d_h0).
   for (int64_t m0 = NC - 1; m0 >= 0; m0 -= kScanAhead) {
-    V w[kScanAhead];
-    float d[kScanAhead];
+    float w[kScanAhead][kE], d[kScanAhead];
 #pragma unroll
     for (int a = 0; a < kScanAhead; ++a) {
       const int64_t m = m0 - a;
       if (m >= 0 && (m > 0 || to_h0)) {
-        w[a] = load_vec<kE>(m > 0 ? slot + (m - 1) * KV : j.edge + e);
+        load_vec(m > 0 ? slot + (m - 1) * KV : j.edge + e, w[a]);
         d[a] = dec[m * j.K];
       }
     }
@@ -534,7 +510,7 @@ __global__ void gla_state_scan_kernel(const StateJob j) {
       const int64_t m = m0 - a;
       if (m >= 0) {
         store_vec(slot + m * KV, dS);
-        if (m > 0 || to_h0) dS = fma_vec(d[a], dS, w[a]);
+        if (m > 0 || to_h0) step(dS, d[a], w[a]);
       }
     }
   }

@@ -4,7 +4,8 @@
 // contiguous bytes per instruction. The pointers passed must be 16-byte aligned; the
 // callers check that (and fall back to scalar code) before taking these paths. Also
 // 4-element accesses (load4 / store4: 16 bytes of float32, 8 of bfloat16) and a pair
-// reduction over a row owned by kThreads threads (two sums in one pass, in a fixed order).
+// reduction over a row owned by kThreads threads (two sums in one pass, in a fixed order);
+// 2- and 1-element float32 accesses for gla's state scan.
 // Device code only; included by .cu files.
 #pragma once
 
@@ -88,6 +89,19 @@ __device__ __forceinline__ void store4(__nv_bfloat16* p, const float (&v)[4]) {
   memcpy(&u.y, &h1, sizeof(h1));
   *reinterpret_cast<uint2*>(p) = u;
 }
+
+// Two float32 values (p aligned to 8 bytes) or one: the per-thread pairs of gla's state
+// scan, which takes one or the other as the layout allows.
+__device__ __forceinline__ void load_vec(const float* p, float (&v)[2]) {
+  const float2 f = *reinterpret_cast<const float2*>(p);
+  v[0] = f.x;
+  v[1] = f.y;
+}
+__device__ __forceinline__ void load_vec(const float* p, float (&v)[1]) { v[0] = *p; }
+__device__ __forceinline__ void store_vec(float* p, const float (&v)[2]) {
+  *reinterpret_cast<float2*>(p) = make_float2(v[0], v[1]);
+}
+__device__ __forceinline__ void store_vec(float* p, const float (&v)[1]) { *p = v[0]; }
 
 // Sums of (a, b) over a row owned by kThreads threads (32, or a multiple of 32 up to 1024
 // forming the whole block), one shared-memory round for both. Every thread gets the
