@@ -746,8 +746,9 @@ __global__ void __launch_bounds__(kRecurThreads, 1)
     if (n > 0) stage_p_do(n - 1, dO_next);
     cp_async_commit();
     // d_S += scale q^T d_o, after writing out the chunk's end-state gradient (the product runs
-    // into t meanwhile: moving the stores to the end of the previous chunk, as the forward does,
-    // measured no faster here and spilled under float32)
+    // into t meanwhile). Measured slower: the stores moved to the end of the previous chunk, as
+    // the forward does (no faster, spills under float32), or issued before the product (which
+    // then waits behind them for its shared-memory operands: 585 -> 614 us bf16).
     float* ds_n = dstates + chunk * KV + v0;
     {
       float t[kMaxStateUnits][NT][4] = {};
