@@ -54,8 +54,6 @@ constexpr int kMaxStateUnits = 3;                   // state units per recurrenc
 constexpr int kUnitRowStep = 16 * kRecurWarps / 2;  // rows from one of a warp's units to the next
 constexpr int kC = static_cast<int>(kDeltaMaxChunk);
 
-__device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
-
 // Rows of one (b, h) sequence from a chunk's first row: x(i, j) = p[i * rs + j * cs].
 template <class T>
 struct RowsView {
@@ -339,7 +337,7 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 2 ? 3 : 2)
   const RowsView<T> k = rows<T>(in.k, in.k_strides, c);
   const RowsView<T> q = rows<T>(in.q, in.q_strides, c);
   auto stage_q = [&](int p0) {  // columns [p0, p0 + q_piece) of q, zeros past K
-    stage_tile(Xs, lay.q_ld, q.p + p0 * q.cs, q.rs, q.cs, L, imin(lay.q_piece, K - p0), kC,
+    stage_tile(Xs, lay.q_ld, q.p + p0 * q.cs, q.rs, q.cs, L, min(lay.q_piece, K - p0), kC,
                lay.q_piece);
   };
   stage_tile(Ks, lay.k_ld, k.p, k.rs, k.cs, L, K, kC, lay.kp32);
@@ -356,7 +354,7 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 2 ? 3 : 2)
     warp_mma<4, false, true, kSplitProducts<T>>(g, lay.kp8 / 8, Ks + 16 * rt * lay.k_ld, lay.k_ld,
                                                 Ks + 32 * cg * lay.k_ld, lay.k_ld);
     staged_pieces(K, lay.q_piece, stage_q, [&](int p0) {
-      warp_mma<4, false, true, kSplitProducts<T>>(p, (imin(lay.q_piece, K - p0) + 7) / 8,
+      warp_mma<4, false, true, kSplitProducts<T>>(p, (min(lay.q_piece, K - p0) + 7) / 8,
                                                   Xs + 16 * rt * lay.q_ld, lay.q_ld,
                                                   Ks + 32 * cg * lay.k_ld + p0, lay.k_ld);
     });
@@ -370,7 +368,7 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 2 ? 3 : 2)
   __syncthreads();
   const RowsView<T> v = rows<T>(in.v, in.v_strides, c);
   auto stage_v = [&](int p0) {  // columns [p0, p0 + v_piece) of v, zeros past V
-    const int w = imin(lay.v_piece, V - p0);
+    const int w = min(lay.v_piece, V - p0);
     stage_tile(Xs, lay.v_ld, v.p + p0 * v.cs, v.rs, v.cs, L, w, kC, lay.v_piece);
   };
   if (U != nullptr) stage_v(0);
@@ -383,7 +381,7 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 2 ? 3 : 2)
   // all 256 threads on each step; the dependency chain is about 300 steps where a column
   // by column solve takes L^2 / 2.
   if (tid < L) {
-    const int col = tid, end = imin(col / 16 * 16 + 16, L);
+    const int col = tid, end = min(col / 16 * 16 + 16, L);
     Nm[col * kLdG + col] = 1.f;
     for (int i = col + 1; i < end; ++i) {
       float x = 0.f;
@@ -435,7 +433,7 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 2 ? 3 : 2)
   t_times(Ks, lay.k_ld, lay.kp32, K, W, in.K, 0);
   if (U == nullptr) return;
   staged_pieces(V, lay.v_piece, stage_v, [&](int p0) {
-    t_times(Xs, lay.v_ld, lay.v_piece, imin(lay.v_piece, V - p0), U, in.V, p0);
+    t_times(Xs, lay.v_ld, lay.v_piece, min(lay.v_piece, V - p0), U, in.V, p0);
   });
 }
 
@@ -562,7 +560,7 @@ __global__ void __launch_bounds__(kRecurThreads, 1)
   const int64_t n_tiles = (in.V + kBV - 1) / kBV;
   const int64_t bh = blockIdx.x / n_tiles;
   const int v0 = static_cast<int>(blockIdx.x % n_tiles) * kBV;
-  const int K = static_cast<int>(in.K), vw = imin(kBV, static_cast<int>(in.V) - v0);
+  const int K = static_cast<int>(in.K), vw = min(kBV, static_cast<int>(in.V) - v0);
   const int64_t b = bh / in.H, h = bh % in.H, KV = in.K * in.V, C = in.C;
   const int warp = threadIdx.x / 32;
   const int rt = warp % 4, cg = warp / 4 % 2;  // this warp's unit of V'
@@ -667,7 +665,7 @@ __global__ void __launch_bounds__(kRecurThreads, 1)
   const int64_t n_tiles = (in.V + kBV - 1) / kBV;
   const int64_t bh = blockIdx.x / n_tiles;
   const int v0 = static_cast<int>(blockIdx.x % n_tiles) * kBV;
-  const int K = static_cast<int>(in.K), vw = imin(kBV, static_cast<int>(in.V) - v0);
+  const int K = static_cast<int>(in.K), vw = min(kBV, static_cast<int>(in.V) - v0);
   const int64_t KV = in.K * in.V, C = in.C;
   const int warp = threadIdx.x / 32;
   const int rt = warp % 4, cg = warp / 4 % 2;  // this warp's unit of d_V'
@@ -815,7 +813,7 @@ __global__ void __launch_bounds__(kThreads, 3)
   const int64_t v_tiles = (in.V + kCols - 1) / kCols, chunk_block = blockIdx.x / v_tiles;
   const ChunkAt c = chunk_at(in, chunk_block / NC, chunk_block % NC);
   const int L = c.L, K = static_cast<int>(in.K), V = static_cast<int>(in.V);
-  const int v0 = static_cast<int>(blockIdx.x % v_tiles) * kCols, vw = imin(kCols, V - v0);
+  const int v0 = static_cast<int>(blockIdx.x % v_tiles) * kCols, vw = min(kCols, V - v0);
   const int warp = threadIdx.x / 32, rt = warp % 4, cg = warp / 4;
   const int64_t chunk = c.bh * NC + c.n, C = in.C;
   const float* S0 = states + chunk * in.K * in.V + v0;
@@ -825,7 +823,7 @@ __global__ void __launch_bounds__(kThreads, 3)
   pipelined_pieces<kOutPiece>(
       K, delta_smem + lay.off_buf0, delta_smem + lay.off_buf1,
       [&](int x0, unsigned char* buf) {
-        const int w = imin(kOutPiece, K - x0);
+        const int w = min(kOutPiece, K - x0);
         stage_tile(reinterpret_cast<T*>(buf + lay.po_q), lay.q_ld, q.p + x0 * q.cs, q.rs, q.cs, L,
                    w, kC, kOutPiece);
         stage_tile(reinterpret_cast<float*>(buf + lay.po_s), lay.s_ld, S0 + x0 * in.V, in.V, 1, w,
@@ -834,7 +832,7 @@ __global__ void __launch_bounds__(kThreads, 3)
       [&](int x0, const unsigned char* buf) {
         if (!active) return;
         warp_mma<NT, false, false, kSplitProducts<T>>(
-            acc, (imin(kOutPiece, K - x0) + 7) / 8,
+            acc, (min(kOutPiece, K - x0) + 7) / 8,
             reinterpret_cast<const T*>(buf + lay.po_q) + 16 * rt * lay.q_ld, lay.q_ld,
             reinterpret_cast<const float*>(buf + lay.po_s) + kHalf * cg, lay.s_ld);
       });
@@ -914,7 +912,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   const RowsView<T> dO = rows<T>(d_o.p, d_o.s, c);
   // Columns [y0, y0 + 32) of v, V', d_V' and d_o into a piece buffer.
   auto stage_piece = [&](int y0, unsigned char* buf) {
-    const int w = imin(kGradPiece, V - y0);
+    const int w = min(kGradPiece, V - y0);
     stage_tile<kC, kGradPiece, kThreads>(reinterpret_cast<T*>(buf + lay.po_v), lay.v_ld,
                                          v.p + y0 * v.cs, v.rs, v.cs, L, w);
     stage_tile<kC, kGradPiece, kThreads>(reinterpret_cast<float*>(buf + lay.po_vn), lay.vn_ld,
@@ -934,7 +932,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   pipelined_pieces<kGradPiece>(
       V, delta_smem + lay.off_buf0, delta_smem + lay.off_buf1, stage_piece,
       [&](int y0, const unsigned char* cur) {
-        const int w = imin(kGradPiece, V - y0);
+        const int w = min(kGradPiece, V - y0);
         const T* Vs = reinterpret_cast<const T*>(cur + lay.po_v);
         const float* Vns = reinterpret_cast<const float*>(cur + lay.po_vn);
         // Y = N^T d_V' on the warp's 16 x 16 unit: out (d_v, Y) and into shared memory
@@ -1010,7 +1008,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   if (for_k ? !(want_k || want_beta) : d_q_out == nullptr) return;
   const int tile = static_cast<int>(slot % n_ktiles), k0 = tile * kKT;
   const int L = c.L, K = static_cast<int>(in.K), V = static_cast<int>(in.V);
-  const int kw = imin(kKT, K - k0);
+  const int kw = min(kKT, K - k0);
   const int tid = threadIdx.x, warp = tid / 32, rt = warp % 4, cg = warp / 4;
   const bool active = kCols * cg < kw;  // the warp's columns hold some of the tile
   const int64_t chunk = c.bh * NC + c.n, C = in.C, KV = in.K * in.V;
@@ -1020,7 +1018,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   const float* YG = s.Y + chunk * C * in.V;
   const RowsView<T> dO = rows<T>(d_o.p, d_o.s, c);
   auto stage_piece = [&](int y0, unsigned char* buf) {
-    const int w = imin(kGradPiece, V - y0);
+    const int w = min(kGradPiece, V - y0);
     if (for_k) {
       stage_tile<kC, kGradPiece, kThreads>(reinterpret_cast<float*>(buf + lay.po_a), lay.a_ld,
                                            VnG + y0, in.V, 1, L, w);
@@ -1042,7 +1040,7 @@ __global__ void __launch_bounds__(kThreads, 2)
       V, delta_smem + lay.off_buf0, delta_smem + lay.off_buf1, stage_piece,
       [&](int y0, const unsigned char* cur) {
         if (!active) return;
-        const int ysteps = (imin(kGradPiece, V - y0) + 7) / 8;
+        const int ysteps = (min(kGradPiece, V - y0) + 7) / 8;
         const float* S0s = reinterpret_cast<const float*>(cur + lay.po_s) + kCols * cg * lay.b_ld;
         if (for_k) {
           warp_mma<NT, false, true, kSplitProducts<T>>(

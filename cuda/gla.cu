@@ -83,7 +83,6 @@ __device__ __forceinline__ SeqIn<T> seq(const GlaInput& x, int64_t b, int64_t h)
 }
 
 __device__ __forceinline__ int64_t num_chunks(int64_t T, int64_t C) { return (T + C - 1) / C; }
-__device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
 
 // Key channels rounded up to whole kKT-channel tiles.
 __host__ __device__ __forceinline__ int k_pad(int64_t K) {
@@ -721,11 +720,11 @@ __global__ void __launch_bounds__(kThreads, kChunkBlocks) gla_fwd_kernel(const G
   const float* S0 = p.states + (bh * NC + n) * p.K * p.V;
   T* o = static_cast<T*>(p.o) + ((b * p.T + t0) * p.H + h) * p.V;
   // A is zero past row tile rt's diagonal tile: A v takes the rows j < 16 (rt + 1) (and L).
-  const int jsteps = (imin(L, kSub * (rt + 1)) + kTK - 1) / kTK;
+  const int jsteps = (min(L, kSub * (rt + 1)) + kTK - 1) / kTK;
   pipelined_pieces<kValPiece>(
       V, base + m.piece0, base + m.piece1,
       [&](int y0, unsigned char* buf) {
-        const int w = imin(kValPiece, V - y0);
+        const int w = min(kValPiece, V - y0);
         stage_state_rows(reinterpret_cast<float*>(buf), S0 + y0, V, K, Kpad, w);
         stage_tile<kRows, kValPiece, kThreads>(reinterpret_cast<T*>(buf + m.p_x), ld_b<T>(),
                                                v.p + t0 * v.st + y0 * v.sc, v.st, v.sc, L, w);
@@ -838,7 +837,7 @@ __global__ void __launch_bounds__(kThreads, kChunkBlocks)
   pipelined_pieces<kValPiece>(
       V, base + m.piece0, base + m.piece1,
       [&](int y0, unsigned char* buf) {
-        const int w = imin(kValPiece, V - y0);
+        const int w = min(kValPiece, V - y0);
         if (want_dv) {
           stage_state_rows(reinterpret_cast<float*>(buf), dS + y0, V, K, Kpad, w);
         }
@@ -861,7 +860,7 @@ __global__ void __launch_bounds__(kThreads, kChunkBlocks)
           store_tile<2>(dv, p.H * p.V, kSub * rt, y0 + 16 * cg, L, V, acc);
         }
         if (want_dA) {
-          const int vsteps = (imin(kValPiece, V - y0) + kTK - 1) / kTK;
+          const int vsteps = (min(kValPiece, V - y0) + kTK - 1) / kTK;
           const T* vp = reinterpret_cast<const T*>(buf + m.p_y);
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
@@ -944,9 +943,9 @@ __global__ void __launch_bounds__(kThreads, kDqkgBlocks)
     using Piece = StatePiece<T>;
     const int warp = threadIdx.x / 32, rt = warp % 4;
     const bool for_k = warp >= 4;  // dk0 = v d_S^T, else dq0 = d_o S0^T
-    const int kw = imin(K - k0, kKT);
+    const int kw = min(K - k0, kKT);
     auto stage = [&](int y0, unsigned char* buf) {
-      const int w = imin(kValPiece, V - y0);
+      const int w = min(kValPiece, V - y0);
       T* x = reinterpret_cast<T*>(buf);
       float* y = reinterpret_cast<float*>(buf + Piece::kYOffset);
       stage_tile<kRows, kValPiece, kThreads>(x, Piece::kLdX, d_o.p + t0 * d_o.st + y0 * d_o.sc,
@@ -964,7 +963,7 @@ __global__ void __launch_bounds__(kThreads, kDqkgBlocks)
     unsigned char* const base = reinterpret_cast<unsigned char*>(smem);
     pipelined_pieces<kValPiece>(
         V, base, base + Piece::kBytes, stage, [&](int y0, const unsigned char* buf) {
-          const int w = imin(kValPiece, V - y0);
+          const int w = min(kValPiece, V - y0);
           const T* x = reinterpret_cast<const T*>(buf) + (for_k ? kRows * Piece::kLdX : 0);
           const float* y = reinterpret_cast<const float*>(buf + Piece::kYOffset);
           warp_mma<4, false, true, false>(acc, (w + kTK - 1) / kTK, x + 16 * rt * Piece::kLdX,
